@@ -1,0 +1,3 @@
+from unissl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""The ``unissl`` command line.
+
+Every command is a module under ``unissl.commands`` exposing a dataclass ``Config`` and ``run(cfg)``;
+its flags are generated from that dataclass (see :mod:`unissl.config`). The registry below is the one
+place that lists commands; modules are imported only when their command runs, so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+
+from unissl.errors import UnisslError
+
+
+@dataclass(frozen=True)
+class Command:
+    module: str  # module with `Config` and `run(cfg)`
+    help: str
+
+
+# (group, name) -> Command; a group of None is a top-level command.
+COMMANDS: dict[tuple[str | None, str], Command] = {
+    ("tokenizer", "train"): Command("unissl.commands.tokenizer_train", "train a VQ tokenizer (stage 0)"),
+    (None, "tokenize"): Command("unissl.commands.tokenize", "run a frozen VQ tokenizer once over a split into a token store"),
+    ("train", "sorcen"): Command("unissl.commands.train_sorcen", "pretrain Sorcen / MAGE / MAGE-C on token ids"),
+    ("train", "reptok-tokenizer"): Command("unissl.commands.train_reptok_tokenizer", "train a RepTok one-token tokenizer"),
+    ("train", "reptok-generator"): Command("unissl.commands.train_reptok_generator", "train the RepTok token generator"),
+    ("sample", "sorcen"): Command("unissl.commands.sample_sorcen", "unconditional MaskGIT samples from Sorcen"),
+    ("sample", "reptok"): Command("unissl.commands.sample_reptok", "class- or text-conditional RepTok samples"),
+    (None, "reconstruct"): Command("unissl.commands.reconstruct", "RepTok reconstructions with PSNR/SSIM/rFD"),
+    (None, "interpolate"): Command("unissl.commands.interpolate", "interpolate between two images' RepTok tokens"),
+    ("eval", "linear-probe"): Command("unissl.commands.eval_linear_probe", "linear probe on frozen features"),
+    ("eval", "few-shot"): Command("unissl.commands.eval_few_shot", "few-shot linear probe (5/10/13/25 per class)"),
+    ("eval", "knn"): Command("unissl.commands.eval_knn", "weighted k-NN classifier on frozen features"),
+    ("eval", "transfer"): Command("unissl.commands.eval_transfer", "probe a frozen encoder on another dataset"),
+    ("eval", "train-extractor"): Command("unissl.commands.eval_train_extractor", "train a domain classifier for FD_<name>"),
+    ("eval", "generation"): Command("unissl.commands.eval_generation", "FD / IS / precision-recall of generated images"),
+    ("eval", "reconstruction"): Command("unissl.commands.eval_reconstruction", "PSNR / SSIM / rFD of reconstructions"),
+    (None, "pipeline"): Command("unissl.commands.pipeline", "the whole chain: tokenizer -> Sorcen -> eval -> RepTok -> samples"),
+    (None, "report"): Command("unissl.commands.report", "an HTML + Markdown report of a run directory"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: unissl <command> [<subcommand>] [--help] [flags]", "", "commands:"]
+    width = max(len(f"{g} {n}" if g else n) for g, n in COMMANDS)
+    for (group, name), cmd in COMMANDS.items():
+        label = f"{group} {name}" if group else name
+        lines.append(f"  {label:<{width}}  {cmd.help}")
+    lines += ["", "Run `unissl <command> --help` for the flags of a command."]
+    return "\n".join(lines)
+
+
+def _resolve(argv: list[str]) -> tuple[str, Command, list[str]]:
+    groups = {g for g, _ in COMMANDS if g}
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        raise SystemExit(0 if argv else 2)
+    if argv[0] == "--version":
+        from unissl import __version__
+        print(f"unissl {__version__}")
+        raise SystemExit(0)
+    head = argv[0]
+    if head in groups:
+        subs = {n: c for (g, n), c in COMMANDS.items() if g == head}
+        if len(argv) < 2 or argv[1] in ("-h", "--help"):
+            print(f"usage: unissl {head} <{'|'.join(subs)}> [flags]\n")
+            for n, c in subs.items():
+                print(f"  {n:<18} {c.help}")
+            raise SystemExit(0 if len(argv) >= 2 else 2)
+        if argv[1] not in subs:
+            raise UnisslError(f"unknown command 'unissl {head} {argv[1]}'; choose one of: {', '.join(subs)}")
+        return f"unissl {head} {argv[1]}", subs[argv[1]], argv[2:]
+    if (None, head) in COMMANDS:
+        return f"unissl {head}", COMMANDS[(None, head)], argv[1:]
+    raise UnisslError(f"unknown command {head!r}; run `unissl --help` for the list")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``unissl`` executable."""
+    from unissl.config import parse_config
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        prog, cmd, rest = _resolve(argv)
+        module = importlib.import_module(cmd.module)
+        cfg = parse_config(module.Config, rest, prog=prog)
+        module.run(cfg)
+    except UnisslError as e:
+        print(f"unissl: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("unissl: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

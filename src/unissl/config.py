@@ -1,0 +1,288 @@
+"""Typed dataclass configs are the single source of truth.
+
+* :func:`build_parser` turns a (possibly nested) dataclass into an ``argparse`` parser: one
+  ``--field`` flag per leaf field (``--optim.lr`` for a nested one), ``--flag/--no-flag`` for booleans,
+  ``choices`` for ``Literal`` types, the field's ``metadata["help"]`` as help text.
+* :func:`parse_config` resolves, in order of precedence: command-line flags > ``--config`` YAML file(s)
+  > the dataclass defaults. ``__post_init__`` of every dataclass then validates the result.
+* :func:`save_run_config` writes the resolved config, the command line and the git revision into a
+  run directory.
+
+Use ``field(default=..., metadata={"help": "..."})`` (or :func:`arg`) to document a field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+import yaml
+
+from unissl.errors import UnisslError
+
+T = TypeVar("T")
+
+_NONE = object()
+
+
+def arg(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
+    """A dataclass field with help text (mutable defaults are wrapped in a factory)."""
+    meta = {"help": help}
+    if isinstance(default, (list, dict, set)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta, **kw)
+    return dataclasses.field(default=default, metadata=meta, **kw)
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _scalar_parser(tp: Any, name: str):
+    """A function str -> value for a scalar type, with a clear error message."""
+    if tp is bool:
+        def parse_bool(s: str) -> bool:
+            low = s.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise argparse.ArgumentTypeError(f"--{name}: expected true/false, got {s!r}")
+        return parse_bool
+    if tp in (int, float, str):
+        return tp
+    if get_origin(tp) is Literal:
+        kinds = {type(a) for a in get_args(tp)}
+        return kinds.pop() if len(kinds) == 1 else str
+    return str
+
+
+def _field_type_hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls, include_extras=False)
+
+
+def _iter_fields(cls: type, prefix: str = ""):
+    hints = _field_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        inner, _ = _strip_optional(tp)
+        if dataclasses.is_dataclass(inner) and isinstance(inner, type):
+            yield from _iter_fields(inner, prefix + f.name + ".")
+        else:
+            yield prefix + f.name, f, tp
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
+
+
+def build_parser(cls: type, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with one flag per leaf field of the dataclass ``cls``."""
+    p = argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip().split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", action="append", default=[], metavar="YAML",
+                   help="YAML file(s) overriding the defaults (later files win; flags win over files)")
+    for name, f, tp in _iter_fields(cls):
+        inner, optional = _strip_optional(tp)
+        default = _default_of(f)
+        help_text = f.metadata.get("help", "") if f.metadata else ""
+        dest = name.replace(".", "__")
+        flag = "--" + name.replace("_", "-")
+        kw: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": help_text or " "}
+        if default is not dataclasses.MISSING:
+            kw["help"] = (help_text + " " if help_text else "") + f"(default: {default})"
+        else:
+            kw["help"] = (help_text + " " if help_text else "") + "(required)"
+        origin = get_origin(inner)
+        if inner is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+            continue
+        if origin in (list, tuple):
+            args = get_args(inner)
+            elem = args[0] if args else str
+            kw["nargs"] = "+" if origin is list or (len(args) == 2 and args[1] is Ellipsis) else len(args)
+            kw["type"] = _scalar_parser(elem, name)
+            p.add_argument(flag, **kw)
+            continue
+        if origin is Literal:
+            kw["choices"] = list(get_args(inner))
+        kw["type"] = _scalar_parser(inner, name)
+        if optional:
+            base = kw["type"]
+
+            def opt(s: str, base=base):
+                return None if s.lower() in ("none", "null") else base(s)
+            kw["type"] = opt
+        p.add_argument(flag, **kw)
+    return p
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML/CLI value to the annotated type, with a one-line error on mismatch."""
+    inner, optional = _strip_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise UnisslError(f"{where}: null is not allowed (expected {getattr(inner, '__name__', inner)})")
+    if dataclasses.is_dataclass(inner) and isinstance(inner, type):
+        if dataclasses.is_dataclass(value):
+            return value
+        if not isinstance(value, dict):
+            raise UnisslError(f"{where}: expected a mapping, got {value!r}")
+        return _from_dict(inner, value, where)
+    origin = get_origin(inner)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        args = get_args(inner)
+        elem = args[0] if args else Any
+        out = [_coerce(v, elem, where) for v in value]
+        return tuple(out) if origin is tuple else out
+    if origin is Literal:
+        if value not in get_args(inner):
+            raise UnisslError(f"{where}: {value!r} is not one of {list(get_args(inner))}")
+        return value
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+        raise UnisslError(f"{where}: expected true/false, got {value!r}")
+    if inner is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if inner is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if inner is str:
+        return str(value)
+    if inner in (int, float):
+        try:
+            return inner(value)
+        except (TypeError, ValueError):
+            raise UnisslError(f"{where}: expected {inner.__name__}, got {value!r}") from None
+    return value
+
+
+def _from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    hints = _field_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = set(data) - names
+    if unknown:
+        raise UnisslError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise UnisslError(f"{where}: {e}") from e
+
+
+def _deep_update(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
+    for k, v in upd.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_update(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain (YAML-serialisable) dict of a dataclass config."""
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, Path):
+            return str(v)
+        return v
+    return conv(cfg)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with one-line errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnisslError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UnisslError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    if not isinstance(data, dict):
+        raise UnisslError(f"config file {path} must hold a mapping at top level")
+    return data
+
+
+def from_dict(cls: type[T], data: dict[str, Any], defaults: T | None = None) -> T:
+    """Build ``cls`` from a (partial, nested) dict, on top of ``defaults`` or the dataclass defaults."""
+    base = to_dict(defaults) if defaults is not None else {}
+    return _from_dict(cls, _deep_update(base, data))
+
+
+def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None = None,
+                 defaults: T | None = None) -> T:
+    """Parse ``argv`` into a validated ``cls`` instance (flags > YAML files > ``defaults`` > dataclass)."""
+    parser = build_parser(cls, prog=prog)
+    ns = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
+    data: dict[str, Any] = to_dict(defaults) if defaults is not None else {}
+    for path in ns.pop("config"):
+        _deep_update(data, load_yaml(path))
+    cli: dict[str, Any] = {}
+    for dest, value in ns.items():
+        node = cli
+        parts = dest.split("__")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    _deep_update(data, cli)
+    try:
+        return _from_dict(cls, data)
+    except (ValueError, AssertionError) as e:  # raised by __post_init__ validation
+        raise UnisslError(f"invalid configuration: {e}") from e
+
+
+def save_run_config(run_dir: str | Path, cfg: Any, extra: dict[str, Any] | None = None) -> None:
+    """Write ``config.yaml`` (the resolved config) and ``run_info.json`` (argv, git revision, versions)."""
+    import platform
+
+    import torch
+
+    from unissl import __version__
+    from unissl.utils.io import atomic_file, git_revision, write_json
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_file(run_dir / "config.yaml", "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    info = {
+        "argv": sys.argv,
+        "git_revision": git_revision(),
+        "unissl_version": __version__,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.platform(),
+        "config_class": f"{type(cfg).__module__}.{type(cfg).__qualname__}",
+    }
+    if extra:
+        info.update(extra)
+    write_json(run_dir / "run_info.json", info)
+
+
+def config_hash(cfg: Any) -> str:
+    """A short stable hash of a config (used to decide whether a finished stage can be reused)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:12]
