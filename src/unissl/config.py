@@ -30,9 +30,12 @@ T = TypeVar("T")
 _NONE = object()
 
 
-def arg(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
-    """A dataclass field with help text (mutable defaults are wrapped in a factory)."""
-    meta = {"help": help}
+def arg(default: Any = dataclasses.MISSING, help: str = "", positional: bool = False, **kw: Any) -> Any:
+    """A dataclass field with help text (mutable defaults are wrapped in a factory).
+
+    ``positional=True`` makes the field a positional command-line argument instead of a ``--flag``.
+    """
+    meta = {"help": help, "positional": positional}
     if isinstance(default, (list, dict, set)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta, **kw)
@@ -110,6 +113,9 @@ def build_parser(cls: type, prog: str | None = None, description: str | None = N
         else:
             kw["help"] = (help_text + " " if help_text else "") + "(required)"
         origin = get_origin(inner)
+        if inner is dict or origin is dict or (origin in (list, tuple) and get_args(inner)
+                                               and get_origin(get_args(inner)[0]) is dict):
+            continue  # structured values (e.g. a pipeline's stage list) come from YAML files only
         if inner is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
@@ -123,6 +129,10 @@ def build_parser(cls: type, prog: str | None = None, description: str | None = N
         if origin is Literal:
             kw["choices"] = list(get_args(inner))
         kw["type"] = _scalar_parser(inner, name)
+        if f.metadata and f.metadata.get("positional"):
+            kw.pop("dest")
+            p.add_argument(dest, nargs="?", metavar=name.upper(), **kw)
+            continue
         if optional:
             base = kw["type"]
 
@@ -183,6 +193,12 @@ def _from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     if unknown:
         raise UnisslError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    if missing:
+        flags = ", ".join("--" + (f"{where}.{m}".split(".", 1)[1] if "." in where else m).replace("_", "-")
+                          for m in missing)
+        raise UnisslError(f"missing required value(s) {missing}: pass {flags} or set them in a --config YAML")
     try:
         return cls(**kwargs)
     except TypeError as e:

@@ -1,0 +1,50 @@
+"""`unissl pipeline`: run the whole chain described by a YAML file (see :mod:`unissl.pipeline`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unissl.config import arg, save_run_config
+from unissl.errors import UnisslError
+
+
+@dataclass
+class Config:
+    """Run a pipeline of unissl stages, skipping finished ones and resuming an interrupted one."""
+
+    out: str = arg("runs/pipeline", help="run directory of the pipeline (stages write below it)")
+    seed: int = arg(0, help="substituted for {seed} in stage configs")
+    stages: list[dict[str, Any]] = field(default_factory=list, metadata={"help": "stage list (YAML only)"})
+    only: list[str] = arg([], help="run only these stages (names); others must be done already")
+    force: list[str] = arg([], help="re-run these stages even if they are done")
+    dry_run: bool = arg(False, help="print what would run and stop")
+    report: bool = arg(True, help="write the HTML/Markdown report at the end")
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ValueError("no stages: pass --config <pipeline.yaml> (e.g. configs/digits-quick.yaml)")
+
+
+def run(cfg: Config) -> None:
+    from unissl.pipeline import parse_stages, run_pipeline
+
+    stages = parse_stages(cfg.stages)
+    out = Path(cfg.out)
+    save_run_config(out, cfg)
+    t0 = time.perf_counter()
+    run_pipeline(stages, out, seed=cfg.seed, only=cfg.only or None, force=cfg.force or None, dry_run=cfg.dry_run)
+    if cfg.dry_run:
+        return
+    print(f"[pipeline] all stages finished in {time.perf_counter() - t0:.1f} s")
+    if cfg.report:
+        from unissl.report import write_report
+
+        try:
+            html, md = write_report(out)
+        except UnisslError as e:
+            raise UnisslError(f"stages finished but the report failed: {e}") from e
+        print(f"[pipeline] report: {html}")
+        print(f"[pipeline] markdown: {md}")

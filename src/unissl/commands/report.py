@@ -1,0 +1,22 @@
+"""`unissl report <run-dir>`: one self-contained HTML page (and Markdown) of a run directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from unissl.config import arg
+
+
+@dataclass
+class Config:
+    """Write report/report.html and report/report.md inside a run directory."""
+
+    run_dir: str = arg(positional=True, help="the run directory to report on (e.g. runs/digits-quick)")
+
+
+def run(cfg: Config) -> None:
+    from unissl.report import write_report
+
+    html, md = write_report(cfg.run_dir)
+    print(f"report: {html}")
+    print(f"markdown: {md}")

@@ -1,0 +1,148 @@
+"""A resumable chain of CLI stages: tokenizer -> token store -> Sorcen -> evaluation -> RepTok -> samples.
+
+A pipeline is a list of stages, each one a registered ``unissl`` command with a config mapping (the same
+keys the command's ``--config`` YAML takes). Strings may reference ``{out}`` (the pipeline's run directory),
+``{seed}`` and ``{stage:<name>}`` (another stage's output directory).
+
+Bookkeeping lives in ``<out>/stages/<name>.json``: the stage's resolved config, its hash, its status and its
+wall-clock time. On a re-run a stage whose status is ``done`` with the same hash is skipped; a stage that was
+``started`` but never finished (a crash, a kill) is run again, with ``train.resume = true`` where its config
+has a training section, so training continues from its last checkpoint instead of starting over.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unissl.config import config_hash, from_dict, to_dict
+from unissl.errors import UnisslError
+from unissl.utils.io import read_json, write_json
+
+_REF = re.compile(r"\{(out|seed|stage:[A-Za-z0-9_\-]+)\}")
+
+
+@dataclass
+class Stage:
+    """One step of a pipeline: a registered command and its (partial) config."""
+
+    name: str
+    command: str  # e.g. "tokenizer train", "eval linear-probe"
+    config: dict[str, Any]
+    output_key: str | None = None  # the config key holding the stage's output directory (default: "out")
+
+
+def _substitute(value: Any, out: Path, seed: int, outputs: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        def repl(m: re.Match) -> str:
+            key = m.group(1)
+            if key == "out":
+                return str(out)
+            if key == "seed":
+                return str(seed)
+            name = key.split(":", 1)[1]
+            if name not in outputs:
+                raise UnisslError(f"pipeline: {{{key}}} refers to stage {name!r}, which is not defined before it")
+            return outputs[name]
+        new = _REF.sub(repl, value)
+        # keep integers integers when a whole value was a placeholder such as "{seed}"
+        return int(new) if value == "{seed}" else new
+    if isinstance(value, dict):
+        return {k: _substitute(v, out, seed, outputs) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, out, seed, outputs) for v in value]
+    return value
+
+
+def _command_module(command: str):
+    from unissl.cli import COMMANDS
+
+    words = command.split()
+    key = (words[0], words[1]) if len(words) == 2 else (None, words[0])
+    if key not in COMMANDS:
+        raise UnisslError(f"pipeline: unknown command {command!r}; see `unissl --help`")
+    return importlib.import_module(COMMANDS[key].module)
+
+
+def parse_stages(raw: list[dict[str, Any]]) -> list[Stage]:
+    """Validate the ``stages`` list of a pipeline config."""
+    stages: list[Stage] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or "name" not in item or "command" not in item:
+            raise UnisslError(f"pipeline: stage #{i} needs 'name' and 'command' keys, got {item!r}")
+        unknown = set(item) - {"name", "command", "config", "output_key"}
+        if unknown:
+            raise UnisslError(f"pipeline: stage {item['name']!r} has unknown keys {sorted(unknown)}")
+        if item["name"] in seen:
+            raise UnisslError(f"pipeline: stage name {item['name']!r} is used twice")
+        seen.add(item["name"])
+        stages.append(Stage(item["name"], item["command"], dict(item.get("config") or {}), item.get("output_key")))
+    return stages
+
+
+def _stage_output(stage: Stage, resolved: dict[str, Any]) -> str | None:
+    key = stage.output_key or "out"
+    node: Any = resolved
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return str(node)
+
+
+def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list[str] | None = None,
+                 force: list[str] | None = None, dry_run: bool = False, log=print) -> dict[str, dict[str, Any]]:
+    """Run (or skip) every stage in order; returns each stage's record."""
+    out = Path(out)
+    (out / "stages").mkdir(parents=True, exist_ok=True)
+    outputs: dict[str, str] = {}
+    records: dict[str, dict[str, Any]] = {}
+    unknown = set(only or []) | set(force or [])
+    unknown -= {s.name for s in stages}
+    if unknown:
+        raise UnisslError(f"pipeline: --only/--force name unknown stage(s) {sorted(unknown)}; "
+                          f"stages are {[s.name for s in stages]}")
+    for stage in stages:
+        module = _command_module(stage.command)
+        resolved = _substitute(copy.deepcopy(stage.config), out, seed, outputs)
+        cfg = from_dict(module.Config, resolved)  # validates keys and types before anything runs
+        resolved = to_dict(cfg)
+        digest = config_hash(cfg)
+        produced = _stage_output(stage, resolved)
+        if produced is not None:
+            outputs[stage.name] = produced
+        marker = out / "stages" / f"{stage.name}.json"
+        previous = read_json(marker) if marker.is_file() else None
+        if only and stage.name not in only:
+            records[stage.name] = previous or {"status": "not run"}
+            continue
+        if (previous and previous.get("status") == "done" and previous.get("hash") == digest
+                and stage.name not in (force or [])):
+            log(f"[pipeline] {stage.name}: done earlier with the same config ({digest}); skipped")
+            records[stage.name] = previous
+            continue
+        if (previous and previous.get("status") == "started" and previous.get("hash") == digest
+                and isinstance(resolved.get("train"), dict) and "resume" in resolved["train"]):
+            log(f"[pipeline] {stage.name}: an earlier attempt did not finish; resuming its training")
+            resolved["train"]["resume"] = True
+            cfg = from_dict(module.Config, resolved)
+        if dry_run:
+            log(f"[pipeline] {stage.name}: would run `unissl {stage.command}` ({digest})")
+            continue
+        log(f"[pipeline] {stage.name}: running `unissl {stage.command}` ({digest})")
+        record = {"name": stage.name, "command": stage.command, "hash": digest, "status": "started",
+                  "config": resolved, "output": produced, "started_at": time.time()}
+        write_json(marker, record)
+        t0 = time.perf_counter()
+        module.run(cfg)
+        record.update(status="done", seconds=round(time.perf_counter() - t0, 2), finished_at=time.time())
+        write_json(marker, record)
+        records[stage.name] = record
+        log(f"[pipeline] {stage.name}: done in {record['seconds']:.1f} s")
+    return records

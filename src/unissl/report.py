@@ -1,0 +1,226 @@
+"""One self-contained report of a run directory: HTML (images inlined) and Markdown.
+
+The report discovers what is there rather than assuming a pipeline: stage records
+(``stages/*.json``), evaluation results (``**/results/*.json``), other metric files (``**/*eval*.json``),
+training logs (``**/log.jsonl``, plotted with matplotlib), PNG grids (the newest of each series), the
+resolved config and the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import platform
+import re
+from pathlib import Path
+from typing import Any
+
+from unissl.errors import UnisslError
+from unissl.utils.io import atomic_file
+
+_STEP = re.compile(r"^(?P<series>.*?)[_-]?step[_-]?(?P<step>\d+)$")
+_CURVE_KEYS = ("loss", "acc", "psnr", "usage", "lr")
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash; the rest of the log is still useful
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v) or math.isinf(v):
+            return str(v)
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt(x) for x in v)
+    return str(v)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(_flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def collect(run_dir: Path) -> dict[str, Any]:
+    """Gather everything the report shows from ``run_dir``."""
+    info: dict[str, Any] = {"run_dir": str(run_dir)}
+    stages = []
+    for p in sorted((run_dir / "stages").glob("*.json")):
+        try:
+            stages.append(json.loads(p.read_text()))
+        except json.JSONDecodeError:
+            continue
+    stages.sort(key=lambda r: r.get("started_at", 0))
+    info["stages"] = stages
+    metrics: list[tuple[str, dict[str, Any]]] = []
+    for p in sorted(run_dir.rglob("*.json")):
+        rel = p.relative_to(run_dir)
+        if rel.parts[0] == "stages" or p.name in ("run_info.json", "meta.json", "config.json"):
+            continue
+        if not (p.parent.name == "results" or "eval" in p.stem or "metrics" in p.stem):
+            continue
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict):
+            scalars = {k: v for k, v in _flatten(data).items() if isinstance(v, (int, float, str, bool))}
+            if scalars:
+                metrics.append((str(rel), scalars))
+    info["metrics"] = metrics
+    info["logs"] = [(str(p.relative_to(run_dir)), _read_jsonl(p)) for p in sorted(run_dir.rglob("log.jsonl"))]
+    newest: dict[str, tuple[int, Path]] = {}
+    for p in sorted(run_dir.rglob("*.png")):
+        if p.parent.name == "report":
+            continue
+        m = _STEP.match(p.stem)
+        series = str(p.parent.relative_to(run_dir) / (m.group("series") if m else p.stem))
+        step = int(m.group("step")) if m else -1
+        if series not in newest or step >= newest[series][0]:
+            newest[series] = (step, p)
+    info["images"] = [(s, p) for s, (_, p) in sorted(newest.items())]
+    cfg = run_dir / "config.yaml"
+    info["config"] = cfg.read_text() if cfg.is_file() else ""
+    ri = run_dir / "run_info.json"
+    info["run_info"] = json.loads(ri.read_text()) if ri.is_file() else {}
+    import os
+
+    import torch
+    info["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                       "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                       "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
+    return info
+
+
+def _plot_logs(logs: list[tuple[str, list[dict[str, Any]]]], out_dir: Path) -> list[tuple[str, Path]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = []
+    for rel, rows in logs:
+        rows = [r for r in rows if "step" in r]
+        if len(rows) < 2:
+            continue
+        keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k != "step"
+                       and any(c in k for c in _CURVE_KEYS)})
+        if not keys:
+            continue
+        fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.6), squeeze=False)
+        for ax, k in zip(axes[0], keys):
+            pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.2)
+            ax.set_title(k, fontsize=9)
+            ax.set_xlabel("step", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+        fig.suptitle(str(Path(rel).parent), fontsize=9)
+        fig.tight_layout()
+        name = re.sub(r"[^A-Za-z0-9]+", "_", str(Path(rel).parent)).strip("_") or "run"
+        path = out_dir / f"curves_{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        plots.append((rel, path))
+    return plots
+
+
+def _b64(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def write_report(run_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``<run_dir>/report/report.html`` and ``report.md``; returns their paths."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UnisslError(f"run directory {run_dir} not found")
+    out = run_dir / "report"
+    out.mkdir(exist_ok=True)
+    info = collect(run_dir)
+    plots = _plot_logs(info["logs"], out)
+    title = f"unissl report: {run_dir.name}"
+    h: list[str] = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+                    "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
+                    "color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;"
+                    "padding:3px 8px;font-size:13px;text-align:left}th{background:#f3f3f3}img{max-width:100%;"
+                    "image-rendering:pixelated;border:1px solid #ddd}figure{display:inline-block;margin:.5em;"
+                    "vertical-align:top}figcaption{font-size:12px;color:#555}pre{background:#f7f7f7;padding:1em;"
+                    "overflow:auto;font-size:12px}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+    md: list[str] = [f"# {title}", ""]
+
+    def table(rows: list[list[str]], header: list[str]) -> None:
+        h.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>")
+        for r in rows:
+            h.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>")
+        h.append("</table>")
+        md.append("| " + " | ".join(header) + " |")
+        md.append("|" + "---|" * len(header))
+        md.extend("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows)
+        md.append("")
+
+    if info["stages"]:
+        h.append("<h2>Stages</h2>")
+        md.append("## Stages")
+        total = sum(float(s.get("seconds", 0) or 0) for s in info["stages"])
+        table([[s.get("name", "?"), s.get("command", "?"), s.get("status", "?"), _fmt(s.get("seconds", "")),
+                str(s.get("output", ""))] for s in info["stages"]] + [["total", "", "", _fmt(total), ""]],
+              ["stage", "command", "status", "seconds", "output"])
+    if info["metrics"]:
+        h.append("<h2>Metrics</h2>")
+        md.append("## Metrics")
+        for rel, scalars in info["metrics"]:
+            h.append(f"<h3>{html.escape(rel)}</h3>")
+            md.append(f"### {rel}")
+            table([[k, _fmt(v)] for k, v in scalars.items()], ["metric", "value"])
+    if plots:
+        h.append("<h2>Training curves</h2>")
+        md.append("## Training curves")
+        for rel, p in plots:
+            h.append(f"<figure><img src='{_b64(p)}'><figcaption>{html.escape(rel)}</figcaption></figure>")
+            md.append(f"![{rel}]({p.name})")
+        md.append("")
+    if info["images"]:
+        h.append("<h2>Samples, reconstructions, interpolations</h2>")
+        md.append("## Samples, reconstructions, interpolations")
+        for series, p in info["images"]:
+            h.append(f"<figure><img src='{_b64(p)}' style='min-width:220px'><figcaption>{html.escape(series)}"
+                     "</figcaption></figure>")
+            md.append(f"![{series}]({Path('..') / p.relative_to(run_dir)})")
+        md.append("")
+    h.append("<h2>Machine and revision</h2>")
+    md.append("## Machine and revision")
+    mach = dict(info["machine"])
+    for k in ("git_revision", "unissl_version", "python"):
+        if k in info["run_info"]:
+            mach[k] = info["run_info"][k]
+    table([[k, str(v)] for k, v in mach.items()], ["", ""])
+    if info["config"]:
+        h.append("<h2>Resolved config</h2><pre>" + html.escape(info["config"]) + "</pre>")
+        md += ["## Resolved config", "```yaml", info["config"].rstrip(), "```", ""]
+    h.append("</body></html>")
+    html_path, md_path = out / "report.html", out / "report.md"
+    with atomic_file(html_path, "w") as f:
+        f.write("\n".join(h))
+    with atomic_file(md_path, "w") as f:
+        f.write("\n".join(md) + "\n")
+    return html_path, md_path
+
+
+__all__ = ["collect", "write_report"]
