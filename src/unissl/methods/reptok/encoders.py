@@ -1,0 +1,265 @@
+"""SSL encoder adapters: images -> one token z, with exactly one trainable parameter (the input [cls]).
+
+Every adapter wraps a **frozen** backbone (``requires_grad=False``, always in eval mode) and owns
+
+* ``cls`` (D,): the trainable input class embedding, initialised from the backbone's own;
+* ``cls_init`` (D,): a frozen copy of that initial value (a buffer).
+
+``forward(images)`` runs the backbone with ``cls`` in the class slot; gradients flow back through the
+frozen blocks into ``cls`` only. ``frozen(images)`` runs the same frozen weights with ``cls_init``, which
+is exactly the original encoder (all other weights are shared and never change), so it gives the
+``z_frozen`` of the cosine regulariser without holding a second copy of the network.
+
+Kinds (:data:`ENCODERS`): ``dinov2`` (transformers Dinov2Model / Dinov2WithRegistersModel from a local
+directory), ``sorcen`` (image -> frozen VQ tokenizer -> frozen Sorcen encoder), ``random`` (a randomly
+initialised small ViT over pixel patches, the paper's ablation).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unissl.errors import UnisslError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_square(images: torch.Tensor, size: int, channels: int = 3) -> torch.Tensor:
+    """Centre-crop to a square, resize to ``size`` (bilinear, antialiased when shrinking), grey -> RGB.
+
+    ``images`` (B, C, H, W) in [0, 1] -> (B, channels, size, size).
+    """
+    _, c, h, w = images.shape
+    if h != w:
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        images = images[:, :, top:top + s, left:left + s]
+    if images.shape[-1] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                               antialias=images.shape[-1] > size)
+    if c == 1 and channels == 3:
+        images = images.expand(-1, 3, -1, -1)
+    elif c != channels:
+        raise UnisslError(f"the encoder expects {channels}-channel images, got {c} channels")
+    return images
+
+
+class SSLEncoder(nn.Module):
+    """Base class: a frozen ``backbone`` plus one trainable input class embedding ``cls`` (D,)."""
+
+    kind: str = ""
+
+    def __init__(self, cls_init: torch.Tensor) -> None:
+        super().__init__()
+        cls_init = cls_init.detach().reshape(-1).float().clone()
+        self.cls = nn.Parameter(cls_init.clone())  # (D,) the only trainable parameter
+        self.register_buffer("cls_init", cls_init)  # (D,) the original value, for z_frozen
+
+    @property
+    def dim(self) -> int:
+        """Width D of the token z."""
+        return int(self.cls.shape[0])
+
+    def freeze_backbone(self) -> None:
+        """Every backbone weight frozen and in eval mode (dropout off, no running-stat updates)."""
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+
+    def train(self, mode: bool = True) -> SSLEncoder:
+        super().train(mode)
+        self.backbone.eval()  # the backbone is frozen and stays in eval mode
+        return self
+
+    def encode_with(self, images: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) in [0, 1] -> z (B, D) with ``cls`` (D,) as the input class embedding."""
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, D)
+        return self.encode_with(images, self.cls)
+
+    @torch.no_grad()
+    def frozen(self, images: torch.Tensor) -> torch.Tensor:
+        """z_frozen (B, D): the original encoder's token (``cls_init`` in the class slot)."""
+        return self.encode_with(images, self.cls_init)
+
+    def spec(self) -> dict[str, Any]:
+        """JSON-serialisable arguments that rebuild this adapter with :func:`build_encoder`."""
+        raise NotImplementedError
+
+    def saves_backbone(self) -> bool:
+        """Whether the backbone's weights belong in the tokenizer checkpoint (False: reloaded from a path)."""
+        return False
+
+
+# ---------------------------------------------------------------- DINOv2 (transformers)
+class Dinov2Encoder(SSLEncoder):
+    """DINOv2 (with registers when the config has them) from a local transformers directory.
+
+    z is the class token after the final LayerNorm (``pooler_output``). Inputs are resized to
+    ``image_size`` (a multiple of the patch size; default 224, the paper's) and ImageNet-normalised.
+    """
+
+    kind = "dinov2"
+
+    def __init__(self, path: str | Path, image_size: int | None = None) -> None:
+        path = Path(path)
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise UnisslError(f"DINOv2 directory {path} has no config.json; download the weights elsewhere "
+                              "(e.g. facebook/dinov2-with-registers-base) and pass the local directory with "
+                              "--encoder-path, or save a model there with save_pretrained")
+        model_type = json.loads(cfg_file.read_text()).get("model_type", "dinov2")
+        try:
+            from transformers import Dinov2Model, Dinov2WithRegistersModel
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise UnisslError("the dinov2 encoder needs transformers: pip install 'unissl[hf]'") from e
+        cls_ = Dinov2WithRegistersModel if model_type == "dinov2_with_registers" else Dinov2Model
+        try:
+            backbone = cls_.from_pretrained(str(path), local_files_only=True)
+        except OSError as e:
+            raise UnisslError(f"cannot load DINOv2 weights from {path}: {str(e).splitlines()[0]}") from e
+        super().__init__(backbone.embeddings.cls_token)
+        self.backbone = backbone
+        self.freeze_backbone()
+        self.path = str(path)
+        self.patch = int(backbone.config.patch_size)
+        size = image_size or min(224, int(backbone.config.image_size))
+        self.image_size = max(self.patch, round(size / self.patch) * self.patch)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def encode_with(self, images: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+        x = (to_square(images, self.image_size) - self.mean) / self.std  # (B, 3, S, S)
+        # Run the frozen model with its cls_token parameter swapped for `cls` (differentiable in `cls`).
+        out = torch.func.functional_call(self.backbone, {"embeddings.cls_token": cls.view(1, 1, -1)}, (x,))
+        return out.pooler_output  # (B, D): class token after the final LayerNorm
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "path": self.path, "image_size": self.image_size}
+
+
+# ---------------------------------------------------------------- Sorcen (unissl)
+class SorcenEncoder(SSLEncoder):
+    """image -> frozen VQ tokenizer -> frozen Sorcen encoder; the class slot's input word embedding trains.
+
+    z is the class-slot output after the encoder's final norm.
+    """
+
+    kind = "sorcen"
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        if not path.exists():
+            raise UnisslError(f"Sorcen run directory {path} not found; train one with `unissl train sorcen` "
+                              "and pass its run directory with --encoder-path")
+        try:
+            from unissl.methods.sorcen import load_sorcen
+        except ImportError as e:
+            raise UnisslError("this unissl build has no Sorcen loader (unissl.methods.sorcen.load_sorcen)") from e
+        model, vq = load_sorcen(path)
+        super().__init__(model.embed.word.weight[model.special.cls])
+        self.backbone = model
+        self.vq = vq
+        self.freeze_backbone()
+        self.vq.requires_grad_(False)
+        self.vq.eval()
+        self.path = str(path)
+
+    def train(self, mode: bool = True) -> SorcenEncoder:
+        super().train(mode)
+        self.vq.eval()
+        return self
+
+    def encode_with(self, images: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+        size, ch = int(self.vq.image_size), int(self.vq.channels)
+        if images.shape[-1] != size or images.shape[-2] != size or images.shape[1] != ch:
+            images = to_square(images, size, channels=ch)
+        with torch.no_grad():
+            ids = self.vq.encode(images)  # (B, h, w) int64, not differentiable anyway
+        return self.backbone.encode(ids, class_embedding_override=cls)[:, 0]  # (B, D)
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "path": self.path}
+
+
+# ---------------------------------------------------------------- random-init ViT (ablation)
+class RandomViT(nn.Module):
+    """A small pre-norm ViT over pixel patches, randomly initialised and never trained."""
+
+    def __init__(self, dim: int, depth: int, heads: int, patch: int, image_size: int) -> None:
+        super().__init__()
+        from unissl.layers.vit import Block, init_vit_weights
+
+        if image_size % patch:
+            raise UnisslError(f"random ViT: image size {image_size} is not a multiple of the patch {patch}")
+        self.patch, self.grid = patch, image_size // patch
+        self.patch_embed = nn.Linear(3 * patch * patch, dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, dim))
+        self.cls_token = nn.Parameter(torch.zeros(dim))
+        self.blocks = nn.ModuleList([Block(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.apply(init_vit_weights)
+        nn.init.normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=0.02)
+
+    def forward(self, x: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+        """x (B, 3, S, S) normalised, cls (D,) -> class output after the final norm (B, D)."""
+        b, p, g = x.shape[0], self.patch, self.grid
+        patches = x.reshape(b, 3, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, 3 * p * p)
+        tokens = torch.cat([cls.view(1, 1, -1).expand(b, 1, -1), self.patch_embed(patches)], dim=1)
+        tokens = tokens + self.pos_embed  # (B, 1 + N, D)
+        for blk in self.blocks:
+            tokens = blk(tokens)
+        return self.norm(tokens)[:, 0]
+
+
+class RandomViTEncoder(SSLEncoder):
+    """The random-init ablation: a seeded random ViT; its weights are saved with the tokenizer."""
+
+    kind = "random"
+
+    def __init__(self, image_size: int = 28, dim: int = 64, depth: int = 4, heads: int = 4, patch: int = 4,
+                 seed: int = 0) -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            backbone = RandomViT(dim, depth, heads, patch, image_size)
+        super().__init__(backbone.cls_token)
+        self.backbone = backbone
+        self.freeze_backbone()
+        self.args = {"image_size": image_size, "dim": dim, "depth": depth, "heads": heads, "patch": patch,
+                     "seed": seed}
+
+    def encode_with(self, images: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+        x = to_square(images, self.args["image_size"]) * 2.0 - 1.0  # (B, 3, S, S) in [-1, 1]
+        return self.backbone(x, cls)
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.args}
+
+    def saves_backbone(self) -> bool:
+        return True
+
+
+ENCODERS: dict[str, type[SSLEncoder]] = {"dinov2": Dinov2Encoder, "sorcen": SorcenEncoder, "random": RandomViTEncoder}
+
+
+def build_encoder(spec: dict[str, Any]) -> SSLEncoder:
+    """An adapter from its :meth:`SSLEncoder.spec` (``{"kind": ..., **kwargs}``)."""
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    if kind not in ENCODERS:
+        raise UnisslError(f"unknown encoder kind {kind!r}; choose one of {sorted(ENCODERS)}")
+    return ENCODERS[kind](**spec)
+
+
+def backbone_checksum(encoder: SSLEncoder) -> float:
+    """Sum of all backbone parameters (float64): detects a reloaded backbone that differs from training's."""
+    with torch.no_grad():
+        return float(sum(p.double().sum().item() for p in encoder.backbone.parameters()))

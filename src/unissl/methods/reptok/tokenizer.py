@@ -1,0 +1,179 @@
+"""The RepTok tokenizer (stage a): adapted SSL token -> projection -> flow-matching decoder.
+
+``forward(batch)`` (the engine's Method protocol) computes
+
+    loss = || v_theta(x_t, t | h(z)) - (eps - x) ||^2  +  lambda * (1 - cos(z, z_frozen))
+
+with x the image (pixels or VAE latents), x_t = (1 - t) x + t eps, t ~ logit-normal(0, 1), z the token of
+the encoder with its trainable [cls] and z_frozen the original encoder's token. ``encode`` gives z,
+``decode`` integrates the decoder's ODE from noise (t = 1) to data (t = 0).
+
+Saved as a directory: ``config.json`` + ``model.safetensors`` (no pickled code). A pretrained backbone
+(DINOv2, Sorcen) is not copied into the checkpoint; it is reloaded from its path and checked against a
+checksum. The random-init backbone is saved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from unissl.errors import UnisslError
+from unissl.flow import LinearPath, LogitNormalTime, solve
+from unissl.methods.reptok.decoder import FlowDecoder, get_decoder_preset
+from unissl.methods.reptok.encoders import SSLEncoder, backbone_checksum, build_encoder
+from unissl.methods.reptok.projection import ResidualProjection, cosine_loss
+from unissl.methods.reptok.spaces import PixelSpace, VAESpace
+from unissl.utils.io import atomic_dir, read_json, write_json
+
+FORMAT = "unissl-reptok-tokenizer-v1"
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+@dataclass
+class RepTokConfig:
+    """Everything needed to rebuild a tokenizer (saved as config.json)."""
+
+    encoder: dict[str, Any]  # SSLEncoder.spec(): {"kind": "dinov2"|"sorcen"|"random", ...}
+    image_size: int  # side of the (square) images the tokenizer reconstructs
+    channels: int  # 1 (grey) or 3
+    decoder: str = "small"  # preset name in DECODER_PRESETS
+    patch_size: int = 4  # decoder patch size (on pixels or latents)
+    space: Literal["pixels", "vae"] = "pixels"
+    vae_path: str | None = None  # local diffusers AutoencoderKL directory (space="vae")
+    cos_weight: float = 0.1  # lambda of the cosine regulariser
+    time_mean: float = 0.0  # logit-normal time sampler
+    time_std: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance (dataset, ...)
+
+    def __post_init__(self) -> None:
+        if self.cos_weight < 0:
+            raise UnisslError(f"cos_weight (lambda) must be >= 0, got {self.cos_weight}")
+        if self.space == "vae" and not self.vae_path:
+            raise UnisslError("space='vae' needs vae_path (a local diffusers AutoencoderKL directory)")
+        if self.channels not in (1, 3):
+            raise UnisslError(f"channels must be 1 or 3, got {self.channels}")
+
+
+class RepTokTokenizer(nn.Module):
+    """One continuous token per image: SSL encoder with a trainable [cls] + flow-matching decoder."""
+
+    def __init__(self, cfg: RepTokConfig, encoder: SSLEncoder | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder if encoder is not None else build_encoder(cfg.encoder)
+        if cfg.space == "pixels":
+            self.space: nn.Module = PixelSpace(cfg.channels, cfg.image_size)
+        else:
+            self.space = VAESpace(cfg.vae_path, cfg.channels, cfg.image_size)  # type: ignore[arg-type]
+        c, s, _ = self.space.shape
+        self.decoder = FlowDecoder(get_decoder_preset(cfg.decoder), c, s, cfg.patch_size)
+        self.projection = ResidualProjection(self.encoder.dim, self.decoder.width)
+        self.path = LinearPath(data_at=0.0)  # x_t = (1 - t) x + t eps; sample from t=1 to t=0
+        self.time_sampler = LogitNormalTime(cfg.time_mean, cfg.time_std)
+
+    # ---------------------------------------------------------------- training
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Flow MSE + lambda * cosine loss on ``batch["image"]`` (B, C, H, W) in [0, 1]."""
+        images = batch["image"]
+        z = self.encoder(images)  # (B, D), differentiable in encoder.cls
+        with torch.no_grad():
+            z_frozen = self.encoder.frozen(images)  # (B, D)
+        l_cos = cosine_loss(z, z_frozen)
+        x = self.space.encode(images)  # (B, c, h, w)
+        t = self.time_sampler.sample(x.shape[0], device=x.device)  # (B,)
+        ps = self.path.sample(x, t)
+        v = self.decoder(ps.x_t, t, self.projection(z))  # (B, c, h, w)
+        mse = (v.float() - ps.target.float()).pow(2).mean()
+        loss = mse + self.cfg.cos_weight * l_cos
+        return {"loss": loss, "flow_mse": mse.detach(), "cos_loss": l_cos.detach(),
+                "cls_drift": (self.encoder.cls - self.encoder.cls_init).norm().detach()}
+
+    # ---------------------------------------------------------------- inference
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) in [0, 1] -> tokens z (B, D)."""
+        return self.encoder(images)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, steps: int = 50, solver: str = "euler",
+               generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens z (B, D) -> images (B, C, H, W) in [0, 1]: integrate from noise (t=1) to data (t=0)."""
+        h = self.projection(z)  # (B, D_dec)
+        if noise is None:
+            noise = torch.randn((z.shape[0], *self.space.shape), generator=generator, device=z.device)
+        x = solve(solver, lambda x_t, t: self.decoder(x_t, t, h), noise, self.path.noise_at,
+                  self.path.data_at, steps)
+        return self.space.decode(x)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, steps: int = 50, solver: str = "euler",
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """decode(encode(images))."""
+        return self.decode(self.encode(images), steps=steps, solver=solver, generator=generator)
+
+    @torch.no_grad()
+    def log_images(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Up to 8 originals, each followed by its reconstruction (pairs side by side in an even-width grid)."""
+        images = batch["image"][:8]
+        rec = self.reconstruct(images, generator=torch.Generator(device=images.device).manual_seed(0))
+        pairs = torch.stack([images.clamp(0, 1), rec], dim=1).flatten(0, 1)  # (2N, C, H, W)
+        return {"reconstructions": pairs}
+
+    # ---------------------------------------------------------------- save / load
+    def _skipped_prefixes(self) -> tuple[str, ...]:
+        skip = ["space.vae."]
+        if not self.encoder.saves_backbone():
+            skip += ["encoder.backbone.", "encoder.vq."]
+        return tuple(skip)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into the directory ``path`` (atomically)."""
+        skip = self._skipped_prefixes()
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith(skip)}
+        cfg = asdict(self.cfg)
+        cfg["encoder"] = self.encoder.spec()
+        meta = {"format": FORMAT, "config": cfg, "backbone_checksum": backbone_checksum(self.encoder)}
+        with atomic_dir(path) as tmp:
+            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+            write_json(tmp / CONFIG_FILE, meta)
+        return Path(path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
+                        encoder_path: str | None = None) -> RepTokTokenizer:
+        """Load a saved tokenizer; ``encoder_path`` overrides where a pretrained backbone is reloaded from."""
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+            raise UnisslError(f"{path} is not a RepTok tokenizer directory (needs {CONFIG_FILE} and "
+                              f"{WEIGHTS_FILE}); pass the --out directory of `unissl train reptok-tokenizer`")
+        meta = read_json(path / CONFIG_FILE)
+        if meta.get("format") != FORMAT:
+            raise UnisslError(f"{path / CONFIG_FILE}: format {meta.get('format')!r} is not {FORMAT!r}")
+        cfg = RepTokConfig(**meta["config"])
+        if encoder_path is not None and "path" in cfg.encoder:
+            cfg.encoder = {**cfg.encoder, "path": encoder_path}
+        model = cls(cfg)
+        expected = float(meta.get("backbone_checksum", 0.0))
+        got = backbone_checksum(model.encoder)
+        if abs(got - expected) > 1e-6 * max(1.0, abs(expected)):
+            raise UnisslError(f"the encoder weights at {cfg.encoder.get('path')} differ from those {path} was "
+                              f"trained with (checksum {got:.6g} != {expected:.6g}); pass the original weights")
+        state = load_file(str(path / WEIGHTS_FILE))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        skip = model._skipped_prefixes()
+        missing = [k for k in missing if not k.startswith(skip)]
+        if missing or unexpected:
+            raise UnisslError(f"{path / WEIGHTS_FILE} does not match its config (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}); re-save the tokenizer")
+        return model.to(device).eval()
+
+
+def load_reptok_tokenizer(path: str | Path, device: str | torch.device = "cpu") -> RepTokTokenizer:
+    """Shorthand for :meth:`RepTokTokenizer.from_pretrained`."""
+    return RepTokTokenizer.from_pretrained(path, device=device)
