@@ -8,6 +8,8 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests use tiny tensors: extra intra-op threads only add contention (10x slower on a shared 2-core box).
+torch.set_num_threads(int(os.environ.get("UNISSL_TEST_THREADS", "1")))
 
 
 @pytest.fixture
