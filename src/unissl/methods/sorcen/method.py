@@ -1,0 +1,247 @@
+"""Sorcen and its baselines as one training method over the same encoder-decoder.
+
+* ``sorcen``: masked token reconstruction + Echo Contrast (generated positive, EMA teacher, InfoNCE)
+  + a uniformity term, on precomputed ids (``batch["ids"]`` (B, h, w)).
+* ``mage``: masked token reconstruction only, on precomputed ids.
+* ``mage-c``: reconstruction of two augmented crops tokenized *online* by a frozen VQ tokenizer
+  (``batch["image"]`` (B, C, H, W)) + SimCLR's NT-Xent between the crops' pooled features.
+
+Every variant trains an online linear classifier on detached pooled features when labels are present
+(``probe_acc`` in the logs; monitoring only, it does not shape the representation).
+Total loss: ``recon + uniformity_weight * uniformity + contrast_weight * contrastive + probe``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from unissl.config import arg
+from unissl.engine.schedule import cosine_value
+from unissl.methods.sorcen.augment import random_resized_crop_flip
+from unissl.methods.sorcen.echo import sample_echo
+from unissl.methods.sorcen.losses import info_nce, masked_token_loss, nt_xent, uniformity_loss
+from unissl.methods.sorcen.masking import random_masking, sample_mask_ratio, sample_window_side, window_mask
+from unissl.methods.sorcen.model import SorcenModel
+from unissl.methods.sorcen.presets import SorcenArch
+
+Variant = Literal["sorcen", "mage", "mage-c"]
+
+
+@dataclass
+class SorcenLossConfig:
+    """Masking, Echo Contrast and loss weights (paper values by default)."""
+
+    mask_mean: float = arg(0.55, help="mean of the truncated-normal masking ratio")
+    mask_std: float = arg(0.25, help="std of the truncated-normal masking ratio")
+    mask_min: float = arg(0.5, help="lower truncation of the masking ratio")
+    mask_max: float = arg(1.0, help="upper truncation of the masking ratio")
+    drop_ratio: float = arg(0.5, help="fraction of positions dropped from the encoder input (within the masked)")
+    label_smoothing: float = arg(0.1, help="label smoothing of the token cross-entropy")
+    contrast_weight: float = arg(0.1, help="weight of the InfoNCE term (Echo Contrast or MAGE-C's SimCLR)")
+    temperature: float = arg(0.3, help="Echo Contrast InfoNCE temperature")
+    magec_temperature: float = arg(0.2, help="MAGE-C NT-Xent temperature")
+    uniformity_weight: float = arg(0.01, help="weight of the uniformity term (sorcen only)")
+    echo_topk: int = arg(15, help="echo samples among the k most likely codes after the argmax")
+    echo_temperature: float = arg(1.0, help="temperature of the echo sampling")
+    echo_warmup: float = arg(10 / 1600, help="fraction of training that uses ground-truth ids as the echo")
+    momentum: float = arg(0.996, help="initial EMA momentum of the teacher (cosine to 1.0)")
+    crop_scale_min: float = arg(0.2, help="MAGE-C: smallest crop area fraction")
+    probe: bool = arg(True, help="train an online linear classifier on detached features (when labels exist)")
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mask_min <= self.mask_max <= 1.0:
+            raise ValueError(f"need 0 < mask_min <= mask_max <= 1, got {self.mask_min}, {self.mask_max}")
+        if not 0.0 <= self.drop_ratio <= self.mask_min:
+            raise ValueError(f"drop_ratio {self.drop_ratio} must be in [0, mask_min={self.mask_min}]")
+        if self.temperature <= 0 or self.magec_temperature <= 0 or self.echo_temperature <= 0:
+            raise ValueError("temperatures must be positive")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+
+
+class FrozenTokenizer(Protocol):
+    """What MAGE-C needs from the VQ tokenizer (see :func:`unissl.tokenizers.load_tokenizer`)."""
+
+    codebook_size: int
+    grid: tuple[int, int]
+    image_size: int
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+class ProjectionHead(nn.Module):
+    """Linear -> BatchNorm -> ReLU -> Linear (SimCLR / NNCLR projector and predictor)."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, in) -> (B, out)
+
+
+class SorcenMethod(nn.Module):
+    """The trainable method (engine ``Method`` protocol). ``model`` is the encoder-decoder to keep."""
+
+    def __init__(self, arch: SorcenArch, variant: Variant = "sorcen", loss: SorcenLossConfig | None = None,
+                 num_classes: int = 0, tokenizer: FrozenTokenizer | None = None) -> None:
+        super().__init__()
+        if variant not in ("sorcen", "mage", "mage-c"):
+            raise ValueError(f"unknown variant {variant!r}")
+        self.arch, self.variant = arch, variant
+        self.cfg = loss or SorcenLossConfig()
+        self.model = SorcenModel(arch)
+        if variant == "sorcen":
+            self.projector = ProjectionHead(arch.dim, arch.proj_hidden, arch.proj_dim)
+            self.predictor = ProjectionHead(arch.proj_dim, arch.pred_hidden, arch.proj_dim)
+            # EMA teacher: its own blocks and projector; it shares the embedding and final norm.
+            self.teacher_blocks = copy.deepcopy(self.model.blocks).requires_grad_(False)
+            self.teacher_projector = copy.deepcopy(self.projector).requires_grad_(False)
+        elif variant == "mage-c":
+            if tokenizer is None:
+                raise ValueError("mage-c needs the frozen VQ tokenizer that tokenizes the crops online")
+            self.projector = ProjectionHead(arch.dim, arch.proj_hidden, arch.proj_dim)
+        # The frozen tokenizer stays outside the module tree: not trained, not checkpointed, not in DDP.
+        self._tokenizer: tuple[FrozenTokenizer, ...] = (tokenizer,) if tokenizer is not None else ()
+        if tokenizer is not None:
+            if isinstance(tokenizer, nn.Module):
+                tokenizer.requires_grad_(False).eval()
+            if int(tokenizer.codebook_size) != arch.codebook_size or tuple(tokenizer.grid) != tuple(arch.grid):
+                raise ValueError(f"tokenizer (K={tokenizer.codebook_size}, grid={tuple(tokenizer.grid)}) does "
+                                 f"not match the model (K={arch.codebook_size}, grid={arch.grid})")
+        self.probe = nn.Linear(arch.dim, num_classes) if (num_classes > 0 and self.cfg.probe) else None
+        # Training progress, for the echo warm-up and the momentum schedule (saved with checkpoints).
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("total_steps", torch.zeros((), dtype=torch.long))
+
+    # ------------------------------------------------------------------ engine hooks
+    def no_weight_decay(self) -> set[str]:
+        """The decoder's position table (an ``nn.Parameter``, not an ``nn.Embedding``)."""
+        return {"model.decoder_pos"}
+
+    @torch.no_grad()
+    def on_train_step_end(self, step: int, total_steps: int) -> None:
+        """Record progress and move the teacher towards the student (momentum 0.996 -> 1, cosine)."""
+        self.step.fill_(step)
+        self.total_steps.fill_(total_steps)
+        if self.variant != "sorcen":
+            return
+        beta = self.momentum_at(step, total_steps)
+        for student, teacher in ((self.model.blocks, self.teacher_blocks), (self.projector, self.teacher_projector)):
+            s_params = [p.detach() for p in student.parameters()]
+            t_params = list(teacher.parameters())
+            torch._foreach_lerp_(t_params, s_params, 1.0 - beta)  # t <- beta * t + (1 - beta) * s
+
+    def momentum_at(self, step: int, total_steps: int) -> float:
+        """beta = 1 - (1 - m0) * (cos(pi * step / total) + 1) / 2."""
+        return cosine_value(step, self.cfg.momentum, 1.0, max(total_steps, 1))
+
+    def in_echo_warmup(self) -> bool:
+        """True while the echo is the ground truth (the decoder is not yet a useful generator)."""
+        total = int(self.total_steps)
+        return total == 0 or int(self.step) < math.ceil(self.cfg.echo_warmup * total)
+
+    def train(self, mode: bool = True) -> SorcenMethod:
+        super().train(mode)
+        for tok in self._tokenizer:
+            if isinstance(tok, nn.Module):
+                tok.eval()  # the frozen tokenizer always runs in inference mode
+        return self
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One training step's losses. Returns ``loss`` and scalar logs (``recon``, ``contrast``, ...)."""
+        if self.variant == "mage-c":
+            return self._forward_magec(batch)
+        ids = batch["ids"].long()  # (B, h, w)
+        latent, logits, targets, masking = self._masked_pass(ids)
+        recon = masked_token_loss(logits, targets, masking.token_mask, self.cfg.label_smoothing)
+        pooled = latent[:, 1:].mean(dim=1)  # (B, D) mean of the kept image positions
+        out: dict[str, torch.Tensor] = {"recon": recon.detach()}
+        loss = recon
+        if self.variant == "sorcen":
+            uniformity = uniformity_loss(pooled)
+            z = self._echo_embedding(ids, logits)  # (B, P), no gradient
+            p = self.predictor(self.projector(pooled))  # (B, P)
+            contrast = info_nce(z, p, self.cfg.temperature)  # queries: echoes; keys: anchors of all ranks
+            loss = loss + self.cfg.uniformity_weight * uniformity + self.cfg.contrast_weight * contrast
+            out.update(uniformity=uniformity.detach(), contrast=contrast.detach(),
+                       echo_warmup=torch.tensor(float(self.in_echo_warmup())))
+        loss = loss + self._probe(pooled, batch, out)
+        out["loss"] = loss
+        return out
+
+    def _masked_pass(self, ids: torch.Tensor):
+        """Sample this step's ratio and masks, run encoder + decoder. -> latent, logits, targets, masking."""
+        c = self.cfg
+        ratio = sample_mask_ratio(c.mask_mean, c.mask_std, c.mask_min, c.mask_max)
+        flat = ids.reshape(ids.shape[0], -1)  # (B, N)
+        masking = random_masking(flat.shape[0], flat.shape[1], ratio, c.drop_ratio, device=ids.device)
+        latent, logits = self.model(flat, masking)  # (B, 1+N_keep, D), (B, N, K)
+        return latent, logits, flat, masking
+
+    @torch.no_grad()
+    def _echo_embedding(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Echo -> jittered window -> EMA teacher (no dropping) -> mean of image positions -> projector."""
+        b, (h, w) = ids.shape[0], self.arch.grid
+        if self.in_echo_warmup():
+            echo = ids.reshape(b, h, w)
+        else:
+            echo = sample_echo(logits.detach(), self.cfg.echo_topk, self.cfg.echo_temperature).view(b, h, w)
+        echo = window_mask(echo, sample_window_side(self.arch.grid), self.model.special.mask)  # (B, h, w)
+        x = self.model.embed(self.model.with_class_slot(echo))  # (B, 1+N, D), shared embedding
+        t = self.model.run_encoder(x, self.teacher_blocks)  # shared final norm
+        return self.teacher_projector(t[:, 1:].mean(dim=1))  # (B, P)
+
+    def _forward_magec(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        images = batch["image"]  # (B, C, H, W) in [0, 1]
+        tok = self.tokenizer
+        size = int(tok.image_size)
+        scale = (self.cfg.crop_scale_min, 1.0)
+        with torch.no_grad():
+            views = torch.cat([random_resized_crop_flip(images, size, scale),
+                               random_resized_crop_flip(images, size, scale)])  # (2B, C, S, S)
+            ids = tok.encode(views).long()  # (2B, h, w), tokenized online every step
+        latent, logits, targets, masking = self._masked_pass(ids)
+        recon = masked_token_loss(logits, targets, masking.token_mask, self.cfg.label_smoothing)
+        pooled = latent[:, 1:].mean(dim=1)  # (2B, D)
+        z = self.projector(pooled)  # (2B, P)
+        b = images.shape[0]
+        contrast = nt_xent(z[:b], z[b:], self.cfg.magec_temperature)
+        out: dict[str, torch.Tensor] = {"recon": recon.detach(), "contrast": contrast.detach()}
+        loss = recon + self.cfg.contrast_weight * contrast + self._probe(pooled[:b], batch, out)
+        out["loss"] = loss
+        return out
+
+    def _probe(self, pooled: torch.Tensor, batch: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Online linear classifier on detached features; adds ``probe_loss`` / ``probe_acc`` to ``out``."""
+        if self.probe is None or "label" not in batch:
+            return pooled.new_zeros(())
+        labels = batch["label"].long().view(-1)  # (B,)
+        logits = self.probe(pooled.detach().float())  # (B, classes)
+        loss = F.cross_entropy(logits, labels)
+        out["probe_loss"] = loss.detach()
+        out["probe_acc"] = (logits.argmax(dim=1) == labels).float().mean()
+        return loss
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def tokenizer(self) -> FrozenTokenizer:
+        """The frozen online tokenizer (MAGE-C), moved to the method's device on first use."""
+        if not self._tokenizer:
+            raise RuntimeError("this method has no online tokenizer (only mage-c uses one)")
+        tok = self._tokenizer[0]
+        if isinstance(tok, nn.Module):
+            device = self.model.decoder_pos.device
+            first = next(iter(tok.parameters()), None)
+            if first is not None and first.device != device:
+                tok.to(device)
+        return tok
