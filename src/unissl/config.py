@@ -192,7 +192,17 @@ def _from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     unknown = set(data) - names
     if unknown:
         raise UnisslError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(names)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            # A partial mapping for a nested dataclass overrides the *parent's* default for that field
+            # (e.g. ``train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=50))``), not
+            # the nested class's own defaults.
+            default = _default_of(fields[k])
+            if dataclasses.is_dataclass(default) and not isinstance(default, type):
+                v = _deep_update(to_dict(default), v)
+        kwargs[k] = _coerce(v, hints[k], f"{where}.{k}")
     missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
     if missing:

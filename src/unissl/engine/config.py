@@ -1,0 +1,115 @@
+"""``TrainConfig``: every knob of the training loop, in one dataclass.
+
+Methods nest it as ``train: TrainConfig`` in their command's config, so its flags read ``--train.steps``,
+``--train.base-lr`` and so on. Quantities that depend on the dataset or the number of processes (steps
+from epochs, warm-up from epochs, the per-rank batch) are resolved by the helpers below at run time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from unissl.config import arg
+from unissl.errors import UnisslError
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, checkpointing and logging settings shared by every training command."""
+
+    run_dir: str = arg("runs/default", help="run directory (checkpoints, logs, images)")
+    steps: int = arg(1000, help="optimizer steps (ignored when --train.epochs is set)")
+    epochs: float | None = arg(None, help="train for this many passes over the dataset instead of --train.steps")
+    global_batch: int = arg(256, help="samples per optimizer step over all processes and accumulation steps")
+    grad_accum: int = arg(1, help="micro-batches per optimizer step (per-rank batch = global/world/grad_accum)")
+    base_lr: float = arg(1.5e-4, help="learning rate per 256 samples: lr = base_lr * global_batch / 256")
+    lr: float | None = arg(None, help="absolute peak learning rate (overrides --train.base-lr)")
+    min_lr: float = arg(0.0, help="learning rate at the end of the cosine decay")
+    weight_decay: float = arg(0.05, help="AdamW weight decay (not applied to biases, norms, embeddings)")
+    betas: tuple[float, float] = arg((0.9, 0.95), help="AdamW betas")
+    warmup_steps: int = arg(0, help="linear warm-up steps (ignored when --train.warmup-epochs is set)")
+    warmup_epochs: float | None = arg(None, help="linear warm-up length in epochs")
+    clip_grad: float | None = arg(1.0, help="clip the global gradient norm to this value (none: no clipping)")
+    ema_decay: float | None = arg(None, help="keep an exponential moving average of the weights with this decay")
+    ckpt_every: int = arg(1000, help="save a checkpoint every this many steps (and always at the end)")
+    keep_ckpts: int = arg(3, help="number of most recent checkpoints to keep")
+    log_every: int = arg(10, help="write a log line every this many steps")
+    image_every: int | None = arg(None, help="call the method's log_images every this many steps "
+                                               "(none: at checkpoints, 0: never)")
+    seed: int = arg(0, help="random seed (offset by the rank for per-process randomness)")
+    resume: bool = arg(False, help="continue from the latest checkpoint in the run directory if there is one")
+    resume_from: str | None = arg(None, help="continue from this checkpoint directory (or run directory)")
+    device: Literal["auto", "cpu", "cuda"] = arg("auto", help="training device (auto: cuda if available)")
+    amp: Literal["auto", "bf16", "fp32"] = arg("auto", help="autocast precision (bf16 on CUDA only; CPU is fp32)")
+    compile: bool = arg(False, help="torch.compile the method (CUDA only)")
+    num_workers: int = arg(4, help="DataLoader worker processes per rank")
+    find_unused_parameters: bool = arg(False, help="DDP: allow parameters that get no gradient in a step")
+    tensorboard: bool = arg(True, help="also write TensorBoard scalars/images to run_dir/tb")
+    progress: bool = arg(True, help="show a tqdm progress bar (rank 0)")
+
+    def __post_init__(self) -> None:
+        def positive(name: str, value: float | None, allow_none: bool = False, allow_zero: bool = False) -> None:
+            if value is None and allow_none:
+                return
+            ok = value is not None and (value >= 0 if allow_zero else value > 0)
+            if not ok or (isinstance(value, float) and not math.isfinite(value)):
+                kind = "non-negative" if allow_zero else "positive"
+                raise UnisslError(f"train.{name} must be {kind}, got {value!r}")
+
+        positive("steps", self.steps)
+        positive("epochs", self.epochs, allow_none=True)
+        positive("global_batch", self.global_batch)
+        positive("grad_accum", self.grad_accum)
+        positive("base_lr", self.base_lr)
+        positive("lr", self.lr, allow_none=True)
+        positive("min_lr", self.min_lr, allow_zero=True)
+        positive("weight_decay", self.weight_decay, allow_zero=True)
+        positive("warmup_steps", self.warmup_steps, allow_zero=True)
+        positive("warmup_epochs", self.warmup_epochs, allow_none=True, allow_zero=True)
+        positive("clip_grad", self.clip_grad, allow_none=True)
+        positive("ckpt_every", self.ckpt_every)
+        positive("keep_ckpts", self.keep_ckpts)
+        positive("log_every", self.log_every)
+        positive("image_every", self.image_every, allow_none=True, allow_zero=True)
+        positive("num_workers", self.num_workers, allow_zero=True)
+        if self.global_batch % self.grad_accum:
+            raise UnisslError(f"train.global_batch={self.global_batch} is not divisible by "
+                              f"train.grad_accum={self.grad_accum}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise UnisslError(f"train.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise UnisslError(f"train.ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.min_lr > self.peak_lr():
+            raise UnisslError(f"train.min_lr={self.min_lr} is above the peak lr {self.peak_lr():g}; lower it")
+
+    def peak_lr(self) -> float:
+        """The peak learning rate: ``lr`` if given, else ``base_lr * global_batch / 256`` (linear scaling)."""
+        return self.lr if self.lr is not None else self.base_lr * self.global_batch / 256
+
+    def steps_per_epoch(self, dataset_len: int) -> int:
+        """Optimizer steps in one pass over ``dataset_len`` samples (incomplete batches are dropped)."""
+        if dataset_len < self.global_batch:
+            raise UnisslError(f"the dataset has {dataset_len} samples, fewer than train.global_batch="
+                              f"{self.global_batch}; lower the batch size")
+        return dataset_len // self.global_batch
+
+    def total_steps(self, dataset_len: int) -> int:
+        """The number of optimizer steps: ``steps``, or ``epochs`` converted with the dataset length."""
+        if self.epochs is None:
+            return self.steps
+        return max(1, math.ceil(self.epochs * self.steps_per_epoch(dataset_len)))
+
+    def warmup(self, dataset_len: int) -> int:
+        """Warm-up steps: ``warmup_steps``, or ``warmup_epochs`` converted with the dataset length."""
+        if self.warmup_epochs is None:
+            return self.warmup_steps
+        return math.ceil(self.warmup_epochs * self.steps_per_epoch(dataset_len))
+
+    def per_rank_batch(self, world_size: int) -> int:
+        """Samples each process loads per optimizer step; checks the global batch splits evenly."""
+        if self.global_batch % (world_size * self.grad_accum):
+            raise UnisslError(f"train.global_batch={self.global_batch} must be divisible by world size x "
+                              f"grad_accum = {world_size} x {self.grad_accum}; change one of them")
+        return self.global_batch // world_size

@@ -1,0 +1,87 @@
+"""Exponential moving average of a module's weights (``shadow <- decay * shadow + (1 - decay) * weight``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """A shadow copy of the trainable parameters and floating-point buffers of ``module``.
+
+    Keys are the module's ``state_dict`` names, so :meth:`state_dict` can be saved as ``ema.safetensors``
+    and overlaid on the model weights (``module.load_state_dict(ema, strict=False)``). Frozen parameters
+    never change, so they are not tracked; integer buffers (counters) are copied, not averaged.
+    """
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.shadow: dict[str, torch.Tensor] = {
+            name: t.detach().clone() for name, t in self._tracked(module).items()
+        }
+
+    @staticmethod
+    def _tracked(module: nn.Module) -> dict[str, torch.Tensor]:
+        """The live tensors the EMA follows, keyed by state-dict name (tied weights appear once)."""
+        out = {name: p for name, p in module.named_parameters() if p.requires_grad}
+        out.update({name: b for name, b in module.named_buffers() if b is not None})
+        return out
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        """Move the shadow towards the current weights of ``module``."""
+        live = self._tracked(module)
+        avg_s, avg_l = [], []
+        for name, s in self.shadow.items():
+            x = live[name]
+            if s.is_floating_point():
+                avg_s.append(s)
+                avg_l.append(x.detach().to(s.dtype))
+            else:
+                s.copy_(x)
+        if avg_s:
+            # shadow + (1 - decay) * (x - shadow) == decay * shadow + (1 - decay) * x
+            torch._foreach_lerp_(avg_s, avg_l, 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, module: nn.Module) -> None:
+        """Overwrite the tracked weights of ``module`` with the shadow (e.g. before evaluation)."""
+        live = self._tracked(module)
+        for name, s in self.shadow.items():
+            live[name].copy_(s)
+
+    @contextlib.contextmanager
+    def swapped(self, module: nn.Module) -> Iterator[nn.Module]:
+        """Temporarily run ``module`` with the EMA weights; the live weights come back afterwards."""
+        live = self._tracked(module)
+        backup = {name: live[name].detach().clone() for name in self.shadow}
+        self.copy_to(module)
+        try:
+            yield module
+        finally:
+            with torch.no_grad():
+                for name, b in backup.items():
+                    live[name].copy_(b)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The shadow tensors (references; clone before mutating)."""
+        return dict(self.shadow)
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore the shadow; the key sets must match exactly."""
+        missing, extra = set(self.shadow) - set(state), set(state) - set(self.shadow)
+        if missing or extra:
+            raise KeyError(f"EMA state mismatch: missing {sorted(missing)[:5]}, unexpected {sorted(extra)[:5]}")
+        for name, s in self.shadow.items():
+            s.copy_(state[name])
+
+    def to(self, device: torch.device | str) -> EMA:
+        """Move the shadow to ``device``."""
+        self.shadow = {k: v.to(device) for k, v in self.shadow.items()}
+        return self

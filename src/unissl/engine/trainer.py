@@ -1,0 +1,390 @@
+"""The one training loop: a :class:`~unissl.engine.method.Method` + a dataset + a :class:`TrainConfig`.
+
+Per optimizer step, each rank loads ``global_batch / world_size`` samples (one batch of the resumable
+:class:`~unissl.data.sampler.ShardedBatchSampler`), splits them into ``grad_accum`` micro-batches and
+accumulates ``loss / grad_accum`` (DDP synchronises gradients on the last micro-batch only). Then: NaN
+check, gradient clipping, AdamW step at the scheduled lr, the method's ``on_train_step_end`` hook, the
+EMA update, logging, images and checkpoints. Everything that a resumed run needs (weights, optimizer,
+EMA, step, sampler position, every rank's RNG state) is in the checkpoint, so a resumed CPU run
+continues bit-exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from unissl.engine import dist
+from unissl.engine.checkpoint import (
+    capture_rng_state,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    resolve_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from unissl.engine.config import TrainConfig
+from unissl.engine.ema import EMA
+from unissl.engine.logger import RunLogger
+from unissl.engine.method import hook
+from unissl.engine.optim import build_optimizer
+from unissl.engine.schedule import lr_schedule
+from unissl.errors import UnisslError
+from unissl.utils.io import git_revision, read_json, write_json
+from unissl.utils.seed import seed_everything
+
+
+class Callback:
+    """Override any of these to observe training; they run on every rank (check ``trainer.is_main``)."""
+
+    def on_step_end(self, trainer: Trainer, step: int, logs: dict[str, float]) -> None:
+        """After optimizer step ``step`` (1-based); ``logs`` is empty except on logging steps."""
+
+    def on_checkpoint(self, trainer: Trainer, step: int, path: Path) -> None:
+        """After a checkpoint of ``step`` was written to ``path``."""
+
+    def on_fit_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        """After the last step and the final checkpoint."""
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> CUDA (this rank's GPU) when available, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UnisslError("train.device=cuda but no CUDA device is available; use --train.device cpu")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def split_batch(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
+    """Cut every tensor/list entry of ``batch`` along dim 0 into ``parts`` equal micro-batches."""
+    if parts == 1:
+        return [batch]
+    out: list[dict[str, Any]] = [{} for _ in range(parts)]
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.ndim > 0:
+            chunks: Sequence[Any] = value.chunk(parts)
+        elif isinstance(value, (list, tuple)):
+            n = len(value) // parts
+            chunks = [value[i * n:(i + 1) * n] for i in range(parts)]
+        else:  # scalars and metadata are shared by every micro-batch
+            chunks = [value] * parts
+        if len(chunks) != parts:
+            raise UnisslError(f"batch entry {key!r} has {len(value)} rows, not divisible into {parts} micro-batches")
+        for i, c in enumerate(chunks):
+            out[i][key] = c
+    return out
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class _StopRequest:
+    """SIGTERM/SIGINT handlers that ask the loop to checkpoint and stop at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.signal = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Trainer:
+    """Train ``method`` on ``dataset`` according to ``cfg``; see the module docstring for one step.
+
+    Args:
+        method: an ``nn.Module`` following the :class:`~unissl.engine.method.Method` protocol. Build it
+            after ``seed_everything(cfg.seed)`` (DDP also broadcasts rank 0's initial weights).
+        dataset: a map-style dataset with ``__len__`` and ``__getitems__(indices) -> dict of stacked tensors``.
+        cfg: the training settings.
+        run_dir: where checkpoints, logs and images go (default ``cfg.run_dir``).
+        callbacks: :class:`Callback` objects.
+    """
+
+    def __init__(self, method: nn.Module, dataset: Any, cfg: TrainConfig, run_dir: str | Path | None = None,
+                 callbacks: Sequence[Callback] | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir if run_dir is not None else cfg.run_dir)
+        self.callbacks = list(callbacks or [])
+        self.dataset = dataset
+        self.rank, self.world_size, local_rank = dist.init_distributed()
+        self.is_main = self.rank == 0
+        self.device = resolve_device(cfg.device, local_rank)
+        self.amp = cfg.amp != "fp32" and self.device.type == "cuda"  # bf16 autocast on CUDA only
+        self.per_rank_batch = cfg.per_rank_batch(self.world_size)
+        self.num_items = len(dataset)
+        self.total_steps = cfg.total_steps(self.num_items)
+        self.steps_per_epoch = cfg.steps_per_epoch(self.num_items)
+        warmup = cfg.warmup(self.num_items)
+        if warmup > self.total_steps:
+            raise UnisslError(f"warm-up ({warmup} steps) is longer than the run ({self.total_steps} steps); "
+                              f"lower train.warmup_steps/warmup_epochs")
+        self.lr_values = lr_schedule(cfg.peak_lr(), cfg.min_lr, self.total_steps, warmup)  # (total_steps,)
+
+        self.method = method.to(self.device)
+        self.model: nn.Module = self.method
+        if self.world_size > 1:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.method, device_ids=[local_rank] if self.device.type == "cuda" else None,
+                find_unused_parameters=cfg.find_unused_parameters)
+        if cfg.compile and self.device.type == "cuda":
+            self.model = torch.compile(self.model)  # type: ignore[assignment]
+        self.optimizer = build_optimizer(self.method, cfg.peak_lr(), cfg.weight_decay, cfg.betas)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.ema = EMA(self.method, cfg.ema_decay) if cfg.ema_decay is not None else None
+        self.step = 0
+        self.elapsed = 0.0  # training seconds, summed over resumed sessions
+        self.last_checkpoint: Path | None = None
+        self.logger = RunLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.tensorboard)
+
+        from unissl.data.sampler import ShardedBatchSampler
+
+        self.sampler = ShardedBatchSampler(self.num_items, cfg.global_batch, self.rank, self.world_size,
+                                           seed=cfg.seed, drop_last=True)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _trainer_state(self) -> dict[str, Any]:
+        sampler_state = self.sampler.state_dict()
+        # The live sampler may be ahead of training (DataLoader prefetch): record the consumed position.
+        sampler_state["epoch"], sampler_state["step_in_epoch"] = divmod(self.step, self.sampler.steps_per_epoch)
+        return {"step": self.step, "total_steps": self.total_steps, "elapsed": self.elapsed,
+                "optimizer": self.optimizer.state_dict(), "sampler": sampler_state,
+                "rng": dist.all_gather_object(capture_rng_state()), "world_size": self.world_size,
+                "global_batch": self.cfg.global_batch}
+
+    def save(self) -> Path:
+        """Checkpoint the current step (every rank must call this; rank 0 writes)."""
+        state = self._trainer_state()  # collective (gathers RNG states)
+        path = self.run_dir / "checkpoints"
+        if self.is_main:
+            path = save_checkpoint(self.run_dir, self.step, self.method.state_dict(), state,
+                                   self.ema.state_dict() if self.ema is not None else None, keep=self.cfg.keep_ckpts)
+        dist.barrier()
+        path = latest_checkpoint(self.run_dir) or path
+        self.last_checkpoint = path
+        for cb in self.callbacks:
+            cb.on_checkpoint(self, self.step, path)
+        return path
+
+    def _find_resume(self) -> Path | None:
+        if self.cfg.resume_from:
+            return resolve_checkpoint(self.cfg.resume_from)
+        if self.cfg.resume:
+            return latest_checkpoint(self.run_dir)
+        if list_checkpoints(self.run_dir):
+            raise UnisslError(f"{self.run_dir} already holds checkpoints; pass --train.resume to continue that run "
+                              f"or choose another --train.run-dir")
+        return None
+
+    def _load(self, path: Path) -> dict[str, Any]:
+        ck = load_checkpoint(path)
+        state = ck.trainer_state or {}
+        if state.get("global_batch") != self.cfg.global_batch:
+            raise UnisslError(f"{path} was trained with global_batch={state.get('global_batch')}, this run has "
+                              f"{self.cfg.global_batch}; resume with the same --train.global-batch")
+        try:
+            self.method.load_state_dict(ck.model)
+        except RuntimeError as e:
+            raise UnisslError(f"weights in {path} do not fit the method ({str(e).splitlines()[0]}); "
+                              f"resume with the same model settings") from e
+        if self.ema is not None:
+            if ck.ema is None:
+                raise UnisslError(f"{path} has no EMA weights but train.ema_decay is set; resume without it")
+            self.ema.load_state_dict(ck.ema)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step = int(state["step"])
+        self.elapsed = float(state.get("elapsed", 0.0))
+        self.last_checkpoint = ck.path
+        return state
+
+    # ------------------------------------------------------------------ one step
+    def _train_step(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], float]:
+        """Forward/backward over the micro-batches and one optimizer step; returns (mean logs, grad norm)."""
+        lr = float(self.lr_values[min(self.step, self.total_steps - 1)])
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        micro = split_batch(batch, self.cfg.grad_accum)
+        sums: dict[str, torch.Tensor] = {}
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext())
+        for i, mb in enumerate(micro):
+            last = i == len(micro) - 1
+            sync = contextlib.nullcontext() if last or self.world_size == 1 else self.model.no_sync()  # type: ignore[operator]
+            with sync:
+                with autocast:
+                    out = self.model(mb)
+                if "loss" not in out:
+                    raise UnisslError(f"{type(self.method).__name__}.forward must return a dict with 'loss'")
+                (out["loss"] / self.cfg.grad_accum).backward()
+            for k, v in out.items():
+                v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+                if v.numel() != 1:
+                    raise ValueError(f"{type(self.method).__name__}.forward returned a non-scalar log {k!r} "
+                                     f"of shape {tuple(v.shape)}")
+                sums[k] = sums.get(k, 0.0) + v.reshape(()).to(self.device) / len(micro)
+        return sums, lr
+
+    def _check_finite(self, loss: torch.Tensor, stop: _StopRequest) -> bool:
+        """All ranks agree whether the loss is finite and whether to stop; raises on NaN/Inf."""
+        flags = torch.stack([loss.detach().float().reshape(()),
+                             torch.tensor(float(stop.signal is not None), device=loss.device)])
+        if self.world_size > 1:
+            torch.distributed.all_reduce(flags)
+            flags[0] /= self.world_size
+        value = float(flags[0])
+        if not math.isfinite(value):
+            self._raise_nan("loss", value)
+        return bool(flags[1] > 0)
+
+    def _raise_nan(self, what: str, value: float) -> None:
+        where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+                 else "no checkpoint was written yet")
+        raise UnisslError(f"{what} became {value} at step {self.step + 1}; {where}; lower the learning rate "
+                          f"(--train.base-lr), keep --train.clip-grad on, or check the data, then --train.resume")
+
+    # ------------------------------------------------------------------ the loop
+    def _record_session(self, resumed_from: Path | None) -> None:
+        if not self.is_main:
+            return
+        path = self.run_dir / "train_info.json"
+        sessions = read_json(path) if path.is_file() else []
+        sessions.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_revision": git_revision(),
+                         "world_size": self.world_size, "device": str(self.device),
+                         "amp": "bf16" if self.amp else "fp32", "total_steps": self.total_steps,
+                         "per_rank_batch": self.per_rank_batch, "grad_accum": self.cfg.grad_accum,
+                         "peak_lr": self.cfg.peak_lr(), "start_step": self.step,
+                         "resumed_from": str(resumed_from) if resumed_from else None,
+                         "trainable_params": sum(p.numel() for p in self.params)})
+        write_json(path, sessions)
+
+    def _data_iter(self) -> Iterator[dict[str, Any]]:
+        from unissl.data.sampler import collate_batched
+
+        loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate_batched,
+                            num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(self.cfg.seed + self.rank))
+        return iter(loader)
+
+    def fit(self) -> dict[str, float]:
+        """Train to ``total_steps`` (resuming if asked); returns the last logged values."""
+        resume = self._find_resume()
+        state = self._load(resume) if resume is not None else None
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if state is not None:
+                self.logger.truncate_after(self.step)
+        self._record_session(resume)
+        if state is None:
+            seed_everything(self.cfg.seed + self.rank)  # per-rank randomness (masks, noise); weights are built
+        data = self._data_iter()
+        if state is not None:  # after the DataLoader exists, so nothing else draws from the restored streams
+            rng = state["rng"]
+            restore_rng_state(rng[self.rank % len(rng)])
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.is_main and self.cfg.progress),
+                   dynamic_ncols=True, desc=self.run_dir.name)
+        window: dict[str, torch.Tensor] = {}
+        window_steps, window_start = 0, time.perf_counter()
+        session_start, elapsed0 = time.perf_counter(), self.elapsed
+        final: dict[str, float] = {}
+        saved_step = self.step if state is not None else -1
+        self.method.train()
+        try:
+            with _StopRequest() as stop:
+                while self.step < self.total_steps:
+                    batch = _to_device(next(data), self.device)
+                    sums, lr = self._train_step(batch)
+                    stop_now = self._check_finite(sums["loss"], stop)
+                    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+                    if not torch.isfinite(grad_norm):
+                        self._raise_nan("gradient norm", float(grad_norm))
+                    if self.cfg.clip_grad is not None:
+                        torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.clip_grad, grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.step += 1
+                    on_end = hook(self.method, "on_train_step_end")
+                    if on_end is not None:
+                        on_end(self.step, self.total_steps)
+                    if self.ema is not None:
+                        self.ema.update(self.method)
+                    self.elapsed = elapsed0 + time.perf_counter() - session_start
+
+                    sums["grad_norm"] = grad_norm.detach().float()
+                    for k, v in sums.items():
+                        window[k] = window.get(k, 0.0) + v
+                    window_steps += 1
+                    logs: dict[str, float] = {}
+                    if self.step % self.cfg.log_every == 0 or self.step == self.total_steps or stop_now:
+                        keys = sorted(window)
+                        means = dist.all_reduce_mean(torch.stack([window[k] for k in keys]) / window_steps)
+                        now = time.perf_counter()
+                        logs = {"lr": lr, **dict(zip(keys, means.tolist())),
+                                "samples_per_s": self.cfg.global_batch * window_steps / max(now - window_start, 1e-9),
+                                "epoch": self.step / self.steps_per_epoch, "elapsed": self.elapsed}
+                        self.logger.log(self.step, logs)
+                        bar.set_postfix(loss=f"{logs['loss']:.4g}", lr=f"{lr:.3g}")
+                        final = {"step": float(self.step), **logs}
+                        window, window_steps, window_start = {}, 0, now
+                    bar.update(1)
+                    for cb in self.callbacks:
+                        cb.on_step_end(self, self.step, logs)
+                    at_ckpt = self.step % self.cfg.ckpt_every == 0
+                    every = self.cfg.image_every
+                    if every is None and at_ckpt or every and self.step % every == 0:
+                        self._log_images(batch)
+                    if at_ckpt or stop_now:
+                        self.save()
+                        saved_step = self.step
+                    if stop_now:
+                        if stop.signal == signal.SIGINT:
+                            raise KeyboardInterrupt
+                        raise SystemExit(128 + int(stop.signal or signal.SIGTERM))
+                if saved_step != self.step:
+                    self.save()
+        finally:
+            bar.close()
+            self.logger.close()
+        for cb in self.callbacks:
+            cb.on_fit_end(self, final)
+        return final
+
+    @torch.no_grad()
+    def _log_images(self, batch: dict[str, Any]) -> None:
+        fn = hook(self.method, "log_images")
+        if fn is None or not self.is_main:
+            return
+        self.method.eval()
+        try:
+            self.logger.images(self.step, fn(batch))
+        finally:
+            self.method.train()
