@@ -221,3 +221,30 @@ def test_continuous_store_round_trip(tmp_path: Path) -> None:
         write_array_store(tmp_path / "bad", {"a": np.zeros((3, 2)), "b": np.zeros((3, 4))},
                           {"a": np.zeros(3), "b": np.zeros(3)})
     assert not (tmp_path / "bad").exists()
+
+
+# ------------------------------------------------------------------ `unissl tokenize`
+def test_tokenize_command_with_a_saved_vq_tokenizer(tmp_path: Path, capsys) -> None:
+    from unissl.cli import main
+    from unissl.tokenizers import VQTokenizer, load_tokenizer, preset
+
+    torch.manual_seed(0)
+    tok_dir = VQTokenizer(preset("tiny")).save_pretrained(tmp_path / "tok")  # 3x8x8 -> 4x4 ids, K=16
+    out = tmp_path / "store"
+    argv = ["tokenize", "--tokenizer", str(tok_dir), "--dataset", "digits", "--splits", "test", "--out", str(out),
+            "--batch-size", "100", "--flip", "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    assert "tokenized digits (test 297, +flipped) -> 4x4 ids, codebook 16" in capsys.readouterr().out
+    store = TokenStore(out, "test", flip=True, verify=True)
+    tok = load_tokenizer(tok_dir)
+    images = all_images(build_dataset("digits", "test", image_size=8, channels=3))  # grey -> RGB for the tokenizer
+    ids = store.__getitems__(range(2 * 297))["ids"]
+    assert torch.equal(ids[:297], tok.encode(images)) and torch.equal(ids[297:], tok.encode(images.flip(-1)))
+    assert store.tokenizer_path == str(Path(tok_dir).resolve())
+    assert store.meta["tokenizer"]["checksum"] == tok.checksum()
+    # An existing store is kept unless --overwrite; user errors exit with status 2.
+    assert main(argv) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(argv + ["--overwrite"]) == 0
+    assert main(["tokenize", "--tokenizer", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
+    assert main(["tokenize", "--tokenizer", str(tok_dir), "--out", str(tmp_path / "x"), "--dataset", "cifar"]) == 2
