@@ -75,15 +75,15 @@ def split_batch(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
         return [batch]
     out: list[dict[str, Any]] = [{} for _ in range(parts)]
     for key, value in batch.items():
-        if isinstance(value, torch.Tensor) and value.ndim > 0:
-            chunks: Sequence[Any] = value.chunk(parts)
-        elif isinstance(value, (list, tuple)):
-            n = len(value) // parts
+        rows = len(value) if isinstance(value, (torch.Tensor, list, tuple)) and getattr(value, "ndim", 1) > 0 else None
+        if rows is not None and rows % parts:
+            raise UnisslError(f"batch entry {key!r} has {rows} rows, not divisible into {parts} micro-batches; "
+                              f"make train.global_batch / (world size x grad_accum) a whole number")
+        if rows is None:  # scalars and metadata are shared by every micro-batch
+            chunks: Sequence[Any] = [value] * parts
+        else:
+            n = rows // parts
             chunks = [value[i * n:(i + 1) * n] for i in range(parts)]
-        else:  # scalars and metadata are shared by every micro-batch
-            chunks = [value] * parts
-        if len(chunks) != parts:
-            raise UnisslError(f"batch entry {key!r} has {len(value)} rows, not divisible into {parts} micro-batches")
         for i, c in enumerate(chunks):
             out[i][key] = c
     return out

@@ -1,0 +1,129 @@
+"""The dataclass -> CLI generator: flags, YAML overrides, validation and run-config round trips."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import yaml
+
+from unissl.cli import main as cli_main
+from unissl.config import arg, build_parser, config_hash, from_dict, parse_config, save_run_config, to_dict
+from unissl.engine import TrainConfig
+from unissl.errors import UnisslError
+
+
+@dataclass
+class Optim:
+    """Inner settings."""
+
+    lr: float = arg(1e-3, help="learning rate")
+    betas: tuple[float, float] = arg((0.9, 0.95), help="betas")
+    schedule: Literal["cosine", "constant"] = arg("cosine", help="lr schedule")
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be positive, got {self.lr}")
+
+
+@dataclass
+class Demo:
+    """A demo command."""
+
+    name: str = arg("run", help="run name")
+    steps: int = arg(10, help="steps")
+    use_ema: bool = arg(False, help="keep an EMA")
+    layers: list[int] = arg([1, 2], help="layer sizes")
+    dropout: float | None = arg(None, help="dropout (none: off)")
+    size: Literal[32, 64] = arg(32, help="image size")
+    optim: Optim = field(default_factory=Optim)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=50, global_batch=32, num_workers=0))
+
+
+def test_defaults_and_nested_flags() -> None:
+    cfg = parse_config(Demo, [])
+    assert cfg == Demo()
+    assert cfg.train.steps == 50 and cfg.train.global_batch == 32  # the parent's default for a nested config
+    cfg = parse_config(Demo, ["--steps", "3", "--optim.lr", "0.5", "--optim.schedule", "constant",
+                              "--train.global-batch", "64", "--train.base-lr", "1e-4", "--name", "x"])
+    assert (cfg.steps, cfg.optim.lr, cfg.optim.schedule, cfg.name) == (3, 0.5, "constant", "x")
+    # Overriding one nested field keeps the parent's other nested defaults (steps=50, not TrainConfig's 1000).
+    assert (cfg.train.global_batch, cfg.train.base_lr, cfg.train.steps, cfg.train.num_workers) == (64, 1e-4, 50, 0)
+    assert isinstance(cfg.optim.lr, float) and isinstance(cfg.steps, int)
+
+
+def test_bools_lists_tuples_optional_literals() -> None:
+    cfg = parse_config(Demo, ["--use-ema", "--layers", "4", "5", "6", "--optim.betas", "0.8", "0.9",
+                              "--dropout", "0.1", "--size", "64", "--no-train.progress"])
+    assert cfg.use_ema is True and cfg.layers == [4, 5, 6] and cfg.optim.betas == (0.8, 0.9)
+    assert cfg.dropout == 0.1 and cfg.size == 64 and cfg.train.progress is False
+    assert parse_config(Demo, ["--use-ema", "--no-use-ema"]).use_ema is False
+    assert parse_config(Demo, ["--dropout", "none"]).dropout is None
+    assert parse_config(Demo, ["--train.clip-grad", "null"]).train.clip_grad is None
+    for bad in (["--size", "48"], ["--optim.schedule", "linear"], ["--steps", "ten"], ["--nope", "1"],
+                ["--optim.betas", "0.9"]):
+        with pytest.raises(SystemExit) as e:
+            parse_config(Demo, bad)
+        assert e.value.code == 2
+
+
+def test_help_lists_nested_flags_with_help_text() -> None:
+    text = build_parser(Demo, prog="demo").format_help()
+    for flag in ("--optim.lr", "--train.global-batch", "--use-ema", "--no-use-ema", "--config"):
+        assert flag in text
+    assert "learning rate" in text and "{cosine,constant}" in text
+
+
+def test_yaml_precedence_and_errors(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(yaml.safe_dump({"steps": 7, "optim": {"lr": 0.1, "schedule": "constant"}, "layers": [9],
+                                 "train": {"ema_decay": 0.99}}))
+    b.write_text(yaml.safe_dump({"optim": {"lr": 0.2}}))
+    cfg = parse_config(Demo, ["--config", str(a), "--config", str(b), "--steps", "8"])
+    # flags > later YAML > earlier YAML > defaults, merged per nested key
+    assert (cfg.steps, cfg.optim.lr, cfg.optim.schedule, cfg.layers) == (8, 0.2, "constant", [9])
+    assert cfg.train.ema_decay == 0.99 and cfg.train.steps == 50
+    assert isinstance(cfg.optim.lr, float)
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"optim": {"lr": 0.1, "momentum": 0.9}}))
+    with pytest.raises(UnisslError, match=r"config\.optim: unknown key\(s\) \['momentum'\]"):
+        parse_config(Demo, ["--config", str(bad)])
+    bad.write_text(yaml.safe_dump({"size": 48}))
+    with pytest.raises(UnisslError, match=r"config\.size: 48 is not one of \[32, 64\]"):
+        parse_config(Demo, ["--config", str(bad)])
+    bad.write_text(yaml.safe_dump({"use_ema": "maybe"}))
+    with pytest.raises(UnisslError, match="use_ema: expected true/false"):
+        parse_config(Demo, ["--config", str(bad)])
+    bad.write_text("steps: [1, 2\n")
+    with pytest.raises(UnisslError, match="not valid YAML"):
+        parse_config(Demo, ["--config", str(bad)])
+    with pytest.raises(UnisslError, match="not found"):
+        parse_config(Demo, ["--config", str(tmp_path / "missing.yaml")])
+    # __post_init__ validation surfaces as a one-line UnisslError.
+    with pytest.raises(UnisslError, match="optim.lr must be positive"):
+        parse_config(Demo, ["--optim.lr", "-1"])
+    with pytest.raises(UnisslError, match="train.global_batch"):
+        parse_config(Demo, ["--train.global-batch", "0"])
+
+
+def test_save_run_config_round_trips(tmp_path: Path) -> None:
+    cfg = parse_config(Demo, ["--use-ema", "--dropout", "0.3", "--optim.betas", "0.5", "0.6", "--train.lr", "0.01"])
+    save_run_config(tmp_path / "run", cfg, extra={"note": "hi"})
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["optim"]["betas"] == [0.5, 0.6] and saved["train"]["lr"] == 0.01
+    assert from_dict(Demo, saved) == cfg
+    assert parse_config(Demo, ["--config", str(tmp_path / "run" / "config.yaml")]) == cfg
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert info["note"] == "hi" and info["config_class"].endswith("Demo") and "git_revision" in info
+    assert to_dict(cfg)["optim"]["betas"] == [0.5, 0.6]
+    assert config_hash(cfg) == config_hash(from_dict(Demo, saved))
+    assert config_hash(cfg) != config_hash(parse_config(Demo, ["--steps", "11"]))
+
+
+def test_cli_reports_user_errors_with_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["no-such-command"]) == 2
+    assert "unissl: error: unknown command" in capsys.readouterr().err

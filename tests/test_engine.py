@@ -1,0 +1,276 @@
+"""The training engine on CPU: schedules, optimizer groups, EMA, checkpoints, grad accumulation, NaN stop."""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from helpers.toy import ToyConfig, ToyDataset, ToyMethod, build  # noqa: E402
+
+from unissl.engine import (  # noqa: E402
+    EMA,
+    TrainConfig,
+    Trainer,
+    all_gather_with_grad,
+    build_optimizer,
+    cosine_schedule,
+    cosine_value,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    load_weights,
+    lr_schedule,
+    no_decay_names,
+    read_log,
+    save_checkpoint,
+    split_batch,
+)
+from unissl.engine.checkpoint import capture_rng_state, restore_rng_state  # noqa: E402
+from unissl.errors import UnisslError  # noqa: E402
+
+
+def toy_cfg(run_dir: Path, **kw) -> TrainConfig:
+    """The toy TrainConfig of tests/helpers with overrides."""
+    return replace(ToyConfig().train, run_dir=str(run_dir), **kw)
+
+
+def fit_toy(run_dir: Path, noise: float = 0.0, nan_at: int = 0, n: int = 40, **kw) -> tuple[ToyMethod, dict]:
+    cfg = toy_cfg(run_dir, **kw)
+    torch.manual_seed(cfg.seed)
+    method = ToyMethod(noise=noise, nan_at=nan_at)
+    logs = Trainer(method, ToyDataset(n), cfg).fit()
+    return method, logs
+
+
+# ---------------------------------------------------------------------------------------------- schedules
+def test_cosine_schedule_closed_form() -> None:
+    base, final, total, warm = 1.0, 0.1, 110, 10
+    s = cosine_schedule(base, final, total, warm)
+    assert s.shape == (total,)
+    # Warm-up is linear and reaches base on its last step: 0.1, 0.2, ..., 1.0.
+    np.testing.assert_allclose(s[:warm], np.arange(1, 11) / 10, rtol=0, atol=1e-15)
+    assert s[warm] == pytest.approx(base)  # the cosine starts at base...
+    assert s[warm + 50] == pytest.approx((base + final) / 2)  # ...is halfway at half of its 100 steps...
+    assert s[warm + 25] == pytest.approx(final + (base - final) * (1 + math.sqrt(0.5)) / 2)  # cos(pi/4)
+    assert s[-1] == pytest.approx(final + (base - final) * (1 + math.cos(math.pi * 99 / 100)) / 2)
+    assert np.all(np.diff(s[warm:]) < 0)
+    # The scalar form agrees with the array everywhere and clamps past the end.
+    assert [cosine_value(i, base, final, total, warm) for i in range(total)] == pytest.approx(s.tolist())
+    assert cosine_value(total + 5, base, final, total, warm) == final
+    # Momentum-style rising schedule without warm-up: 0.996 -> 1.0.
+    m = cosine_schedule(0.996, 1.0, 100)
+    assert m[0] == pytest.approx(0.996) and m[50] == pytest.approx(0.998) and np.all(np.diff(m) > 0)
+    lr = lr_schedule(3e-4, 0.0, 20, 4)
+    assert lr[:4] == pytest.approx([7.5e-5, 1.5e-4, 2.25e-4, 3e-4])
+    with pytest.raises(ValueError):
+        cosine_schedule(1.0, 0.0, 10, 11)
+
+
+def test_train_config_lr_scaling_epochs_and_validation() -> None:
+    cfg = TrainConfig(global_batch=512, base_lr=1e-4, epochs=2.5, warmup_epochs=0.5)
+    assert cfg.peak_lr() == pytest.approx(2e-4)  # base_lr * 512 / 256
+    assert replace(cfg, lr=3e-3).peak_lr() == 3e-3
+    assert cfg.steps_per_epoch(10_000) == 19  # 10000 // 512 (incomplete batch dropped)
+    assert cfg.total_steps(10_000) == math.ceil(2.5 * 19) == 48
+    assert cfg.warmup(10_000) == 10
+    assert TrainConfig(steps=77).total_steps(10) == 77
+    assert TrainConfig(global_batch=64, grad_accum=2).per_rank_batch(4) == 16
+    with pytest.raises(UnisslError, match="divisible"):
+        TrainConfig(global_batch=64, grad_accum=4).per_rank_batch(3)
+    with pytest.raises(UnisslError, match="fewer than train.global_batch"):
+        TrainConfig(global_batch=64).steps_per_epoch(10)
+    for bad in ({"steps": 0}, {"global_batch": -1}, {"base_lr": 0.0}, {"global_batch": 10, "grad_accum": 3},
+                {"betas": (0.9, 1.5)}, {"ema_decay": 1.0}, {"weight_decay": -0.1}, {"min_lr": 1.0}):
+        with pytest.raises(UnisslError, match="train."):
+            TrainConfig(**bad)
+
+
+# ---------------------------------------------------------------------------------------------- optimizer
+class GroupNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.proj = nn.Linear(4, 4)
+        self.norm = nn.LayerNorm(4)
+        self.head = nn.Linear(4, 10, bias=False)
+        self.head.weight = self.emb.weight  # tied to the embedding: no decay either
+        self.pos = nn.Parameter(torch.zeros(3, 4))
+        self.frozen = nn.Linear(4, 4)
+        self.frozen.requires_grad_(False)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos"}
+
+
+def test_optimizer_groups() -> None:
+    net = GroupNet()
+    assert no_decay_names(net) == {"emb.weight", "proj.bias", "norm.weight", "norm.bias", "pos"}
+    opt = build_optimizer(net, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.99))
+    by_id = {id(p): n for n, p in net.named_parameters()}
+    groups = {g["group"]: ({by_id[id(p)] for p in g["params"]}, g["weight_decay"]) for g in opt.param_groups}
+    assert groups["decay"] == ({"proj.weight"}, 0.1)
+    assert groups["no_decay"] == ({"emb.weight", "proj.bias", "norm.weight", "norm.bias", "pos"}, 0.0)
+    assert all(not n.startswith("frozen") for names, _ in groups.values() for n in names)
+    assert opt.defaults["betas"] == (0.9, 0.99)
+
+    class Bad(GroupNet):
+        def no_weight_decay(self) -> set[str]:
+            return {"does_not_exist"}
+    with pytest.raises(ValueError, match="does_not_exist"):
+        build_optimizer(Bad(), 1e-3, 0.1)
+
+
+# ---------------------------------------------------------------------------------------------- EMA
+def test_ema_matches_naive_loop() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    ema = EMA(net, decay=0.9)
+    naive = {k: v.clone().double() for k, v in net.state_dict().items() if v.is_floating_point()}
+    for _ in range(5):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        net(torch.randn(4, 3))  # moves the BatchNorm running statistics
+        ema.update(net)
+        for k, v in net.state_dict().items():
+            if v.is_floating_point():
+                naive[k] = 0.9 * naive[k] + 0.1 * v.double()
+    for k, v in naive.items():
+        torch.testing.assert_close(ema.shadow[k].double(), v, rtol=0, atol=1e-6)
+    assert torch.equal(ema.shadow["1.num_batches_tracked"], net.state_dict()["1.num_batches_tracked"])
+
+    live = {k: v.clone() for k, v in net.state_dict().items()}
+    with ema.swapped(net):
+        assert torch.equal(net[0].weight, ema.shadow["0.weight"])
+    assert all(torch.equal(live[k], v) for k, v in net.state_dict().items())
+    other = EMA(net, decay=0.5)
+    other.load_state_dict({k: v.clone() for k, v in ema.state_dict().items()})
+    assert all(torch.equal(other.shadow[k], ema.shadow[k]) for k in ema.shadow)
+    ema.copy_to(net)
+    assert torch.equal(net[0].bias, ema.shadow["0.bias"])
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def test_checkpoint_roundtrip_tied_weights_rng_and_corruption(tmp_path: Path) -> None:
+    net = GroupNet()
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    rng = capture_rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(()).item())
+    state = {"step": 5, "rng": [rng], "optimizer": build_optimizer(net, 1e-3, 0.1).state_dict()}
+    for step in (5, 10, 15):
+        path = save_checkpoint(tmp_path, step, net.state_dict(), state, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000010", "step_0000015"]
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_0000015" == path.name
+
+    ck = load_checkpoint(tmp_path)  # a run directory resolves to its latest checkpoint
+    assert ck.path == path and ck.ema is None
+    restore_rng_state(ck.trainer_state["rng"][0])  # loaded with weights_only=True
+    assert (random.random(), np.random.rand(), torch.rand(()).item()) == expected
+    fresh = GroupNet()
+    load_weights(fresh, path)
+    assert torch.equal(fresh.emb.weight, net.emb.weight) and fresh.head.weight is fresh.emb.weight
+    with pytest.raises(UnisslError, match="ema"):
+        load_weights(fresh, path, ema=True)
+    with pytest.raises(UnisslError, match="do not fit"):
+        load_weights(nn.Linear(2, 2), path)
+
+    # A dangling `latest` falls back to the newest complete directory; a corrupt file is named.
+    (tmp_path / "checkpoints" / "latest").write_text("step_0000099\n")
+    assert latest_checkpoint(tmp_path) == path
+    (path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(UnisslError, match=r"model\.safetensors is corrupt"):
+        load_checkpoint(path)
+    (path / "trainer_state.pt").write_bytes(b"garbage")
+    older = list_checkpoints(tmp_path)[0]
+    (older / "trainer_state.pt").write_bytes(b"\x80\x02garbage")
+    with pytest.raises(UnisslError, match=r"trainer_state\.pt is corrupt"):
+        load_checkpoint(older)
+    (older / "model.safetensors").unlink()
+    with pytest.raises(UnisslError, match="no checkpoint found"):
+        load_checkpoint(tmp_path / "nowhere")
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+def test_split_batch() -> None:
+    b = {"x": torch.arange(8).reshape(4, 2), "caption": ["a", "b", "c", "d"], "flag": 3}
+    parts = split_batch(b, 2)
+    assert torch.equal(parts[1]["x"], torch.tensor([[4, 5], [6, 7]])) and parts[1]["caption"] == ["c", "d"]
+    assert parts[0]["flag"] == 3
+    with pytest.raises(UnisslError, match="micro-batches"):
+        split_batch({"x": torch.zeros(3)}, 2)
+
+
+def test_grad_accumulation_equals_one_big_batch(tmp_path: Path) -> None:
+    # 2 micro-batches of 4 (loss / 2 each) == 1 batch of 8, for several AdamW steps with clipping.
+    a, _ = fit_toy(tmp_path / "a", grad_accum=2, steps=6, clip_grad=0.5)
+    b, _ = fit_toy(tmp_path / "b", grad_accum=1, steps=6, clip_grad=0.5)
+    c, _ = fit_toy(tmp_path / "c", grad_accum=4, steps=6, clip_grad=0.5)
+    for (k, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=1e-6, msg=k)
+        torch.testing.assert_close(pc, pb, rtol=0, atol=1e-6, msg=k)
+    init = build(ToyConfig())[0]
+    assert not torch.allclose(init.net[0].weight, b.net[0].weight, atol=1e-3)
+
+
+def test_training_lowers_the_loss_and_logs(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    method, logs = fit_toy(run, steps=60, n=64, base_lr=0.5 * 256 / 8, warmup_steps=5, min_lr=1e-3,
+                           ckpt_every=30, log_every=5, tensorboard=True)
+    log = read_log(run / "log.jsonl")
+    assert [r["step"] for r in log] == list(range(5, 61, 5))
+    first, last = log[0]["loss"], log[-1]["loss"]
+    assert last < 0.25 * first, (first, last)
+    assert logs["loss"] == last and logs["step"] == 60
+    for key in ("lr", "loss", "abs_err", "grad_norm", "samples_per_s", "epoch", "elapsed"):
+        assert key in log[-1]
+    assert log[0]["lr"] == pytest.approx(0.5)  # peak: base_lr * 8 / 256 = 0.5 reached at the warm-up end
+    assert log[-1]["epoch"] == pytest.approx(60 / 8)
+    assert (run / "images" / "inputs_step30.png").is_file() and (run / "images" / "inputs_step60.png").is_file()
+    assert any((run / "tb").iterdir())
+    assert int(method.steps_done) == 60  # the on_train_step_end hook ran after every step
+    # The saved weights are the trained ones; re-running into the same directory without --resume is refused.
+    saved = load_file(str(latest_checkpoint(run) / "model.safetensors"))
+    assert torch.equal(saved["net.0.weight"], method.net[0].weight)
+    with pytest.raises(UnisslError, match="already holds checkpoints"):
+        fit_toy(run, steps=60)
+    # Resuming a finished run does nothing more; raising --steps continues from the last checkpoint.
+    _, again = fit_toy(run, steps=60, n=64, resume=True)
+    assert again == {}
+    _, more = fit_toy(run, steps=64, n=64, resume=True, log_every=1)
+    assert more["step"] == 64 and [r["step"] for r in read_log(run / "log.jsonl")][-5:] == [60, 61, 62, 63, 64]
+    with pytest.raises(UnisslError, match="resume from another checkpoint|no checkpoint found"):
+        fit_toy(tmp_path / "other", resume_from=str(tmp_path / "missing"))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+    run = tmp_path / "nan"
+    with pytest.raises(UnisslError) as info:
+        fit_toy(run, nan_at=8, steps=20, ckpt_every=3)
+    msg = str(info.value)
+    assert "loss became nan at step 8" in msg and "step_0000006" in msg and "lower the learning rate" in msg
+    assert [p.name for p in list_checkpoints(run)] == ["step_0000003", "step_0000006"]
+    ck = load_checkpoint(run)
+    assert ck.trainer_state["step"] == 6
+    assert all(torch.isfinite(v).all() for v in ck.model.values() if v.is_floating_point())
+    assert max(r["step"] for r in read_log(run / "log.jsonl")) == 7
+    # Before any checkpoint the message says so.
+    with pytest.raises(UnisslError, match="no checkpoint was written yet"):
+        fit_toy(tmp_path / "early", nan_at=2, steps=20, ckpt_every=10)
+
+
+def test_single_process_dist_helpers_are_identities() -> None:
+    x = torch.randn(3, 2, requires_grad=True)
+    assert all_gather_with_grad(x) is x
