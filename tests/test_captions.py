@@ -10,6 +10,7 @@ from unissl.methods.reptok.captions import (
     HELDOUT_TEMPLATES,
     TRAIN_TEMPLATES,
     class_captions,
+    class_of_prompt,
     class_phrase,
     fill,
     heldout_prompts,
@@ -48,3 +49,12 @@ def test_bad_template_is_a_user_error():
         fill("a photo of {animal}", "Bag")
     with pytest.raises(UnisslError):
         class_captions([])
+
+
+def test_class_of_prompt_recovers_the_class_of_every_caption():
+    for template_set in (class_captions(FASHION_MNIST_CLASSES), class_captions(FASHION_MNIST_CLASSES, HELDOUT_TEMPLATES)):
+        for i, caps in enumerate(template_set):
+            assert all(class_of_prompt(s, FASHION_MNIST_CLASSES) == i for s in caps), caps
+    assert class_of_prompt("a photo of a shirt", FASHION_MNIST_CLASSES) == 6
+    assert class_of_prompt("a photo of a t-shirt", FASHION_MNIST_CLASSES) == 0
+    assert class_of_prompt("a photo of a cat", FASHION_MNIST_CLASSES) == -1

@@ -79,3 +79,19 @@ def class_captions(classes: Sequence[str], templates: Sequence[str] = TRAIN_TEMP
 def heldout_prompts(classes: Sequence[str]) -> list[tuple[str, int]]:
     """(prompt, class index) for every held-out template and class (zero-shot evaluation)."""
     return [(fill(t, c), i) for t in HELDOUT_TEMPLATES for i, c in enumerate(classes)]
+
+
+def class_of_prompt(prompt: str, classes: Sequence[str]) -> int:
+    """Index of the class whose phrase appears in ``prompt`` as whole words (longest match), else -1.
+
+    ``"a photo of a t-shirt"`` is class "T-shirt/top", not "Shirt": hyphens count as part of a word.
+    """
+    import re
+
+    text = prompt.lower()
+    best, best_len = -1, 0
+    for i, name in enumerate(classes):
+        phrase = class_phrase(name)
+        if re.search(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", text) and len(phrase) > best_len:
+            best, best_len = i, len(phrase)
+    return best

@@ -1,0 +1,126 @@
+"""``unissl sample reptok``: class- or text-conditional samples from a trained RepTok generator.
+
+Tokens are sampled by the generator's ODE (Euler or Heun, classifier-free guidance inside the guidance
+interval) and decoded by the RepTok tokenizer. Writes ``<out>/<name>.png`` (one row per class/prompt)
+and ``<out>/<name>.npz`` with ``images`` uint8 (N, C, H, W), ``labels`` int64 (N,) (the requested class;
+for a prompt, the class named in it or -1) and, for prompts, ``prompts`` and ``prompt_index`` (N,).
+``--class`` is accepted as a shorthand of ``--classes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from unissl.config import arg
+from unissl.errors import UnisslError
+
+
+@dataclass
+class Config:
+    """Sample images from a trained RepTok token generator."""
+
+    checkpoint: str = arg(help="run directory of `unissl train reptok-generator` (or its generator/ directory)")
+    classes: list[str] | None = arg(None, help="class names or indices (default: all classes; "
+                                               "--class also works)")
+    prompt: list[str] | None = arg(None, help="text prompt(s) (text-conditional generators)")
+    n: int = arg(8, help="samples per class / prompt")
+    cfg: float = arg(1.5, help="classifier-free guidance scale (1: no guidance)")
+    cfg_interval: tuple[float, float] = arg((0.3, 0.9), help="guidance only for t in [t_min, t_max]")
+    steps: int = arg(50, help="generator ODE steps")
+    solver: Literal["euler", "heun"] = arg("euler", help="ODE solver of the generator")
+    decode_steps: int = arg(50, help="decoder Euler steps")
+    tokenizer: str | None = arg(None, help="RepTok tokenizer directory (default: the one the generator records)")
+    out: str | None = arg(None, help="output directory (default: <checkpoint>/samples)")
+    name: str | None = arg(None, help="file stem (default: derived from the settings)")
+    batch_size: int = arg(500, help="samples generated per batch")
+    seed: int = arg(0, help="random seed")
+    device: Literal["auto", "cpu", "cuda"] = arg("auto", help="device")
+
+    def __post_init__(self) -> None:
+        if self.n <= 0 or self.steps <= 0 or self.decode_steps <= 0 or self.batch_size <= 0:
+            raise UnisslError("--n, --steps, --decode-steps and --batch-size must be positive")
+        if self.classes is not None and self.prompt is not None:
+            raise UnisslError("pass either --class/--classes or --prompt, not both")
+        lo, hi = self.cfg_interval
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise UnisslError(f"--cfg-interval must satisfy 0 <= t_min <= t_max <= 1, got {lo} {hi}")
+
+
+def resolve_classes(requested: list[str] | None, classes: list[str]) -> list[int]:
+    """Class names (case-insensitive) or indices -> indices; ``None`` -> every class."""
+    if requested is None or requested == ["all"]:
+        return list(range(len(classes)))
+    lower = [c.lower() for c in classes]
+    out = []
+    for r in requested:
+        if r.isdigit() and int(r) < len(classes):
+            out.append(int(r))
+        elif r.lower() in lower:
+            out.append(lower.index(r.lower()))
+        else:
+            raise UnisslError(f"unknown class {r!r}; use an index < {len(classes)} or one of {classes}")
+    return out
+
+
+def run(cfg: Config) -> Path:
+    """Sample, decode, write the grid and the npz; returns the npz path."""
+    from unissl.engine.trainer import resolve_device
+    from unissl.methods.reptok.captions import class_of_prompt
+    from unissl.methods.reptok.generator import TokenGeneratorMethod
+    from unissl.methods.reptok.sampling import SamplingConfig, class_condition, decode_tokens, sample_tokens
+    from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
+    from unissl.utils.images import save_grid
+    from unissl.utils.io import atomic_file
+
+    device = resolve_device(cfg.device)
+    method = TokenGeneratorMethod.from_pretrained(cfg.checkpoint, map_location=device)
+    gcfg = method.cfg
+    tok_path = cfg.tokenizer or gcfg.tokenizer_path
+    if not tok_path or not Path(tok_path).is_dir():
+        raise UnisslError(f"tokenizer {tok_path!r} not found; pass --tokenizer <RepTok tokenizer dir>")
+    tokenizer = load_reptok_tokenizer(tok_path, device=device)
+    scfg = SamplingConfig(steps=cfg.steps, solver=cfg.solver, cfg_scale=cfg.cfg, cfg_interval=cfg.cfg_interval)
+
+    extra: dict[str, np.ndarray] = {}
+    if cfg.prompt is not None:
+        if gcfg.conditioning != "text":
+            raise UnisslError(f"{cfg.checkpoint} is a class-conditional generator; use --class instead of --prompt")
+        from unissl.methods.reptok.text import FrozenTextEncoder, text_condition
+
+        encoder = FrozenTextEncoder(gcfg.text_encoder).to(device)
+        states, mask = encoder.encode(cfg.prompt)  # (P, L, H), (P, L)
+        idx = torch.arange(len(cfg.prompt), device=device).repeat_interleave(cfg.n)  # (N,)
+        conds = text_condition(states[idx], mask[idx])
+        labels = torch.tensor([class_of_prompt(p, gcfg.classes) for p in cfg.prompt])[idx.cpu()]
+        extra = {"prompts": np.array(cfg.prompt), "prompt_index": idx.cpu().numpy()}
+    else:
+        if gcfg.conditioning != "class":
+            raise UnisslError(f"{cfg.checkpoint} is a text-conditional generator; pass --prompt \"...\"")
+        wanted = resolve_classes(cfg.classes, gcfg.classes or [str(i) for i in range(gcfg.num_classes)])
+        labels = torch.tensor(wanted).repeat_interleave(cfg.n)  # (N,)
+        conds = class_condition(labels.to(device))
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    images = []
+    n = labels.shape[0]
+    for s in range(0, n, cfg.batch_size):
+        part = {k: v[s:s + cfg.batch_size] for k, v in conds.items()}
+        z = sample_tokens(method, part, scfg, generator=gen)  # (b, D) in the tokenizer's space
+        images.append(decode_tokens(tokenizer, z, steps=cfg.decode_steps))
+    imgs = torch.cat(images)  # (N, C, H, W) in [0, 1]
+
+    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / "samples"
+    kind = "prompt" if cfg.prompt is not None else "class"
+    name = cfg.name or f"{kind}_cfg{cfg.cfg:g}_{cfg.solver}{cfg.steps}_seed{cfg.seed}"
+    save_grid(imgs, out / f"{name}.png", nrow=cfg.n, scale=2)
+    arrays = {"images": (imgs * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).numpy(),
+              "labels": labels.long().numpy(), **extra}
+    with atomic_file(out / f"{name}.npz", "wb") as f:
+        np.savez(f, **arrays)
+    print(f"wrote {n} samples to {out / (name + '.png')} and {out / (name + '.npz')}")
+    return out / f"{name}.npz"

@@ -1,0 +1,200 @@
+"""``unissl train reptok-generator``: flow matching over RepTok tokens (class- or text-conditional).
+
+The trained tokenizer is run ONCE over the dataset into a continuous token store (``z`` (N, D) float32 +
+labels, with the mean/std of z in its meta.json); training then reads only that store. When the run
+ends, the generator (EMA weights if kept) is exported to ``<run_dir>/generator/`` (config.json +
+model.safetensors), which ``unissl sample reptok --checkpoint <run_dir>`` loads, and a grid of guided
+samples is written to ``<run_dir>/samples.png`` if the tokenizer is available.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from unissl.config import arg, save_run_config
+from unissl.engine.config import TrainConfig
+from unissl.errors import UnisslError
+from unissl.methods.reptok.generator import GeneratorConfig, TokenGeneratorMethod
+
+STATS_KEY = "z_stats"  # meta.json entry of a continuous store: {"mean": [D floats], "std": float}
+
+
+@dataclass
+class Config:
+    """Train the RepTok token generator on tokens of a trained RepTok tokenizer."""
+
+    tokenizer: str | None = arg(None, help="trained RepTok tokenizer directory (used to build the token store "
+                                           "if it is missing, and to decode samples)")
+    tokens: str | None = arg(None, help="continuous token store (default: <tokenizer>-tokens-<dataset> next to "
+                                        "the tokenizer; created if missing)")
+    dataset: str = arg("fashion-mnist", help="dataset the tokens are computed from")
+    data_dir: str | None = arg(None, help="dataset location (default: the registry's)")
+    encode_batch: int = arg(256, help="images per tokenizer batch when building the store")
+    preset: Literal["tiny", "small", "base", "paper"] = arg("small", help="mixer size (GENERATOR_PRESETS)")
+    conditioning: Literal["class", "text"] = arg("class", help="class labels or synthetic captions")
+    cond_dropout: float = arg(0.1, help="probability of the null condition in training (for CFG)")
+    text_encoder: str = arg("minilm", help="frozen text encoder: 'minilm' or a local transformers directory")
+    n_queries: int = arg(4, help="learnable query tokens attending to the text (text conditioning)")
+    text_depth: int = arg(2, help="cross-attention blocks (text conditioning)")
+    samples_per_class: int = arg(8, help="guided samples per class in <run_dir>/samples.png (0: none)")
+    decode_steps: int = arg(50, help="decoder Euler steps for the final sample grid")
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        run_dir="runs/reptok_generator", steps=20000, global_batch=256, base_lr=1e-4, weight_decay=0.0,
+        betas=(0.9, 0.99), warmup_steps=500, ema_decay=0.999, ckpt_every=2000, num_workers=0))
+
+    def __post_init__(self) -> None:
+        if self.tokenizer is None and self.tokens is None:
+            raise UnisslError("pass --tokenizer <trained RepTok tokenizer dir> or --tokens <continuous token store>")
+        if self.encode_batch <= 0:
+            raise UnisslError(f"--encode-batch must be positive, got {self.encode_batch}")
+
+
+def default_store_path(tokenizer: str | Path, dataset: str) -> Path:
+    """``<tokenizer>-tokens-<dataset>`` next to the tokenizer directory."""
+    tok = Path(tokenizer).resolve()
+    return tok.parent / f"{tok.name}-tokens-{dataset}"
+
+
+def _weights_sha(tokenizer_dir: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(Path(tokenizer_dir) / "model.safetensors", "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def token_stats(z: np.ndarray, chunk: int = 65536) -> dict[str, Any]:
+    """Per-dimension mean and one global std of tokens (N, D), computed chunk-wise in float64."""
+    n, d = z.shape
+    s, ss = np.zeros(d), np.zeros(d)
+    for i in range(0, n, chunk):
+        c = np.asarray(z[i:i + chunk], dtype=np.float64)
+        s += c.sum(0)
+        ss += (c * c).sum(0)
+    mean = s / n
+    var = np.maximum(ss / n - mean * mean, 0.0)  # (D,) per-dimension variance
+    return {"mean": mean.tolist(), "std": float(np.sqrt(var.mean()) + 1e-8)}
+
+
+@torch.no_grad()
+def build_token_store(tokenizer_dir: str, dataset: str, data_dir: str | None, out: Path, batch_size: int,
+                      device: torch.device, splits: tuple[str, ...] = ("train",)) -> Path:
+    """Encode ``splits`` of ``dataset`` with the RepTok tokenizer once into a continuous token store."""
+    from tqdm.auto import tqdm
+
+    from unissl.data import build_dataset
+    from unissl.data.token_store import write_array_store
+    from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
+
+    tok = load_reptok_tokenizer(tokenizer_dir, device=device)
+    arrays, labels, fingerprints = {}, {}, {}
+    classes: list[str] = []
+    for split in splits:
+        ds = build_dataset(dataset, split, data_dir=data_dir, image_size=tok.cfg.image_size)
+        if ds.channels != tok.cfg.channels:
+            raise UnisslError(f"dataset {dataset} has {ds.channels} channels but tokenizer {tokenizer_dir} "
+                              f"expects {tok.cfg.channels}; use the dataset it was trained on")
+        classes = list(ds.classes)
+        zs, ys = [], []
+        for start in tqdm(range(0, len(ds), batch_size), desc=f"encode {split}", unit="batch"):
+            batch = ds.__getitems__(list(range(start, min(start + batch_size, len(ds)))))
+            zs.append(tok.encode(batch["image"].to(device)).float().cpu())  # (B, D)
+            ys.append(batch["label"])
+        arrays[split] = torch.cat(zs).numpy()
+        labels[split] = torch.cat(ys).numpy()
+        fingerprints[split] = ds.fingerprint()
+    meta = {"tokenizer": {"path": str(Path(tokenizer_dir).resolve()), "sha256": _weights_sha(tokenizer_dir),
+                          "class": "unissl.methods.reptok.tokenizer.RepTokTokenizer"},
+            "classes": classes, "dataset": {"name": dataset, "fingerprints": fingerprints},
+            STATS_KEY: token_stats(arrays["train"])}
+    return write_array_store(out, arrays, labels, meta)
+
+
+def open_store(cfg: Config, device: torch.device):
+    """The training split of the token store, building it first when it is missing."""
+    from unissl.data.token_store import TokenStore
+
+    path = Path(cfg.tokens) if cfg.tokens else default_store_path(cfg.tokenizer, cfg.dataset)  # type: ignore[arg-type]
+    if not (path / "meta.json").is_file():
+        if cfg.tokenizer is None:
+            raise UnisslError(f"token store {path} not found; pass --tokenizer to compute it")
+        print(f"computing the token store {path} with tokenizer {cfg.tokenizer} (once)")
+        build_token_store(cfg.tokenizer, cfg.dataset, cfg.data_dir, path, cfg.encode_batch, device)
+    store = TokenStore(path, "train")
+    if store.kind != "continuous":
+        raise UnisslError(f"{path} is a {store.kind} store; the generator needs continuous tokens (RepTok)")
+    if cfg.tokenizer is not None:
+        recorded = (store.meta.get("tokenizer") or {}).get("sha256")
+        if recorded is not None and recorded != _weights_sha(cfg.tokenizer):
+            raise UnisslError(f"token store {path} was computed with other tokenizer weights than {cfg.tokenizer}; "
+                              f"delete the store or pass --tokens for a matching one")
+    return store
+
+
+def store_stats(store: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean (D,), std ()) of the store's tokens: from meta.json, else computed from the memmap."""
+    stats = store.meta.get(STATS_KEY) or token_stats(np.load(store.path / store.files["z"], mmap_mode="r"))
+    return torch.tensor(stats["mean"], dtype=torch.float32), torch.tensor(float(stats["std"]))
+
+
+def build_method(cfg: Config, store: Any) -> TokenGeneratorMethod:
+    """The generator for the store's token width and classes (with a caption bank for text)."""
+    classes = store.classes or [str(i) for i in range(int(store.labels.max()) + 1)]
+    bank, text_dim, text_encoder = None, 0, ""
+    if cfg.conditioning == "text":
+        from unissl.methods.reptok.captions import class_captions
+        from unissl.methods.reptok.text import CaptionBank, FrozenTextEncoder
+
+        encoder = FrozenTextEncoder(cfg.text_encoder)
+        bank = CaptionBank.build(encoder, class_captions(classes))  # frozen text states, computed once
+        text_dim, text_encoder = encoder.dim, str(encoder.path)
+    tokenizer_path = str(Path(cfg.tokenizer).resolve()) if cfg.tokenizer else str(store.tokenizer_path or "")
+    gcfg = GeneratorConfig(token_dim=int(store.dim), preset=cfg.preset, conditioning=cfg.conditioning,
+                           num_classes=len(classes), cond_dropout=cfg.cond_dropout, text_dim=text_dim,
+                           n_queries=cfg.n_queries, text_depth=cfg.text_depth, text_encoder=text_encoder,
+                           classes=list(classes), tokenizer_path=tokenizer_path)
+    mean, std = store_stats(store)
+    return TokenGeneratorMethod(gcfg, z_mean=mean, z_std=std, caption_bank=bank)
+
+
+def run(cfg: Config) -> None:
+    """Build/open the token store, train, export ``generator/`` and write a sample grid."""
+    from unissl.engine.trainer import Trainer, resolve_device
+    from unissl.utils.seed import seed_everything
+
+    device = resolve_device(cfg.train.device)
+    store = open_store(cfg, device)
+    seed_everything(cfg.train.seed)
+    method = build_method(cfg, store)
+    run_dir = Path(cfg.train.run_dir)
+    save_run_config(run_dir, cfg, extra={"token_store": str(store.path)})
+    trainer = Trainer(method, store, cfg.train, run_dir)
+    trainer.fit()
+    if not trainer.is_main:
+        return
+    if trainer.ema is not None:
+        trainer.ema.copy_to(method)
+    method.cpu().save_pretrained(run_dir / "generator")
+    print(f"generator saved to {run_dir / 'generator'}")
+    tokenizer = cfg.tokenizer or method.cfg.tokenizer_path
+    if cfg.samples_per_class > 0 and tokenizer and Path(tokenizer).is_dir():
+        from unissl.commands.sample_reptok import Config as SampleConfig
+        from unissl.commands.sample_reptok import run as sample_run
+
+        if cfg.conditioning == "class":
+            sample_run(SampleConfig(checkpoint=str(run_dir), n=cfg.samples_per_class, tokenizer=tokenizer,
+                                    decode_steps=cfg.decode_steps, out=str(run_dir), name="samples",
+                                    device=str(device.type)))
+        else:
+            from unissl.methods.reptok.captions import heldout_prompts
+
+            prompts = [p for p, _ in heldout_prompts(method.cfg.classes)][:len(method.cfg.classes)]
+            sample_run(SampleConfig(checkpoint=str(run_dir), prompt=prompts, n=cfg.samples_per_class,
+                                    tokenizer=tokenizer, decode_steps=cfg.decode_steps, out=str(run_dir),
+                                    name="samples", device=str(device.type)))

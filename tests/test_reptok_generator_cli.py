@@ -1,0 +1,71 @@
+"""End to end: `unissl train reptok-generator` (store built once) and `unissl sample reptok`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unissl.cli import main
+from unissl.commands.train_reptok_generator import default_store_path, token_stats
+from unissl.data.token_store import TokenStore
+from unissl.methods.reptok.generator import TokenGeneratorMethod
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> str:
+    """A tiny untrained RepTok tokenizer over 8x8 digits (random ViT encoder, tiny pixel decoder)."""
+    from unissl.methods.reptok.tokenizer import RepTokConfig, RepTokTokenizer
+
+    torch.manual_seed(0)
+    enc = {"kind": "random", "image_size": 8, "dim": 16, "depth": 1, "heads": 2, "patch": 4}
+    tok = RepTokTokenizer(RepTokConfig(encoder=enc, image_size=8, channels=1, decoder="tiny", patch_size=4))
+    out = tmp_path_factory.mktemp("tok") / "reptok"
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def test_train_builds_store_once_then_samples(tokenizer_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    argv = ["train", "reptok-generator", "--tokenizer", tokenizer_dir, "--dataset", "digits", "--preset", "tiny",
+            "--train.steps", "4", "--train.global-batch", "64", "--train.run-dir", str(run_dir),
+            "--train.warmup-steps", "0", "--no-train.tensorboard", "--no-train.progress",
+            "--samples-per-class", "1", "--decode-steps", "2"]
+    assert main(argv) == 0
+    store_path = default_store_path(tokenizer_dir, "digits")
+    store = TokenStore(store_path, "train")
+    assert store.kind == "continuous" and store.dim == 16 and len(store) == 1500
+    # the stored statistics are those of the stored tokens, and the generator carries them
+    z = np.load(store_path / "train.z.npy")
+    stats = token_stats(z)
+    np.testing.assert_allclose(store.meta["z_stats"]["mean"], z.mean(0), atol=1e-5)
+    assert abs(store.meta["z_stats"]["std"] - np.sqrt(z.var(0).mean())) < 1e-4
+    gen = TokenGeneratorMethod.from_pretrained(run_dir)
+    torch.testing.assert_close(gen.z_mean, torch.tensor(stats["mean"], dtype=torch.float32))
+    assert gen.cfg.classes == [str(i) for i in range(10)]
+    assert (run_dir / "samples.png").is_file()
+    # a second run reuses the store (no re-encoding)
+    mtime = (store_path / "train.z.npy").stat().st_mtime_ns
+    argv2 = [a if a != str(run_dir) else str(tmp_path / "run2") for a in argv[:-4]] + ["--samples-per-class", "0"]
+    capsys.readouterr()
+    assert main(argv2) == 0
+    assert "computing the token store" not in capsys.readouterr().out
+    assert (store_path / "train.z.npy").stat().st_mtime_ns == mtime
+
+    out = tmp_path / "samples"
+    assert main(["sample", "reptok", "--checkpoint", str(run_dir), "--class", "3", "7", "--n", "3", "--steps", "4",
+                 "--solver", "heun", "--decode-steps", "2", "--out", str(out), "--name", "s"]) == 0
+    data = np.load(out / "s.npz")
+    assert data["images"].shape == (6, 1, 8, 8) and data["images"].dtype == np.uint8
+    assert data["labels"].tolist() == [3, 3, 3, 7, 7, 7]
+    assert (out / "s.png").is_file()
+
+
+def test_cli_errors_are_one_line(tokenizer_dir, tmp_path, capsys):
+    assert main(["train", "reptok-generator", "--preset", "tiny"]) == 2
+    assert "--tokenizer" in capsys.readouterr().err
+    assert main(["sample", "reptok", "--checkpoint", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no trained generator" in err and err.count("\n") == 1
