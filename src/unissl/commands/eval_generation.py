@@ -1,0 +1,69 @@
+"""``unissl eval generation``: FD / IS / precision-recall (and class consistency) of generated images.
+
+The FD is called FID only with ``--extractor inception:WEIGHTS``; with a domain classifier it is
+``FD_domain``. If the samples file has ``labels`` and the extractor is a classifier, the share of
+samples assigned to their requested label is reported as ``class_consistency``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from unissl.commands.eval_common import build_split, print_metrics
+from unissl.config import arg
+from unissl.errors import UnisslError
+from unissl.eval.features import load_extractor, parse_spec, resolve_device
+from unissl.eval.generation import class_consistency, generation_metrics, load_npz_images
+from unissl.eval.results import record_result
+
+
+@dataclass
+class Config:
+    """Generation metrics of an .npz of samples against a reference dataset split."""
+
+    samples: str = arg(help="npz with 'images' (N,C,H,W) float [0,1] or uint8, optionally 'labels' (N,)")
+    extractor: str = arg(help="domain:DIR (FD_domain) or inception:WEIGHTS (FID); see `unissl eval train-extractor`")
+    reference: str = arg("fashion-mnist:test", help="reference 'dataset:split'")
+    data_dir: str | None = arg(None, help="reference dataset location")
+    image_size: int | None = arg(None, help="resize reference images (default: native)")
+    run_dir: str = arg("runs/eval", help="directory receiving results/<name>.json and results.md")
+    cache_dir: str | None = arg(None, help="cache of reference features/statistics (default: <run_dir>/feature_cache)")
+    name: str | None = arg(None, help="result name (default: generation-<samples file stem>)")
+    images_key: str = arg("images", help="array name of the images in the npz")
+    labels_key: str = arg("labels", help="array name of the requested labels in the npz (if present)")
+    pr_k: int = arg(3, help="k of the k-NN radii of precision/recall")
+    pr_samples: int = arg(10000, help="at most this many samples per set for precision/recall")
+    batch_size: int = arg(256, help="images per feature batch")
+    device: str = arg("auto", help="device: auto, cpu, cuda")
+
+
+def metric_name(extractor_spec: str) -> str:
+    """'FID' for Inception-v3, 'FD_<name>' otherwise."""
+    name = parse_spec(extractor_spec)[0]
+    return "FID" if name == "inception" else f"FD_{name}"
+
+
+def run(cfg: Config) -> dict[str, float]:
+    """Compute and record the metrics."""
+    images, arrays = load_npz_images(cfg.samples, cfg.images_key)
+    ref_name, _, ref_split = cfg.reference.partition(":")
+    reference = build_split(ref_name, ref_split or "test", cfg.data_dir, cfg.image_size)
+    extractor = load_extractor(cfg.extractor, resolve_device(cfg.device))
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.run_dir) / "feature_cache"
+    metrics = generation_metrics(extractor, images, reference, metric_name(cfg.extractor), cfg.batch_size, cache,
+                                 cfg.pr_k, cfg.pr_samples)
+    if cfg.labels_key in arrays:
+        if not hasattr(extractor, "probs"):
+            raise UnisslError(f"{cfg.samples} has labels but extractor {cfg.extractor} is not a classifier")
+        labels = torch.as_tensor(arrays[cfg.labels_key]).long()
+        metrics["class_consistency"] = class_consistency(extractor, images, labels, cfg.batch_size)
+    extra = {"samples": str(cfg.samples), "reference": cfg.reference, "extractor": cfg.extractor,
+             "extractor_identity": extractor.identity(), "reference_fingerprint": reference.fingerprint()}
+    name = cfg.name or re.sub(r"[^A-Za-z0-9_.\-]+", "_", f"generation-{Path(cfg.samples).stem}")
+    path = record_result(cfg.run_dir, name, metrics, extra)
+    print_metrics(f"generation metrics of {cfg.samples} vs {cfg.reference} ({cfg.extractor})", metrics, path)
+    return metrics

@@ -1,0 +1,227 @@
+"""Frozen feature extraction with an on-disk cache.
+
+Every evaluation (linear probe, few-shot, kNN, transfer, FD/IS/precision-recall, rFD) starts from
+frozen features of a dataset split. A *feature extractor* is anything with
+
+* ``features(images (B, C, H, W) float in [0, 1]) -> (B, D)`` and
+* ``identity() -> str``: a string that changes whenever the features would change (method, weights
+  hash, pooling); it is the cache key together with the dataset's ``fingerprint()`` and split.
+
+Optional attributes ``input_channels`` / ``input_size`` (int or None) declare what the extractor expects;
+:func:`adapt_images` resizes images and matches channels before :meth:`features` is called, which is
+what lets ``unissl eval transfer`` probe a Fashion-MNIST encoder on another dataset.
+
+Extractors are named in :data:`EXTRACTORS` (``name -> "module:loader"``, ``loader(checkpoint, device)``);
+``load_extractor("sorcen:/runs/x/checkpoint.safetensors")`` imports the module lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import math
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save
+from tqdm import tqdm
+
+from unissl.errors import UnisslError
+from unissl.utils.io import atomic_file
+
+
+@runtime_checkable
+class FeatureExtractor(Protocol):
+    """A frozen image -> vector map used by every evaluation."""
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) float in [0, 1] -> (B, D) features."""
+        ...
+
+    def identity(self) -> str:
+        """A string that identifies the features (cache key)."""
+        ...
+
+
+# name -> "module:loader"; loader(checkpoint: str | None, device: torch.device) -> FeatureExtractor
+EXTRACTORS: dict[str, str] = {
+    "pixels": "unissl.eval.features:load_pixels",
+    "sorcen": "unissl.methods.sorcen.features:load_extractor",
+    "reptok": "unissl.methods.reptok.features:load_extractor",
+    "domain": "unissl.eval.domain:load_extractor",
+    "inception": "unissl.eval.inception:load_extractor",
+}
+
+
+class PixelExtractor:
+    """Flattened pixels: the floor every learned representation has to beat."""
+
+    input_channels: int | None = None
+    input_size: int | None = None
+
+    def __init__(self, image_size: int | None = None, channels: int | None = None) -> None:
+        self.input_size = image_size
+        self.input_channels = channels
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C*H*W)."""
+        return images.flatten(1).float()
+
+    def identity(self) -> str:
+        return f"pixels(size={self.input_size},channels={self.input_channels})"
+
+
+def load_pixels(checkpoint: str | None, device: torch.device) -> PixelExtractor:
+    """Loader of the ``pixels`` extractor; ``checkpoint`` may be an image size (``pixels:28``)."""
+    if checkpoint:
+        try:
+            return PixelExtractor(image_size=int(checkpoint))
+        except ValueError:
+            raise UnisslError(f"extractor 'pixels:{checkpoint}': the argument must be an image size "
+                              f"such as 'pixels:28'") from None
+    return PixelExtractor()
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/None -> CUDA if available, else CPU; anything else is passed to ``torch.device``."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise UnisslError(f"invalid device {device!r}: {e}") from None
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """``"name"`` or ``"name:argument"`` -> (name, argument or None)."""
+    name, sep, rest = spec.partition(":")
+    return name.strip(), (rest if sep and rest else None)
+
+
+def load_extractor(spec: str, device: str | torch.device | None = "cpu") -> Any:
+    """Build an extractor from ``"name[:checkpoint]"`` via the :data:`EXTRACTORS` registry."""
+    name, checkpoint = parse_spec(spec)
+    if name not in EXTRACTORS:
+        raise UnisslError(f"unknown feature extractor {name!r} (from {spec!r}); choose one of "
+                          f"{sorted(EXTRACTORS)} as 'name' or 'name:checkpoint'")
+    module_name, _, fn_name = EXTRACTORS[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise UnisslError(f"feature extractor {name!r} needs module {module_name} which is not available "
+                          f"({e}); is that method installed in this checkout?") from None
+    loader = getattr(module, fn_name, None)
+    if loader is None:
+        raise UnisslError(f"feature extractor {name!r}: {module_name} has no function {fn_name}()")
+    extractor = loader(checkpoint, resolve_device(device))
+    if not isinstance(extractor, FeatureExtractor):
+        raise UnisslError(f"feature extractor {name!r}: {EXTRACTORS[name]} returned {type(extractor).__name__}, "
+                          f"which lacks features()/identity()")
+    return extractor
+
+
+def adapt_images(images: torch.Tensor, channels: int | None = None, size: int | None = None) -> torch.Tensor:
+    """Match channels (grey <-> RGB) and spatial size (bilinear, antialiased) to what an extractor expects."""
+    x = images
+    c = x.shape[1]
+    if channels is not None and c != channels:
+        if c == 1:
+            x = x.expand(-1, channels, -1, -1)
+        elif channels == 1 and c == 3:
+            # ITU-R BT.601 luma, the usual RGB -> grey conversion.
+            w = x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            x = (x * w).sum(1, keepdim=True)
+        else:
+            raise UnisslError(f"cannot convert {c}-channel images to the {channels} channels the extractor expects")
+    if size is not None and (x.shape[-2] != size or x.shape[-1] != size):
+        down = x.shape[-1] > size
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=down)
+        x = x.clamp(0, 1)
+    return x
+
+
+@torch.no_grad()
+def features_of(extractor: Any, images: torch.Tensor, batch_size: int = 256,
+                device: torch.device | None = None, progress: str | None = None) -> torch.Tensor:
+    """Features (N, D) float32 on CPU of an in-memory image tensor (N, C, H, W) in [0, 1]."""
+    device = device or getattr(extractor, "device", None) or torch.device("cpu")
+    out = []
+    for i in tqdm(range(0, images.shape[0], batch_size), desc=progress, disable=progress is None,
+                  leave=False):
+        x = adapt_images(images[i:i + batch_size].to(device).float(),
+                         getattr(extractor, "input_channels", None), getattr(extractor, "input_size", None))
+        out.append(extractor.features(x).float().cpu())
+    if not out:
+        raise UnisslError("no images to extract features from (empty input)")
+    return torch.cat(out)
+
+
+def _fetch(dataset: Any, idx: list[int]) -> dict[str, torch.Tensor]:
+    if hasattr(dataset, "__getitems__"):
+        return dataset.__getitems__(idx)
+    items = [dataset[i] for i in idx]
+    return {"image": torch.stack([it["image"] for it in items]),
+            "label": torch.as_tensor([int(it["label"]) for it in items], dtype=torch.int64)}
+
+
+def dataset_key(dataset: Any) -> str:
+    """A string identifying a dataset split: name, split and fingerprint."""
+    fp = dataset.fingerprint() if hasattr(dataset, "fingerprint") else None
+    if fp is None:
+        raise UnisslError(f"dataset {type(dataset).__name__} has no fingerprint(); cannot cache its features")
+    return f"{getattr(dataset, 'name', '?')}:{getattr(dataset, 'split', '?')}:{fp}"
+
+
+def cache_path(cache_dir: str | Path, extractor: Any, dataset: Any, suffix: str = "features") -> Path:
+    """The cache file for (extractor identity, dataset split)."""
+    key = hashlib.sha256(f"{extractor.identity()}|{dataset_key(dataset)}".encode()).hexdigest()[:20]
+    name = f"{getattr(dataset, 'name', 'data')}-{getattr(dataset, 'split', 'x')}-{key}.{suffix}.safetensors"
+    return Path(cache_dir) / name
+
+
+@torch.no_grad()
+def extract_features(extractor: Any, dataset: Any, batch_size: int = 256, cache_dir: str | Path | None = None,
+                     device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features (N, D) float32 and labels (N,) int64 of a whole dataset split, cached on disk.
+
+    The cache file name hashes ``extractor.identity()`` with the dataset name, split and fingerprint, so a
+    new checkpoint or a changed dataset never reuses stale features. Files are written atomically.
+    """
+    path = cache_path(cache_dir, extractor, dataset) if cache_dir else None
+    if path is not None and path.is_file():
+        try:
+            data = load_file(str(path))
+            return data["features"], data["labels"]
+        except Exception as e:  # a corrupt cache is recomputed, never trusted
+            tqdm.write(f"unissl: ignoring unreadable feature cache {path} ({e})")
+    n = len(dataset)
+    if n == 0:
+        raise UnisslError(f"dataset {dataset_key(dataset)} is empty")
+    device = device or getattr(extractor, "device", None) or torch.device("cpu")
+    feats, labels = [], []
+    desc = f"features {getattr(dataset, 'name', '')}:{getattr(dataset, 'split', '')}"
+    for start in tqdm(range(0, n, batch_size), total=math.ceil(n / batch_size), desc=desc, leave=False):
+        batch = _fetch(dataset, list(range(start, min(n, start + batch_size))))
+        x = adapt_images(batch["image"].to(device).float(), getattr(extractor, "input_channels", None),
+                         getattr(extractor, "input_size", None))
+        feats.append(extractor.features(x).float().cpu())
+        labels.append(torch.as_tensor(batch["label"]).long().cpu())
+    f, y = torch.cat(feats).contiguous(), torch.cat(labels).contiguous()
+    if f.ndim != 2 or f.shape[0] != n:
+        raise UnisslError(f"extractor {extractor.identity()} returned features of shape {tuple(f.shape)}; "
+                          f"expected ({n}, D)")
+    if path is not None:
+        with atomic_file(path, "wb") as fh:
+            fh.write(_safetensors_bytes({"features": f, "labels": y},
+                                        {"extractor": extractor.identity(), "dataset": dataset_key(dataset)}))
+    return f, y
+
+
+def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    return save(tensors, metadata=metadata)
+
+
+__all__ = ["EXTRACTORS", "FeatureExtractor", "PixelExtractor", "adapt_images", "cache_path", "dataset_key",
+           "extract_features", "features_of", "load_extractor", "parse_spec", "resolve_device"]

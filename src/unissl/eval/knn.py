@@ -1,0 +1,38 @@
+"""Weighted k-NN classification on frozen features (the DINO protocol).
+
+Features are L2-normalised; each test sample retrieves its k most cosine-similar train samples, and
+neighbour j votes for its label with weight ``exp(sim_j / T)`` (k = 20, T = 0.07 by default).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from unissl.errors import UnisslError
+from unissl.eval.probe import topk_accuracy
+
+
+@torch.no_grad()
+def knn_scores(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, num_classes: int,
+               k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
+    """Class scores (N_test, C): the sum of ``exp(cos / T)`` over the k nearest train samples of each class."""
+    if train_x.shape[0] < k:
+        raise UnisslError(f"kNN: k={k} is larger than the {train_x.shape[0]} train samples; lower --k")
+    if temperature <= 0:
+        raise UnisslError(f"kNN: temperature must be positive, got {temperature}")
+    tr = F.normalize(train_x.float(), dim=1)
+    out = []
+    for i in range(0, test_x.shape[0], chunk):
+        q = F.normalize(test_x[i:i + chunk].float(), dim=1)
+        sim, idx = (q @ tr.T).topk(k, dim=1)  # (c, k)
+        votes = torch.zeros(q.shape[0], num_classes)
+        votes.scatter_add_(1, train_y[idx].long(), (sim / temperature).exp())
+        out.append(votes)
+    return torch.cat(out)
+
+
+def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                 num_classes: int, k: int = 20, temperature: float = 0.07) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (percent) of the weighted k-NN classifier."""
+    return topk_accuracy(knn_scores(train_x, train_y, test_x, num_classes, k, temperature), test_y)
