@@ -259,7 +259,13 @@ def build_encoder(spec: dict[str, Any]) -> SSLEncoder:
     return ENCODERS[kind](**spec)
 
 
-def backbone_checksum(encoder: SSLEncoder) -> float:
-    """Sum of all backbone parameters (float64): detects a reloaded backbone that differs from training's."""
+def backbone_checksum(encoder: SSLEncoder) -> str:
+    """sha256 (16 hex digits) of the backbone's parameters: detects a reloaded backbone that differs."""
+    import hashlib
+
+    h = hashlib.sha256()
     with torch.no_grad():
-        return float(sum(p.double().sum().item() for p in encoder.backbone.parameters()))
+        for name, p in sorted(encoder.backbone.named_parameters()):
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -159,11 +159,10 @@ class RepTokTokenizer(nn.Module):
         if encoder_path is not None and "path" in cfg.encoder:
             cfg.encoder = {**cfg.encoder, "path": encoder_path}
         model = cls(cfg)
-        expected = float(meta.get("backbone_checksum", 0.0))
-        got = backbone_checksum(model.encoder)
-        if abs(got - expected) > 1e-6 * max(1.0, abs(expected)):
+        expected, got = meta.get("backbone_checksum"), backbone_checksum(model.encoder)
+        if got != expected:
             raise UnisslError(f"the encoder weights at {cfg.encoder.get('path')} differ from those {path} was "
-                              f"trained with (checksum {got:.6g} != {expected:.6g}); pass the original weights")
+                              f"trained with (checksum {got} != {expected}); pass the original weights")
         state = load_file(str(path / WEIGHTS_FILE))
         missing, unexpected = model.load_state_dict(state, strict=False)
         skip = model._skipped_prefixes()
