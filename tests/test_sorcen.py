@@ -11,8 +11,13 @@ import torch.nn.functional as F
 from unissl.methods.sorcen.augment import random_resized_crop_flip
 from unissl.methods.sorcen.echo import sample_echo
 from unissl.methods.sorcen.losses import masked_token_loss
-from unissl.methods.sorcen.masking import (masking_counts, random_masking, sample_mask_ratio,
-                                           sample_window_side, window_mask)
+from unissl.methods.sorcen.masking import (
+    masking_counts,
+    random_masking,
+    sample_mask_ratio,
+    sample_window_side,
+    window_mask,
+)
 from unissl.methods.sorcen.method import SorcenLossConfig, SorcenMethod
 from unissl.methods.sorcen.model import SorcenModel, SpecialIds
 from unissl.methods.sorcen.presets import PRESETS, arch_for_store

@@ -1,0 +1,107 @@
+"""``unissl train sorcen``: pretrain Sorcen, MAGE or MAGE-C.
+
+* ``--method sorcen`` / ``mage`` train on a token store (``--tokens DIR`` from ``unissl tokenize``); no
+  image is touched during training. ``--dataset`` without ``--tokens`` is an error that says which
+  ``unissl tokenize`` command to run first (tokenizing is a separate, cached stage by design).
+* ``--method mage-c`` trains on images (``--dataset``, ``--data-dir``) and tokenizes two augmented crops per
+  image every step with the frozen tokenizer (``--tokenizer``, or the one recorded in ``--tokens``).
+
+The run directory (``--train.run-dir``) receives ``config.yaml``, ``sorcen.json`` (model shapes + tokenizer
+path, see :mod:`unissl.methods.sorcen.run`), checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from unissl.config import arg, save_run_config
+from unissl.engine import TrainConfig, Trainer, is_main
+from unissl.errors import UnisslError
+from unissl.methods.sorcen.method import SorcenLossConfig
+from unissl.utils.seed import seed_everything
+
+PresetName = Literal["tiny", "small", "vit_b", "vit_l"]  # keys of unissl.methods.sorcen.presets.PRESETS
+
+
+def _default_train() -> TrainConfig:
+    # Paper optimisation (AdamW 0.9/0.95, wd 0.05, base lr 1.5e-4 per 256, clip 3.0); steps and batch are
+    # set per run (configs/sorcen/*.yaml).
+    return TrainConfig(run_dir="runs/sorcen", clip_grad=3.0, base_lr=1.5e-4, weight_decay=0.05,
+                       betas=(0.9, 0.95), num_workers=0)
+
+
+@dataclass
+class Config:
+    """Pretrain Sorcen / MAGE / MAGE-C on VQ token ids."""
+
+    tokens: str | None = arg(None, help="token store directory (from `unissl tokenize`) for sorcen / mage")
+    split: str = arg("train", help="split of the token store or dataset to train on")
+    flip: bool = arg(False, help="also train on the store's horizontally flipped ids (if it has them)")
+    method: Literal["sorcen", "mage", "mage-c"] = arg("sorcen", help="sorcen (Echo Contrast), mage (no contrast) "
+                                                      "or mage-c (two online-tokenized crops + SimCLR)")
+    preset: PresetName = arg("small", help="encoder-decoder size (K and grid come from the tokens/tokenizer)")
+    dataset: str | None = arg(None, help="image dataset for mage-c (digits, fashion-mnist, folder, webdataset)")
+    data_dir: str | None = arg(None, help="image dataset directory (default: the dataset's standard location)")
+    tokenizer: str | None = arg(None, help="mage-c: frozen VQ tokenizer (default: the one recorded in --tokens)")
+    loss: SorcenLossConfig = field(default_factory=SorcenLossConfig)
+    train: TrainConfig = field(default_factory=_default_train)
+
+    def __post_init__(self) -> None:
+        if self.method in ("sorcen", "mage") and self.tokens is None:
+            hint = f" --dataset {self.dataset}" if self.dataset else ""
+            raise UnisslError(f"--method {self.method} trains on precomputed ids: run `unissl tokenize --tokenizer "
+                              f"TOKENIZER_DIR{hint} --out TOKENS_DIR` first, then pass --tokens TOKENS_DIR")
+        if self.method == "mage-c" and self.dataset is None:
+            raise UnisslError("--method mage-c tokenizes images online: pass --dataset (and --tokenizer or --tokens)")
+        if self.method == "mage-c" and self.tokenizer is None and self.tokens is None:
+            raise UnisslError("--method mage-c needs the frozen tokenizer: pass --tokenizer DIR (or --tokens DIR)")
+
+
+def build(cfg: Config):
+    """(method, dataset, run-info fields) for a config; the method is built after seeding."""
+    from unissl.data.token_store import TokenStore
+    from unissl.methods.sorcen.method import SorcenMethod
+    from unissl.methods.sorcen.presets import arch_for_store
+
+    store = TokenStore(cfg.tokens, cfg.split, flip=cfg.flip) if cfg.tokens is not None else None
+    if store is not None and store.kind != "vq":
+        raise UnisslError(f"token store {cfg.tokens} holds continuous tokens; Sorcen needs VQ ids")
+    tokenizer_path = cfg.tokenizer or (store.tokenizer_path if store is not None else None)
+    if cfg.method == "mage-c":
+        from unissl.data import build_dataset
+        from unissl.tokenizers import load_tokenizer
+
+        tok = load_tokenizer(tokenizer_path)
+        data = build_dataset(cfg.dataset, cfg.split, data_dir=cfg.data_dir, channels=int(tok.channels))
+        arch = arch_for_store(cfg.preset, tok.codebook_size, tuple(tok.grid))
+        classes = list(getattr(data, "classes", []))
+    else:
+        tok = None
+        data = store
+        arch = arch_for_store(cfg.preset, store.codebook_size, store.grid)
+        classes = list(store.classes)
+    seed_everything(cfg.train.seed)
+    method = SorcenMethod(arch, cfg.method, cfg.loss, num_classes=len(classes), tokenizer=tok)
+    return method, data, {"arch": arch, "classes": classes, "tokenizer": tokenizer_path}
+
+
+def run(cfg: Config) -> None:
+    """Build the method and data, record the run, train, print the final logged values."""
+    from unissl.engine import init_distributed
+    from unissl.methods.sorcen.run import write_run_info
+
+    init_distributed()  # so that only rank 0 writes the run files under torchrun
+    method, data, info = build(cfg)
+    if is_main():
+        save_run_config(cfg.train.run_dir, cfg)
+        write_run_info(cfg.train.run_dir, info["arch"], cfg.method, cfg.loss, len(info["classes"]), info["classes"],
+                       cfg.tokens, info["tokenizer"])
+    n_params = sum(p.numel() for p in method.parameters() if p.requires_grad)
+    if is_main():
+        print(f"unissl train sorcen: {cfg.method}, preset {cfg.preset} ({n_params / 1e6:.2f}M trainable), "
+              f"K={info['arch'].codebook_size}, grid={info['arch'].grid}, {len(data)} samples -> {cfg.train.run_dir}")
+    logs = Trainer(method, data, cfg.train).fit()
+    if is_main():
+        shown = {k: round(v, 4) for k, v in logs.items() if k in ("step", "loss", "recon", "contrast", "probe_acc")}
+        print(f"unissl train sorcen: done {shown}")

@@ -1,0 +1,106 @@
+"""Sorcen run directories: what a run records about its model, and how to rebuild it.
+
+``run_dir/sorcen.json`` (written by ``unissl train sorcen`` before training) holds everything needed to
+rebuild the model without the command's config: ``arch`` (:class:`SorcenArch` fields), ``variant``,
+``loss`` settings, ``num_classes``, ``classes``, the token store and the tokenizer path. Weights come from
+the engine's checkpoints (``run_dir/checkpoints/step_*/model.safetensors``, loaded without executing code).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unissl.engine.checkpoint import load_checkpoint
+from unissl.errors import UnisslError
+from unissl.methods.sorcen.method import SorcenLossConfig, SorcenMethod
+from unissl.methods.sorcen.model import SorcenModel
+from unissl.methods.sorcen.presets import SorcenArch
+from unissl.utils.io import read_json, write_json
+
+RUN_FILE = "sorcen.json"
+FORMAT = "unissl-sorcen-run-v1"
+
+
+def write_run_info(run_dir: str | Path, arch: SorcenArch, variant: str, loss: SorcenLossConfig,
+                   num_classes: int, classes: list[str], tokens: str | None, tokenizer: str | None) -> Path:
+    """Record the model's shapes and provenance in ``run_dir/sorcen.json`` (atomic)."""
+    path = Path(run_dir) / RUN_FILE
+    write_json(path, {"format": FORMAT, "arch": dataclasses.asdict(arch), "variant": variant,
+                      "loss": dataclasses.asdict(loss), "num_classes": num_classes, "classes": classes,
+                      "tokens": tokens, "tokenizer": tokenizer})
+    return path
+
+
+def read_run_info(run_dir: str | Path) -> dict[str, Any]:
+    """``sorcen.json`` of a run, with ``arch`` as a :class:`SorcenArch`."""
+    run_dir = Path(run_dir)
+    if (run_dir / "model.safetensors").is_file():  # a checkpoints/step_* directory was passed
+        run_dir = run_dir.parent.parent
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        raise UnisslError(f"{path} not found; pass the run directory of `unissl train sorcen`")
+    info = read_json(path)
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise UnisslError(f"{path} is not a Sorcen run file (format {info.get('format') if isinstance(info, dict) else None!r})")
+    arch = dict(info["arch"])
+    arch["grid"] = tuple(arch["grid"])
+    try:
+        info["arch"] = SorcenArch(**arch)
+    except (TypeError, ValueError) as e:
+        raise UnisslError(f"{path}: invalid arch ({e}); the file does not come from this unissl version") from e
+    info["run_dir"] = str(run_dir)
+    return info
+
+
+def load_method(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[SorcenMethod, dict[str, Any]]:
+    """The trained method (all heads) of a run, in eval mode, and its run info."""
+    info = read_run_info(run_dir)
+    loss_fields = {f.name for f in dataclasses.fields(SorcenLossConfig)}
+    loss = SorcenLossConfig(**{k: v for k, v in info.get("loss", {}).items() if k in loss_fields})
+    # MAGE-C's tokenizer is not part of the weights; a placeholder-free build skips it.
+    variant = info["variant"] if info["variant"] != "mage-c" else "mage"
+    method = SorcenMethod(info["arch"], variant, loss, num_classes=int(info.get("num_classes", 0)))
+    ck = load_checkpoint(run_dir, with_trainer_state=False)  # a run directory or a step directory
+    state = ck.model
+    if info["variant"] == "mage-c":  # MAGE-C's projector has no place in the MAGE-shaped module
+        state = {k: v for k, v in state.items() if not k.startswith("projector.")}
+    try:
+        method.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise UnisslError(f"weights in {ck.path} do not fit the model in {info['run_dir']}/{RUN_FILE}: "
+                          f"{str(e).splitlines()[0]}") from e
+    info["checkpoint"] = str(ck.path)
+    return method.to(device).eval(), info
+
+
+def load_sorcen(run_dir: str | Path, device: torch.device | str = "cpu",
+                with_tokenizer: bool = True) -> tuple[SorcenModel, Any]:
+    """The frozen encoder-decoder of a run (eval mode, ``requires_grad=False``) and its VQ tokenizer.
+
+    The tokenizer is loaded from the path recorded in ``sorcen.json`` (the token store's tokenizer); it is
+    ``None`` when ``with_tokenizer`` is false.
+    """
+    method, info = load_method(run_dir, device)
+    model = method.model.requires_grad_(False).eval()
+    tokenizer = load_run_tokenizer(info, device) if with_tokenizer else None
+    return model, tokenizer
+
+
+def load_run_tokenizer(info: dict[str, Any], device: torch.device | str = "cpu") -> Any:
+    """The VQ tokenizer a run's ids came from (path recorded in ``sorcen.json``)."""
+    from unissl.tokenizers import load_tokenizer
+
+    path = info.get("tokenizer")
+    if not path:
+        raise UnisslError(f"{info['run_dir']}/{RUN_FILE} records no tokenizer path; the token store's meta.json "
+                          f"had none. Re-run `unissl tokenize` with a saved tokenizer")
+    tok = load_tokenizer(path, device=device)
+    arch: SorcenArch = info["arch"]
+    if int(tok.codebook_size) != arch.codebook_size or tuple(tok.grid) != tuple(arch.grid):
+        raise UnisslError(f"tokenizer {path} (K={tok.codebook_size}, grid={tuple(tok.grid)}) does not match the run "
+                          f"(K={arch.codebook_size}, grid={arch.grid})")
+    return tok
