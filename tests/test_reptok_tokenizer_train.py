@@ -1,0 +1,56 @@
+"""Training through the engine changes only [cls], the projection and the decoder; every frozen encoder
+weight stays bit-identical (one test per supported encoder kind)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from unissl.data.base import InMemoryImageDataset
+from unissl.engine import TrainConfig, Trainer
+from unissl.methods.reptok.tokenizer import RepTokConfig, RepTokTokenizer
+
+
+def _dataset(n: int = 16) -> InMemoryImageDataset:
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(n, 1, 16, 16, generator=g)
+    return InMemoryImageDataset("toy", "train", images, torch.zeros(n, dtype=torch.int64), ["a"])
+
+
+def _train_and_compare(tok: RepTokTokenizer, run_dir: Path) -> None:
+    before = {k: v.detach().clone() for k, v in tok.state_dict().items()}
+    cfg = TrainConfig(run_dir=str(run_dir), steps=3, global_batch=8, lr=1e-2, warmup_steps=0, num_workers=0,
+                      progress=False, tensorboard=False, ckpt_every=3, image_every=0, device="cpu")
+    Trainer(tok, _dataset(), cfg).fit()
+    after = tok.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    frozen = [k for k in before if k.startswith("encoder.") and k != "encoder.cls"]
+    assert frozen and not changed & set(frozen), sorted(changed & set(frozen))  # bit-identical
+    assert "encoder.cls" in changed
+    assert any(k.startswith("projection.") for k in changed)
+    assert any(k.startswith("decoder.") for k in changed)
+    assert changed <= {"encoder.cls"} | {k for k in before if k.startswith(("projection.", "decoder."))}
+    assert not tok.encoder.backbone.training  # the engine's train() did not switch the backbone to training
+    # z moved away from z_frozen, only because cls moved
+    x = _dataset(4).__getitems__([0, 1, 2, 3])["image"]
+    assert not torch.allclose(tok.encode(x), tok.encoder.frozen(x))
+
+
+def test_random_encoder_only_cls_projection_decoder_change(tmp_path) -> None:
+    torch.manual_seed(0)
+    enc = {"kind": "random", "image_size": 16, "dim": 32, "depth": 2, "heads": 2, "patch": 4}
+    tok = RepTokTokenizer(RepTokConfig(encoder=enc, image_size=16, channels=1, decoder="tiny", cos_weight=0.1))
+    _train_and_compare(tok, tmp_path / "run")
+
+
+def test_dinov2_encoder_only_cls_projection_decoder_change(tmp_path) -> None:
+    pytest.importorskip("transformers")
+    from unissl.methods.reptok.tiny import save_random_dinov2
+
+    save_random_dinov2(tmp_path / "dino", dropout=0.5)  # dropout on: eval mode must hold through training
+    torch.manual_seed(0)
+    tok = RepTokTokenizer(RepTokConfig(encoder={"kind": "dinov2", "path": str(tmp_path / "dino")}, image_size=16,
+                                       channels=1, decoder="tiny", cos_weight=0.1))
+    _train_and_compare(tok, tmp_path / "run")
