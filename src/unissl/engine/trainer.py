@@ -36,7 +36,7 @@ from unissl.engine.checkpoint import (
 )
 from unissl.engine.config import TrainConfig
 from unissl.engine.ema import EMA
-from unissl.engine.logger import RunLogger
+from unissl.engine.logger import RunLogger, read_log
 from unissl.engine.method import hook
 from unissl.engine.optim import build_optimizer
 from unissl.engine.schedule import lr_schedule
@@ -91,6 +91,12 @@ def split_batch(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore Ctrl-C/SIGTERM: the main process checkpoints first, then stops them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _StopRequest:
@@ -150,12 +156,17 @@ class Trainer:
 
         self.method = method.to(self.device)
         self.model: nn.Module = self.method
+        self.ddp: nn.parallel.DistributedDataParallel | None = None
         if self.world_size > 1:
-            self.model = nn.parallel.DistributedDataParallel(
+            self.ddp = nn.parallel.DistributedDataParallel(
                 self.method, device_ids=[local_rank] if self.device.type == "cuda" else None,
                 find_unused_parameters=cfg.find_unused_parameters)
-        if cfg.compile and self.device.type == "cuda":
-            self.model = torch.compile(self.model)  # type: ignore[assignment]
+            self.model = self.ddp
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast use TF32
+            torch.backends.cudnn.allow_tf32 = True
+            if cfg.compile:
+                self.model = torch.compile(self.model)  # type: ignore[assignment]
         self.optimizer = build_optimizer(self.method, cfg.peak_lr(), cfg.weight_decay, cfg.betas)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.ema = EMA(self.method, cfg.ema_decay) if cfg.ema_decay is not None else None
@@ -236,7 +247,8 @@ class Trainer:
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext())
         for i, mb in enumerate(micro):
             last = i == len(micro) - 1
-            sync = contextlib.nullcontext() if last or self.world_size == 1 else self.model.no_sync()  # type: ignore[operator]
+            # DDP all-reduces gradients during the backward of the last micro-batch only.
+            sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
             with sync:
                 with autocast:
                     out = self.model(mb)
@@ -251,17 +263,24 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v.reshape(()).to(self.device) / len(micro)
         return sums, lr
 
-    def _check_finite(self, loss: torch.Tensor, stop: _StopRequest) -> bool:
-        """All ranks agree whether the loss is finite and whether to stop; raises on NaN/Inf."""
+    def _check_step(self, loss: torch.Tensor, grad_norm: torch.Tensor, stop: _StopRequest) -> bool:
+        """One host sync per step: raise on a non-finite loss or gradient norm; whether every rank should stop.
+
+        Under DDP the loss and the stop flag are all-reduced so that all ranks take the same decision
+        (gradients, hence their norm, are already identical on every rank).
+        """
         flags = torch.stack([loss.detach().float().reshape(()),
-                             torch.tensor(float(stop.signal is not None), device=loss.device)])
+                             torch.tensor(float(stop.signal is not None), device=loss.device),
+                             grad_norm.detach().float().reshape(()).to(loss.device)])
         if self.world_size > 1:
             torch.distributed.all_reduce(flags)
             flags[0] /= self.world_size
-        value = float(flags[0])
-        if not math.isfinite(value):
-            self._raise_nan("loss", value)
-        return bool(flags[1] > 0)
+        loss_value, stop_value, norm_value = flags.tolist()
+        if not math.isfinite(loss_value):
+            self._raise_nan("loss", loss_value)
+        if not math.isfinite(norm_value):
+            self._raise_nan("gradient norm", norm_value)
+        return stop_value > 0
 
     def _raise_nan(self, what: str, value: float) -> None:
         where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
@@ -289,6 +308,7 @@ class Trainer:
 
         loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate_batched,
                             num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda",
+                            worker_init_fn=_ignore_stop_signals if self.cfg.num_workers else None,
                             generator=torch.Generator().manual_seed(self.cfg.seed + self.rank))
         return iter(loader)
 
@@ -323,10 +343,9 @@ class Trainer:
                 while self.step < self.total_steps:
                     batch = _to_device(next(data), self.device)
                     sums, lr = self._train_step(batch)
-                    stop_now = self._check_finite(sums["loss"], stop)
-                    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-                    if not torch.isfinite(grad_norm):
-                        self._raise_nan("gradient norm", float(grad_norm))
+                    grads = [p.grad for p in self.params if p.grad is not None]
+                    grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+                    stop_now = self._check_step(sums["loss"], grad_norm, stop)  # raises on NaN/Inf
                     if self.cfg.clip_grad is not None:
                         torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.clip_grad, grad_norm)
                     self.optimizer.step()
@@ -374,6 +393,9 @@ class Trainer:
         finally:
             bar.close()
             self.logger.close()
+        if not final and self.is_main:  # nothing left to train: report the last logged values
+            records = read_log(self.run_dir / "log.jsonl")
+            final = {k: float(v) for k, v in records[-1].items() if isinstance(v, (int, float))} if records else {}
         for cb in self.callbacks:
             cb.on_fit_end(self, final)
         return final
