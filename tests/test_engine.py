@@ -20,6 +20,7 @@ from helpers.toy import ToyConfig, ToyDataset, ToyMethod, build  # noqa: E402
 
 from unissl.engine import (  # noqa: E402
     EMA,
+    Callback,
     TrainConfig,
     Trainer,
     all_gather_with_grad,
@@ -241,6 +242,7 @@ def test_training_lowers_the_loss_and_logs(tmp_path: Path) -> None:
     assert (run / "images" / "inputs_step30.png").is_file() and (run / "images" / "inputs_step60.png").is_file()
     assert any((run / "tb").iterdir())
     assert int(method.steps_done) == 60  # the on_train_step_end hook ran after every step
+    assert (run / "train_info.json").is_file()
     # The saved weights are the trained ones; re-running into the same directory without --resume is refused.
     saved = load_file(str(latest_checkpoint(run) / "model.safetensors"))
     assert torch.equal(saved["net.0.weight"], method.net[0].weight)
@@ -253,6 +255,31 @@ def test_training_lowers_the_loss_and_logs(tmp_path: Path) -> None:
     assert more["step"] == 64 and [r["step"] for r in read_log(run / "log.jsonl")][-5:] == [60, 61, 62, 63, 64]
     with pytest.raises(UnisslError, match="resume from another checkpoint|no checkpoint found"):
         fit_toy(tmp_path / "other", resume_from=str(tmp_path / "missing"))
+
+
+def test_ema_weights_are_saved_and_loadable(tmp_path: Path) -> None:
+    run = tmp_path / "ema"
+    method, _ = fit_toy(run, steps=5, ema_decay=0.5, ckpt_every=5)
+    # Naive EMA of the weights after each step, recomputed from a run that records them.
+    weights: list[torch.Tensor] = []
+
+    class Record(Callback):
+        def on_step_end(self, trainer: Trainer, step: int, logs: dict[str, float]) -> None:
+            weights.append(trainer.method.net[0].weight.detach().clone())
+
+    cfg = toy_cfg(tmp_path / "ema2", steps=5, ema_decay=0.5, ckpt_every=5)
+    torch.manual_seed(cfg.seed)
+    m2 = ToyMethod()
+    shadow = m2.net[0].weight.detach().clone()
+    Trainer(m2, ToyDataset(40), cfg, callbacks=[Record()]).fit()
+    for w in weights:
+        shadow = 0.5 * shadow + 0.5 * w
+    loaded = ToyMethod()
+    load_weights(loaded, run, ema=True)
+    torch.testing.assert_close(loaded.net[0].weight, shadow, rtol=0, atol=1e-6)
+    assert not torch.allclose(loaded.net[0].weight, method.net[0].weight)
+    load_weights(loaded, run)
+    assert torch.equal(loaded.net[0].weight, method.net[0].weight)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:

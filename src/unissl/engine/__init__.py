@@ -1,4 +1,16 @@
-"""The training engine: ``Method`` protocol, ``TrainConfig``, ``Trainer`` and their building blocks."""
+"""The training engine: ``Method`` protocol, ``TrainConfig``, ``Trainer`` and their building blocks.
+
+A training command nests ``train: TrainConfig`` in its config and does::
+
+    init_distributed()                    # torchrun env vars; no-op for one process
+    seed_everything(cfg.train.seed)       # identical initial weights on every rank
+    method = MyMethod(...)                # nn.Module: forward(batch) -> {"loss": ..., **scalar logs}
+    logs = Trainer(method, dataset, cfg.train).fit()
+
+and reads weights back with ``load_weights(module, run_dir_or_checkpoint, ema=False)``.
+Run directory: ``checkpoints/step_XXXXXXX/{model,ema}.safetensors + trainer_state.pt``, ``checkpoints/latest``,
+``log.jsonl``, ``tb/``, ``images/<name>_step<N>.png``, ``train_info.json`` (git revision per session).
+"""
 
 from unissl.engine import dist
 from unissl.engine.checkpoint import (
