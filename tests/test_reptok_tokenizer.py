@@ -104,7 +104,7 @@ def test_projection_starts_as_the_padded_token_and_cosine_loss_reference() -> No
         proj.fc.weight.normal_()
     h = proj(z)
     assert torch.allclose(h, F.layer_norm(z @ proj.fc.weight.T, (8,)) + F.pad(z, (0, 3)), atol=1e-5)
-    with pytest.raises(ValueError):
+    with pytest.raises(UnisslError, match="wider decoder preset"):
         ResidualProjection(8, 5)
     a, b = torch.randn(4, 5), torch.randn(4, 5)
     naive = sum(1 - (a[i] @ b[i]) / (a[i].norm() * b[i].norm()) for i in range(4)) / 4

@@ -220,6 +220,14 @@ class RandomViT(nn.Module):
         return self.norm(tokens)[:, 0]
 
 
+# Sizes of the random-init ablation encoder (patch 4 suits 28-32 px images, patch 14 the paper's 224 px).
+RANDOM_VIT_PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"dim": 64, "depth": 4, "heads": 4, "patch": 4},
+    "small": {"dim": 192, "depth": 6, "heads": 3, "patch": 4},
+    "base": {"dim": 768, "depth": 12, "heads": 12, "patch": 14},
+}
+
+
 class RandomViTEncoder(SSLEncoder):
     """The random-init ablation: a seeded random ViT; its weights are saved with the tokenizer."""
 

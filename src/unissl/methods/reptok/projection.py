@@ -1,8 +1,8 @@
 """From the SSL token to the decoder's condition, and the cosine regulariser that keeps it near the SSL one.
 
-``h = LayerNorm(W z + b) + zero_pad(z)`` with W, b zero-initialised: at start the (normalised) linear
-branch is zero... except for LayerNorm's bias, also zero, so h is exactly the SSL token padded with zeros
-to the decoder width. Training can then move the condition away from z as far as it helps.
+``h = LayerNorm(W z + b) + zero_pad(z)`` with W, b zero-initialised: at start the linear branch is the
+zero vector, LayerNorm maps it to its (zero) bias, so h is exactly the SSL token padded with zeros to the
+decoder width. Training can then move the condition away from z as far as it helps.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from unissl.errors import UnisslError
 
 
 def zero_pad(z: torch.Tensor, width: int) -> torch.Tensor:
@@ -25,7 +27,7 @@ class ResidualProjection(nn.Module):
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
         if out_dim < in_dim:
-            raise ValueError(f"decoder width {out_dim} is smaller than the token width {in_dim}; "
+            raise UnisslError(f"decoder width {out_dim} is smaller than the token width {in_dim}; "
                              "choose a wider decoder preset")
         self.out_dim = out_dim
         self.fc = nn.Linear(in_dim, out_dim)

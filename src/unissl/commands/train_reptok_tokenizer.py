@@ -1,0 +1,139 @@
+"""``unissl train reptok-tokenizer``: train RepTok's one-token tokenizer (stage a) on an image dataset.
+
+The encoder is a frozen SSL ViT with a trainable input [cls] (``--encoder dinov2 --encoder-path DIR``,
+``--encoder sorcen --encoder-path SORCEN_RUN``, or ``--encoder random`` for the ablation); the decoder is
+a flow-matching transformer over pixels (``--space pixels``) or frozen VAE latents (``--space vae
+--vae-path DIR``). The run directory gets config.yaml, checkpoints, logs and reconstruction grids; the
+final tokenizer (config.json + model.safetensors) is written to ``--out`` (default RUN_DIR/tokenizer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from unissl.config import arg, save_run_config
+from unissl.engine import TrainConfig
+from unissl.errors import UnisslError
+
+
+def _default_train() -> TrainConfig:
+    # AdamW with a constant-after-warm-up-ish cosine schedule; steps and batch are set per run (configs/reptok).
+    return TrainConfig(run_dir="runs/reptok-tokenizer", base_lr=1e-4, weight_decay=0.0, betas=(0.9, 0.99),
+                       clip_grad=1.0, warmup_steps=100, num_workers=0)
+
+
+@dataclass
+class Config:
+    """Train a RepTok tokenizer (adapted SSL token + flow-matching decoder)."""
+
+    encoder: Literal["dinov2", "sorcen", "random"] = arg("dinov2", help="SSL encoder kind")
+    encoder_path: str | None = arg(None, help="dinov2: local transformers directory; sorcen: run directory")
+    encoder_image_size: int | None = arg(None, help="dinov2 input size (default 224, rounded to the patch size)")
+    random_preset: str = arg("tiny", help="random encoder size: tiny, small, base")
+    dataset: str = arg("fashion-mnist", help="image dataset (digits, fashion-mnist, folder, webdataset)")
+    data_dir: str | None = arg(None, help="dataset directory (default: the dataset's standard location)")
+    split: str = arg("train", help="dataset split to train on")
+    image_size: int | None = arg(None, help="resize the images to this size (default: the dataset's)")
+    limit: int | None = arg(None, help="train on the first N images only (quick runs)")
+    cos_weight: float = arg(0.1, help="lambda: weight of the cosine regulariser 1 - cos(z, z_frozen)")
+    decoder: str = arg("small", help="decoder preset: tiny, small, base, paper")
+    patch_size: int = arg(4, help="decoder patch size (on pixels or latents)")
+    space: Literal["pixels", "vae"] = arg("pixels", help="decode pixels or the latents of a frozen AutoencoderKL")
+    vae_path: str | None = arg(None, help="space=vae: local diffusers AutoencoderKL directory")
+    out: str | None = arg(None, help="where the trained tokenizer is saved (default: RUN_DIR/tokenizer)")
+    train: TrainConfig = field(default_factory=_default_train)
+
+    def __post_init__(self) -> None:
+        from unissl.methods.reptok.decoder import DECODER_PRESETS
+        from unissl.methods.reptok.encoders import RANDOM_VIT_PRESETS
+
+        if self.decoder not in DECODER_PRESETS:
+            raise UnisslError(f"--decoder {self.decoder!r}: choose one of {sorted(DECODER_PRESETS)}")
+        if self.random_preset not in RANDOM_VIT_PRESETS:
+            raise UnisslError(f"--random-preset {self.random_preset!r}: choose one of {sorted(RANDOM_VIT_PRESETS)}")
+        if self.encoder != "random" and not self.encoder_path:
+            raise UnisslError(f"--encoder {self.encoder} needs --encoder-path (dinov2: a local transformers "
+                              "directory with config.json and weights; sorcen: a `unissl train sorcen` run dir)")
+        if self.cos_weight < 0:
+            raise UnisslError(f"--cos-weight must be >= 0, got {self.cos_weight}")
+        if self.limit is not None and self.limit <= 0:
+            raise UnisslError(f"--limit must be positive, got {self.limit}")
+
+
+class FirstN:
+    """The first ``n`` items of a dataset that supports ``__getitems__`` (attributes are forwarded)."""
+
+    def __init__(self, dataset: Any, n: int) -> None:
+        self.dataset, self.n = dataset, min(n, len(dataset))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        if any(not 0 <= i < self.n for i in indices):
+            raise IndexError(f"index out of range for the first {self.n} items")
+        return self.dataset.__getitems__(indices)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([i]).items()}
+
+    def fingerprint(self) -> str:
+        return f"{self.dataset.fingerprint()}:first{self.n}"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.dataset, name)
+
+
+def encoder_spec(cfg: Config, image_size: int, seed: int) -> dict[str, Any]:
+    """The encoder adapter's spec (see :func:`unissl.methods.reptok.encoders.build_encoder`)."""
+    from unissl.methods.reptok.encoders import RANDOM_VIT_PRESETS
+
+    if cfg.encoder == "random":
+        return {"kind": "random", "image_size": cfg.encoder_image_size or image_size,
+                **RANDOM_VIT_PRESETS[cfg.random_preset], "seed": seed}
+    if cfg.encoder == "dinov2":
+        return {"kind": "dinov2", "path": cfg.encoder_path, "image_size": cfg.encoder_image_size}
+    return {"kind": "sorcen", "path": cfg.encoder_path}
+
+
+def build(cfg: Config):
+    """(tokenizer, dataset) for a config; the tokenizer is built after seeding."""
+    from unissl.data import build_dataset
+    from unissl.methods.reptok.tokenizer import RepTokConfig, RepTokTokenizer
+    from unissl.utils.seed import seed_everything
+
+    data = build_dataset(cfg.dataset, cfg.split, data_dir=cfg.data_dir, image_size=cfg.image_size)
+    if cfg.limit is not None:
+        data = FirstN(data, cfg.limit)
+    size, channels = int(data.image_size), int(data.channels)
+    seed_everything(cfg.train.seed)
+    tcfg = RepTokConfig(encoder=encoder_spec(cfg, size, cfg.train.seed), image_size=size, channels=channels,
+                        decoder=cfg.decoder, patch_size=cfg.patch_size, space=cfg.space, vae_path=cfg.vae_path,
+                        cos_weight=cfg.cos_weight,
+                        extra={"dataset": cfg.dataset, "split": cfg.split, "limit": cfg.limit})
+    return RepTokTokenizer(tcfg), data
+
+
+def run(cfg: Config) -> Path:
+    """Train, then save the tokenizer to ``--out``; returns that directory."""
+    from unissl.engine import Trainer, init_distributed, is_main
+
+    init_distributed()
+    tok, data = build(cfg)
+    out = Path(cfg.out) if cfg.out else Path(cfg.train.run_dir) / "tokenizer"
+    n_train = sum(p.numel() for p in tok.parameters() if p.requires_grad)
+    if is_main():
+        save_run_config(cfg.train.run_dir, cfg)
+        print(f"unissl train reptok-tokenizer: encoder {cfg.encoder} (D={tok.encoder.dim}), decoder {cfg.decoder} "
+              f"on {cfg.space}, lambda={cfg.cos_weight}, {n_train / 1e6:.2f}M trainable, {len(data)} images "
+              f"-> {cfg.train.run_dir}")
+    logs = Trainer(tok, data, cfg.train).fit()
+    if is_main():
+        tok.save_pretrained(out)
+        shown = {k: round(v, 4) for k, v in logs.items() if k in ("step", "loss", "flow_mse", "cos_loss")}
+        print(f"unissl train reptok-tokenizer: done {shown}; tokenizer saved to {out}")
+    return out

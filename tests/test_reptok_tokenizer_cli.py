@@ -1,0 +1,65 @@
+"""The RepTok tokenizer commands end to end on a tiny dataset, the eval extractor, and interpolation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+from unissl.cli import main
+from unissl.methods.reptok.interpolation import lerp, slerp
+
+
+def test_slerp_and_lerp() -> None:
+    a, b = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 2.0])
+    w = torch.linspace(0, 1, 5)
+    s = slerp(a, b, w)
+    assert torch.allclose(s[0], a) and torch.allclose(s[-1], b)
+    assert torch.allclose(s.norm(dim=1), torch.full((5,), 2.0), atol=1e-5)  # stays on the circle
+    assert torch.allclose(s[2], torch.tensor([math.sqrt(2), math.sqrt(2)]), atol=1e-5)
+    assert torch.allclose(lerp(a, b, w)[2], torch.tensor([1.0, 1.0]))
+    assert torch.allclose(slerp(a, 3 * a, w), lerp(a, 3 * a, w))  # parallel: falls back to lerp
+
+
+def test_train_reconstruct_interpolate_and_extractor(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    rc = main(["train", "reptok-tokenizer", "--encoder", "random", "--dataset", "digits", "--image-size", "16",
+               "--limit", "64", "--decoder", "tiny", "--cos-weight", "0.5", "--train.steps", "3",
+               "--train.global-batch", "16", "--train.warmup-steps", "1", "--train.run-dir", str(run),
+               "--no-train.progress", "--no-train.tensorboard", "--train.device", "cpu"])
+    assert rc == 0
+    tok_dir = run / "tokenizer"
+    cfg = json.loads((tok_dir / "config.json").read_text())["config"]
+    assert cfg["cos_weight"] == 0.5 and cfg["image_size"] == 16 and cfg["encoder"]["kind"] == "random"
+    assert (run / "config.yaml").is_file()
+
+    out = tmp_path / "rec"
+    assert main(["reconstruct", "--tokenizer", str(tok_dir), "--dataset", "digits", "--num-images", "20",
+                 "--show", "4", "--steps", "2", "--device", "cpu", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (out / "grid.png").is_file() and (out / "pairs.npz").is_file()
+    assert math.isfinite(metrics["PSNR"]) and 0 < metrics["PSNR"] < 60 and -1 <= metrics["SSIM"] <= 1
+    # PSNR agrees with the reported MSE (both over [0, 1] images; PSNR is per image, so compare loosely)
+    assert abs(metrics["PSNR"] - 10 * math.log10(1 / metrics["mse"])) < 3
+
+    strip = tmp_path / "strip.png"
+    assert main(["interpolate", "--tokenizer", str(tok_dir), "--dataset", "digits", "--points", "3",
+                 "--steps", "2", "--device", "cpu", "--out", str(strip)]) == 0
+    from PIL import Image
+
+    assert Image.open(strip).size == ((5 * 18 + 2) * 2, (18 + 2) * 2)  # one row: A, 3 points, B (scale 2)
+
+    from unissl.eval.features import load_extractor
+    from unissl.methods.reptok.tokenizer import RepTokTokenizer
+
+    ext = load_extractor(f"reptok:{tok_dir}", "cpu")
+    x = torch.rand(3, 1, 16, 16)
+    assert torch.equal(ext.features(x), RepTokTokenizer.from_pretrained(tok_dir).encode(x))
+    assert ext.input_size == 16 and "reptok(" in ext.identity()
+
+
+def test_missing_encoder_path_is_a_one_line_error(capsys) -> None:
+    assert main(["train", "reptok-tokenizer", "--encoder", "dinov2"]) == 2
+    err = capsys.readouterr().err
+    assert "--encoder-path" in err and len(err.strip().splitlines()) == 1
