@@ -39,6 +39,7 @@ class Demo:
     layers: list[int] = arg([1, 2], help="layer sizes")
     dropout: float | None = arg(None, help="dropout (none: off)")
     size: Literal[32, 64] = arg(32, help="image size")
+    mode: Literal["a", "b"] | None = arg(None, help="optional choice; 100% optional")
     optim: Optim = field(default_factory=Optim)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=50, global_batch=32, num_workers=0))
 
@@ -62,6 +63,8 @@ def test_bools_lists_tuples_optional_literals() -> None:
     assert cfg.dropout == 0.1 and cfg.size == 64 and cfg.train.progress is False
     assert parse_config(Demo, ["--use-ema", "--no-use-ema"]).use_ema is False
     assert parse_config(Demo, ["--dropout", "none"]).dropout is None
+    assert parse_config(Demo, ["--mode", "b"]).mode == "b"
+    assert parse_config(Demo, ["--mode", "b", "--mode", "none"]).mode is None
     assert parse_config(Demo, ["--train.clip-grad", "null"]).train.clip_grad is None
     for bad in (["--size", "48"], ["--optim.schedule", "linear"], ["--steps", "ten"], ["--nope", "1"],
                 ["--optim.betas", "0.9"]):
@@ -74,7 +77,7 @@ def test_help_lists_nested_flags_with_help_text() -> None:
     text = build_parser(Demo, prog="demo").format_help()
     for flag in ("--optim.lr", "--train.global-batch", "--use-ema", "--no-use-ema", "--config"):
         assert flag in text
-    assert "learning rate" in text and "{cosine,constant}" in text
+    assert "learning rate" in text and "{cosine,constant}" in text and "100% optional" in text
 
 
 def test_yaml_precedence_and_errors(tmp_path: Path) -> None:

@@ -105,11 +105,12 @@ def build_parser(cls: type, prog: str | None = None, description: str | None = N
         inner, optional = _strip_optional(tp)
         default = _default_of(f)
         help_text = f.metadata.get("help", "") if f.metadata else ""
+        help_text = help_text.replace("%", "%%")  # argparse %-formats help strings
         dest = name.replace(".", "__")
         flag = "--" + name.replace("_", "-")
         kw: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": help_text or " "}
         if default is not dataclasses.MISSING:
-            kw["help"] = (help_text + " " if help_text else "") + f"(default: {default})"
+            kw["help"] = (help_text + " " if help_text else "") + f"(default: {str(default).replace('%', '%%')})"
         else:
             kw["help"] = (help_text + " " if help_text else "") + "(required)"
         origin = get_origin(inner)
@@ -127,7 +128,7 @@ def build_parser(cls: type, prog: str | None = None, description: str | None = N
             p.add_argument(flag, **kw)
             continue
         if origin is Literal:
-            kw["choices"] = list(get_args(inner))
+            kw["choices"] = list(get_args(inner)) + ([None] if optional else [])
         kw["type"] = _scalar_parser(inner, name)
         if f.metadata and f.metadata.get("positional"):
             kw.pop("dest")

@@ -238,7 +238,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def _train_step(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], float]:
-        """Forward/backward over the micro-batches and one optimizer step; returns (mean logs, grad norm)."""
+        """Set this step's lr and accumulate gradients over the micro-batches; returns (mean logs, lr)."""
         lr = float(self.lr_values[min(self.step, self.total_steps - 1)])
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -384,7 +384,7 @@ class Trainer:
                     if at_ckpt or stop_now:
                         self.save()
                         saved_step = self.step
-                    if stop_now:
+                    if stop_now and self.step < self.total_steps:
                         if stop.signal == signal.SIGINT:
                             raise KeyboardInterrupt
                         raise SystemExit(128 + int(stop.signal or signal.SIGTERM))
