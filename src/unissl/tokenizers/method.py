@@ -1,0 +1,55 @@
+"""Training method for :class:`~unissl.tokenizers.vq.VQTokenizer` (the engine's Method protocol).
+
+loss = MSE(reconstruction, image) + vq_loss, where vq_loss is the quantizer's codebook + commitment
+loss (straight-through) or commitment loss (EMA). Logged: PSNR (mean over images of per-image PSNR, data
+range 1, reconstructions clamped to [0, 1]), codebook usage and perplexity. Dead codes are restarted after
+each optimizer step in :meth:`VQTokenizerMethod.on_train_step_end`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unissl.tokenizers.vq import VQTokenizer
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR (B,) in dB of ``x`` against ``y`` (both (B, C, H, W), data range 1)."""
+    mse = (x.float() - y.float()).pow(2).flatten(1).mean(1)  # (B,)
+    return -10.0 * torch.log10(mse.clamp_min(1e-10))
+
+
+class VQTokenizerMethod(nn.Module):
+    """Wraps a :class:`VQTokenizer` for the trainer: ``forward(batch) -> {"loss", ...}``."""
+
+    def __init__(self, tokenizer: VQTokenizer) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.restarted = 0  # total number of dead-code restarts so far
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = batch["image"]  # (B, C, H, W) in [0, 1]
+        out = self.tokenizer(x)
+        rec_loss = F.mse_loss(out.recon, x)
+        with torch.no_grad():
+            p = psnr(out.recon.detach().clamp(0, 1), x).mean()
+        return {"loss": rec_loss + out.vq_loss, "rec_loss": rec_loss.detach(), "vq_loss": out.vq_loss.detach(),
+                "psnr": p, "usage": out.usage, "perplexity": out.perplexity}
+
+    def on_train_step_end(self, step: int, total_steps: int) -> None:
+        """Restart codes unused for ``dead_after`` steps (after the optimizer step, never in the last 10%)."""
+        # late restarts would leave freshly initialised codes that the decoder never learned to use
+        if step < 0.9 * total_steps:
+            self.restarted += self.tokenizer.quantizer.restart_dead_codes()
+
+    @torch.no_grad()
+    def log_images(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"reconstruction": (2N, C, H, W)}: originals interleaved with their reconstructions."""
+        x = batch["image"][:16]
+        was_training = self.tokenizer.training
+        self.tokenizer.eval()
+        rec = self.tokenizer.decode(self.tokenizer.encode(x)).to(x.device)
+        self.tokenizer.train(was_training)
+        return {"reconstruction": torch.stack([x, rec], dim=1).flatten(0, 1)}
