@@ -101,6 +101,12 @@ def test_yaml_precedence_and_errors(tmp_path: Path) -> None:
     bad.write_text(yaml.safe_dump({"use_ema": "maybe"}))
     with pytest.raises(UnisslError, match="use_ema: expected true/false"):
         parse_config(Demo, ["--config", str(bad)])
+    bad.write_text("steps: 2.5\n")
+    with pytest.raises(UnisslError, match="steps: expected an integer, got 2.5"):
+        parse_config(Demo, ["--config", str(bad)])
+    bad.write_text("steps: 1e3\noptim: {lr: 1e-2}\n")  # YAML reads 1e3 and 1e-2 as strings
+    assert (parse_config(Demo, ["--config", str(bad)]).steps, parse_config(Demo, ["--config", str(bad)]).optim.lr) \
+        == (1000, 0.01)
     bad.write_text("steps: [1, 2\n")
     with pytest.raises(UnisslError, match="not valid YAML"):
         parse_config(Demo, ["--config", str(bad)])

@@ -179,6 +179,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return value
     if inner is str:
         return str(value)
+    if inner is int and isinstance(value, str):
+        try:  # YAML reads `1e3` (exponent without a sign) as a string
+            value = float(value) if not value.strip().lstrip("+-").isdigit() else int(value)
+        except ValueError:
+            raise UnisslError(f"{where}: expected int, got {value!r}") from None
+    if inner is int and isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+        raise UnisslError(f"{where}: expected an integer, got {value!r}")
+    if isinstance(value, bool) and inner in (int, float):
+        raise UnisslError(f"{where}: expected {inner.__name__}, got {value!r}")
     if inner in (int, float):
         try:
             return inner(value)

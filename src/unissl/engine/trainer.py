@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from unissl.engine import dist
 from unissl.engine.checkpoint import (
@@ -327,9 +328,6 @@ class Trainer:
         if state is not None:  # after the DataLoader exists, so nothing else draws from the restored streams
             rng = state["rng"]
             restore_rng_state(rng[self.rank % len(rng)])
-
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.is_main and self.cfg.progress),
                    dynamic_ncols=True, desc=self.run_dir.name)
         window: dict[str, torch.Tensor] = {}
