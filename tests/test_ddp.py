@@ -66,5 +66,10 @@ def test_two_process_gloo_matches_single_process(tmp_path: Path) -> None:
     ref_log = read_log(ref_dir / "log.jsonl")
     for r, q in zip(log, ref_log):
         assert abs(r["loss"] - q["loss"]) < 1e-5 and r["lr"] == q["lr"]
+    # (d) under DDP: a NaN on rank 1 alone stops both ranks at step 5 with the step-3 checkpoint intact.
+    for rank in (0, 1):
+        msg = (tmp_path / f"nan_rank{rank}.txt").read_text()
+        assert "loss became nan at step 5" in msg and "step_0000003" in msg, msg
+    assert latest_checkpoint(tmp_path / "nan").name == "step_0000003"
     state = torch.load(ddp_ckpt / "trainer_state.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["rng"]) == 2

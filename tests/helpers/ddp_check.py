@@ -1,7 +1,7 @@
 """Run under ``torchrun --nproc_per_node=2``: checks all_gather_with_grad and trains the toy method with DDP.
 
-Writes ``<out>/gather.json`` (max gradient errors against single-process references, from rank 0) and the
-toy run under ``<out>/run``. Usage: ``python -m torch.distributed.run --nproc_per_node=2 ddp_check.py <out>``.
+Writes ``<out>/gather.json`` (max gradient errors against single-process references, from rank 0), the
+toy run under ``<out>/run`` and ``<out>/nan_rank<r>.txt`` (the error each rank got when rank 1's loss is NaN). Usage: ``python -m torch.distributed.run --nproc_per_node=2 ddp_check.py <out>``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import torch.distributed as torch_dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helpers.toy import ToyConfig, build  # noqa: E402
+from helpers.toy import ToyConfig, ToyMethod, build  # noqa: E402
 from unissl.config import parse_config  # noqa: E402
 from unissl.engine import Trainer, all_gather_with_grad, dist  # noqa: E402
+from unissl.errors import UnisslError  # noqa: E402
 
 
 def _rowwise_ce(q: torch.Tensor, keys: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -85,6 +86,16 @@ def main() -> None:
     cfg = parse_config(ToyConfig, ["--train.run-dir", str(out_dir / "run"), *extra])
     method, data = build(cfg)
     Trainer(method, data, cfg.train).fit()
+
+    # A NaN on one rank only must stop every rank at the same step (no hang in a collective).
+    nan_cfg = parse_config(ToyConfig, ["--train.run-dir", str(out_dir / "nan"), "--train.ckpt-every", "3"])
+    _, data = build(nan_cfg)
+    try:
+        Trainer(ToyMethod(nan_at=5 if rank == 1 else 0), data, nan_cfg.train).fit()
+        message = "no error"
+    except UnisslError as e:
+        message = str(e)
+    (out_dir / f"nan_rank{rank}.txt").write_text(message)
     if rank == 0:
         (out_dir / "gather.json").write_text(json.dumps({"world": world, **errors}))
     torch_dist.destroy_process_group()
