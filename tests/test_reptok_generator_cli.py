@@ -63,6 +63,15 @@ def test_train_builds_store_once_then_samples(tokenizer_dir, tmp_path, capsys):
     assert (out / "s.png").is_file()
 
 
+def test_cli_preset_choices_are_the_registry():
+    import typing
+
+    from unissl.commands.train_reptok_generator import Config
+    from unissl.methods.reptok.generator import GENERATOR_PRESETS
+
+    assert set(typing.get_args(typing.get_type_hints(Config)["preset"])) == set(GENERATOR_PRESETS)
+
+
 def test_cli_errors_are_one_line(tokenizer_dir, tmp_path, capsys):
     assert main(["train", "reptok-generator", "--preset", "tiny"]) == 2
     assert "--tokenizer" in capsys.readouterr().err

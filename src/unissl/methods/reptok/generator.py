@@ -45,7 +45,8 @@ class MixerPreset:
 
 GENERATOR_PRESETS: dict[str, MixerPreset] = {
     "tiny": MixerPreset(width=128, depth=2),  # unit tests
-    "small": MixerPreset(width=512, depth=6),  # Fashion-MNIST on a CPU
+    "mini": MixerPreset(width=256, depth=4),  # Fashion-MNIST tokens on a shared CPU
+    "small": MixerPreset(width=512, depth=6),
     "base": MixerPreset(width=768, depth=12),
     "paper": MixerPreset(width=1536, depth=28),  # RepTok's ImageNet generator
 }
