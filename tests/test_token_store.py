@@ -242,6 +242,12 @@ def test_tokenize_command_with_a_saved_vq_tokenizer(tmp_path: Path, capsys) -> N
     assert torch.equal(ids[:297], tok.encode(images)) and torch.equal(ids[297:], tok.encode(images.flip(-1)))
     assert store.tokenizer_path == str(Path(tok_dir).resolve())
     assert store.meta["tokenizer"]["checksum"] == tok.checksum()
+    store.check_tokenizer(tok)
+    torch.manual_seed(1)
+    with pytest.raises(UnisslError, match="tokenizer weights .* differ from those that wrote token store"):
+        store.check_tokenizer(VQTokenizer(preset("tiny")))
+    with pytest.raises(UnisslError, match=r"tokenizer \(K=17, grid=\(4, 4\)\) does not match"):
+        store.check_tokenizer(PatchTokenizer())
     # An existing store is kept unless --overwrite; user errors exit with status 2.
     assert main(argv) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err

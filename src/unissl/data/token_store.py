@@ -357,6 +357,23 @@ class TokenStore(Dataset):
                 raise UnisslError(f"{self.path / name}: sha256 {actual[:12]}... differs from meta.json "
                                   f"({expected[:12]}...); the file is corrupt, regenerate the store")
 
+    def check_tokenizer(self, tokenizer: Any) -> None:
+        """Raise unless ``tokenizer`` is the one that wrote this store (codebook, grid and weights checksum).
+
+        Use it before decoding the store's ids (or generated ids) back to images.
+        """
+        if self.kind != "vq":
+            raise UnisslError(f"token store {self.path} holds continuous tokens; it has no VQ tokenizer to check")
+        expected = self.meta.get("tokenizer") or {}
+        got_grid = as_grid(tokenizer.grid)
+        if int(tokenizer.codebook_size) != self.codebook_size or got_grid != self.grid:
+            raise UnisslError(f"tokenizer (K={tokenizer.codebook_size}, grid={got_grid}) does not match token store "
+                              f"{self.path} (K={self.codebook_size}, grid={self.grid}); use {self.tokenizer_path}")
+        want = expected.get("checksum")
+        if want and hasattr(tokenizer, "checksum") and tokenizer.checksum() != want:
+            raise UnisslError(f"tokenizer weights (sha256 {tokenizer.checksum()[:12]}...) differ from those that "
+                              f"wrote token store {self.path} ({want[:12]}...); use {self.tokenizer_path}")
+
     # Memory maps are reopened (not copied) when the store is sent to DataLoader worker processes.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
