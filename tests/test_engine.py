@@ -253,8 +253,11 @@ def test_training_lowers_the_loss_and_logs(tmp_path: Path) -> None:
     assert again == logs  # nothing left to do: the last logged values
     _, more = fit_toy(run, steps=64, n=64, resume=True, log_every=1)
     assert more["step"] == 64 and [r["step"] for r in read_log(run / "log.jsonl")][-5:] == [60, 61, 62, 63, 64]
-    with pytest.raises(UnisslError, match="resume from another checkpoint|no checkpoint found"):
+    with pytest.raises(UnisslError, match="no checkpoint found"):
         fit_toy(tmp_path / "other", resume_from=str(tmp_path / "missing"))
+    save_checkpoint(tmp_path / "converted", 0, method.state_dict(), {"step": 0})
+    with pytest.raises(UnisslError, match="no training state"):
+        fit_toy(tmp_path / "other", resume_from=str(tmp_path / "converted"))
 
 
 def test_ema_weights_are_saved_and_loadable(tmp_path: Path) -> None:

@@ -218,6 +218,9 @@ class Trainer:
     def _load(self, path: Path) -> dict[str, Any]:
         ck = load_checkpoint(path)
         state = ck.trainer_state or {}
+        if "optimizer" not in state or "sampler" not in state:
+            raise UnisslError(f"{ck.path} holds weights but no training state (e.g. converted weights); it cannot be "
+                              f"resumed: load it with unissl.engine.load_weights before training instead")
         if state.get("global_batch") != self.cfg.global_batch:
             raise UnisslError(f"{path} was trained with global_batch={state.get('global_batch')}, this run has "
                               f"{self.cfg.global_batch}; resume with the same --train.global-batch")
