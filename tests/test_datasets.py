@@ -262,6 +262,16 @@ def test_webdataset_errors(tmp_path: Path) -> None:
         add_member(tar, "x.cls", b"1")
     with pytest.raises(UnisslError, match="cannot read image .*train-0000.tar:x"):
         build_dataset("webdataset", data_dir=tmp_path)
+    # A shard cut in the middle of an image.
+    with tarfile.open(tmp_path / "train-0000.tar", "w") as tar:
+        add_member(tar, "x.cls", b"1")
+        add_member(tar, "x.png", png_bytes((1, 2, 3), size=(40, 40)))
+    with tarfile.open(tmp_path / "train-0000.tar") as tar:
+        member = tar.getmember("x.png")
+    raw = (tmp_path / "train-0000.tar").read_bytes()
+    (tmp_path / "train-0000.tar").write_bytes(raw[: member.offset_data + member.size // 2])
+    with pytest.raises(UnisslError, match="cannot read shard .*train-0000.tar .*truncated"):
+        build_dataset("webdataset", data_dir=tmp_path)
     (tmp_path / "train-0000.tar").write_bytes(b"\x01" * 700)
     with pytest.raises(UnisslError, match="cannot read shard .*train-0000.tar"):
         build_dataset("webdataset", data_dir=tmp_path)
