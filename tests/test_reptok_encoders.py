@@ -97,3 +97,45 @@ def test_random_vit_is_seeded_frozen_and_has_one_trainable_parameter() -> None:
 def test_unknown_encoder_kind() -> None:
     with pytest.raises(UnisslError, match="dinov2"):
         build_encoder({"kind": "mae"})
+
+
+def make_tiny_sorcen_run(root) -> str:
+    """A Sorcen run directory (sorcen.json + checkpoint) over a tiny random VQ tokenizer (16 px, 4x4 ids)."""
+    import dataclasses
+
+    from unissl.engine import save_checkpoint
+    from unissl.methods.sorcen import PRESETS, SorcenLossConfig, SorcenMethod
+    from unissl.methods.sorcen.run import write_run_info
+    from unissl.tokenizers.vq import VQConfig, VQTokenizer
+
+    torch.manual_seed(0)
+    vq = VQTokenizer(VQConfig(image_size=16, channels=1, ch=8, ch_mult=(1, 2, 2), codebook_size=16, code_dim=8))
+    vq.save_pretrained(root / "vq")
+    arch = dataclasses.replace(PRESETS["tiny"], codebook_size=16, grid=tuple(vq.grid))
+    method = SorcenMethod(arch, "sorcen", SorcenLossConfig(), num_classes=0)
+    save_checkpoint(root / "run", 1, method.state_dict(), {})
+    write_run_info(root / "run", arch, "sorcen", SorcenLossConfig(), 0, [], None, str(root / "vq"))
+    return str(root / "run")
+
+
+def test_sorcen_adapter_trains_only_the_class_slot_embedding(tmp_path) -> None:
+    from unissl.methods.reptok.encoders import SorcenEncoder
+
+    enc = SorcenEncoder(make_tiny_sorcen_run(tmp_path))
+    assert _trainable(enc) == ["cls"] and enc.dim == enc.backbone.arch.dim
+    enc.train()
+    assert not enc.backbone.training and not enc.vq.training
+    images = torch.rand(3, 1, 16, 16)
+    ids = enc.vq.encode(images)
+    ref = enc.backbone.encode(ids)[:, 0]  # the model's own class output after the final norm
+    assert torch.allclose(enc(images), ref, atol=1e-5) and torch.allclose(enc.frozen(images), ref, atol=1e-5)
+    enc(images).square().sum().backward()
+    assert enc.cls.grad.abs().sum() > 0
+    assert all(p.grad is None for p in enc.backbone.parameters()) and all(p.grad is None for p in enc.vq.parameters())
+    with torch.no_grad():
+        enc.cls.add_(torch.randn_like(enc.cls))
+    assert not torch.allclose(enc(images), ref, atol=1e-3) and torch.allclose(enc.frozen(images), ref, atol=1e-5)
+    # larger inputs are resized to the VQ tokenizer's size
+    assert enc(torch.rand(2, 1, 28, 28)).shape == (2, enc.dim)
+    with pytest.raises(UnisslError, match="train sorcen"):
+        SorcenEncoder(tmp_path / "missing")

@@ -54,3 +54,15 @@ def test_dinov2_encoder_only_cls_projection_decoder_change(tmp_path) -> None:
     tok = RepTokTokenizer(RepTokConfig(encoder={"kind": "dinov2", "path": str(tmp_path / "dino")}, image_size=16,
                                        channels=1, decoder="tiny", cos_weight=0.1))
     _train_and_compare(tok, tmp_path / "run")
+
+
+def test_sorcen_encoder_only_cls_projection_decoder_change(tmp_path) -> None:
+    from test_reptok_encoders import make_tiny_sorcen_run
+
+    run = make_tiny_sorcen_run(tmp_path)
+    torch.manual_seed(0)
+    tok = RepTokTokenizer(RepTokConfig(encoder={"kind": "sorcen", "path": run}, image_size=16, channels=1,
+                                       decoder="tiny", cos_weight=0.1))
+    _train_and_compare(tok, tmp_path / "reptok")
+    # the VQ tokenizer inside the Sorcen adapter is frozen too
+    assert all(not p.requires_grad for p in tok.encoder.vq.parameters())
