@@ -63,6 +63,26 @@ def test_train_builds_store_once_then_samples(tokenizer_dir, tmp_path, capsys):
     assert (out / "s.png").is_file()
 
 
+def test_text_conditional_train_and_prompt_sampling(tokenizer_dir, tmp_path):
+    from test_text_encoder import WORDS, save_tiny_bert
+
+    bert = save_tiny_bert(tmp_path / "bert", WORDS + [str(i) for i in range(10)])
+    run_dir = tmp_path / "run"
+    assert main(["train", "reptok-generator", "--tokenizer", tokenizer_dir, "--dataset", "digits", "--preset", "tiny",
+                 "--conditioning", "text", "--text-encoder", bert, "--train.steps", "3", "--train.global-batch", "64",
+                 "--train.run-dir", str(run_dir), "--train.warmup-steps", "0", "--no-train.tensorboard",
+                 "--no-train.progress", "--samples-per-class", "0"]) == 0
+    gen = TokenGeneratorMethod.from_pretrained(run_dir)
+    assert gen.cfg.conditioning == "text" and gen.captions.table.shape == (10, 10)
+    out = tmp_path / "s"
+    assert main(["sample", "reptok", "--checkpoint", str(run_dir), "--prompt", "a photo of a 3", "a small 7",
+                 "--n", "2", "--steps", "3", "--decode-steps", "2", "--out", str(out), "--name", "p"]) == 0
+    data = np.load(out / "p.npz")
+    assert data["images"].shape == (4, 1, 8, 8)
+    assert data["labels"].tolist() == [3, 3, 7, 7] and data["prompt_index"].tolist() == [0, 0, 1, 1]
+    assert main(["sample", "reptok", "--checkpoint", str(run_dir), "--class", "3"]) == 2  # text model needs prompts
+
+
 def test_cli_preset_choices_are_the_registry():
     import typing
 

@@ -18,20 +18,24 @@ WORDS = "a an photo of grey on black background picture image t shirt - pair tro
         "sandal sneaker bag ankle boot low resolution and white product shot small centered dark".split()
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    """A randomly initialised 2-layer BERT saved with save_pretrained (weights + tokenizer)."""
+def save_tiny_bert(d, words=WORDS) -> str:
+    """Save a randomly initialised 2-layer BERT (weights + tokenizer) into ``d`` with save_pretrained."""
     from transformers import BertConfig, BertModel, BertTokenizer
 
-    d = tmp_path_factory.mktemp("tiny_bert")
+    d.mkdir(parents=True, exist_ok=True)
     vocab = d / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS))]) + "\n")
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(words))]) + "\n")
     BertTokenizer(str(vocab)).save_pretrained(str(d))
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=5 + len(set(WORDS)), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    cfg = BertConfig(vocab_size=5 + len(set(words)), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=64)
     BertModel(cfg).save_pretrained(str(d))
     return str(d)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> str:
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
 def test_frozen_encoder_loads_from_directory(tiny_bert):
