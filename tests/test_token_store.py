@@ -78,6 +78,14 @@ def test_round_trip_with_flipped_copy(store: Path, digits) -> None:
     assert len(TokenStore(store, "test")) == n  # without flip
 
 
+def test_worker_processes_give_the_same_store(tmp_path: Path, digits) -> None:
+    a = write_token_store(tmp_path / "a", PatchTokenizer(), {"test": digits["test"]}, batch_size=100, progress=False)
+    b = write_token_store(tmp_path / "b", PatchTokenizer(), {"test": digits["test"]}, batch_size=100, progress=False,
+                          num_workers=1)
+    for name in ("test.ids.npy", "test.labels.npy"):
+        assert np.array_equal(np.load(a / name), np.load(b / name))
+
+
 def test_store_pickles_without_copying_and_works_with_a_dataloader(store: Path) -> None:
     from unissl.data import collate_batched
 

@@ -20,6 +20,7 @@ class Config:
     splits: list[str] = arg(["train", "test"], help="splits to encode")
     image_size: int | None = arg(None, help="resize images to this side (default: the tokenizer's image_size)")
     batch_size: int = arg(256, help="images per encode call")
+    num_workers: int = arg(0, help="DataLoader worker processes that load/decode images (0: in the main process)")
     flip: bool = arg(False, help="also store the ids of horizontally flipped images (indices N..2N-1)")
     device: str = arg("auto", help="device for the tokenizer: auto, cpu, cuda, cuda:1, ...")
     overwrite: bool = arg(False, help="replace an existing store at --out")
@@ -36,6 +37,8 @@ class Config:
             raise ValueError(f"--splits has duplicates: {self.splits}")
         if self.batch_size <= 0:
             raise ValueError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise ValueError(f"--num-workers must be >= 0, got {self.num_workers}")
         if self.image_size is not None and self.image_size <= 0:
             raise ValueError(f"--image-size must be positive, got {self.image_size}")
 
@@ -67,7 +70,8 @@ def run(cfg: Config) -> Path:
                 for split in cfg.splits}
     start = time.perf_counter()
     write_token_store(out, tokenizer, datasets, batch_size=cfg.batch_size, flip=cfg.flip, device=device,
-                      progress=cfg.progress, tokenizer_path=Path(cfg.tokenizer).resolve(), overwrite=True)
+                      progress=cfg.progress, tokenizer_path=Path(cfg.tokenizer).resolve(), overwrite=True,
+                      num_workers=cfg.num_workers)
     seconds = time.perf_counter() - start
     store = TokenStore(out, cfg.splits[0])
     n_images = sum(len(d) for d in datasets.values()) * (2 if cfg.flip else 1)

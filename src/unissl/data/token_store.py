@@ -84,14 +84,22 @@ def tokenizer_identity(tokenizer: Any, path: str | os.PathLike | None = None) ->
     return ident
 
 
-def _images(ds: Any, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch (B, C, H, W), (B,) from a dataset, batched when it implements ``__getitems__``."""
-    if hasattr(ds, "__getitems__"):
-        batch = ds.__getitems__(list(indices))
-    else:
-        items = [ds[i] for i in indices]
-        batch = {"image": torch.stack([it["image"] for it in items]), "label": torch.stack([it["label"] for it in items])}
-    return batch["image"], batch["label"]
+def _collate_items(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {"image": torch.stack([it["image"] for it in items]), "label": torch.stack([it["label"] for it in items])}
+
+
+def _ordered_batches(ds: Any, batch_size: int, num_workers: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of ``ds`` in index order, ``{"image": (B, C, H, W), "label": (B,)}``, decoded by workers if asked."""
+    from unissl.data.sampler import collate_batched
+
+    n = len(ds)
+    index_lists = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
+    if num_workers <= 0:
+        for idx in index_lists:
+            yield ds.__getitems__(idx) if hasattr(ds, "__getitems__") else _collate_items([ds[i] for i in idx])
+        return
+    collate = collate_batched if hasattr(ds, "__getitems__") else _collate_items
+    yield from torch.utils.data.DataLoader(ds, batch_sampler=index_lists, collate_fn=collate, num_workers=num_workers)
 
 
 def _check_images(images: torch.Tensor, tokenizer: Any, split: str) -> None:
@@ -124,11 +132,12 @@ def _encode(tokenizer: Any, images: torch.Tensor, grid: tuple[int, int], codeboo
 def write_token_store(out_dir: str | os.PathLike, tokenizer: Tokenizer, dataset_splits: Mapping[str, Any],
                       batch_size: int = 256, flip: bool = False, device: str | torch.device = "cpu",
                       progress: bool = True, tokenizer_path: str | os.PathLike | None = None,
-                      overwrite: bool = True) -> Path:
+                      overwrite: bool = True, num_workers: int = 0) -> Path:
     """Encode every split of ``dataset_splits`` with ``tokenizer`` into a VQ token store at ``out_dir``.
 
-    ``flip`` also stores the ids of the horizontally flipped images. The directory appears only when
-    every split is written (an exception leaves no output). Returns ``out_dir``.
+    ``flip`` also stores the ids of the horizontally flipped images; ``num_workers`` > 0 loads (decodes)
+    images in DataLoader worker processes. The directory appears only when every split is written (an
+    exception leaves no output). Returns ``out_dir``.
     """
     from tqdm.auto import tqdm
 
@@ -161,10 +170,12 @@ def write_token_store(out_dir: str | os.PathLike, tokenizer: Tokenizer, dataset_
                        if flip else None)
             labels = np.empty(n, dtype=np.int64)  # (N,)
             with torch.no_grad():
-                for start in tqdm(range(0, n, batch_size), desc=f"tokenize {split}", disable=not progress,
+                batches = _ordered_batches(ds, batch_size, num_workers)
+                start = 0
+                for batch in tqdm(batches, total=-(-n // batch_size), desc=f"tokenize {split}", disable=not progress,
                                   unit="batch"):
-                    stop = min(start + batch_size, n)
-                    images, lab = _images(ds, range(start, stop))  # (B, C, H, W), (B,)
+                    images, lab = batch["image"], batch["label"]  # (B, C, H, W), (B,)
+                    stop = start + len(images)
                     if start == 0:
                         _check_images(images, tokenizer, split)
                     images = images.to(device)
@@ -172,6 +183,9 @@ def write_token_store(out_dir: str | os.PathLike, tokenizer: Tokenizer, dataset_
                     if flip_mm is not None:
                         flip_mm[start:stop] = _encode(tokenizer, images.flip(-1), grid, codebook_size)
                     labels[start:stop] = lab.numpy()
+                    start = stop
+                if start != n:
+                    raise UnisslError(f"split {split}: the dataset yielded {start} of its {n} images; check the dataset")
             ids_mm.flush()
             del ids_mm
             if flip_mm is not None:
