@@ -85,6 +85,8 @@ class FirstN:
         return f"{self.dataset.fingerprint()}:first{self.n}"
 
     def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not set yet (e.g. while unpickling in a DataLoader worker)
+            raise AttributeError(name)
         return getattr(self.dataset, name)
 
 
