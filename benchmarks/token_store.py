@@ -76,6 +76,8 @@ def loader_tokens_per_second(store: TokenStore, batch: int, steps: int) -> float
 def model_tokens_per_second(batch: int = 256, grid: tuple[int, int] = (7, 7), codebook_size: int = 512,
                             steps: int = 5) -> tuple[float | None, str]:
     """Tokens/s consumed by full training steps (forward, backward, AdamW) of the Sorcen ``small`` preset."""
+    if steps <= 0:
+        return None, "skipped (--model-steps 0)"
     try:
         from unissl.methods.sorcen.method import SorcenMethod
         from unissl.methods.sorcen.presets import arch_for_store
