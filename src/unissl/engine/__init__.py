@@ -34,17 +34,18 @@ from unissl.engine.dist import (
     is_main,
 )
 from unissl.engine.ema import EMA
-from unissl.engine.logger import RunLogger, read_log
+from unissl.engine.logger import RunLogger, ScalarWindow, read_log
 from unissl.engine.method import Method, hook, unwrap
 from unissl.engine.optim import build_optimizer, no_decay_names, param_groups
+from unissl.engine.runtime import resolve_device, split_batch, to_device
 from unissl.engine.schedule import cosine_schedule, cosine_value, lr_schedule
-from unissl.engine.trainer import Callback, Trainer, resolve_device, split_batch
+from unissl.engine.trainer import Callback, Trainer
 
 __all__ = [
-    "EMA", "Callback", "Checkpoint", "Method", "RunLogger", "TrainConfig", "Trainer",
+    "EMA", "Callback", "Checkpoint", "Method", "RunLogger", "ScalarWindow", "TrainConfig", "Trainer",
     "all_gather_no_grad", "all_gather_with_grad", "all_reduce_mean", "barrier", "build_optimizer",
     "cosine_schedule", "cosine_value", "dist", "get_rank", "get_world_size", "hook", "init_distributed",
     "is_main", "latest_checkpoint", "list_checkpoints", "load_checkpoint", "load_weights", "lr_schedule",
     "no_decay_names", "param_groups", "read_log", "resolve_checkpoint", "resolve_device", "save_checkpoint",
-    "split_batch", "unwrap",
+    "split_batch", "to_device", "unwrap",
 ]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from unissl.engine.dist import all_reduce_mean
 from unissl.utils.images import save_grid
 from unissl.utils.io import atomic_file
 
@@ -86,3 +88,32 @@ class RunLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+class ScalarWindow:
+    """Per-step scalars averaged over a logging window (and over ranks), plus the window's throughput.
+
+    Values stay on the device between logging steps, so accumulating costs no host synchronisation.
+    Every rank must log the same keys (their means are all-reduced together).
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+        self.start = time.perf_counter()
+
+    def add(self, scalars: dict[str, torch.Tensor]) -> None:
+        """Accumulate one step's scalar tensors."""
+        for k, v in scalars.items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+        self.steps += 1
+
+    def pop(self, samples_per_step: int) -> dict[str, float]:
+        """The window's means (all-reduced) and ``samples_per_s``; starts a new window."""
+        keys = sorted(self.sums)
+        means = all_reduce_mean(torch.stack([self.sums[k] for k in keys]) / self.steps).tolist()
+        now = time.perf_counter()
+        out = dict(zip(keys, means))
+        out["samples_per_s"] = samples_per_step * self.steps / max(now - self.start, 1e-9)
+        self.sums, self.steps, self.start = {}, 0, now
+        return out

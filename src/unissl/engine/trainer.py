@@ -6,15 +6,13 @@ accumulates ``loss / grad_accum`` (DDP synchronises gradients on the last micro-
 check, gradient clipping, AdamW step at the scheduled lr, the method's ``on_train_step_end`` hook, the
 EMA update, logging, images and checkpoints. Everything that a resumed run needs (weights, optimizer,
 EMA, step, sampler position, every rank's RNG state) is in the checkpoint, so a resumed CPU run
-continues bit-exactly.
+continues bit-exactly (given a dataset whose samples depend only on their index).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import signal
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -37,9 +35,10 @@ from unissl.engine.checkpoint import (
 )
 from unissl.engine.config import TrainConfig
 from unissl.engine.ema import EMA
-from unissl.engine.logger import RunLogger, read_log
+from unissl.engine.logger import RunLogger, ScalarWindow, read_log
 from unissl.engine.method import hook
 from unissl.engine.optim import build_optimizer
+from unissl.engine.runtime import StopRequest, ignore_stop_signals, resolve_device, split_batch, to_device
 from unissl.engine.schedule import lr_schedule
 from unissl.errors import UnisslError
 from unissl.utils.io import git_revision, read_json, write_json
@@ -59,70 +58,6 @@ class Callback:
         """After the last step and the final checkpoint."""
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA (this rank's GPU) when available, else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise UnisslError("train.device=cuda but no CUDA device is available; use --train.device cpu")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def split_batch(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
-    """Cut every tensor/list entry of ``batch`` along dim 0 into ``parts`` equal micro-batches."""
-    if parts == 1:
-        return [batch]
-    out: list[dict[str, Any]] = [{} for _ in range(parts)]
-    for key, value in batch.items():
-        rows = len(value) if isinstance(value, (torch.Tensor, list, tuple)) and getattr(value, "ndim", 1) > 0 else None
-        if rows is not None and rows % parts:
-            raise UnisslError(f"batch entry {key!r} has {rows} rows, not divisible into {parts} micro-batches; "
-                              f"make train.global_batch / (world size x grad_accum) a whole number")
-        if rows is None:  # scalars and metadata are shared by every micro-batch
-            chunks: Sequence[Any] = [value] * parts
-        else:
-            n = rows // parts
-            chunks = [value[i * n:(i + 1) * n] for i in range(parts)]
-        for i, c in enumerate(chunks):
-            out[i][key] = c
-    return out
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def _ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader workers ignore Ctrl-C/SIGTERM: the main process checkpoints first, then stops them."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-class _StopRequest:
-    """SIGTERM/SIGINT handlers that ask the loop to checkpoint and stop at the next step boundary."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C stops at once
-        self.signal = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 class Trainer:
     """Train ``method`` on ``dataset`` according to ``cfg``; see the module docstring for one step.
 
@@ -137,6 +72,8 @@ class Trainer:
 
     def __init__(self, method: nn.Module, dataset: Any, cfg: TrainConfig, run_dir: str | Path | None = None,
                  callbacks: Sequence[Callback] | None = None) -> None:
+        from unissl.data.sampler import ShardedBatchSampler
+
         self.cfg = cfg
         self.run_dir = Path(run_dir if run_dir is not None else cfg.run_dir)
         self.callbacks = list(callbacks or [])
@@ -156,7 +93,7 @@ class Trainer:
         self.lr_values = lr_schedule(cfg.peak_lr(), cfg.min_lr, self.total_steps, warmup)  # (total_steps,)
 
         self.method = method.to(self.device)
-        self.model: nn.Module = self.method
+        self.model: nn.Module = self.method  # what forward is called on (DDP and/or compiled wrapper)
         self.ddp: nn.parallel.DistributedDataParallel | None = None
         if self.world_size > 1:
             self.ddp = nn.parallel.DistributedDataParallel(
@@ -171,35 +108,29 @@ class Trainer:
         self.optimizer = build_optimizer(self.method, cfg.peak_lr(), cfg.weight_decay, cfg.betas)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.ema = EMA(self.method, cfg.ema_decay) if cfg.ema_decay is not None else None
+        self.sampler = ShardedBatchSampler(self.num_items, cfg.global_batch, self.rank, self.world_size,
+                                           seed=cfg.seed, drop_last=True)
         self.step = 0
         self.elapsed = 0.0  # training seconds, summed over resumed sessions
         self.last_checkpoint: Path | None = None
         self.logger = RunLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.tensorboard)
 
-        from unissl.data.sampler import ShardedBatchSampler
-
-        self.sampler = ShardedBatchSampler(self.num_items, cfg.global_batch, self.rank, self.world_size,
-                                           seed=cfg.seed, drop_last=True)
-
     # ------------------------------------------------------------------ checkpoints
-    def _trainer_state(self) -> dict[str, Any]:
-        sampler_state = self.sampler.state_dict()
-        # The live sampler may be ahead of training (DataLoader prefetch): record the consumed position.
-        sampler_state["epoch"], sampler_state["step_in_epoch"] = divmod(self.step, self.sampler.steps_per_epoch)
-        return {"step": self.step, "total_steps": self.total_steps, "elapsed": self.elapsed,
-                "optimizer": self.optimizer.state_dict(), "sampler": sampler_state,
-                "rng": dist.all_gather_object(capture_rng_state()), "world_size": self.world_size,
-                "global_batch": self.cfg.global_batch}
-
     def save(self) -> Path:
         """Checkpoint the current step (every rank must call this; rank 0 writes)."""
-        state = self._trainer_state()  # collective (gathers RNG states)
-        path = self.run_dir / "checkpoints"
+        sampler_state = self.sampler.state_dict()
+        # The live sampler runs ahead of training (DataLoader prefetch): record the consumed position.
+        sampler_state["epoch"], sampler_state["step_in_epoch"] = divmod(self.step, self.sampler.steps_per_epoch)
+        state = {"step": self.step, "total_steps": self.total_steps, "elapsed": self.elapsed,
+                 "optimizer": self.optimizer.state_dict(), "sampler": sampler_state,
+                 "rng": dist.all_gather_object(capture_rng_state()),  # collective: one state per rank
+                 "world_size": self.world_size, "global_batch": self.cfg.global_batch}
         if self.is_main:
-            path = save_checkpoint(self.run_dir, self.step, self.method.state_dict(), state,
-                                   self.ema.state_dict() if self.ema is not None else None, keep=self.cfg.keep_ckpts)
+            save_checkpoint(self.run_dir, self.step, self.method.state_dict(), state,
+                            self.ema.state_dict() if self.ema is not None else None, keep=self.cfg.keep_ckpts)
         dist.barrier()
-        path = latest_checkpoint(self.run_dir) or path
+        path = latest_checkpoint(self.run_dir)
+        assert path is not None
         self.last_checkpoint = path
         for cb in self.callbacks:
             cb.on_checkpoint(self, self.step, path)
@@ -216,6 +147,7 @@ class Trainer:
         return None
 
     def _load(self, path: Path) -> dict[str, Any]:
+        """Restore weights, EMA, optimizer, sampler and step from ``path``; returns the trainer state."""
         ck = load_checkpoint(path)
         state = ck.trainer_state or {}
         if "optimizer" not in state or "sampler" not in state:
@@ -241,59 +173,77 @@ class Trainer:
         return state
 
     # ------------------------------------------------------------------ one step
-    def _train_step(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], float]:
-        """Set this step's lr and accumulate gradients over the micro-batches; returns (mean logs, lr)."""
-        lr = float(self.lr_values[min(self.step, self.total_steps - 1)])
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+    def _forward_backward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Accumulate gradients over the micro-batches; returns the step's logs (micro-batch means)."""
         micro = split_batch(batch, self.cfg.grad_accum)
-        sums: dict[str, torch.Tensor] = {}
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext())
+        logs: dict[str, torch.Tensor] = {}
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
         for i, mb in enumerate(micro):
-            last = i == len(micro) - 1
             # DDP all-reduces gradients during the backward of the last micro-batch only.
+            last = i == len(micro) - 1
             sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
             with sync:
                 with autocast:
                     out = self.model(mb)
                 if "loss" not in out:
-                    raise UnisslError(f"{type(self.method).__name__}.forward must return a dict with 'loss'")
+                    raise ValueError(f"{type(self.method).__name__}.forward must return a dict with 'loss'")
                 (out["loss"] / self.cfg.grad_accum).backward()
             for k, v in out.items():
                 v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
                 if v.numel() != 1:
                     raise ValueError(f"{type(self.method).__name__}.forward returned a non-scalar log {k!r} "
                                      f"of shape {tuple(v.shape)}")
-                sums[k] = sums.get(k, 0.0) + v.reshape(()).to(self.device) / len(micro)
-        return sums, lr
+                v = v.reshape(()).to(self.device) / len(micro)
+                logs[k] = logs[k] + v if k in logs else v
+        return logs
 
-    def _check_step(self, loss: torch.Tensor, grad_norm: torch.Tensor, stop: _StopRequest) -> bool:
-        """One host sync per step: raise on a non-finite loss or gradient norm; whether every rank should stop.
+    def _optimizer_step(self, logs: dict[str, torch.Tensor], stop: StopRequest) -> bool:
+        """Check, clip and apply the accumulated gradients, then run the hooks; returns whether to stop.
 
-        Under DDP the loss and the stop flag are all-reduced so that all ranks take the same decision
-        (gradients, hence their norm, are already identical on every rank).
+        The loss, the gradient norm and the stop flag cost one host sync; under DDP they are all-reduced
+        so every rank takes the same decision (gradients, hence their norm, already agree across ranks).
         """
-        flags = torch.stack([loss.detach().float().reshape(()),
-                             torch.tensor(float(stop.signal is not None), device=loss.device),
-                             grad_norm.detach().float().reshape(()).to(loss.device)])
+        grads = [p.grad for p in self.params if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+        flags = torch.stack([logs["loss"], torch.tensor(float(stop.signal is not None), device=self.device),
+                             grad_norm.detach().float().to(self.device)])
         if self.world_size > 1:
             torch.distributed.all_reduce(flags)
             flags[0] /= self.world_size
-        loss_value, stop_value, norm_value = flags.tolist()
-        if not math.isfinite(loss_value):
-            self._raise_nan("loss", loss_value)
-        if not math.isfinite(norm_value):
-            self._raise_nan("gradient norm", norm_value)
-        return stop_value > 0
+        loss, stop_flag, norm = flags.tolist()
+        for what, value in (("loss", loss), ("gradient norm", norm)):
+            if not math.isfinite(value):  # nothing was applied: the last checkpoint stays the good state
+                where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+                         else "no checkpoint was written yet")
+                raise UnisslError(f"{what} became {value} at step {self.step + 1}; {where}; lower the learning rate "
+                                  f"(--train.base-lr), keep --train.clip-grad on, or check the data, then --train.resume")
+        if self.cfg.clip_grad is not None:
+            torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.clip_grad, grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        on_end = hook(self.method, "on_train_step_end")
+        if on_end is not None:
+            on_end(self.step, self.total_steps)
+        if self.ema is not None:
+            self.ema.update(self.method)
+        logs["grad_norm"] = grad_norm.detach().float().to(self.device)
+        return stop_flag > 0
 
-    def _raise_nan(self, what: str, value: float) -> None:
-        where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
-                 else "no checkpoint was written yet")
-        raise UnisslError(f"{what} became {value} at step {self.step + 1}; {where}; lower the learning rate "
-                          f"(--train.base-lr), keep --train.clip-grad on, or check the data, then --train.resume")
+    @torch.no_grad()
+    def _log_images(self, batch: dict[str, Any]) -> None:
+        fn = hook(self.method, "log_images")
+        if fn is None or not self.is_main:
+            return
+        self.method.eval()
+        try:
+            self.logger.images(self.step, fn(batch))
+        finally:
+            self.method.train()
 
     # ------------------------------------------------------------------ the loop
     def _record_session(self, resumed_from: Path | None) -> None:
+        """Append this session (git revision, world, device, steps) to ``run_dir/train_info.json``."""
         if not self.is_main:
             return
         path = self.run_dir / "train_info.json"
@@ -307,88 +257,68 @@ class Trainer:
                          "trainable_params": sum(p.numel() for p in self.params)})
         write_json(path, sessions)
 
-    def _data_iter(self) -> Iterator[dict[str, Any]]:
+    def _start(self) -> Iterator[dict[str, Any]]:
+        """Resume or seed, record the session and return the batch iterator (RNG restored after it exists)."""
         from unissl.data.sampler import collate_batched
 
-        loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate_batched,
-                            num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda",
-                            worker_init_fn=_ignore_stop_signals if self.cfg.num_workers else None,
-                            generator=torch.Generator().manual_seed(self.cfg.seed + self.rank))
-        return iter(loader)
-
-    def fit(self) -> dict[str, float]:
-        """Train to ``total_steps`` (resuming if asked); returns the last logged values."""
         resume = self._find_resume()
         state = self._load(resume) if resume is not None else None
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if state is not None:
-                self.logger.truncate_after(self.step)
+                self.logger.truncate_after(self.step)  # records written after that checkpoint are redone
         self._record_session(resume)
         if state is None:
             seed_everything(self.cfg.seed + self.rank)  # per-rank randomness (masks, noise); weights are built
-        data = self._data_iter()
+        loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate_batched,
+                            num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda",
+                            worker_init_fn=ignore_stop_signals if self.cfg.num_workers else None,
+                            generator=torch.Generator().manual_seed(self.cfg.seed + self.rank))
+        data = iter(loader)
         if state is not None:  # after the DataLoader exists, so nothing else draws from the restored streams
-            rng = state["rng"]
-            restore_rng_state(rng[self.rank % len(rng)])
+            restore_rng_state(state["rng"][self.rank % len(state["rng"])])
+        return data
+
+    def fit(self) -> dict[str, float]:
+        """Train to ``total_steps`` (resuming if asked); returns the last logged values."""
+        data = self._start()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.is_main and self.cfg.progress),
                    dynamic_ncols=True, desc=self.run_dir.name)
-        window: dict[str, torch.Tensor] = {}
-        window_steps, window_start = 0, time.perf_counter()
+        window = ScalarWindow()
         session_start, elapsed0 = time.perf_counter(), self.elapsed
         final: dict[str, float] = {}
-        saved_step = self.step if state is not None else -1
+        saved_step = self.step if self.last_checkpoint is not None else -1
         self.method.train()
         try:
-            with _StopRequest() as stop:
+            with StopRequest() as stop:
                 while self.step < self.total_steps:
-                    batch = _to_device(next(data), self.device)
-                    sums, lr = self._train_step(batch)
-                    grads = [p.grad for p in self.params if p.grad is not None]
-                    grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
-                    stop_now = self._check_step(sums["loss"], grad_norm, stop)  # raises on NaN/Inf
-                    if self.cfg.clip_grad is not None:
-                        torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.clip_grad, grad_norm)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.step += 1
-                    on_end = hook(self.method, "on_train_step_end")
-                    if on_end is not None:
-                        on_end(self.step, self.total_steps)
-                    if self.ema is not None:
-                        self.ema.update(self.method)
+                    batch = to_device(next(data), self.device)
+                    lr = float(self.lr_values[self.step])
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr * group.get("lr_scale", 1.0)
+                    step_logs = self._forward_backward(batch)
+                    stop_now = self._optimizer_step(step_logs, stop)  # raises on NaN/Inf
                     self.elapsed = elapsed0 + time.perf_counter() - session_start
-
-                    sums["grad_norm"] = grad_norm.detach().float()
-                    for k, v in sums.items():
-                        window[k] = window.get(k, 0.0) + v
-                    window_steps += 1
+                    window.add(step_logs)
                     logs: dict[str, float] = {}
                     if self.step % self.cfg.log_every == 0 or self.step == self.total_steps or stop_now:
-                        keys = sorted(window)
-                        means = dist.all_reduce_mean(torch.stack([window[k] for k in keys]) / window_steps)
-                        now = time.perf_counter()
-                        logs = {"lr": lr, **dict(zip(keys, means.tolist())),
-                                "samples_per_s": self.cfg.global_batch * window_steps / max(now - window_start, 1e-9),
+                        logs = {"lr": lr, **window.pop(self.cfg.global_batch),
                                 "epoch": self.step / self.steps_per_epoch, "elapsed": self.elapsed}
                         self.logger.log(self.step, logs)
                         bar.set_postfix(loss=f"{logs['loss']:.4g}", lr=f"{lr:.3g}")
                         final = {"step": float(self.step), **logs}
-                        window, window_steps, window_start = {}, 0, now
                     bar.update(1)
                     for cb in self.callbacks:
                         cb.on_step_end(self, self.step, logs)
                     at_ckpt = self.step % self.cfg.ckpt_every == 0
-                    every = self.cfg.image_every
-                    if every is None and at_ckpt or every and self.step % every == 0:
+                    every = self.cfg.image_every  # None: with checkpoints; 0: never
+                    if (every is None and at_ckpt) or (every and self.step % every == 0):
                         self._log_images(batch)
                     if at_ckpt or stop_now:
                         self.save()
                         saved_step = self.step
                     if stop_now and self.step < self.total_steps:
-                        if stop.signal == signal.SIGINT:
-                            raise KeyboardInterrupt
-                        raise SystemExit(128 + int(stop.signal or signal.SIGTERM))
+                        stop.exit()
                 if saved_step != self.step:
                     self.save()
         finally:
@@ -400,14 +330,3 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_fit_end(self, final)
         return final
-
-    @torch.no_grad()
-    def _log_images(self, batch: dict[str, Any]) -> None:
-        fn = hook(self.method, "log_images")
-        if fn is None or not self.is_main:
-            return
-        self.method.eval()
-        try:
-            self.logger.images(self.step, fn(batch))
-        finally:
-            self.method.train()
