@@ -136,7 +136,9 @@ def test_optimizer_groups() -> None:
 def test_ema_matches_naive_loop() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    net.register_buffer("scratch", torch.zeros(2), persistent=False)  # never saved, so not averaged
     ema = EMA(net, decay=0.9)
+    assert "scratch" not in ema.shadow and set(ema.shadow) == set(net.state_dict())
     naive = {k: v.clone().double() for k, v in net.state_dict().items() if v.is_floating_point()}
     for _ in range(5):
         with torch.no_grad():

@@ -21,16 +21,21 @@ class EMA:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
         self.decay = decay
+        persistent = set(module.state_dict().keys())  # non-persistent buffers are never saved or loaded
+        live = {name: p for name, p in module.named_parameters() if p.requires_grad}
+        live.update({name: b for name, b in module.named_buffers() if b is not None})
         self.shadow: dict[str, torch.Tensor] = {
-            name: t.detach().clone() for name, t in self._tracked(module).items()
+            name: t.detach().clone() for name, t in live.items() if name in persistent
         }
 
-    @staticmethod
-    def _tracked(module: nn.Module) -> dict[str, torch.Tensor]:
-        """The live tensors the EMA follows, keyed by state-dict name (tied weights appear once)."""
-        out = {name: p for name, p in module.named_parameters() if p.requires_grad}
-        out.update({name: b for name, b in module.named_buffers() if b is not None})
-        return out
+    def _tracked(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """The live tensors the EMA follows, keyed by state-dict name."""
+        live = dict(module.named_parameters())
+        live.update(dict(module.named_buffers()))
+        try:
+            return {name: live[name] for name in self.shadow}
+        except KeyError as e:
+            raise KeyError(f"EMA: the module has no tensor {e.args[0]!r} (a different module?)") from None
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
