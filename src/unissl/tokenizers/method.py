@@ -38,6 +38,10 @@ class VQTokenizerMethod(nn.Module):
         return {"loss": rec_loss + out.vq_loss, "rec_loss": rec_loss.detach(), "vq_loss": out.vq_loss.detach(),
                 "psnr": p, "usage": out.usage, "perplexity": out.perplexity}
 
+    def no_weight_decay(self) -> set[str]:
+        """The straight-through codebook is a 2-D parameter, but decaying it would shrink the codes."""
+        return {"tokenizer.quantizer.codebook"} if self.tokenizer.quantizer.kind == "st" else set()
+
     def on_train_step_end(self, step: int, total_steps: int) -> None:
         """Restart codes unused for ``dead_after`` steps (after the optimizer step, never in the last 10%)."""
         # late restarts would leave freshly initialised codes that the decoder never learned to use

@@ -1,0 +1,136 @@
+"""``unissl tokenizer train``: train a VQ tokenizer (stage 0), then evaluate it on the test split.
+
+The run directory (``--train.run-dir``) receives ``config.yaml``, checkpoints and logs (from the engine),
+then ``tokenizer/`` (``save_pretrained``: config.json + model.safetensors, loadable with
+``unissl.tokenizers.load_tokenizer``), ``tokenizer_eval.json`` (PSNR and codebook usage / perplexity over
+the whole evaluation split) and ``reconstructions.png`` (originals interleaved with reconstructions).
+``--out DIR`` also writes the tokenizer to ``DIR``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from unissl.config import arg, save_run_config
+from unissl.engine import TrainConfig, Trainer, is_main
+from unissl.errors import UnisslError
+from unissl.utils.seed import seed_everything
+
+PresetName = Literal["tiny", "digits", "fmnist", "fmnist14"]  # keys of unissl.tokenizers.vq.PRESETS
+
+
+def _default_train() -> TrainConfig:
+    # Adam without weight decay (the EMA codebook is a buffer; the conv nets are small), short warm-up.
+    return TrainConfig(run_dir="runs/tokenizer", steps=2000, global_batch=64, lr=1e-3, min_lr=0.0,
+                       weight_decay=0.0, betas=(0.9, 0.99), warmup_steps=100, clip_grad=1.0, num_workers=0,
+                       ckpt_every=1000)
+
+
+@dataclass
+class Config:
+    """Train a VQ tokenizer on an image dataset and report test PSNR and codebook usage."""
+
+    dataset: str = arg("digits", help="image dataset (digits, fashion-mnist, folder, webdataset)")
+    data_dir: str | None = arg(None, help="dataset directory (default: the dataset's standard location)")
+    image_size: int | None = arg(None, help="resize images to this size (default: the preset's image size)")
+    preset: PresetName = arg("digits", help="tokenizer architecture preset (unissl.tokenizers.vq.PRESETS)")
+    codebook_size: int | None = arg(None, help="override the preset's number of codes K")
+    code_dim: int | None = arg(None, help="override the preset's code dimension")
+    ch: int | None = arg(None, help="override the preset's base channel width")
+    quantizer: Literal["ema", "st"] | None = arg(None, help="override the preset's quantizer: ema or st")
+    dead_after: int | None = arg(None, help="override: restart codes unused for this many steps (0: never)")
+    eval_split: str = arg("test", help="split on which PSNR and codebook usage are measured after training")
+    eval_batch: int = arg(500, help="batch size of the evaluation pass")
+    out: str | None = arg(None, help="also save the trained tokenizer to this directory")
+    train: TrainConfig = field(default_factory=_default_train)
+
+    def __post_init__(self) -> None:
+        if self.eval_batch < 1:
+            raise UnisslError(f"--eval-batch must be positive, got {self.eval_batch}")
+
+    def model_config(self):
+        """The :class:`~unissl.tokenizers.vq.VQConfig`: the preset with this config's overrides."""
+        from unissl.tokenizers.vq import preset
+
+        base = preset(self.preset)
+        overrides: dict[str, Any] = {k: getattr(self, k) for k in
+                                     ("codebook_size", "code_dim", "ch", "quantizer", "dead_after")
+                                     if getattr(self, k) is not None}
+        if self.image_size is not None:
+            overrides["image_size"] = self.image_size
+        try:
+            return dataclasses.replace(base, **overrides)
+        except ValueError as e:
+            raise UnisslError(f"invalid tokenizer settings for preset {self.preset!r}: {e}") from e
+
+
+@torch.no_grad()
+def evaluate(tokenizer, dataset, batch_size: int = 500) -> dict[str, float]:
+    """PSNR (mean of per-image PSNR) and codebook usage / perplexity over every image of ``dataset``."""
+    from unissl.tokenizers.method import psnr
+    from unissl.tokenizers.quantize import code_histogram, perplexity_of
+
+    tokenizer.eval()
+    device = next(tokenizer.parameters()).device
+    counts = torch.zeros(tokenizer.codebook_size, device=device)
+    total, n = 0.0, 0
+    for start in range(0, len(dataset), batch_size):
+        batch = dataset.__getitems__(list(range(start, min(start + batch_size, len(dataset)))))
+        x = batch["image"].to(device)  # (B, C, H, W)
+        ids = tokenizer.encode(x)  # (B, h, w)
+        total += float(psnr(tokenizer.decode(ids), x).sum())
+        n += x.shape[0]
+        counts += code_histogram(ids, tokenizer.codebook_size)
+    return {"psnr": total / max(n, 1), "usage": float((counts > 0).float().mean()),
+            "perplexity": float(perplexity_of(counts)), "images": n}
+
+
+def run(cfg: Config) -> None:
+    """Train, save the tokenizer, evaluate on ``eval_split``, write the eval JSON and a reconstruction grid."""
+    from unissl.data import build_dataset
+    from unissl.engine import init_distributed
+    from unissl.tokenizers.method import VQTokenizerMethod
+    from unissl.tokenizers.vq import VQTokenizer
+    from unissl.utils.images import save_grid
+    from unissl.utils.io import write_json
+
+    init_distributed()
+    mcfg = cfg.model_config()
+    train = build_dataset(cfg.dataset, "train", data_dir=cfg.data_dir, image_size=mcfg.image_size,
+                          channels=mcfg.channels)
+    seed_everything(cfg.train.seed)
+    method = VQTokenizerMethod(VQTokenizer(mcfg))
+    run_dir = Path(cfg.train.run_dir)
+    if is_main():
+        save_run_config(run_dir, cfg)
+        n_params = sum(p.numel() for p in method.parameters())
+        print(f"unissl tokenizer train: preset {cfg.preset} ({n_params / 1e6:.2f}M params), {mcfg.image_size}px -> "
+              f"{mcfg.grid[0]}x{mcfg.grid[1]} ids, K={mcfg.codebook_size}, {mcfg.quantizer} quantizer, "
+              f"{len(train)} {cfg.dataset} images -> {run_dir}")
+    Trainer(method, train, cfg.train).fit()
+    if not is_main():
+        return
+    tok = method.tokenizer.eval()
+    tok.save_pretrained(run_dir / "tokenizer")
+    if cfg.out:
+        tok.save_pretrained(cfg.out)
+    test = build_dataset(cfg.dataset, cfg.eval_split, data_dir=cfg.data_dir, image_size=mcfg.image_size,
+                         channels=mcfg.channels)
+    res = evaluate(tok, test, cfg.eval_batch)
+    x = test.__getitems__(list(range(min(16, len(test)))))["image"].to(next(tok.parameters()).device)
+    rec = tok.decode(tok.encode(x))
+    save_grid(torch.stack([x, rec], 1).flatten(0, 1).cpu(), run_dir / "reconstructions.png", nrow=8,
+              scale=max(1, 128 // mcfg.image_size))
+    report = {"dataset": cfg.dataset, "split": cfg.eval_split, **res, "codebook_size": tok.codebook_size,
+              "grid": list(tok.grid), "preset": cfg.preset, "checksum": tok.checksum(),
+              "tokenizer": str((run_dir / "tokenizer").resolve())}
+    write_json(run_dir / "tokenizer_eval.json", report)
+    print(f"unissl tokenizer train: {cfg.eval_split} PSNR {res['psnr']:.2f} dB, codebook usage "
+          f"{100 * res['usage']:.1f}% ({tok.codebook_size} codes), perplexity {res['perplexity']:.1f} over "
+          f"{res['images']} images; tokenizer -> {run_dir / 'tokenizer'}"
+          + (f" and {cfg.out}" if cfg.out else ""))
