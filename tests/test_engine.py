@@ -173,9 +173,13 @@ def test_checkpoint_roundtrip_tied_weights_rng_and_corruption(tmp_path: Path) ->
     rng = capture_rng_state()
     expected = (random.random(), np.random.rand(), torch.rand(()).item())
     state = {"step": 5, "rng": [rng], "optimizer": build_optimizer(net, 1e-3, 0.1).state_dict()}
+    stale = tmp_path / "checkpoints" / ".step_0000003.abc.tmp"  # left by a writer killed mid-save
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"half")
     for step in (5, 10, 15):
         path = save_checkpoint(tmp_path, step, net.state_dict(), state, keep=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000010", "step_0000015"]
+    assert not stale.exists()
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_0000015" == path.name
 
     ck = load_checkpoint(tmp_path)  # a run directory resolves to its latest checkpoint

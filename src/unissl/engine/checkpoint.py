@@ -122,6 +122,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model_state: dict[str, torch
     root = checkpoints_dir(run_dir)
     final = root / step_dir_name(step)
     meta = {"step": str(step), "format": "unissl-checkpoint-v1"}
+    _remove_stale_temporaries(root)
     with atomic_dir(final) as tmp:
         save_file(_plain_state(model_state), str(tmp / MODEL_FILE), metadata=meta)
         if ema_state is not None:
@@ -133,6 +134,21 @@ def save_checkpoint(run_dir: str | Path, step: int, model_state: dict[str, torch
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _remove_stale_temporaries(root: Path) -> None:
+    """Delete half-written leftovers of a killed writer (``.step_*.tmp`` dirs, ``.latest.*.tmp`` files).
+
+    A run has a single writer (rank 0), so anything temporary found before a save is garbage.
+    """
+    if not root.is_dir():
+        return
+    for p in root.iterdir():
+        if p.name.startswith((".step_", f".{LATEST_FILE}.")) and (p.name.endswith(".tmp") or ".old." in p.name):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
