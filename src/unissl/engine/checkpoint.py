@@ -15,6 +15,7 @@ plain Python containers (loaded with ``torch.load(weights_only=True)``).
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import shutil
@@ -128,6 +129,9 @@ def save_checkpoint(run_dir: str | Path, step: int, model_state: dict[str, torch
         if ema_state is not None:
             save_file(_plain_state(ema_state), str(tmp / EMA_FILE), metadata=meta)
         torch.save(trainer_state, tmp / STATE_FILE)
+        for f in tmp.iterdir():  # on disk before the rename makes the directory visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
     with atomic_file(root / LATEST_FILE, "w") as f:
         f.write(final.name + "\n")
     for old in list_checkpoints(run_dir)[:-keep]:
