@@ -27,7 +27,7 @@ class Config:
     batch_size: int = arg(128, help="batch size")
     lr: float = arg(2e-3, help="peak AdamW learning rate (one-cycle schedule)")
     weight_decay: float = arg(5e-4, help="AdamW weight decay")
-    widths: list[int] = arg([32, 64, 128], help="channels of the conv stages")
+    widths: list[int] = arg([16, 32, 64], help="channels of the conv stages")
     feature_dim: int = arg(128, help="dimension of the penultimate features used for FD")
     augment: bool = arg(True, help="random translations by up to 2 pixels")
     seed: int = arg(0, help="seed")

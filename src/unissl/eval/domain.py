@@ -34,7 +34,7 @@ class DomainClassifierConfig:
     channels: int = 1
     image_size: int = 28
     num_classes: int = 10
-    widths: list[int] = field(default_factory=lambda: [32, 64, 128])
+    widths: list[int] = field(default_factory=lambda: [16, 32, 64])
     feature_dim: int = 128
     classes: list[str] = field(default_factory=list)
     dataset: str = ""  # "name:split:fingerprint" of the training data
