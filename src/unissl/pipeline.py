@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import importlib
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,14 @@ def _stage_output(stage: Stage, resolved: dict[str, Any]) -> str | None:
     return str(node)
 
 
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return path.resolve() != root.resolve()
+
+
 def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list[str] | None = None,
                  force: list[str] | None = None, dry_run: bool = False, log=print) -> dict[str, dict[str, Any]]:
     """Run (or skip) every stage in order; returns each stage's record."""
@@ -132,6 +141,12 @@ def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list
             log(f"[pipeline] {stage.name}: an earlier attempt did not finish; resuming its training")
             resolved["train"]["resume"] = True
             cfg = from_dict(module.Config, resolved)
+        elif previous and produced is not None and _inside(Path(produced), out) and Path(produced).exists():
+            # The stage ran before with another config (or is forced): its outputs are stale, and
+            # training commands refuse to start over in a run directory that has checkpoints.
+            log(f"[pipeline] {stage.name}: config changed or forced; replacing {produced}")
+            if not dry_run:
+                shutil.rmtree(produced)
         if dry_run:
             log(f"[pipeline] {stage.name}: would run `unissl {stage.command}` ({digest})")
             continue
