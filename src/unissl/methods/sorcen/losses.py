@@ -81,5 +81,5 @@ def uniformity_loss(features: torch.Tensor, gather: bool = True) -> torch.Tensor
     if n < 2:
         return f.sum() * 0.0
     sim = f @ f.T  # (n, n)
-    off_diag = ~torch.eye(n, dtype=torch.bool, device=f.device)
-    return sim[off_diag].pow(2).mean()
+    off_diag = 1.0 - torch.eye(n, dtype=sim.dtype, device=f.device)
+    return (sim.pow(2) * off_diag).sum() / (n * (n - 1))

@@ -121,6 +121,10 @@ class SorcenMethod(nn.Module):
         # Training progress, for the echo warm-up and the momentum schedule (saved with checkpoints).
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("total_steps", torch.zeros((), dtype=torch.long))
+        # A host-side copy, so that forward never synchronises with the device to read the buffers;
+        # invalidated when a checkpoint is loaded.
+        self._progress: tuple[int, int] | None = None
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_progress", None))
 
     # ------------------------------------------------------------------ engine hooks
     def no_weight_decay(self) -> set[str]:
@@ -132,6 +136,7 @@ class SorcenMethod(nn.Module):
         """Record progress and move the teacher towards the student (momentum 0.996 -> 1, cosine)."""
         self.step.fill_(step)
         self.total_steps.fill_(total_steps)
+        self._progress = (step, total_steps)
         if self.variant != "sorcen":
             return
         beta = self.momentum_at(step, total_steps)
@@ -146,8 +151,10 @@ class SorcenMethod(nn.Module):
 
     def in_echo_warmup(self) -> bool:
         """True while the echo is the ground truth (the decoder is not yet a useful generator)."""
-        total = int(self.total_steps)
-        return total == 0 or int(self.step) < math.ceil(self.cfg.echo_warmup * total)
+        if self._progress is None:
+            self._progress = (int(self.step), int(self.total_steps))
+        step, total = self._progress
+        return total == 0 or step < math.ceil(self.cfg.echo_warmup * total)
 
     def train(self, mode: bool = True) -> SorcenMethod:
         super().train(mode)

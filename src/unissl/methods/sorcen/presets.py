@@ -52,8 +52,8 @@ PRESETS: dict[str, SorcenArch] = {
                        decoder_depth=1, decoder_heads=2, proj_hidden=64, proj_dim=32, pred_hidden=64),
     # CPU runs on Fashion-MNIST / digits token stores (minutes on two cores). No dropout: the runs are
     # short (about one epoch), and on CPU the dropout masks cost a third of the step time.
-    "small": SorcenArch(codebook_size=512, grid=(7, 7), dim=128, depth=4, heads=4, decoder_dim=128,
-                        decoder_depth=2, decoder_heads=4, dropout=0.0, proj_hidden=256, proj_dim=128,
+    "small": SorcenArch(codebook_size=512, grid=(7, 7), dim=96, depth=4, heads=4, decoder_dim=96,
+                        decoder_depth=2, decoder_heads=4, dropout=0.0, proj_hidden=256, proj_dim=96,
                         pred_hidden=256),
     # MAGE / Sorcen ViT-B: encoder 12 x 768 (12 heads), decoder 8 x 768 (16 heads).
     "vit_b": SorcenArch(codebook_size=1024, grid=(16, 16), dim=768, depth=12, heads=12, decoder_dim=768,
