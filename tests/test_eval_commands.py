@@ -1,0 +1,104 @@
+"""The ``unissl eval`` commands end to end on the small digits dataset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from unissl.cli import main
+from unissl.data import build_dataset
+from unissl.eval.domain import load_classifier
+from unissl.eval.features import load_extractor
+from unissl.eval.generation import class_consistency
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: the CI machine is shared, and oversubscribed OpenMP threads are far slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _result(run_dir, name):
+    return json.loads((run_dir / "results" / f"{name}.json").read_text())
+
+
+def test_probe_knn_fewshot_transfer_commands(tmp_path) -> None:
+    run = tmp_path / "run"
+    common = ["--dataset", "digits", "--run-dir", str(run)]
+    assert main(["eval", "linear-probe", *common, "--probe.epochs", "10", "--probe.lrs", "0.03", "0.3"]) == 0
+    probe = _result(run, "linear_probe-pixels-digits")
+    assert probe["metrics"]["top1"] > 88.0 and len(probe["extra"]["grid_val_top1"]) == 2
+    assert main(["eval", "knn", *common]) == 0
+    assert _result(run, "knn-pixels-digits")["metrics"]["top1"] > 90.0
+    assert main(["eval", "few-shot", *common, "--shots", "5", "--seeds", "0", "1", "--probe.lrs", "0.3",
+                 "--min-steps", "50", "--probe.epochs", "5"]) == 0
+    fs = _result(run, "few_shot-pixels-digits")["metrics"]
+    assert 50.0 < fs["5shot_top1"] <= 100.0 and fs["5shot_std"] >= 0.0
+    assert main(["eval", "transfer", "--extractor", "pixels:16", *common, "--source", "fashion-mnist",
+                 "--probe.epochs", "5", "--probe.lrs", "0.3"]) == 0
+    tr = _result(run, "transfer-pixels-digits")
+    assert tr["extra"]["feature_dim"] == 256 and tr["metrics"]["knn_top1"] > 85.0
+    table = (run / "results.md").read_text()
+    assert table.count("\n| 20") == 4
+    assert len(list((run / "feature_cache").glob("*.features.safetensors"))) == 4  # 2 extractors x 2 splits
+
+
+def test_domain_classifier_generation_and_reconstruction(tmp_path) -> None:
+    run, clf = tmp_path / "run", tmp_path / "clf"
+    assert main(["eval", "train-extractor", "--dataset", "digits", "--out", str(clf), "--epochs", "4",
+                 "--widths", "8", "16", "--feature-dim", "32", "--batch-size", "64", "--lr", "0.01",
+                 "--run-dir", str(run)]) == 0
+    model, _ = load_classifier(clf)
+    assert model.cfg.classes == [str(d) for d in range(10)] and model.cfg.image_size == 8
+    test = build_dataset("digits", "test").__getitems__(list(range(297)))
+    train = build_dataset("digits", "train").__getitems__(list(range(1500)))
+    x, y = test["image"], test["label"]
+    acc = _result(run, "domain_classifier-digits")["metrics"]["test_top1"]
+    assert acc > 60.0
+    ext = load_extractor(f"domain:{clf}", "cpu")
+    # class consistency of real test images with their labels is the classifier's test accuracy
+    assert 100.0 * class_consistency(ext, x, y) == pytest.approx(acc)
+    g = torch.Generator().manual_seed(0)
+    files = {"train": train["image"], "noise": (x + 0.3 * torch.randn(x.shape, generator=g)).clamp(0, 1)}
+    for name, imgs in files.items():
+        labels = train["label"] if name == "train" else y
+        np.savez(tmp_path / f"{name}.npz", images=(imgs * 255).round().to(torch.uint8).numpy(),
+                 labels=labels.numpy())
+        assert main(["eval", "generation", "--samples", str(tmp_path / f"{name}.npz"), "--reference", "digits:test",
+                     "--extractor", f"domain:{clf}", "--run-dir", str(run), "--pr-k", "3"]) == 0
+    real = _result(run, "generation-train")["metrics"]
+    noisy = _result(run, "generation-noise")["metrics"]
+    assert "FD_domain" in real and "FID" not in real
+    assert real["FD_domain"] < noisy["FD_domain"]
+    assert real["class_consistency"] > noisy["class_consistency"]
+    assert 1.0 <= real["IS"] <= 10.0 and 0.0 <= real["precision"] <= 1.0
+    assert len(list((run / "feature_cache").glob("*.stats.safetensors"))) == 1  # reference stats computed once
+    np.savez(tmp_path / "pairs.npz", originals=x.numpy(), reconstructions=files["noise"].numpy())
+    assert main(["eval", "reconstruction", "--pairs", str(tmp_path / "pairs.npz"), "--extractor",
+                 f"domain:{clf}", "--run-dir", str(run)]) == 0
+    rec = _result(run, "reconstruction-pairs")["metrics"]
+    assert rec["rFD_domain"] > 0 and 0 < rec["SSIM"] < 1 and rec["PSNR"] > 5
+
+
+def test_user_errors_exit_2_with_one_line(tmp_path, capsys) -> None:
+    np.savez(tmp_path / "s.npz", images=np.zeros((20, 1, 8, 8), np.float32))
+    missing = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    assert main(["eval", "generation", "--samples", str(tmp_path / "s.npz"), "--reference", "digits:test",
+                 "--extractor", f"inception:{missing}", "--run-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not found" in err and "releases/download/fid_weights" in err
+    np.savez(tmp_path / "bad.npz", images=np.full((4, 1, 8, 8), 3.0, np.float32))
+    assert main(["eval", "generation", "--samples", str(tmp_path / "bad.npz"), "--extractor", "pixels",
+                 "--reference", "digits:test", "--run-dir", str(tmp_path)]) == 2
+    assert "[0, 1]" in capsys.readouterr().err
+    assert main(["eval", "reconstruction", "--pairs", str(tmp_path / "nope.npz")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["eval", "linear-probe", "--extractor", "nope", "--dataset", "digits",
+                 "--run-dir", str(tmp_path)]) == 2
+    assert "unknown feature extractor" in capsys.readouterr().err
