@@ -77,13 +77,26 @@ def build(cfg: Config):
         arch = arch_for_store(cfg.preset, tok.codebook_size, tuple(tok.grid))
         classes = list(getattr(data, "classes", []))
     else:
-        tok = None
+        tok = _decoder_for_samples(tokenizer_path)
         data = store
         arch = arch_for_store(cfg.preset, store.codebook_size, store.grid)
         classes = list(store.classes)
     seed_everything(cfg.train.seed)
     method = SorcenMethod(arch, cfg.method, cfg.loss, num_classes=len(classes), tokenizer=tok)
     return method, data, {"arch": arch, "classes": classes, "tokenizer": tokenizer_path}
+
+
+def _decoder_for_samples(path: str | None):
+    """The store's tokenizer, used only to decode the sample grids of the image log (None if unavailable)."""
+    if not path:
+        return None
+    from unissl.tokenizers import load_tokenizer
+
+    try:
+        return load_tokenizer(path)
+    except (UnisslError, RuntimeError, OSError) as e:  # best effort: training does not need it
+        print(f"unissl train sorcen: no sample images ({str(e).splitlines()[0]})")
+        return None
 
 
 def run(cfg: Config) -> None:

@@ -108,6 +108,7 @@ class SorcenMethod(nn.Module):
         elif variant == "mage-c":
             if tokenizer is None:
                 raise ValueError("mage-c needs the frozen VQ tokenizer that tokenizes the crops online")
+        # sorcen / mage accept a tokenizer too: it only decodes the samples of ``log_images``.
             self.projector = ProjectionHead(arch.dim, arch.proj_hidden, arch.proj_dim)
         # The frozen tokenizer stays outside the module tree: not trained, not checkpointed, not in DDP.
         self._tokenizer: tuple[FrozenTokenizer, ...] = (tokenizer,) if tokenizer is not None else ()
@@ -155,6 +156,16 @@ class SorcenMethod(nn.Module):
             self._progress = (int(self.step), int(self.total_steps))
         step, total = self._progress
         return total == 0 or step < math.ceil(self.cfg.echo_warmup * total)
+
+    @torch.no_grad()
+    def log_images(self, batch: dict[str, torch.Tensor], num_samples: int = 16, steps: int = 12) -> dict[str, torch.Tensor]:
+        """MaskGIT samples decoded by the tokenizer (when the method has one), for the run's image log."""
+        if not self._tokenizer:
+            return {}
+        from unissl.methods.sorcen.maskgit import MaskGITConfig, maskgit_generate
+
+        ids = maskgit_generate(self.model, num_samples, MaskGITConfig(steps=steps))  # (n, h, w)
+        return {"samples": self.tokenizer.decode(ids).float().clamp(0, 1)}
 
     def train(self, mode: bool = True) -> SorcenMethod:
         super().train(mode)

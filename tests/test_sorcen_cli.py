@@ -1,0 +1,80 @@
+"""End to end on digits: tokenize -> `unissl train sorcen` (sorcen, mage-c) -> `unissl sample sorcen` ->
+the `sorcen` feature extractor and `load_sorcen`."""
+
+from __future__ import annotations
+
+import json
+from typing import get_args
+
+import numpy as np
+import pytest
+import torch
+
+from unissl.cli import main
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from unissl.tokenizers.vq import VQTokenizer, preset
+
+    root = tmp_path_factory.mktemp("sorcen_cli")
+    torch.manual_seed(0)
+    VQTokenizer(preset("digits")).save_pretrained(root / "tok")  # untrained weights: ids still carry signal
+    assert main(["tokenize", "--tokenizer", str(root / "tok"), "--out", str(root / "tokens"), "--dataset", "digits",
+                 "--splits", "train", "--no-progress"]) == 0
+    return root
+
+
+TRAIN = ["--preset", "tiny", "--train.global-batch", "32", "--no-train.progress", "--no-train.tensorboard",
+         "--train.num-workers", "0", "--train.lr", "1e-3", "--train.log-every", "2"]
+
+
+def test_train_sample_and_features(store):
+    run = store / "run"
+    assert main(["train", "sorcen", "--tokens", str(store / "tokens"), "--train.steps", "4",
+                 "--train.ckpt-every", "4", "--train.run-dir", str(run), *TRAIN]) == 0
+    info = json.loads((run / "sorcen.json").read_text())
+    assert info["variant"] == "sorcen" and info["arch"]["codebook_size"] == 64 and info["num_classes"] == 10
+    logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert {"recon", "contrast", "uniformity", "probe_acc"} <= set(logs[-1])
+    assert (run / "images" / "samples_step4.png").is_file()
+
+    assert main(["sample", "sorcen", "--checkpoint", str(run), "--num-samples", "5", "--batch-size", "3",
+                 "--steps", "3", "--out", str(store / "samples")]) == 0
+    npz = np.load(store / "samples" / "samples.npz")
+    assert npz["ids"].shape == (5, 4, 4) and npz["ids"].max() < 64 and npz["ids"].min() >= 0
+    assert npz["images"].shape == (5, 1, 8, 8) and (store / "samples" / "samples.png").is_file()
+
+    from unissl.eval.features import load_extractor
+    from unissl.methods.sorcen import load_sorcen
+
+    ext = load_extractor(f"sorcen:{run}", torch.device("cpu"))
+    images = torch.rand(3, 1, 8, 8)
+    feats = ext.features(images)
+    assert feats.shape == (3, 32) and "sorcen" in ext.identity()
+    assert torch.allclose(feats, ext.features_from_ids(ext.tokenizer.encode(images)))
+    model, tokenizer = load_sorcen(run)
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+    out = model.encode(tokenizer.encode(images))
+    assert out.shape == (3, 17, 32) and torch.allclose(out[:, 1:].mean(1), feats, atol=1e-5)
+
+
+def test_mage_c_trains_on_images_with_the_online_tokenizer(store):
+    run = store / "run-magec"
+    assert main(["train", "sorcen", "--method", "mage-c", "--dataset", "digits", "--tokenizer", str(store / "tok"),
+                 "--train.steps", "2", "--train.run-dir", str(run), *TRAIN]) == 0
+    logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert np.isfinite(logs[-1]["contrast"]) and np.isfinite(logs[-1]["recon"])
+
+
+def test_missing_token_store_is_a_one_line_error(capsys):
+    assert main(["train", "sorcen", "--dataset", "fashion-mnist"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unissl tokenize" in err and "--tokens" in err
+
+
+def test_cli_preset_choices_are_the_registry():
+    from unissl.commands.train_sorcen import PresetName
+    from unissl.methods.sorcen.presets import PRESETS
+
+    assert set(get_args(PresetName)) == set(PRESETS)
