@@ -94,9 +94,9 @@ def test_output_layer_is_zero_initialised():
 
 @pytest.mark.parametrize("preset", sorted(GENERATOR_PRESETS))
 def test_presets_forward_backward(preset):
-    if preset == "paper":  # 0.5 B parameters: check the shape of the registry entry only
-        p = GENERATOR_PRESETS[preset]
-        assert (p.width, p.depth) == (1536, 28)
+    p = GENERATOR_PRESETS[preset]
+    if p.width > 512:  # base (85 M) and paper (0.5 B parameters): too slow for CPU unit tests
+        assert preset != "paper" or (p.width, p.depth) == (1536, 28)
         return
     m = _method(token_dim=24, preset=preset)
     _randomize(m.net)
@@ -194,7 +194,7 @@ def test_euler_sampling_of_toy_gaussians_reaches_mean_and_std(toy):
     assert sum(losses[-50:]) / 50 < 0.5 * sum(losses[:10]) / 10
     g = torch.Generator().manual_seed(0)
     for c in range(2):
-        z = sample_tokens(m, class_condition(torch.full((1000,), c)), SamplingConfig(steps=50, cfg_scale=1.0),
+        z = sample_tokens(m, class_condition(torch.full((600,), c)), SamplingConfig(steps=50, cfg_scale=1.0),
                           generator=g)
         torch.testing.assert_close(z.mean(0), MU[c], atol=0.12, rtol=0)
         assert abs(z.std(0).mean().item() - SD[c].item()) < 0.08, (c, z.std(0))
