@@ -104,8 +104,8 @@ def test_ema_update_closed_form():
     n = ec.sum()
     smoothed = (ec + eps) / (n + k * eps) * n
     assert torch.allclose(q.codebook, es / smoothed[:, None], atol=1e-6)
-    assert torch.allclose(out.loss, 0.25 * ((z_flat - (q.codebook.new_tensor(0) + sum0 / count0[:, None])[ids]) ** 2).mean(),
-                          atol=1e-6)
+    e_before = sum0 / count0[:, None]  # the codebook the lookup used (before this step's update)
+    assert torch.allclose(out.loss, 0.25 * ((z_flat - e_before[ids]) ** 2).mean(), atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["ema", "st"])
