@@ -193,7 +193,9 @@ def extract_features(extractor: Any, dataset: Any, batch_size: int = 256, cache_
     if path is not None and path.is_file():
         try:
             data = load_file(str(path))
-            return data["features"], data["labels"]
+            if data["features"].shape[0] == len(dataset) == data["labels"].shape[0]:
+                return data["features"], data["labels"]
+            tqdm.write(f"unissl: feature cache {path} does not match the dataset size; recomputing")
         except Exception as e:  # a corrupt cache is recomputed, never trusted
             tqdm.write(f"unissl: ignoring unreadable feature cache {path} ({e})")
     n = len(dataset)
@@ -214,13 +216,9 @@ def extract_features(extractor: Any, dataset: Any, batch_size: int = 256, cache_
                           f"expected ({n}, D)")
     if path is not None:
         with atomic_file(path, "wb") as fh:
-            fh.write(_safetensors_bytes({"features": f, "labels": y},
-                                        {"extractor": extractor.identity(), "dataset": dataset_key(dataset)}))
+            fh.write(save({"features": f, "labels": y},
+                          metadata={"extractor": extractor.identity(), "dataset": dataset_key(dataset)}))
     return f, y
-
-
-def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
-    return save(tensors, metadata=metadata)
 
 
 __all__ = ["EXTRACTORS", "FeatureExtractor", "PixelExtractor", "adapt_images", "cache_path", "dataset_key",

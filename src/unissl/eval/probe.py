@@ -12,7 +12,7 @@ evaluated once on the test split (as dinov2's ``eval/linear.py`` does, written h
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from unissl.config import arg
 from unissl.errors import UnisslError
 
 Norm = Literal["layernorm", "standardize", "none"]
@@ -29,16 +30,19 @@ Norm = Literal["layernorm", "standardize", "none"]
 class ProbeConfig:
     """Hyper-parameters of the multi-head linear probe (lr = base lr * batch_size / 256)."""
 
-    lrs: list[float] = field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0])
-    weight_decays: list[float] = field(default_factory=lambda: [0.0])
-    optimizer: Literal["sgd", "lars"] = "sgd"
-    epochs: int = 90
-    min_steps: int = 0  # raise epochs so that at least this many steps run (few-shot: tiny train sets)
-    batch_size: int = 256
-    momentum: float = 0.9
-    warmup_epochs: float = 10.0
-    norm: Norm = "layernorm"
-    seed: int = 0
+    lrs: list[float] = arg([0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0],
+                           help="grid of base learning rates (lr = base * batch_size / 256); LARS needs ~100x "
+                                "larger ones, e.g. 1 3 10 30 100")
+    weight_decays: list[float] = arg([0.0], help="grid of weight decays (crossed with lrs)")
+    optimizer: Literal["sgd", "lars"] = arg("sgd", help="SGD with momentum, or LARS (trust ratio 0.001)")
+    epochs: int = arg(90, help="passes over the (cached) train features")
+    min_steps: int = arg(0, help="raise epochs so that at least this many steps run (tiny train sets)")
+    batch_size: int = arg(256, help="features per step")
+    momentum: float = arg(0.9, help="momentum")
+    warmup_epochs: float = arg(10.0, help="linear warm-up (in epochs of the nominal schedule), then cosine")
+    norm: Norm = arg("layernorm", help="parameter-free norm before the BatchNorm: layernorm (no affine), "
+                                       "standardize (train mean/std) or none")
+    seed: int = arg(0, help="seed of the validation split, head init and batch order")
 
     def __post_init__(self) -> None:
         if not self.lrs or any(lr <= 0 for lr in self.lrs):
