@@ -192,7 +192,7 @@ class SorcenMethod(nn.Module):
             contrast = info_nce(z, p, self.cfg.temperature)  # queries: echoes; keys: anchors of all ranks
             loss = loss + self.cfg.uniformity_weight * uniformity + self.cfg.contrast_weight * contrast
             out.update(uniformity=uniformity.detach(), contrast=contrast.detach(),
-                       echo_warmup=torch.tensor(float(self.in_echo_warmup())))
+                       echo_warmup=torch.tensor(float(self.in_echo_warmup()), device=loss.device))
         loss = loss + self._probe(pooled, batch, out)
         out["loss"] = loss
         return out
