@@ -90,9 +90,15 @@ def run(cfg: Config) -> dict[str, float]:
             extractor = load_extractor(cfg.extractor, device)
         metrics = reconstruction_metrics(origs, recs, extractor, "rFD", cfg.batch_size)
     metrics["mse"] = float((origs - recs).pow(2).mean())
-    write_json(out / "metrics.json", {"tokenizer": cfg.tokenizer, "dataset": cfg.dataset, "split": cfg.split,
-                                      "steps": cfg.steps, "solver": cfg.solver, "extractor": cfg.extractor,
-                                      **metrics})
+    extra = {"tokenizer": cfg.tokenizer, "dataset": cfg.dataset, "split": cfg.split, "steps": cfg.steps,
+             "solver": cfg.solver, "extractor": cfg.extractor}
+    write_json(out / "metrics.json", {**extra, **metrics})
+    try:  # also into the evaluation results table (results/*.json + results.md) that `unissl report` reads
+        from unissl.eval.results import record_result
+    except ImportError:
+        record_result = None
+    if record_result is not None:
+        record_result(out, "reptok-reconstruction", metrics, extra)
     shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
     print(f"unissl reconstruct: {n} images, {shown} -> {out}")
     return metrics
