@@ -113,7 +113,7 @@ def test_projection_starts_as_the_padded_token_and_cosine_loss_reference() -> No
 
 
 # ---------------------------------------------------------------- decoder
-@pytest.mark.parametrize("name", ["tiny", "small"])
+@pytest.mark.parametrize("name", ["tiny", "compact", "small"])
 def test_decoder_presets_forward_backward_and_zero_init(name: str) -> None:
     dec = FlowDecoder(DECODER_PRESETS[name], channels=3, size=16, patch_size=4)
     x, t, h = torch.randn(2, 3, 16, 16), torch.rand(2), torch.randn(2, dec.width)

@@ -41,6 +41,7 @@ class DecoderPreset:
 # The paper's decoder: width 1152, depth 28, head dim 72 (16 heads); the others fit a CPU.
 DECODER_PRESETS: dict[str, DecoderPreset] = {
     "tiny": DecoderPreset(width=64, depth=2, head_dim=16, time_dim=64, mapping_depth=1),
+    "compact": DecoderPreset(width=128, depth=2, head_dim=32, time_dim=64, mapping_depth=1),  # CPU, tokens <= 128-d
     "small": DecoderPreset(width=128, depth=4, head_dim=32, time_dim=128, mapping_depth=1),
     "base": DecoderPreset(width=384, depth=12, head_dim=64, time_dim=256),
     "paper": DecoderPreset(width=1152, depth=28, head_dim=72, time_dim=256),
