@@ -13,6 +13,7 @@ import dataclasses
 import statistics
 
 import torch
+from tqdm import tqdm
 
 from unissl.errors import UnisslError
 from unissl.eval.probe import ProbeConfig, fit_probes, train_val_split
@@ -37,6 +38,7 @@ def few_shot(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
     pool, val = train_val_split(train_x.shape[0], val_fraction, cfg.seed)
     px, py, vx, vy = train_x[pool], train_y[pool], train_x[val], train_y[val]
     out: dict[str, dict[str, float | list[float]]] = {}
+    bar = tqdm(total=len(shots) * len(seeds), desc="few-shot probes", leave=False)
     for k in shots:
         accs, lrs = [], []
         for seed in seeds:
@@ -45,7 +47,9 @@ def few_shot(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
             res = fit_probes(px[idx], py[idx], vx, vy, num_classes, run_cfg, device, progress=False)
             accs.append(res.evaluate(test_x, test_y)["top1"])
             lrs.append(res.best_lr)
+            bar.update()
         out[str(k)] = {"top1_mean": statistics.fmean(accs),
                        "top1_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                        "top1": accs, "lr": lrs}
+    bar.close()
     return out

@@ -30,7 +30,7 @@ Norm = Literal["layernorm", "standardize", "none"]
 class ProbeConfig:
     """Hyper-parameters of the multi-head linear probe (lr = base lr * batch_size / 256)."""
 
-    lrs: list[float] = arg([0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0],
+    lrs: list[float] = arg([0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0],
                            help="grid of base learning rates (lr = base * batch_size / 256); LARS needs ~100x "
                                 "larger ones, e.g. 1 3 10 30 100")
     weight_decays: list[float] = arg([0.0], help="grid of weight decays (crossed with lrs)")
