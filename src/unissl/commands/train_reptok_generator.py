@@ -45,8 +45,9 @@ class Config:
     samples_per_class: int = arg(8, help="guided samples per class in <run_dir>/samples.png (0: none)")
     decode_steps: int = arg(50, help="decoder Euler steps for the final sample grid")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        run_dir="runs/reptok_generator", steps=20000, global_batch=256, base_lr=1e-4, weight_decay=0.0,
-        betas=(0.9, 0.99), warmup_steps=500, ema_decay=0.999, ckpt_every=2000, num_workers=0))
+        run_dir="runs/reptok_generator", steps=3000, global_batch=256, base_lr=5e-4, weight_decay=0.0,
+        betas=(0.9, 0.99), warmup_steps=100, ema_decay=None, ckpt_every=1000, num_workers=0))
+    # (EMA is off by default so that short runs sample from their final weights; the YAML configs turn it on.)
 
     def __post_init__(self) -> None:
         if self.tokenizer is None and self.tokens is None:
