@@ -117,6 +117,14 @@ def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list
     if unknown:
         raise UnisslError(f"pipeline: --only/--force name unknown stage(s) {sorted(unknown)}; "
                           f"stages are {[s.name for s in stages]}")
+    # First pass: every stage's output directory, to know which ones are shared (never deleted).
+    produced_by: dict[str, int] = {}
+    for stage in stages:
+        p = _stage_output(stage, _substitute(copy.deepcopy(stage.config), out, seed, outputs))
+        if p is not None:
+            outputs[stage.name] = p
+            produced_by[p] = produced_by.get(p, 0) + 1
+    outputs = {}
     for stage in stages:
         module = _command_module(stage.command)
         resolved = _substitute(copy.deepcopy(stage.config), out, seed, outputs)
@@ -141,7 +149,8 @@ def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list
             log(f"[pipeline] {stage.name}: an earlier attempt did not finish; resuming its training")
             resolved["train"]["resume"] = True
             cfg = from_dict(module.Config, resolved)
-        elif previous and produced is not None and _inside(Path(produced), out) and Path(produced).exists():
+        elif (previous and produced is not None and produced_by.get(produced, 0) == 1
+              and _inside(Path(produced), out) and Path(produced).exists()):
             # The stage ran before with another config (or is forced): its outputs are stale, and
             # training commands refuse to start over in a run directory that has checkpoints.
             log(f"[pipeline] {stage.name}: config changed or forced; replacing {produced}")
