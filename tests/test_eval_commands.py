@@ -15,15 +15,6 @@ from unissl.eval.features import load_extractor
 from unissl.eval.generation import class_consistency
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the CI machine is shared, and oversubscribed OpenMP threads are far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _result(run_dir, name):
     return json.loads((run_dir / "results" / f"{name}.json").read_text())
 

@@ -21,15 +21,6 @@ from unissl.eval.features import (
 from unissl.eval.results import record_result
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the CI machine is shared, and oversubscribed OpenMP threads are far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class CountingExtractor(PixelExtractor):
     """Pixels, but counts the images it has seen (to prove the cache is used)."""
 

@@ -11,15 +11,6 @@ from unissl.eval.frechet import frechet_distance_stats, gaussian_stats
 from unissl.eval.inception import WEIGHTS_URL, FIDInceptionV3, build_inception
 from unissl.eval.inception import load_extractor as load_inception
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the CI machine is shared, and oversubscribed OpenMP threads are far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 # (key, shape) pairs of pytorch-fid's pt_inception-2015-12-05-6726825d.pth (torchvision module names).
 EXPECTED = {
     "Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3),

@@ -12,15 +12,6 @@ from unissl.eval.features import PixelExtractor
 from unissl.eval.reconstruction import gaussian_window, psnr, reconstruction_metrics, ssim
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the CI machine is shared, and oversubscribed OpenMP threads are far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_psnr_closed_form() -> None:
     x = torch.rand(3, 1, 8, 8) * 0.5
     d = 0.1

@@ -14,15 +14,6 @@ from unissl.eval.frechet import GaussianStats, frechet_distance, gaussian_stats,
 from unissl.eval.generation import inception_score, knn_radii, precision_recall
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the CI machine is shared, and oversubscribed OpenMP threads are far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _random_spd(d: int, rng: np.random.Generator, scale: float = 1.0) -> np.ndarray:
     a = rng.normal(size=(d, d)) * scale
     return a @ a.T / d + 0.1 * np.eye(d)

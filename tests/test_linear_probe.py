@@ -24,15 +24,6 @@ from unissl.eval.probe import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the CI machine is shared, and oversubscribed OpenMP threads are far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _blobs(n: int, d: int, c: int, sep: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     centers = torch.randn(c, d, generator=torch.Generator().manual_seed(99)) * sep
