@@ -183,12 +183,22 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
                 str(s.get("output", ""))] for s in info["stages"]] + [["total", "", "", _fmt(total), ""]],
               ["stage", "command", "status", "seconds", "output"])
     if info["metrics"]:
+        # One summary row per result file (its headline numbers), then every field in a folded section.
         h.append("<h2>Metrics</h2>")
         md.append("## Metrics")
+        rows = []
+        for rel, scalars in info["metrics"]:
+            head = {k.split(".", 1)[1]: v for k, v in scalars.items() if k.startswith("metrics.")}
+            if not head:
+                head = {k: v for k, v in scalars.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            rows.append([str(scalars.get("name", rel)), ", ".join(f"{k}={_fmt(v)}" for k, v in head.items())])
+        table(rows, ["result", "metrics"])
+        h.append("<details><summary>all fields of every result file</summary>")
         for rel, scalars in info["metrics"]:
             h.append(f"<h3>{html.escape(rel)}</h3>")
-            md.append(f"### {rel}")
-            table([[k, _fmt(v)] for k, v in scalars.items()], ["metric", "value"])
+            h.append("<table>" + "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(_fmt(v))}</td></tr>"
+                                         for k, v in scalars.items()) + "</table>")
+        h.append("</details>")
     if plots:
         h.append("<h2>Training curves</h2>")
         md.append("## Training curves")
