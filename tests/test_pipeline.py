@@ -68,6 +68,11 @@ def test_stages_run_once_and_are_skipped_when_done(tmp_path, fake_command):
     assert [c["value"] for c in CALLS] == [5]  # only the changed stage reruns
     rec = json.loads((tmp_path / "stages" / "b.json").read_text())
     assert rec["status"] == "done" and rec["config"]["value"] == 5
+    CALLS.clear()
+    changed_a = _stages(value_b=5)
+    changed_a[0].config["value"] = 7
+    run_pipeline(changed_a, tmp_path, log=lambda *_: None)
+    assert [c["value"] for c in CALLS] == [7, 5]  # b reads a's output, so a new a re-runs b
 
 
 def test_crashed_stage_is_resumed(tmp_path, fake_command):

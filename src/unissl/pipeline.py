@@ -97,6 +97,20 @@ def _stage_output(stage: Stage, resolved: dict[str, Any]) -> str | None:
     return str(node)
 
 
+def _dependencies(stage: Stage) -> list[str]:
+    """Names of the stages whose outputs ``stage`` reads (its ``{stage:NAME}`` references)."""
+    import json
+
+    return sorted(set(re.findall(r"\{stage:([A-Za-z0-9_\-]+)\}", json.dumps(stage.config))))
+
+
+def _hash_of(obj: Any) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def _inside(path: Path, root: Path) -> bool:
     try:
         path.resolve().relative_to(root.resolve())
@@ -130,7 +144,11 @@ def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list
         resolved = _substitute(copy.deepcopy(stage.config), out, seed, outputs)
         cfg = from_dict(module.Config, resolved)  # validates keys and types before anything runs
         resolved = to_dict(cfg)
-        digest = config_hash(cfg)
+        # A stage's identity covers its own config and the runs of the stages it reads from, so that
+        # re-running an upstream stage (new weights behind the same path) re-runs everything downstream.
+        upstream = {d: [records.get(d, {}).get("hash"), records.get(d, {}).get("finished_at")]
+                    for d in _dependencies(stage)}
+        digest = config_hash(cfg) if not upstream else _hash_of([config_hash(cfg), upstream])
         produced = _stage_output(stage, resolved)
         if produced is not None:
             outputs[stage.name] = produced
