@@ -64,6 +64,8 @@ class SorcenLossConfig:
             raise ValueError("temperatures must be positive")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0.0 <= self.echo_warmup <= 1.0:
+            raise ValueError(f"echo_warmup is a fraction of training in [0, 1], got {self.echo_warmup}")
 
 
 class FrozenTokenizer(Protocol):
