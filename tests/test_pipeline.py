@@ -75,6 +75,19 @@ def test_stages_run_once_and_are_skipped_when_done(tmp_path, fake_command):
     assert [c["value"] for c in CALLS] == [7, 5]  # b reads a's output, so a new a re-runs b
 
 
+def test_single_file_output_is_replaced_on_rerun(tmp_path, fake_command, monkeypatch):
+    def write_file(cfg):
+        CALLS.append({"out": cfg.out, "value": cfg.value})
+        from pathlib import Path
+        Path(cfg.out).write_text(str(cfg.value))
+    monkeypatch.setattr(fake_command, "run", write_file)
+    for value in (1, 2):
+        run_pipeline(parse_stages([{"name": "f", "command": "fake step",
+                                    "config": {"out": "{out}/strip.png", "value": value}}]),
+                     tmp_path, log=lambda *_: None)
+    assert (tmp_path / "strip.png").read_text() == "2" and len(CALLS) == 2
+
+
 def test_crashed_stage_is_resumed(tmp_path, fake_command):
     with pytest.raises(RuntimeError):
         run_pipeline(_stages(value_b=-1), tmp_path, log=lambda *_: None)

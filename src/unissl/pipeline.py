@@ -173,7 +173,10 @@ def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list
             # training commands refuse to start over in a run directory that has checkpoints.
             log(f"[pipeline] {stage.name}: config changed or forced; replacing {produced}")
             if not dry_run:
-                shutil.rmtree(produced)
+                if Path(produced).is_dir():
+                    shutil.rmtree(produced)
+                else:  # a stage whose output is one file (e.g. an interpolation strip)
+                    Path(produced).unlink()
         if dry_run:
             log(f"[pipeline] {stage.name}: would run `unissl {stage.command}` ({digest})")
             continue
