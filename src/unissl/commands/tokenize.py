@@ -43,19 +43,11 @@ class Config:
             raise ValueError(f"--image-size must be positive, got {self.image_size}")
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def run(cfg: Config) -> Path:
     """Build the datasets at the tokenizer's resolution, encode them and print one summary line."""
     from unissl.data.datasets import build_dataset
     from unissl.data.token_store import TokenStore, write_token_store
+    from unissl.engine.runtime import resolve_device
     from unissl.errors import UnisslError
     from unissl.tokenizers import load_tokenizer
 

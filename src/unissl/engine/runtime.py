@@ -12,15 +12,24 @@ import torch
 from unissl.errors import UnisslError
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA (this rank's GPU) when available, else CPU."""
-    if name == "auto":
+def resolve_device(name: str | torch.device | None = "auto", local_rank: int = 0) -> torch.device:
+    """The one device parser of unissl: ``auto``/None -> CUDA when available, else CPU.
+
+    Any ``torch.device`` string is accepted (``cpu``, ``cuda``, ``cuda:1``); a bare ``cuda`` means this
+    process's GPU (``local_rank`` under torchrun). Asking for CUDA without one is a one-line error.
+    """
+    if name is None or str(name) == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UnisslError(f"invalid device {str(name)!r}: {e}") from None
+    if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UnisslError("train.device=cuda but no CUDA device is available; use --train.device cpu")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+            raise UnisslError(f"device {str(name)!r} requested but no CUDA device is available; use cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
 
 
 def split_batch(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:

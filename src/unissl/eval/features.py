@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save
 from tqdm import tqdm
 
+from unissl.engine.runtime import resolve_device  # re-exported: the eval commands import it from here
 from unissl.errors import UnisslError
 from unissl.utils.io import atomic_file
 
@@ -82,16 +83,6 @@ def load_pixels(checkpoint: str | None, device: torch.device) -> PixelExtractor:
             raise UnisslError(f"extractor 'pixels:{checkpoint}': the argument must be an image size "
                               f"such as 'pixels:28'") from None
     return PixelExtractor()
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/None -> CUDA if available, else CPU; anything else is passed to ``torch.device``."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as e:
-        raise UnisslError(f"invalid device {device!r}: {e}") from None
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
