@@ -318,9 +318,14 @@ def save_run_config(run_dir: str | Path, cfg: Any, extra: dict[str, Any] | None 
     write_json(run_dir / "run_info.json", info)
 
 
-def config_hash(cfg: Any) -> str:
-    """A short stable hash of a config (used to decide whether a finished stage can be reused)."""
+def stable_hash(obj: Any) -> str:
+    """A short hash of a JSON-serialisable object, independent of key order."""
     import hashlib
     import json
 
-    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def config_hash(cfg: Any) -> str:
+    """A short stable hash of a config (used to decide whether a finished stage can be reused)."""
+    return stable_hash(to_dict(cfg))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unissl.config import config_hash, from_dict, to_dict
+from unissl.config import config_hash, from_dict, stable_hash, to_dict
 from unissl.errors import UnisslError
 from unissl.utils.io import read_json, write_json
 
@@ -104,13 +104,6 @@ def _dependencies(stage: Stage) -> list[str]:
     return sorted(set(re.findall(r"\{stage:([A-Za-z0-9_\-]+)\}", json.dumps(stage.config))))
 
 
-def _hash_of(obj: Any) -> str:
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def _inside(path: Path, root: Path) -> bool:
     try:
         path.resolve().relative_to(root.resolve())
@@ -148,7 +141,7 @@ def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list
         # re-running an upstream stage (new weights behind the same path) re-runs everything downstream.
         upstream = {d: [records.get(d, {}).get("hash"), records.get(d, {}).get("finished_at")]
                     for d in _dependencies(stage)}
-        digest = config_hash(cfg) if not upstream else _hash_of([config_hash(cfg), upstream])
+        digest = config_hash(cfg) if not upstream else stable_hash([config_hash(cfg), upstream])
         produced = _stage_output(stage, resolved)
         if produced is not None:
             outputs[stage.name] = produced
