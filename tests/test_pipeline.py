@@ -123,3 +123,84 @@ def test_report_shows_stages_metrics_curves_and_images(tmp_path, fake_command):
     assert page.count("data:image/png;base64,") == 3  # curves of a and of b, plus the newest samples grid
     assert "samples_step20.png" in md and "samples_step10.png" not in md  # newest of a series only
     assert "| a | fake step | done |" in md
+
+
+def _write_result(out: str, name: str, value: float) -> None:
+    from pathlib import Path
+    res = Path(out) / "results"
+    res.mkdir(parents=True, exist_ok=True)
+    (res / f"{name}.json").write_text(json.dumps({"name": name, "metrics": {"top1": value},
+                                                  "extra": {"num_images": 7}}))
+
+
+def test_multi_seed_pipeline_shares_stages_and_summarizes(tmp_path, fake_command, monkeypatch):
+    from unissl.study import summarize
+
+    def run(cfg):  # a per-seed "evaluation": its result depends on the value it was given
+        _fake_run(cfg)
+        _write_result(cfg.out, "probe", 10.0 * cfg.value)
+
+    monkeypatch.setattr(fake_command, "run", run)
+    stages = parse_stages([
+        {"name": "data", "command": "fake step", "shared": True, "config": {"out": "{out}/data", "value": 1}},
+        {"name": "model", "command": "fake step", "config": {"out": "{out}/model", "value": "{seed}"}},
+        {"name": "use", "command": "fake step", "config": {"out": "{stage:data}/../use-{seed}", "value": 0}},
+    ])
+    records = run_pipeline(stages, tmp_path, seeds=[1, 2, 6], log=lambda *_: None)
+    # the shared stage ran once, in the root; the others once per seed, each in its own directory
+    outs = [c["out"] for c in CALLS]
+    assert outs.count(str(tmp_path / "data")) == 1
+    for s in (1, 2, 6):
+        assert str(tmp_path / f"seed{s}" / "model") in outs
+        assert (tmp_path / f"seed{s}" / "stages" / "model.json").is_file()
+        assert records[f"seed{s}/model"]["status"] == "done"
+    assert str(tmp_path / "data" / ".." / "use-2") in outs  # {stage:data} resolves inside a seed too
+    assert "data" in records and "seed1/data" not in records
+    CALLS.clear()
+    run_pipeline(stages, tmp_path, seeds=[1, 2, 6], log=lambda *_: None)
+    assert CALLS == []  # everything done: a re-run skips all of it
+
+    summary = summarize(tmp_path)
+    row = next(r for r in summary["rows"] if r["source"] == "probe" and r["metric"] == "top1")
+    assert row["n"] == 3 and row["values"] == {"1": 10.0, "2": 20.0, "6": 60.0}
+    assert row["mean"] == pytest.approx(30.0)
+    assert row["std"] == pytest.approx(float(torch.tensor([10.0, 20.0, 60.0]).std()))  # sample std, ddof=1
+    assert not any(r["metric"] == "num_images" for r in summary["rows"])  # settings are not metrics
+    md = (tmp_path / "study.md").read_text()
+    assert "| probe | top1 | 30 ± 26.46 | 3 | 10 | 20 | 60 |" in md
+
+
+def test_shared_stage_cannot_read_a_per_seed_stage(tmp_path, fake_command):
+    stages = parse_stages([
+        {"name": "model", "command": "fake step", "config": {"out": "{out}/model"}},
+        {"name": "data", "command": "fake step", "shared": True, "config": {"out": "{stage:model}/x"}},
+    ])
+    with pytest.raises(UnisslError, match="shared stage 'data' reads per-seed"):
+        run_pipeline(stages, tmp_path, seeds=[0, 1])
+    with pytest.raises(UnisslError, match="'shared' must be true or false"):
+        parse_stages([{"name": "a", "command": "fake step", "shared": "yes"}])
+
+
+def test_summarize_needs_seed_directories(tmp_path):
+    from unissl.study import summarize
+
+    with pytest.raises(UnisslError, match="no seed<N> directories"):
+        summarize(tmp_path)
+
+
+def test_report_of_a_multi_seed_study(tmp_path, fake_command, monkeypatch):
+    from unissl.report import write_report
+    from unissl.study import summarize
+
+    def run(cfg):
+        _fake_run(cfg)
+        _write_result(cfg.out, "probe", float(cfg.value))
+
+    monkeypatch.setattr(fake_command, "run", run)
+    stages = parse_stages([{"name": "model", "command": "fake step", "config": {"out": "{out}/m", "value": "{seed}"}}])
+    run_pipeline(stages, tmp_path, seeds=[0, 4], log=lambda *_: None)
+    summarize(tmp_path)
+    _, md = write_report(tmp_path)
+    text = md.read_text()
+    assert "## Across seeds" in text and "| probe | top1 | 2 ± 2.828 | 2 |" in text
+    assert "seed0/model" in text and "seed4/model" in text  # per-seed stages are listed

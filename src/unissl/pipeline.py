@@ -36,6 +36,7 @@ class Stage:
     command: str  # e.g. "tokenizer train", "eval linear-probe"
     config: dict[str, Any]
     output_key: str | None = None  # the config key holding the stage's output directory (default: "out")
+    shared: bool = False  # in a multi-seed pipeline: run once (first seed) in the root, not once per seed
 
 
 def _substitute(value: Any, out: Path, seed: int, outputs: dict[str, str]) -> Any:
@@ -77,13 +78,17 @@ def parse_stages(raw: list[dict[str, Any]]) -> list[Stage]:
     for i, item in enumerate(raw):
         if not isinstance(item, dict) or "name" not in item or "command" not in item:
             raise UnisslError(f"pipeline: stage #{i} needs 'name' and 'command' keys, got {item!r}")
-        unknown = set(item) - {"name", "command", "config", "output_key"}
+        unknown = set(item) - {"name", "command", "config", "output_key", "shared"}
         if unknown:
             raise UnisslError(f"pipeline: stage {item['name']!r} has unknown keys {sorted(unknown)}")
         if item["name"] in seen:
             raise UnisslError(f"pipeline: stage name {item['name']!r} is used twice")
         seen.add(item["name"])
-        stages.append(Stage(item["name"], item["command"], dict(item.get("config") or {}), item.get("output_key")))
+        shared = item.get("shared", False)
+        if not isinstance(shared, bool):
+            raise UnisslError(f"pipeline: stage {item['name']!r}: 'shared' must be true or false, got {shared!r}")
+        stages.append(Stage(item["name"], item["command"], dict(item.get("config") or {}), item.get("output_key"),
+                            shared))
     return stages
 
 
@@ -113,25 +118,56 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list[str] | None = None,
-                 force: list[str] | None = None, dry_run: bool = False, log=print) -> dict[str, dict[str, Any]]:
-    """Run (or skip) every stage in order; returns each stage's record."""
+                 force: list[str] | None = None, dry_run: bool = False, log=print,
+                 seeds: list[int] | None = None) -> dict[str, dict[str, Any]]:
+    """Run (or skip) every stage in order; returns each stage's record.
+
+    With ``seeds`` (a multi-seed study) the stages marked ``shared`` run once, with the first seed, and
+    write below ``out``; every other stage runs once per seed with ``{out}`` = ``out/seed<s>`` and
+    ``{seed}`` = s. Records are then keyed ``"<stage>"`` for shared stages and ``"seed<s>/<stage>"``.
+    """
     out = Path(out)
-    (out / "stages").mkdir(parents=True, exist_ok=True)
-    outputs: dict[str, str] = {}
-    records: dict[str, dict[str, Any]] = {}
     unknown = set(only or []) | set(force or [])
     unknown -= {s.name for s in stages}
     if unknown:
         raise UnisslError(f"pipeline: --only/--force name unknown stage(s) {sorted(unknown)}; "
                           f"stages are {[s.name for s in stages]}")
+    if not seeds:
+        return _run_stages(stages, out, seed, {}, {}, only, force, dry_run, log)
+    if len(set(seeds)) != len(seeds):
+        raise UnisslError(f"pipeline: seeds {seeds} repeat a value")
+    shared = [s for s in stages if s.shared]
+    names = {s.name for s in shared}
+    for stage in shared:
+        late = [d for d in _dependencies(stage) if d not in names]
+        if late:
+            raise UnisslError(f"pipeline: shared stage {stage.name!r} reads per-seed stage(s) {late}; "
+                              "a shared stage may only read other shared stages")
+    outputs: dict[str, str] = {}
+    shared_records = _run_stages(shared, out, seeds[0], outputs, {}, only, force, dry_run, log)
+    records = dict(shared_records)
+    per_seed = [s for s in stages if not s.shared]
+    for s in seeds:
+        log(f"[pipeline] seed {s}")
+        got = _run_stages(per_seed, out / f"seed{s}", s, dict(outputs), dict(shared_records), only, force,
+                          dry_run, log)
+        records.update({f"seed{s}/{k}": v for k, v in got.items() if k not in shared_records})
+    return records
+
+
+def _run_stages(stages: list[Stage], out: Path, seed: int, outputs: dict[str, str],
+                records: dict[str, dict[str, Any]], only: list[str] | None, force: list[str] | None,
+                dry_run: bool, log) -> dict[str, dict[str, Any]]:
+    """Run ``stages`` into ``out``; ``outputs``/``records`` hold already-resolved (shared) stages."""
+    (out / "stages").mkdir(parents=True, exist_ok=True)
     # First pass: every stage's output directory, to know which ones are shared (never deleted).
+    first = dict(outputs)
     produced_by: dict[str, int] = {}
     for stage in stages:
-        p = _stage_output(stage, _substitute(copy.deepcopy(stage.config), out, seed, outputs))
+        p = _stage_output(stage, _substitute(copy.deepcopy(stage.config), out, seed, first))
         if p is not None:
-            outputs[stage.name] = p
+            first[stage.name] = p
             produced_by[p] = produced_by.get(p, 0) + 1
-    outputs = {}
     for stage in stages:
         module = _command_module(stage.command)
         resolved = _substitute(copy.deepcopy(stage.config), out, seed, outputs)

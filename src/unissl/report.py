@@ -58,17 +58,8 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def collect(run_dir: Path) -> dict[str, Any]:
-    """Gather everything the report shows from ``run_dir``."""
-    info: dict[str, Any] = {"run_dir": str(run_dir)}
-    stages = []
-    for p in sorted((run_dir / "stages").glob("*.json")):
-        try:
-            stages.append(json.loads(p.read_text()))
-        except json.JSONDecodeError:
-            continue
-    stages.sort(key=lambda r: r.get("started_at", 0))
-    info["stages"] = stages
+def collect_metrics(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(relative path, flattened scalars) of every evaluation result and metrics file below ``run_dir``."""
     metrics: list[tuple[str, dict[str, Any]]] = []
     for p in sorted(run_dir.rglob("*.json")):
         rel = p.relative_to(run_dir)
@@ -84,7 +75,25 @@ def collect(run_dir: Path) -> dict[str, Any]:
             scalars = {k: v for k, v in _flatten(data).items() if isinstance(v, (int, float, str, bool))}
             if scalars:
                 metrics.append((str(rel), scalars))
-    info["metrics"] = metrics
+    return metrics
+
+
+def collect(run_dir: Path) -> dict[str, Any]:
+    """Gather everything the report shows from ``run_dir``."""
+    info: dict[str, Any] = {"run_dir": str(run_dir)}
+    stages = []
+    # a multi-seed pipeline keeps its per-seed stages in seed<N>/stages
+    for p in sorted(run_dir.glob("stages/*.json")) + sorted(run_dir.glob("seed*/stages/*.json")):
+        try:
+            record = json.loads(p.read_text())
+        except json.JSONDecodeError:
+            continue
+        if p.parent.parent != run_dir:
+            record["name"] = f"{p.parent.parent.name}/{record.get('name', p.stem)}"
+        stages.append(record)
+    stages.sort(key=lambda r: r.get("started_at", 0))
+    info["stages"] = stages
+    info["metrics"] = collect_metrics(run_dir)
     info["logs"] = [(str(p.relative_to(run_dir)), _read_jsonl(p)) for p in sorted(run_dir.rglob("log.jsonl"))]
     newest: dict[str, tuple[int, Path]] = {}
     for p in sorted(run_dir.rglob("*.png")):
@@ -182,6 +191,13 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
         table([[s.get("name", "?"), s.get("command", "?"), s.get("status", "?"), _fmt(s.get("seconds", "")),
                 str(s.get("output", ""))] for s in info["stages"]] + [["total", "", "", _fmt(total), ""]],
               ["stage", "command", "status", "seconds", "output"])
+    study = run_dir / "study.json"
+    if study.is_file():  # a multi-seed pipeline: the across-seed table comes first
+        rows = json.loads(study.read_text()).get("rows", [])
+        h.append("<h2>Across seeds</h2>")
+        md.append("## Across seeds")
+        table([[r["source"], r["metric"], f"{_fmt(r['mean'])} ± {_fmt(r['std'])}", str(r["n"])] for r in rows],
+              ["source", "metric", "mean ± std", "seeds"])
     if info["metrics"]:
         # One summary row per result file (its headline numbers), then every field in a folded section.
         h.append("<h2>Metrics</h2>")

@@ -17,6 +17,8 @@ class Config:
 
     out: str = arg("runs/pipeline", help="run directory of the pipeline (stages write below it)")
     seed: int = arg(0, help="substituted for {seed} in stage configs")
+    seeds: list[int] = arg([], help="a multi-seed study: per-seed stages run once per seed into <out>/seed<s>, "
+                                    "stages marked `shared: true` once into <out>; ends with <out>/study.md")
     stages: list[dict[str, Any]] = field(default_factory=list, metadata={"help": "stage list (YAML only)"})
     only: list[str] = arg([], help="run only these stages (names); others must be done already")
     force: list[str] = arg([], help="re-run these stages even if they are done")
@@ -35,10 +37,16 @@ def run(cfg: Config) -> None:
     out = Path(cfg.out)
     save_run_config(out, cfg)
     t0 = time.perf_counter()
-    run_pipeline(stages, out, seed=cfg.seed, only=cfg.only or None, force=cfg.force or None, dry_run=cfg.dry_run)
+    run_pipeline(stages, out, seed=cfg.seed, only=cfg.only or None, force=cfg.force or None, dry_run=cfg.dry_run,
+                 seeds=cfg.seeds or None)
     if cfg.dry_run:
         return
     print(f"[pipeline] all stages finished in {time.perf_counter() - t0:.1f} s")
+    if cfg.seeds:
+        from unissl.study import summarize
+
+        summarize(out)
+        print(f"[pipeline] across-seed summary: {out / 'study.md'}")
     if cfg.report:
         from unissl.report import write_report
 

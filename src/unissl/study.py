@@ -1,0 +1,117 @@
+"""Across-seed summary of a multi-seed pipeline: every metric as mean, spread and per-seed values.
+
+A multi-seed pipeline (``seeds: [0, 1, 2]`` in its YAML) writes one directory per seed, ``<out>/seed<s>``.
+:func:`summarize` reads the same evaluation results in each of them, plus the wall-clock of every training
+run (seconds per epoch, from its ``log.jsonl``) and of every stage, and writes ``<out>/study.json`` and
+``<out>/study.md``. The spread is the sample standard deviation over seeds (ddof = 1).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from unissl.errors import UnisslError
+from unissl.utils.io import atomic_file, write_json
+
+_SEED_DIR = re.compile(r"^seed(-?\d+)$")
+
+
+def seed_dirs(out: str | Path) -> dict[int, Path]:
+    """``{seed: directory}`` of the per-seed directories of a study, sorted by seed."""
+    out = Path(out)
+    found = {int(m.group(1)): p for p in out.iterdir() if p.is_dir() and (m := _SEED_DIR.match(p.name))}
+    return dict(sorted(found.items()))
+
+
+def _training_times(run_dir: Path) -> dict[str, dict[str, float]]:
+    """Per training run below ``run_dir``: seconds per epoch and throughput from the last log record."""
+    rows: dict[str, dict[str, float]] = {}
+    for log in sorted(run_dir.rglob("log.jsonl")):
+        last = None
+        for line in log.read_text().splitlines():
+            if line.strip():
+                try:
+                    last = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+        if not last or not last.get("epoch") or "elapsed" not in last:
+            continue
+        key = str(log.parent.relative_to(run_dir))
+        rows[key] = {"seconds_per_epoch": float(last["elapsed"]) / float(last["epoch"]),
+                     "epochs": float(last["epoch"]), "seconds": float(last["elapsed"])}
+    return rows
+
+
+def seed_metrics(run_dir: Path) -> dict[str, float]:
+    """Every numeric metric of one seed's directory, keyed ``<source> :: <metric>``."""
+    from unissl.report import collect_metrics
+
+    flat: dict[str, float] = {}
+    for rel, scalars in collect_metrics(run_dir):
+        is_result = "metrics" in {k.split(".", 1)[0] for k in scalars}
+        source = str(scalars.get("name", rel)) if is_result else rel
+        for k, v in scalars.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if is_result and not k.startswith("metrics."):
+                continue  # "extra" fields of a result are settings, not measurements
+            flat[f"{source} :: {k.removeprefix('metrics.')}"] = float(v)
+    for key, times in _training_times(run_dir).items():
+        flat[f"train {key} :: seconds_per_epoch"] = times["seconds_per_epoch"]
+    for marker in sorted((run_dir / "stages").glob("*.json")):
+        try:
+            record = json.loads(marker.read_text())
+        except json.JSONDecodeError:
+            continue
+        if record.get("status") == "done" and "seconds" in record:
+            flat[f"stage {marker.stem} :: seconds"] = float(record["seconds"])
+    return flat
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def summarize(out: str | Path) -> dict[str, Any]:
+    """Write ``study.json`` and ``study.md`` for the seed directories of ``out``; returns the summary."""
+    out = Path(out)
+    if not out.is_dir():
+        raise UnisslError(f"study directory {out} not found")
+    dirs = seed_dirs(out)
+    if not dirs:
+        raise UnisslError(f"no seed<N> directories in {out}; run the pipeline with `seeds: [...]` first")
+    per_seed = {s: seed_metrics(d) for s, d in dirs.items()}
+    keys = sorted(set().union(*per_seed.values()))
+    rows = []
+    for key in keys:
+        vals = {s: m[key] for s, m in per_seed.items() if key in m}
+        mean, std = mean_std(list(vals.values()))
+        source, metric = key.split(" :: ", 1)
+        rows.append({"source": source, "metric": metric, "mean": mean, "std": std, "n": len(vals),
+                     "values": {str(s): v for s, v in vals.items()}})
+    summary = {"seeds": list(dirs), "rows": rows}
+    write_json(out / "study.json", summary)
+    seeds = list(dirs)
+    lines = [f"# Study summary: {out.name}", "",
+             f"Seeds {seeds}; mean ± sample std over the seeds that have the metric (n).", "",
+             "| source | metric | mean ± std | n | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "|---|---|---|---|" + "---|" * len(seeds)]
+    for r in rows:
+        cells = [_fmt(r["values"][str(s)]) if str(s) in r["values"] else "" for s in seeds]
+        lines.append(f"| {r['source']} | {r['metric']} | {_fmt(r['mean'])} ± {_fmt(r['std'])} | {r['n']} | "
+                     + " | ".join(cells) + " |")
+    with atomic_file(out / "study.md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return summary
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
