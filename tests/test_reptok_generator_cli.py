@@ -81,6 +81,15 @@ def test_text_conditional_train_and_prompt_sampling(tokenizer_dir, tmp_path):
     assert data["images"].shape == (4, 1, 8, 8)
     assert data["labels"].tolist() == [3, 3, 7, 7] and data["prompt_index"].tolist() == [0, 0, 1, 1]
     assert main(["sample", "reptok", "--checkpoint", str(run_dir), "--class", "3"]) == 2  # text model needs prompts
+    # zero-shot evaluation: every held-out template x class, labelled with the class each prompt names
+    from unissl.methods.reptok.captions import heldout_prompts
+
+    assert main(["sample", "reptok", "--checkpoint", str(run_dir), "--heldout-prompts", "--n", "1", "--steps", "2",
+                 "--decode-steps", "2", "--out", str(out)]) == 0
+    held = heldout_prompts(gen.cfg.classes)
+    data = np.load(out / "heldout_cfg1.5_euler2_seed0.npz")
+    assert data["labels"].tolist() == [c for _, c in held] and data["prompts"].tolist() == [p for p, _ in held]
+    assert main(["sample", "reptok", "--checkpoint", str(run_dir), "--heldout-prompts", "--prompt", "a 3"]) == 2
 
 
 def test_cli_preset_choices_are_the_registry():

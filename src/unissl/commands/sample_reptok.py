@@ -28,6 +28,8 @@ class Config:
     classes: list[str] | None = arg(None, help="class names or indices (default: all classes; "
                                                "--class also works)")
     prompt: list[str] | None = arg(None, help="text prompt(s) (text-conditional generators)")
+    heldout_prompts: bool = arg(False, help="prompt with every held-out caption template x class (zero-shot "
+                                            "evaluation of a text generator; the npz labels are the named classes)")
     n: int = arg(8, help="samples per class / prompt")
     cfg: float = arg(1.5, help="classifier-free guidance scale (1: no guidance)")
     cfg_interval: tuple[float, float] = arg((0.3, 0.9), help="guidance only for t in [t_min, t_max]")
@@ -44,8 +46,8 @@ class Config:
     def __post_init__(self) -> None:
         if self.n <= 0 or self.steps <= 0 or self.decode_steps <= 0 or self.batch_size <= 0:
             raise UnisslError("--n, --steps, --decode-steps and --batch-size must be positive")
-        if self.classes is not None and self.prompt is not None:
-            raise UnisslError("pass either --class/--classes or --prompt, not both")
+        if sum([self.classes is not None, self.prompt is not None, self.heldout_prompts]) > 1:
+            raise UnisslError("pass only one of --class/--classes, --prompt and --heldout-prompts")
         lo, hi = self.cfg_interval
         if not 0.0 <= lo <= hi <= 1.0:
             raise UnisslError(f"--cfg-interval must satisfy 0 <= t_min <= t_max <= 1, got {lo} {hi}")
@@ -87,6 +89,12 @@ def run(cfg: Config) -> Path:
     scfg = SamplingConfig(steps=cfg.steps, solver=cfg.solver, cfg_scale=cfg.cfg, cfg_interval=cfg.cfg_interval)
 
     extra: dict[str, np.ndarray] = {}
+    if cfg.heldout_prompts:
+        if not gcfg.classes:
+            raise UnisslError(f"{cfg.checkpoint} records no class names; --heldout-prompts needs them")
+        from unissl.methods.reptok.captions import heldout_prompts
+
+        cfg.prompt = [p for p, _ in heldout_prompts(gcfg.classes)]
     if cfg.prompt is not None:
         if gcfg.conditioning != "text":
             raise UnisslError(f"{cfg.checkpoint} is a class-conditional generator; use --class instead of --prompt")
@@ -115,7 +123,7 @@ def run(cfg: Config) -> Path:
     imgs = torch.cat(images)  # (N, C, H, W) in [0, 1]
 
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / "samples"
-    kind = "prompt" if cfg.prompt is not None else "class"
+    kind = "heldout" if cfg.heldout_prompts else "prompt" if cfg.prompt is not None else "class"
     name = cfg.name or f"{kind}_cfg{cfg.cfg:g}_{cfg.solver}{cfg.steps}_seed{cfg.seed}"
     save_grid(imgs, out / f"{name}.png", nrow=cfg.n, scale=2)
     arrays = {"images": (imgs * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).numpy(),
