@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 
 from unissl.cli import main
@@ -42,6 +43,24 @@ def test_train_reconstruct_interpolate_and_extractor(tmp_path, capsys) -> None:
     assert math.isfinite(metrics["PSNR"]) and 0 < metrics["PSNR"] < 60 and -1 <= metrics["SSIM"] <= 1
     # PSNR agrees with the reported MSE (both over [0, 1] images; PSNR is per image, so compare loosely)
     assert abs(metrics["PSNR"] - 10 * math.log10(1 / metrics["mse"])) < 3
+
+    # With a domain classifier: rFD and the share of reconstructions that keep the original's class;
+    # a decoder that returned the input exactly would keep all of them.
+    clf = tmp_path / "clf"
+    assert main(["eval", "train-extractor", "--dataset", "digits", "--image-size", "16", "--out", str(clf),
+                 "--epochs", "1", "--run-dir", str(tmp_path / "ev"), "--device", "cpu"]) == 0
+    args = ["reconstruct", "--tokenizer", str(tok_dir), "--dataset", "digits", "--num-images", "20", "--show", "0",
+            "--steps", "2", "--device", "cpu", "--extractor", f"domain:{clf}"]
+    assert main(args + ["--out", str(tmp_path / "rec-clf")]) == 0
+    m = json.loads((tmp_path / "rec-clf" / "metrics.json").read_text())
+    assert 0.0 <= m["class_agreement"] <= 1.0 and math.isfinite(m["rFD"])
+    from unissl.methods.reptok.tokenizer import RepTokTokenizer
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(RepTokTokenizer, "reconstruct", lambda self, x, **kw: x)
+        assert main(args + ["--out", str(tmp_path / "rec-id")]) == 0
+    m = json.loads((tmp_path / "rec-id" / "metrics.json").read_text())
+    assert m["class_agreement"] == 1.0 and m["mse"] == 0.0 and abs(m["rFD"]) < 1e-6
 
     strip = tmp_path / "strip.png"
     assert main(["interpolate", "--tokenizer", str(tok_dir), "--dataset", "digits", "--points", "3",

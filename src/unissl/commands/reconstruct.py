@@ -89,6 +89,14 @@ def run(cfg: Config) -> dict[str, float]:
 
             extractor = load_extractor(cfg.extractor, device)
         metrics = reconstruction_metrics(origs, recs, extractor, "rFD", cfg.batch_size)
+        if extractor is not None and hasattr(extractor, "probs"):
+            # A classifier extractor also tells whether the token kept the class: the share of
+            # reconstructions assigned to the class the classifier gives the original (the ceiling of
+            # the class share that a token generator can reach through this decoder).
+            from unissl.eval.generation import class_consistency, predict_probs
+
+            orig_pred = predict_probs(extractor, origs, cfg.batch_size).argmax(1)
+            metrics["class_agreement"] = class_consistency(extractor, recs, orig_pred, cfg.batch_size)
     metrics["mse"] = float((origs - recs).pow(2).mean())
     extra = {"tokenizer": cfg.tokenizer, "dataset": cfg.dataset, "split": cfg.split, "steps": cfg.steps,
              "solver": cfg.solver, "extractor": cfg.extractor}
