@@ -204,3 +204,14 @@ def test_report_of_a_multi_seed_study(tmp_path, fake_command, monkeypatch):
     text = md.read_text()
     assert "## Across seeds" in text and "| probe | top1 | 2 ± 2.828 | 2 |" in text
     assert "seed0/model" in text and "seed4/model" in text  # per-seed stages are listed
+
+
+def test_stage_names_with_dots_are_referenced_and_odd_names_refused(tmp_path, fake_command):
+    stages = parse_stages([
+        {"name": "tok-l0.1", "command": "fake step", "config": {"out": "{out}/t"}},
+        {"name": "use", "command": "fake step", "config": {"out": "{stage:tok-l0.1}/u"}},
+    ])
+    run_pipeline(stages, tmp_path, log=lambda *_: None)
+    assert CALLS[-1]["out"] == str(tmp_path / "t" / "u")
+    with pytest.raises(UnisslError, match="may only use letters"):
+        parse_stages([{"name": "a b", "command": "fake step"}])

@@ -25,7 +25,8 @@ from unissl.config import config_hash, from_dict, stable_hash, to_dict
 from unissl.errors import UnisslError
 from unissl.utils.io import read_json, write_json
 
-_REF = re.compile(r"\{(out|seed|stage:[A-Za-z0-9_\-]+)\}")
+_NAME = r"[A-Za-z0-9_.\-]+"  # stage names: letters, digits, '_', '.', '-'
+_REF = re.compile(r"\{(out|seed|stage:" + _NAME + r")\}")
 
 
 @dataclass
@@ -81,6 +82,8 @@ def parse_stages(raw: list[dict[str, Any]]) -> list[Stage]:
         unknown = set(item) - {"name", "command", "config", "output_key", "shared"}
         if unknown:
             raise UnisslError(f"pipeline: stage {item['name']!r} has unknown keys {sorted(unknown)}")
+        if not isinstance(item["name"], str) or not re.fullmatch(_NAME, item["name"]):
+            raise UnisslError(f"pipeline: stage name {item['name']!r} may only use letters, digits, '_', '.' and '-'")
         if item["name"] in seen:
             raise UnisslError(f"pipeline: stage name {item['name']!r} is used twice")
         seen.add(item["name"])
@@ -106,7 +109,7 @@ def _dependencies(stage: Stage) -> list[str]:
     """Names of the stages whose outputs ``stage`` reads (its ``{stage:NAME}`` references)."""
     import json
 
-    return sorted(set(re.findall(r"\{stage:([A-Za-z0-9_\-]+)\}", json.dumps(stage.config))))
+    return sorted(set(re.findall(r"\{stage:(" + _NAME + r")\}", json.dumps(stage.config))))
 
 
 def _inside(path: Path, root: Path) -> bool:
