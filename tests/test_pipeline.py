@@ -215,3 +215,16 @@ def test_stage_names_with_dots_are_referenced_and_odd_names_refused(tmp_path, fa
     assert CALLS[-1]["out"] == str(tmp_path / "t" / "u")
     with pytest.raises(UnisslError, match="may only use letters"):
         parse_stages([{"name": "a b", "command": "fake step"}])
+
+
+def test_study_keeps_same_named_results_apart_and_skips_settings(tmp_path):
+    from unissl.study import seed_metrics
+
+    seed = tmp_path / "seed0"
+    for d, v in (("rec-a", 1.0), ("rec-b", 2.0)):  # two reconstructions recording the same result name
+        _write_result(str(seed / d), "recon", v)
+        (seed / d / "metrics.json").write_text(json.dumps({"top1": v, "steps": 50}))  # the same numbers, flat
+    (seed / "other").mkdir()
+    (seed / "other" / "metrics.json").write_text(json.dumps({"rFD": 3.5, "num_images": 1000}))
+    m = seed_metrics(seed)
+    assert m == {"rec-a recon :: top1": 1.0, "rec-b recon :: top1": 2.0, "other/metrics.json :: rFD": 3.5}

@@ -18,6 +18,7 @@ from unissl.errors import UnisslError
 from unissl.utils.io import atomic_file, write_json
 
 _SEED_DIR = re.compile(r"^seed(-?\d+)$")
+_SETTINGS = {"steps", "num_images", "num_samples", "seed"}  # counts and settings stored next to metrics
 
 
 def seed_dirs(out: str | Path) -> dict[int, Path]:
@@ -51,14 +52,26 @@ def seed_metrics(run_dir: Path) -> dict[str, float]:
     from unissl.report import collect_metrics
 
     flat: dict[str, float] = {}
-    for rel, scalars in collect_metrics(run_dir):
+    found = collect_metrics(run_dir)
+    names = [str(sc.get("name")) for _, sc in found if "name" in sc]
+    for rel, scalars in found:
         is_result = "metrics" in {k.split(".", 1)[0] for k in scalars}
-        source = str(scalars.get("name", rel)) if is_result else rel
+        # a result is known by its name, unless several directories record results under the same name
+        unique = is_result and "name" in scalars and names.count(str(scalars["name"])) == 1
+        where = Path(rel).parent
+        if is_result and not unique and where.name == "results":
+            source = f"{where.parent} {scalars.get('name', '')}".strip()  # e.g. "rec-l0 reptok-reconstruction"
+        elif not is_result and any((run_dir / where / "results").glob("*.json")):
+            continue  # a flat metrics file whose numbers the directory's result file already holds
+        else:
+            source = str(scalars["name"]) if unique else rel
         for k, v in scalars.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue
             if is_result and not k.startswith("metrics."):
                 continue  # "extra" fields of a result are settings, not measurements
+            if k.removeprefix("metrics.") in _SETTINGS:
+                continue
             flat[f"{source} :: {k.removeprefix('metrics.')}"] = float(v)
     for key, times in _training_times(run_dir).items():
         flat[f"train {key} :: seconds_per_epoch"] = times["seconds_per_epoch"]
