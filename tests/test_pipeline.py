@@ -204,6 +204,7 @@ def test_report_of_a_multi_seed_study(tmp_path, fake_command, monkeypatch):
     text = md.read_text()
     assert "## Across seeds" in text and "| probe | top1 | 2 ± 2.828 | 2 |" in text
     assert "seed0/model" in text and "seed4/model" in text  # per-seed stages are listed
+    assert text.index("## Across seeds") < text.index("## Stages")  # the study's answer comes first
 
 
 def test_stage_names_with_dots_are_referenced_and_odd_names_refused(tmp_path, fake_command):

@@ -184,13 +184,6 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
         md.extend("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows)
         md.append("")
 
-    if info["stages"]:
-        h.append("<h2>Stages</h2>")
-        md.append("## Stages")
-        total = sum(float(s.get("seconds", 0) or 0) for s in info["stages"])
-        table([[s.get("name", "?"), s.get("command", "?"), s.get("status", "?"), _fmt(s.get("seconds", "")),
-                str(s.get("output", ""))] for s in info["stages"]] + [["total", "", "", _fmt(total), ""]],
-              ["stage", "command", "status", "seconds", "output"])
     study = run_dir / "study.json"
     if study.is_file():  # a multi-seed pipeline: the across-seed table comes first
         rows = json.loads(study.read_text()).get("rows", [])
@@ -198,6 +191,13 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
         md.append("## Across seeds")
         table([[r["source"], r["metric"], f"{_fmt(r['mean'])} ± {_fmt(r['std'])}", str(r["n"])] for r in rows],
               ["source", "metric", "mean ± std", "seeds"])
+    if info["stages"]:
+        h.append("<h2>Stages</h2>")
+        md.append("## Stages")
+        total = sum(float(s.get("seconds", 0) or 0) for s in info["stages"])
+        table([[s.get("name", "?"), s.get("command", "?"), s.get("status", "?"), _fmt(s.get("seconds", "")),
+                str(s.get("output", ""))] for s in info["stages"]] + [["total", "", "", _fmt(total), ""]],
+              ["stage", "command", "status", "seconds", "output"])
     if info["metrics"]:
         # One summary row per result file (its headline numbers), then every field in a folded section.
         h.append("<h2>Metrics</h2>")
