@@ -67,6 +67,8 @@ def collect_metrics(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
             continue
         if not (p.parent.name == "results" or "eval" in p.stem or "metrics" in p.stem):
             continue
+        if p.parent.name != "results" and any((p.parent / "results").glob("*.json")):
+            continue  # a flat metrics file whose numbers the directory's result file already holds
         try:
             data = json.loads(p.read_text())
         except json.JSONDecodeError:

@@ -61,8 +61,6 @@ def seed_metrics(run_dir: Path) -> dict[str, float]:
         where = Path(rel).parent
         if is_result and not unique and where.name == "results":
             source = f"{where.parent} {scalars.get('name', '')}".strip()  # e.g. "rec-l0 reptok-reconstruction"
-        elif not is_result and any((run_dir / where / "results").glob("*.json")):
-            continue  # a flat metrics file whose numbers the directory's result file already holds
         else:
             source = str(scalars["name"]) if unique else rel
         for k, v in scalars.items():
