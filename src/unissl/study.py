@@ -9,8 +9,8 @@ run (seconds per epoch, from its ``log.jsonl``) and of every stage, and writes `
 from __future__ import annotations
 
 import json
-import math
 import re
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -28,23 +28,16 @@ def seed_dirs(out: str | Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def _training_times(run_dir: Path) -> dict[str, dict[str, float]]:
-    """Per training run below ``run_dir``: seconds per epoch and throughput from the last log record."""
-    rows: dict[str, dict[str, float]] = {}
+def _seconds_per_epoch(run_dir: Path) -> dict[str, float]:
+    """Seconds per epoch of every training run below ``run_dir``, from the last record of its log."""
+    from unissl.report import _read_jsonl
+
+    times: dict[str, float] = {}
     for log in sorted(run_dir.rglob("log.jsonl")):
-        last = None
-        for line in log.read_text().splitlines():
-            if line.strip():
-                try:
-                    last = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-        if not last or not last.get("epoch") or "elapsed" not in last:
-            continue
-        key = str(log.parent.relative_to(run_dir))
-        rows[key] = {"seconds_per_epoch": float(last["elapsed"]) / float(last["epoch"]),
-                     "epochs": float(last["epoch"]), "seconds": float(last["elapsed"])}
-    return rows
+        rows = _read_jsonl(log)
+        if rows and rows[-1].get("epoch") and "elapsed" in rows[-1]:
+            times[str(log.parent.relative_to(run_dir))] = float(rows[-1]["elapsed"]) / float(rows[-1]["epoch"])
+    return times
 
 
 def seed_metrics(run_dir: Path) -> dict[str, float]:
@@ -71,8 +64,8 @@ def seed_metrics(run_dir: Path) -> dict[str, float]:
             if k.removeprefix("metrics.") in _SETTINGS:
                 continue
             flat[f"{source} :: {k.removeprefix('metrics.')}"] = float(v)
-    for key, times in _training_times(run_dir).items():
-        flat[f"train {key} :: seconds_per_epoch"] = times["seconds_per_epoch"]
+    for key, seconds in _seconds_per_epoch(run_dir).items():
+        flat[f"train {key} :: seconds_per_epoch"] = seconds
     for marker in sorted((run_dir / "stages").glob("*.json")):
         try:
             record = json.loads(marker.read_text())
@@ -85,10 +78,7 @@ def seed_metrics(run_dir: Path) -> dict[str, float]:
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return mean, std
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def summarize(out: str | Path) -> dict[str, Any]:

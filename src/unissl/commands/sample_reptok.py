@@ -89,23 +89,24 @@ def run(cfg: Config) -> Path:
     scfg = SamplingConfig(steps=cfg.steps, solver=cfg.solver, cfg_scale=cfg.cfg, cfg_interval=cfg.cfg_interval)
 
     extra: dict[str, np.ndarray] = {}
+    prompts = cfg.prompt
     if cfg.heldout_prompts:
         if not gcfg.classes:
             raise UnisslError(f"{cfg.checkpoint} records no class names; --heldout-prompts needs them")
         from unissl.methods.reptok.captions import heldout_prompts
 
-        cfg.prompt = [p for p, _ in heldout_prompts(gcfg.classes)]
-    if cfg.prompt is not None:
+        prompts = [p for p, _ in heldout_prompts(gcfg.classes)]
+    if prompts is not None:
         if gcfg.conditioning != "text":
             raise UnisslError(f"{cfg.checkpoint} is a class-conditional generator; use --class instead of --prompt")
         from unissl.methods.reptok.text import FrozenTextEncoder, text_condition
 
         encoder = FrozenTextEncoder(gcfg.text_encoder).to(device)
-        states, mask = encoder.encode(cfg.prompt)  # (P, L, H), (P, L)
-        idx = torch.arange(len(cfg.prompt), device=device).repeat_interleave(cfg.n)  # (N,)
+        states, mask = encoder.encode(prompts)  # (P, L, H), (P, L)
+        idx = torch.arange(len(prompts), device=device).repeat_interleave(cfg.n)  # (N,)
         conds = text_condition(states[idx], mask[idx])
-        labels = torch.tensor([class_of_prompt(p, gcfg.classes) for p in cfg.prompt])[idx.cpu()]
-        extra = {"prompts": np.array(cfg.prompt), "prompt_index": idx.cpu().numpy()}
+        labels = torch.tensor([class_of_prompt(p, gcfg.classes) for p in prompts])[idx.cpu()]
+        extra = {"prompts": np.array(prompts), "prompt_index": idx.cpu().numpy()}
     else:
         if gcfg.conditioning != "class":
             raise UnisslError(f"{cfg.checkpoint} is a text-conditional generator; pass --prompt \"...\"")
@@ -123,7 +124,7 @@ def run(cfg: Config) -> Path:
     imgs = torch.cat(images)  # (N, C, H, W) in [0, 1]
 
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / "samples"
-    kind = "heldout" if cfg.heldout_prompts else "prompt" if cfg.prompt is not None else "class"
+    kind = "heldout" if cfg.heldout_prompts else "prompt" if prompts is not None else "class"
     name = cfg.name or f"{kind}_cfg{cfg.cfg:g}_{cfg.solver}{cfg.steps}_seed{cfg.seed}"
     save_grid(imgs, out / f"{name}.png", nrow=cfg.n, scale=2)
     arrays = {"images": (imgs * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).numpy(),
