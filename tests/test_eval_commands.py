@@ -64,6 +64,12 @@ def test_domain_classifier_generation_and_reconstruction(tmp_path) -> None:
         assert main(["eval", "generation", "--samples", str(tmp_path / f"{name}.npz"), "--reference", "digits:test",
                      "--extractor", f"domain:{clf}", "--run-dir", str(run), "--pr-k", "3"]) == 0
     real = _result(run, "generation-train")["metrics"]
+    per_class = _result(run, "generation-train")["extra"]["class_consistency_per_class"]
+    assert list(per_class) == [str(d) for d in range(10)]  # digits' class names, in label order
+    counts = np.bincount(train["label"].numpy(), minlength=10)
+    # the per-class shares, weighted by how many samples asked for each class, give the overall share
+    assert sum(per_class[str(c)] * counts[c] for c in range(10)) / counts.sum() == pytest.approx(
+        real["class_consistency"], abs=1e-3)
     noisy = _result(run, "generation-noise")["metrics"]
     assert "FD_domain" in real and "FID" not in real
     assert real["FD_domain"] < noisy["FD_domain"]

@@ -2,7 +2,8 @@
 
 The FD is called FID only with ``--extractor inception:WEIGHTS``; with a domain classifier it is
 ``FD_domain``. If the samples file has ``labels`` and the extractor is a classifier, the share of
-samples assigned to their requested label is reported as ``class_consistency``.
+samples assigned to their requested label is reported as ``class_consistency``, and per requested class
+in the result's ``extra`` (and on stdout).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from unissl.commands.eval_common import build_split, print_metrics
 from unissl.config import arg
 from unissl.errors import UnisslError
 from unissl.eval.features import load_extractor, parse_spec, resolve_device
-from unissl.eval.generation import class_consistency, generation_metrics, load_npz_images
+from unissl.eval.generation import class_hits, generation_metrics, load_npz_images, share_by_label
 from unissl.eval.results import record_result
 
 
@@ -60,10 +61,18 @@ def run(cfg: Config) -> dict[str, float]:
         if not hasattr(extractor, "probs"):
             raise UnisslError(f"{cfg.samples} has labels but extractor {cfg.extractor} is not a classifier")
         labels = torch.as_tensor(arrays[cfg.labels_key]).long()
-        metrics["class_consistency"] = class_consistency(extractor, images, labels, cfg.batch_size)
+        hits = class_hits(extractor, images, labels, cfg.batch_size)
+        metrics["class_consistency"] = hits.double().mean().item()
     extra = {"samples": str(cfg.samples), "reference": cfg.reference, "extractor": cfg.extractor,
              "extractor_identity": extractor.identity(), "reference_fingerprint": reference.fingerprint()}
+    if "class_consistency" in metrics:  # which requested classes the samples miss
+        names = reference.classes
+        extra["class_consistency_per_class"] = {
+            (names[c] if 0 <= c < len(names) else str(c)): round(v, 4) for c, v in share_by_label(hits, labels).items()}
     name = cfg.name or re.sub(r"[^A-Za-z0-9_.\-]+", "_", f"generation-{Path(cfg.samples).stem}")
     path = record_result(cfg.run_dir, name, metrics, extra)
     print_metrics(f"generation metrics of {cfg.samples} vs {cfg.reference} ({cfg.extractor})", metrics, path)
+    if "class_consistency_per_class" in extra:
+        print("  class_consistency per class: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in extra["class_consistency_per_class"].items()))
     return metrics

@@ -9,7 +9,7 @@
   set; precision = share of generated samples inside the real set, recall = share of real samples
   inside the generated set.
 * :func:`class_consistency`: share of class-conditional samples that a classifier assigns to the
-  requested label.
+  requested label (per label: :func:`class_hits`, then :func:`share_by_label`).
 
 Reference statistics (mu, sigma) are cached per dataset split and extractor identity.
 """
@@ -96,14 +96,24 @@ def predict_probs(classifier: Any, images: torch.Tensor, batch_size: int = 256) 
     return torch.cat(out)
 
 
-def class_consistency(classifier: Any, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
-    """Share (0..1) of ``images`` (N, C, H, W) in [0, 1] that ``classifier`` assigns to ``labels`` (N,)."""
+def class_hits(classifier: Any, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """(N,) bool: whether ``classifier`` assigns each of ``images`` (N, C, H, W) in [0, 1] to its label."""
     images = to_float_images(images)
     labels = torch.as_tensor(labels).long().flatten()
     if labels.shape[0] != images.shape[0]:
         raise UnisslError(f"class consistency: {images.shape[0]} images but {labels.shape[0]} labels")
-    pred = predict_probs(classifier, images, batch_size).argmax(1)
-    return (pred == labels).double().mean().item()
+    return predict_probs(classifier, images, batch_size).argmax(1) == labels
+
+
+def class_consistency(classifier: Any, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
+    """Share (0..1) of ``images`` (N, C, H, W) in [0, 1] that ``classifier`` assigns to ``labels`` (N,)."""
+    return class_hits(classifier, images, labels, batch_size).double().mean().item()
+
+
+def share_by_label(hits: torch.Tensor, labels: torch.Tensor) -> dict[int, float]:
+    """Per requested label: the share (0..1) of its samples with a hit (labels that occur only)."""
+    labels = torch.as_tensor(labels).long().flatten()
+    return {int(c): hits[labels == c].double().mean().item() for c in labels.unique().tolist()}
 
 
 def to_float_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
