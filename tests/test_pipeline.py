@@ -125,6 +125,20 @@ def test_report_shows_stages_metrics_curves_and_images(tmp_path, fake_command):
     assert "| a | fake step | done |" in md
 
 
+def test_report_tells_same_named_results_apart(tmp_path):
+    for run, value in (("rec", 0.5), ("rec-random", 0.25)):
+        _write_result(str(tmp_path / run), "reptok-reconstruction", value)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "metrics.json").write_text(json.dumps({"name": "reptok-reconstruction", "PSNR": 13.5}))
+    _write_result(str(tmp_path / "eval"), "unique", 0.75)
+    assert cli.main(["report", str(tmp_path)]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| reptok-reconstruction (rec) | top1=0.5 |" in md
+    assert "| reptok-reconstruction (rec-random) | top1=0.25 |" in md
+    assert "| reptok-reconstruction (other) | PSNR=13.5 |" in md
+    assert "| unique | top1=0.75 |" in md  # a name that occurs once keeps its plain label
+
+
 def _write_result(out: str, name: str, value: float) -> None:
     from pathlib import Path
     res = Path(out) / "results"

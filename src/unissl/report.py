@@ -205,11 +205,15 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
         h.append("<h2>Metrics</h2>")
         md.append("## Metrics")
         rows = []
-        for rel, scalars in info["metrics"]:
+        labels = [str(scalars.get("name", rel)) for rel, scalars in info["metrics"]]
+        for label, (rel, scalars) in zip(labels, info["metrics"]):
             head = {k.split(".", 1)[1]: v for k, v in scalars.items() if k.startswith("metrics.")}
             if not head:
                 head = {k: v for k, v in scalars.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            rows.append([str(scalars.get("name", rel)), ", ".join(f"{k}={_fmt(v)}" for k, v in head.items())])
+            if labels.count(label) > 1:  # the same result name from two runs: say which directory it is from
+                parent = Path(rel).parent
+                label = f"{label} ({parent.parent if parent.name == 'results' else parent})"
+            rows.append([label, ", ".join(f"{k}={_fmt(v)}" for k, v in head.items())])
         table(rows, ["result", "metrics"])
         h.append("<details><summary>all fields of every result file</summary>")
         for rel, scalars in info["metrics"]:
