@@ -6,9 +6,11 @@ import json
 import sys
 import types
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from unissl import cli
 from unissl.errors import UnisslError
@@ -35,7 +37,6 @@ def _fake_run(cfg: _FakeConfig) -> None:
     CALLS.append({"out": cfg.out, "value": cfg.value, "resume": cfg.train.resume})
     if cfg.value < 0:
         raise RuntimeError("simulated crash")
-    from pathlib import Path
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     (Path(cfg.out) / "log.jsonl").write_text("\n".join(json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 3)))
 
@@ -78,7 +79,6 @@ def test_stages_run_once_and_are_skipped_when_done(tmp_path, fake_command):
 def test_single_file_output_is_replaced_on_rerun(tmp_path, fake_command, monkeypatch):
     def write_file(cfg):
         CALLS.append({"out": cfg.out, "value": cfg.value})
-        from pathlib import Path
         Path(cfg.out).write_text(str(cfg.value))
     monkeypatch.setattr(fake_command, "run", write_file)
     for value in (1, 2):
@@ -140,7 +140,6 @@ def test_report_tells_same_named_results_apart(tmp_path):
 
 
 def _write_result(out: str, name: str, value: float) -> None:
-    from pathlib import Path
     res = Path(out) / "results"
     res.mkdir(parents=True, exist_ok=True)
     (res / f"{name}.json").write_text(json.dumps({"name": name, "metrics": {"top1": value},
@@ -243,3 +242,13 @@ def test_study_keeps_same_named_results_apart_and_skips_settings(tmp_path):
     (seed / "other" / "metrics.json").write_text(json.dumps({"rFD": 3.5, "num_images": 1000}))
     m = seed_metrics(seed)
     assert m == {"rec-a recon :: top1": 1.0, "rec-b recon :: top1": 2.0, "other/metrics.json :: rFD": 3.5}
+
+
+@pytest.mark.parametrize("name", ["digits-quick", "fashion-mnist-study", "fashion-mnist-reptok"])
+def test_shipped_pipeline_configs_validate(tmp_path, capsys, name):
+    """Every stage of the pipelines in configs/ resolves and type-checks against its command (a dry run)."""
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    assert cli.main(["pipeline", "--config", str(path), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    stages = parse_stages(yaml.safe_load(path.read_text())["stages"])
+    assert out.count("would run") >= len(stages)  # every stage (once per seed in a study)
