@@ -77,36 +77,25 @@ def run(cfg: Config) -> dict[str, float]:
     with atomic_file(out / "pairs.npz", "wb") as f:
         np.savez_compressed(f, originals=(origs.numpy() * 255 + 0.5).astype(np.uint8),
                             reconstructions=(recs.numpy() * 255 + 0.5).astype(np.uint8))
-    try:
-        from unissl.eval.reconstruction import reconstruction_metrics
-    except ImportError:  # evaluation package not available in this checkout
-        reconstruction_metrics = None
-    metrics: dict[str, float] = {}
-    if reconstruction_metrics is not None:
-        extractor = None
-        if cfg.extractor:
-            from unissl.eval.features import load_extractor
+    from unissl.eval.features import load_extractor
+    from unissl.eval.generation import class_consistency, predict_probs
+    from unissl.eval.reconstruction import reconstruction_metrics
+    from unissl.eval.results import record_result
 
-            extractor = load_extractor(cfg.extractor, device)
-        metrics = reconstruction_metrics(origs, recs, extractor, "rFD", cfg.batch_size)
-        if extractor is not None and hasattr(extractor, "probs"):
-            # A classifier extractor also tells whether the token kept the class: the share of
-            # reconstructions assigned to the class the classifier gives the original (the ceiling of
-            # the class share that a token generator can reach through this decoder).
-            from unissl.eval.generation import class_consistency, predict_probs
-
-            orig_pred = predict_probs(extractor, origs, cfg.batch_size).argmax(1)
-            metrics["class_agreement"] = class_consistency(extractor, recs, orig_pred, cfg.batch_size)
+    extractor = load_extractor(cfg.extractor, device) if cfg.extractor else None
+    metrics = reconstruction_metrics(origs, recs, extractor, "rFD", cfg.batch_size)
+    if extractor is not None and hasattr(extractor, "probs"):
+        # A classifier extractor also tells whether the token kept the class: the share of
+        # reconstructions assigned to the class the classifier gives the original (the ceiling of
+        # the class share that a token generator can reach through this decoder).
+        orig_pred = predict_probs(extractor, origs, cfg.batch_size).argmax(1)
+        metrics["class_agreement"] = class_consistency(extractor, recs, orig_pred, cfg.batch_size)
     metrics["mse"] = float((origs - recs).pow(2).mean())
     extra = {"tokenizer": cfg.tokenizer, "dataset": cfg.dataset, "split": cfg.split, "steps": cfg.steps,
              "solver": cfg.solver, "extractor": cfg.extractor}
     write_json(out / "metrics.json", {**extra, **metrics})
-    try:  # also into the evaluation results table (results/*.json + results.md) that `unissl report` reads
-        from unissl.eval.results import record_result
-    except ImportError:
-        record_result = None
-    if record_result is not None:
-        record_result(out, "reptok-reconstruction", metrics, extra)
+    # also into the evaluation results table (results/*.json + results.md) that `unissl report` reads
+    record_result(out, "reptok-reconstruction", metrics, extra)
     shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
     print(f"unissl reconstruct: {n} images, {shown} -> {out}")
     return metrics
