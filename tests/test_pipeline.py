@@ -8,6 +8,7 @@ import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -123,6 +124,31 @@ def test_report_shows_stages_metrics_curves_and_images(tmp_path, fake_command):
     assert page.count("data:image/png;base64,") == 3  # curves of a and of b, plus the newest samples grid
     assert "samples_step20.png" in md and "samples_step10.png" not in md  # newest of a series only
     assert "| a | fake step | done |" in md
+
+
+def test_report_inlines_the_corner_of_a_large_grid(tmp_path):
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    from unissl.report import MAX_INLINE_PX
+
+    (tmp_path / "s").mkdir()
+    big = torch.rand(MAX_INLINE_PX // 4 + 100, MAX_INLINE_PX // 16)  # 1/4 x 1/16 of the grid in 4x4 blocks
+    pixels = (big.repeat_interleave(4, 0).repeat_interleave(4, 1).T * 255).to(torch.uint8).numpy()
+    Image.fromarray(pixels).save(tmp_path / "s" / "big.png")  # (MAX/4 x 4) x (MAX/16 x 4) = wide, short
+    Image.fromarray(pixels[:, :64]).save(tmp_path / "s" / "small.png")
+    assert cli.main(["report", str(tmp_path)]) == 0
+    page = (tmp_path / "report" / "report.html").read_text()
+    inlined = [np.asarray(Image.open(io.BytesIO(base64.b64decode(u))))
+               for u in re.findall(r"src='data:image/png;base64,([^']+)'", page)]
+    by_width = {a.shape[1]: a for a in inlined}
+    assert sorted(by_width) == [64, MAX_INLINE_PX] and len(inlined) == 2
+    assert np.array_equal(by_width[64], pixels[:, :64])
+    assert np.array_equal(by_width[MAX_INLINE_PX], pixels[:, :MAX_INLINE_PX])  # a crop, not a resize
+    assert page.count("full grid</a>") == 1 and "href='../s/big.png'" in page
 
 
 def test_report_tells_same_named_results_apart(tmp_path):

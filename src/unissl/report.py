@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import math
 import platform
@@ -157,6 +158,24 @@ def _b64(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
+# Sample grids larger than this are inlined as their top-left corner (a 1000-sample grid would add ~1 MB
+# to the page each); the figure caption links the full file.
+MAX_INLINE_PX = 1200
+
+
+def _b64_image(path: Path) -> tuple[str, bool]:
+    """A PNG as a data URI, cropped to ``MAX_INLINE_PX`` on each side; returns (uri, whether cropped)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.width <= MAX_INLINE_PX and im.height <= MAX_INLINE_PX:
+            return _b64(path), False
+        corner = im.crop((0, 0, min(im.width, MAX_INLINE_PX), min(im.height, MAX_INLINE_PX)))
+    buf = io.BytesIO()
+    corner.save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(), True
+
+
 def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     """Write ``<run_dir>/report/report.html`` and ``report.md``; returns their paths."""
     run_dir = Path(run_dir)
@@ -232,7 +251,10 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
         h.append("<h2>Samples, reconstructions, interpolations</h2>")
         md.append("## Samples, reconstructions, interpolations")
         for series, p in info["images"]:
-            h.append(f"<figure><img src='{_b64(p)}' style='min-width:220px'><figcaption>{html.escape(series)}"
+            uri, cropped = _b64_image(p)
+            link = Path("..") / p.relative_to(run_dir)
+            note = f" (top-left corner; <a href='{html.escape(str(link))}'>full grid</a>)" if cropped else ""
+            h.append(f"<figure><img src='{uri}' style='min-width:220px'><figcaption>{html.escape(series)}{note}"
                      "</figcaption></figure>")
             md.append(f"![{series}]({Path('..') / p.relative_to(run_dir)})")
         md.append("")
