@@ -81,6 +81,18 @@ def collect_metrics(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
     return metrics
 
 
+def result_origins(found: list[tuple[str, dict[str, Any]]]) -> list[str | None]:
+    """Per entry of :func:`collect_metrics`: the directory it was recorded in when another file records the
+    same ``name`` (the run directory above ``results/``), else None (a unique name, or no name)."""
+    names = [str(scalars["name"]) for _, scalars in found if "name" in scalars]
+    origins: list[str | None] = []
+    for rel, scalars in found:
+        parent = Path(rel).parent
+        shared = "name" in scalars and names.count(str(scalars["name"])) > 1
+        origins.append(str(parent.parent if parent.name == "results" else parent) if shared else None)
+    return origins
+
+
 def collect(run_dir: Path) -> dict[str, Any]:
     """Gather everything the report shows from ``run_dir``."""
     info: dict[str, Any] = {"run_dir": str(run_dir)}
@@ -224,14 +236,13 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
         h.append("<h2>Metrics</h2>")
         md.append("## Metrics")
         rows = []
-        labels = [str(scalars.get("name", rel)) for rel, scalars in info["metrics"]]
-        for label, (rel, scalars) in zip(labels, info["metrics"]):
+        for origin, (rel, scalars) in zip(result_origins(info["metrics"]), info["metrics"]):
             head = {k.split(".", 1)[1]: v for k, v in scalars.items() if k.startswith("metrics.")}
             if not head:
                 head = {k: v for k, v in scalars.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            if labels.count(label) > 1:  # the same result name from two runs: say which directory it is from
-                parent = Path(rel).parent
-                label = f"{label} ({parent.parent if parent.name == 'results' else parent})"
+            label = str(scalars.get("name", rel))
+            if origin is not None:  # the same result name from two runs: say which directory it is from
+                label = f"{label} ({origin})"
             rows.append([label, ", ".join(f"{k}={_fmt(v)}" for k, v in head.items())])
         table(rows, ["result", "metrics"])
         h.append("<details><summary>all fields of every result file</summary>")
@@ -256,7 +267,7 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
             note = f" (top-left corner; <a href='{html.escape(str(link))}'>full grid</a>)" if cropped else ""
             h.append(f"<figure><img src='{uri}' style='min-width:220px'><figcaption>{html.escape(series)}{note}"
                      "</figcaption></figure>")
-            md.append(f"![{series}]({Path('..') / p.relative_to(run_dir)})")
+            md.append(f"![{series}]({link})")
         md.append("")
     h.append("<h2>Machine and revision</h2>")
     md.append("## Machine and revision")

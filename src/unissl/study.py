@@ -42,20 +42,19 @@ def _seconds_per_epoch(run_dir: Path) -> dict[str, float]:
 
 def seed_metrics(run_dir: Path) -> dict[str, float]:
     """Every numeric metric of one seed's directory, keyed ``<source> :: <metric>``."""
-    from unissl.report import collect_metrics
+    from unissl.report import collect_metrics, result_origins
 
     flat: dict[str, float] = {}
     found = collect_metrics(run_dir)
-    names = [str(sc.get("name")) for _, sc in found if "name" in sc]
-    for rel, scalars in found:
+    for origin, (rel, scalars) in zip(result_origins(found), found):
         is_result = "metrics" in {k.split(".", 1)[0] for k in scalars}
         # a result is known by its name, unless several directories record results under the same name
-        unique = is_result and "name" in scalars and names.count(str(scalars["name"])) == 1
-        where = Path(rel).parent
-        if is_result and not unique and where.name == "results":
-            source = f"{where.parent} {scalars.get('name', '')}".strip()  # e.g. "rec-l0 reptok-reconstruction"
+        if is_result and "name" in scalars and origin is None:
+            source = str(scalars["name"])
+        elif is_result and origin is not None and Path(rel).parent.name == "results":
+            source = f"{origin} {scalars['name']}"  # e.g. "rec-l0 reptok-reconstruction"
         else:
-            source = str(scalars["name"]) if unique else rel
+            source = rel
         for k, v in scalars.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue

@@ -57,16 +57,15 @@ def run(cfg: Config) -> dict[str, float]:
     cache = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.run_dir) / "feature_cache"
     metrics = generation_metrics(extractor, images, reference, metric_name(cfg.extractor), cfg.batch_size, cache,
                                  cfg.pr_k, cfg.pr_samples)
+    extra = {"samples": str(cfg.samples), "reference": cfg.reference, "extractor": cfg.extractor,
+             "extractor_identity": extractor.identity(), "reference_fingerprint": reference.fingerprint()}
     if cfg.labels_key in arrays:
         if not hasattr(extractor, "probs"):
             raise UnisslError(f"{cfg.samples} has labels but extractor {cfg.extractor} is not a classifier")
         labels = torch.as_tensor(arrays[cfg.labels_key]).long()
         hits = class_hits(extractor, images, labels, cfg.batch_size)
         metrics["class_consistency"] = hits.double().mean().item()
-    extra = {"samples": str(cfg.samples), "reference": cfg.reference, "extractor": cfg.extractor,
-             "extractor_identity": extractor.identity(), "reference_fingerprint": reference.fingerprint()}
-    if "class_consistency" in metrics:  # which requested classes the samples miss
-        names = reference.classes
+        names = reference.classes  # per requested class: which classes the samples miss
         extra["class_consistency_per_class"] = {
             (names[c] if 0 <= c < len(names) else str(c)): round(v, 4) for c, v in share_by_label(hits, labels).items()}
     name = cfg.name or re.sub(r"[^A-Za-z0-9_.\-]+", "_", f"generation-{Path(cfg.samples).stem}")
