@@ -137,7 +137,7 @@ def test_ema_matches_naive_loop() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
     net.register_buffer("scratch", torch.zeros(2), persistent=False)  # never saved, so not averaged
-    ema = EMA(net, decay=0.9)
+    ema = EMA(net, decay=0.9, warmup=False)
     assert "scratch" not in ema.shadow and set(ema.shadow) == set(net.state_dict())
     naive = {k: v.clone().double() for k, v in net.state_dict().items() if v.is_floating_point()}
     for _ in range(5):
@@ -162,6 +162,41 @@ def test_ema_matches_naive_loop() -> None:
     assert all(torch.equal(other.shadow[k], ema.shadow[k]) for k in ema.shadow)
     ema.copy_to(net)
     assert torch.equal(net[0].bias, ema.shadow["0.bias"])
+
+
+def test_ema_warmup_matches_naive_loop_and_forgets_the_init() -> None:
+    torch.manual_seed(0)
+    net = nn.Linear(4, 2)
+    init = {k: v.clone().double() for k, v in net.state_dict().items()}
+    ema = EMA(net, decay=0.999)  # warm-up on by default
+    naive = {k: v.clone() for k, v in init.items()}
+    share = 1.0
+    for n in range(30):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        d = min(0.999, (1 + n) / (10 + n))
+        share *= d
+        ema.update(net)
+        for k, v in net.state_dict().items():
+            naive[k] = d * naive[k] + (1 - d) * v.double()
+    for k, v in naive.items():
+        torch.testing.assert_close(ema.shadow[k].double(), v, rtol=0, atol=1e-5)
+    assert ema.updates == 30 and ema.init_share() == pytest.approx(share, rel=1e-9)
+    assert ema.init_share() < 1e-6  # 9! 30! / 39!
+    # without warm-up the share is decay^n, the trap the trainer refuses (0.999^1000 = 37%)
+    assert EMA(net, 0.999, warmup=False).init_share(1000) == pytest.approx(0.999 ** 1000)
+    from unissl.engine.ema import init_share
+    assert init_share(0.999, 10**5) < 1e-40
+    assert init_share(0.9, 5) == pytest.approx(math.prod((1 + n) / (10 + n) for n in range(5)))
+
+
+def test_trainer_refuses_an_ema_that_keeps_the_init(tmp_path: Path) -> None:
+    cfg = TrainConfig(run_dir=str(tmp_path / "r"), steps=100, global_batch=8, ema_decay=0.999, ema_warmup=False,
+                      num_workers=0, tensorboard=False, progress=False)
+    with pytest.raises(UnisslError, match=r"90\.5% of the initial weights"):
+        Trainer(nn.Linear(2, 1), list(range(16)), cfg)
+    assert not (tmp_path / "r").exists()
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -281,8 +316,9 @@ def test_ema_weights_are_saved_and_loadable(tmp_path: Path) -> None:
     m2 = ToyMethod()
     shadow = m2.net[0].weight.detach().clone()
     Trainer(m2, ToyDataset(40), cfg, callbacks=[Record()]).fit()
-    for w in weights:
-        shadow = 0.5 * shadow + 0.5 * w
+    for n, w in enumerate(weights):  # the warmed-up decay min(0.5, (1 + n) / (10 + n))
+        d = min(0.5, (1 + n) / (10 + n))
+        shadow = d * shadow + (1 - d) * w
     loaded = ToyMethod()
     load_weights(loaded, run, ema=True)
     torch.testing.assert_close(loaded.net[0].weight, shadow, rtol=0, atol=1e-6)

@@ -180,6 +180,9 @@ def run(cfg: Config) -> None:
     if not trainer.is_main:
         return
     if trainer.ema is not None:
+        share = trainer.ema.init_share()
+        print(f"exporting the EMA weights ({trainer.ema.updates} updates, decay {trainer.ema.decay}"
+              f"{' warmed up' if trainer.ema.warmup else ''}; share of the initial weights left: {share:.2e})")
         trainer.ema.copy_to(method)
     method.cpu().save_pretrained(run_dir / "generator")
     print(f"generator saved to {run_dir / 'generator'}")

@@ -33,6 +33,9 @@ class TrainConfig:
     warmup_epochs: float | None = arg(None, help="linear warm-up length in epochs")
     clip_grad: float | None = arg(1.0, help="clip the global gradient norm to this value (none: no clipping)")
     ema_decay: float | None = arg(None, help="keep an exponential moving average of the weights with this decay")
+    ema_warmup: bool = arg(True, help="warm the EMA decay up as min(decay, (1+n)/(10+n)) so that the shadow "
+                                      "forgets the initial weights; without it a run whose decay^steps leaves "
+                                      "more than 1% of them is refused")
     ckpt_every: int = arg(1000, help="save a checkpoint every this many steps (and always at the end)")
     keep_ckpts: int = arg(3, help="number of most recent checkpoints to keep")
     log_every: int = arg(10, help="write a log line every this many steps")

@@ -44,6 +44,8 @@ from unissl.errors import UnisslError
 from unissl.utils.io import git_revision, read_json, write_json
 from unissl.utils.seed import seed_everything
 
+MAX_EMA_INIT_SHARE = 0.01  # an exported EMA may keep at most this share of the initial weights
+
 
 class Callback:
     """Override any of these to observe training; they run on every rank (check ``trainer.is_main``)."""
@@ -107,7 +109,12 @@ class Trainer:
                 self.model = torch.compile(self.model)  # type: ignore[assignment]
         self.optimizer = build_optimizer(self.method, cfg.peak_lr(), cfg.weight_decay, cfg.betas)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        self.ema = EMA(self.method, cfg.ema_decay) if cfg.ema_decay is not None else None
+        self.ema = EMA(self.method, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay is not None else None
+        if self.ema is not None and self.ema.init_share(self.total_steps) > MAX_EMA_INIT_SHARE:
+            raise UnisslError(f"train.ema_decay={cfg.ema_decay} without warm-up leaves "
+                              f"{100 * self.ema.init_share(self.total_steps):.1f}% of the initial weights in the EMA "
+                              f"after {self.total_steps} steps; keep --train.ema-warmup on, lower the decay or train "
+                              f"longer")
         self.sampler = ShardedBatchSampler(self.num_items, cfg.global_batch, self.rank, self.world_size,
                                            seed=cfg.seed, drop_last=True)
         self.step = 0
@@ -125,6 +132,8 @@ class Trainer:
                  "optimizer": self.optimizer.state_dict(), "sampler": sampler_state,
                  "rng": dist.all_gather_object(capture_rng_state()),  # collective: one state per rank
                  "world_size": self.world_size, "global_batch": self.cfg.global_batch}
+        if self.ema is not None:
+            state["ema_updates"] = self.ema.updates
         if self.is_main:
             save_checkpoint(self.run_dir, self.step, self.method.state_dict(), state,
                             self.ema.state_dict() if self.ema is not None else None, keep=self.cfg.keep_ckpts)
@@ -165,6 +174,7 @@ class Trainer:
             if ck.ema is None:
                 raise UnisslError(f"{path} has no EMA weights but train.ema_decay is set; resume without it")
             self.ema.load_state_dict(ck.ema)
+            self.ema.updates = int(state.get("ema_updates", state["step"]))  # older checkpoints: one per step
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         self.step = int(state["step"])
