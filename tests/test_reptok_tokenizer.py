@@ -166,6 +166,42 @@ def test_tokenizer_loss_terms_and_only_expected_trainables() -> None:
     assert torch.allclose(out["loss"], out["flow_mse"] + 0.5 * out["cos_loss"], atol=1e-6)
 
 
+def test_linear_cka_and_drift_against_naive() -> None:
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 6), torch.randn(32, 5)
+    # naive HSIC form: tr(K H L H) / sqrt(tr(K H K H) tr(L H L H)) with Gram matrices K = X X^T, L = Y Y^T
+    h = torch.eye(32, dtype=torch.float64) - 1.0 / 32
+    k, lm = x.double() @ x.double().T, y.double() @ y.double().T
+
+    def hsic(a, b):
+        return torch.trace(a @ h @ b @ h)
+
+    naive = hsic(k, lm) / torch.sqrt(hsic(k, k) * hsic(lm, lm))
+    from unissl.methods.reptok.projection import linear_cka, token_drift
+
+    assert torch.allclose(linear_cka(x, y).double(), naive, atol=1e-6)
+    q, _ = torch.linalg.qr(torch.randn(6, 6))
+    assert linear_cka(x, 3.0 * x @ q + 1.0) == pytest.approx(1.0, abs=1e-5)  # rotation, scale and shift
+    # a shift shared by every image moves 1 - cos but not the centred drift nor the CKA
+    d = token_drift(x + 5.0, x)
+    assert d["drift_1mcos"] > 0.1 and d["drift_centred_1mcos"].abs() < 1e-6 and d["drift_cka"] == pytest.approx(1.0)
+
+
+def test_cls_lr_scale_makes_its_own_optimizer_group() -> None:
+    from unissl.engine.optim import build_optimizer
+
+    tok = tiny_tokenizer(cls_lr_scale=20.0)
+    opt = build_optimizer(tok, 1e-3, 0.0)
+    scaled = [g for g in opt.param_groups if g.get("lr_scale") == 20.0]
+    assert len(scaled) == 1 and len(scaled[0]["params"]) == 1 and scaled[0]["params"][0] is tok.encoder.cls
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(p.requires_grad for p in tok.parameters())
+    assert not any("lr_scale" in g for g in build_optimizer(tiny_tokenizer(), 1e-3, 0.0).param_groups)
+    with pytest.raises(UnisslError, match="cls_lr_scale"):
+        tiny_tokenizer(cls_lr_scale=0.0)
+    out = tok({"image": torch.rand(4, 1, 16, 16)})
+    assert {"drift_1mcos", "drift_centred_1mcos", "drift_cka"} <= set(out)
+
+
 def test_decode_integrates_from_noise_to_data_with_the_exact_velocity() -> None:
     """For a point-mass target x*, v(x, t) = (x - x*) / t is exact and linear in t along its trajectories,
     so Euler from t=1 to t=0 lands on x* exactly (Heun would evaluate the singular field at t=0)."""

@@ -40,6 +40,8 @@ class Config:
     image_size: int | None = arg(None, help="resize the images to this size (default: the dataset's)")
     limit: int | None = arg(None, help="train on the first N images only (quick runs)")
     cos_weight: float = arg(0.1, help="lambda: weight of the cosine regulariser 1 - cos(z, z_frozen)")
+    cls_lr_scale: float = arg(1.0, help="learning-rate multiplier of the trainable [cls] (e.g. 20 lets the token "
+                                        "move far enough for lambda to matter; drift is logged as drift_*)")
     decoder: str = arg("small", help="decoder preset: tiny, small, base, paper")
     patch_size: int = arg(4, help="decoder patch size (on pixels or latents)")
     space: Literal["pixels", "vae"] = arg("pixels", help="decode pixels or the latents of a frozen AutoencoderKL")
@@ -60,6 +62,8 @@ class Config:
                               "directory with config.json and weights; sorcen: a `unissl train sorcen` run dir)")
         if self.cos_weight < 0:
             raise UnisslError(f"--cos-weight must be >= 0, got {self.cos_weight}")
+        if not self.cls_lr_scale > 0:
+            raise UnisslError(f"--cls-lr-scale must be positive, got {self.cls_lr_scale}")
         if self.limit is not None and self.limit <= 0:
             raise UnisslError(f"--limit must be positive, got {self.limit}")
 
@@ -115,7 +119,7 @@ def build(cfg: Config):
     seed_everything(cfg.train.seed)
     tcfg = RepTokConfig(encoder=encoder_spec(cfg, size, cfg.train.seed), image_size=size, channels=channels,
                         decoder=cfg.decoder, patch_size=cfg.patch_size, space=cfg.space, vae_path=cfg.vae_path,
-                        cos_weight=cfg.cos_weight,
+                        cos_weight=cfg.cos_weight, cls_lr_scale=cfg.cls_lr_scale,
                         extra={"dataset": cfg.dataset, "split": cfg.split, "limit": cfg.limit})
     return RepTokTokenizer(tcfg), data
 
@@ -136,6 +140,7 @@ def run(cfg: Config) -> Path:
     logs = Trainer(tok, data, cfg.train).fit()
     if is_main():
         tok.save_pretrained(out)
-        shown = {k: round(v, 4) for k, v in logs.items() if k in ("step", "loss", "flow_mse", "cos_loss")}
+        shown = {k: round(v, 4) for k, v in logs.items()
+                 if k in ("step", "loss", "flow_mse", "cos_loss", "drift_centred_1mcos", "drift_cka")}
         print(f"unissl train reptok-tokenizer: done {shown}; tokenizer saved to {out}")
     return out

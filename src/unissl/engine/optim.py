@@ -28,16 +28,30 @@ def no_decay_names(method: nn.Module) -> set[str]:
 
 
 def param_groups(method: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups over the trainable parameters: ``decay`` and ``no_decay`` (empty groups dropped)."""
+    """AdamW groups over the trainable parameters: ``decay`` and ``no_decay`` (empty groups dropped).
+
+    A method's optional ``lr_scales() -> {name: factor}`` hook puts those parameters in groups of their own
+    with ``lr_scale`` (the trainer sets each group's lr to ``scheduled lr * lr_scale``).
+    """
     skip = no_decay_names(method)
-    decay, no_decay = [], []
-    for name, p in method.named_parameters():
+    scales_fn = hook(method, "lr_scales")
+    scales: dict[str, float] = dict(scales_fn()) if scales_fn is not None else {}
+    named = dict(method.named_parameters())
+    unknown = set(scales) - {n for n, p in named.items() if p.requires_grad}
+    if unknown:
+        raise ValueError(f"{type(method).__name__}.lr_scales() names unknown or frozen parameters {sorted(unknown)}")
+    buckets: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, p in named.items():
         if not p.requires_grad:
             continue  # frozen parts (a tokenizer, a frozen encoder) never reach the optimizer
-        (no_decay if name in skip else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay, "group": "decay"},
-              {"params": no_decay, "weight_decay": 0.0, "group": "no_decay"}]
-    groups = [g for g in groups if g["params"]]
+        buckets.setdefault((name not in skip, float(scales.get(name, 1.0))), []).append(p)
+    groups = []
+    for (decayed, scale), params in sorted(buckets.items(), key=lambda kv: (not kv[0][0], kv[0][1])):
+        group = {"params": params, "weight_decay": weight_decay if decayed else 0.0,
+                 "group": "decay" if decayed else "no_decay"}
+        if scale != 1.0:
+            group.update(lr_scale=scale, group=f"{group['group']}_x{scale:g}")
+        groups.append(group)
     if not groups:
         raise ValueError(f"{type(method).__name__} has no trainable parameters")
     return groups

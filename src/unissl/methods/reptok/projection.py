@@ -42,3 +42,30 @@ class ResidualProjection(nn.Module):
 def cosine_loss(z: torch.Tensor, z_frozen: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of ``1 - cos(z, z_frozen)``; ``z``, ``z_frozen`` (B, D) -> scalar."""
     return (1.0 - F.cosine_similarity(z.float(), z_frozen.float(), dim=-1)).mean()
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Linear CKA (Kornblith et al. 2019) between two sets of features ``x`` (B, D1), ``y`` (B, D2) -> scalar.
+
+    ``||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)`` with column-centred ``Xc``, ``Yc``: 1 for features
+    that agree up to rotation and isotropic scale, near 0 for unrelated ones.
+    """
+    xc = x.double() - x.double().mean(0, keepdim=True)
+    yc = y.double() - y.double().mean(0, keepdim=True)
+    cross = (yc.T @ xc).pow(2).sum()
+    norm = (xc.T @ xc).pow(2).sum().sqrt() * (yc.T @ yc).pow(2).sum().sqrt()
+    return (cross / norm.clamp_min(1e-30)).float()
+
+
+@torch.no_grad()
+def token_drift(z: torch.Tensor, z_frozen: torch.Tensor) -> dict[str, torch.Tensor]:
+    """How far adapted tokens ``z`` (B, D) moved from the frozen encoder's ``z_frozen`` (B, D).
+
+    * ``drift_1mcos``: mean ``1 - cos(z, z_frozen)`` (what the regulariser penalises);
+    * ``drift_centred_1mcos``: the same after subtracting each set's batch mean, so that a shift shared by
+      every image (which the generator's normalisation removes anyway) does not count;
+    * ``drift_cka``: linear CKA between the two sets (1: the same geometry).
+    """
+    zc, fc = z.float() - z.float().mean(0, keepdim=True), z_frozen.float() - z_frozen.float().mean(0, keepdim=True)
+    return {"drift_1mcos": cosine_loss(z, z_frozen), "drift_centred_1mcos": cosine_loss(zc, fc),
+            "drift_cka": linear_cka(z, z_frozen)}

@@ -27,7 +27,7 @@ from unissl.errors import UnisslError
 from unissl.flow import LinearPath, LogitNormalTime, solve
 from unissl.methods.reptok.decoder import FlowDecoder, get_decoder_preset
 from unissl.methods.reptok.encoders import SSLEncoder, backbone_checksum, build_encoder
-from unissl.methods.reptok.projection import ResidualProjection, cosine_loss
+from unissl.methods.reptok.projection import ResidualProjection, cosine_loss, token_drift
 from unissl.methods.reptok.spaces import PixelSpace, VAESpace
 from unissl.utils.io import atomic_dir, read_json, write_json
 
@@ -47,6 +47,7 @@ class RepTokConfig:
     space: Literal["pixels", "vae"] = "pixels"
     vae_path: str | None = None  # local diffusers AutoencoderKL directory (space="vae")
     cos_weight: float = 0.1  # lambda of the cosine regulariser
+    cls_lr_scale: float = 1.0  # learning-rate multiplier of the trainable [cls] (lets the token move)
     time_mean: float = 0.0  # logit-normal time sampler
     time_std: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance (dataset, ...)
@@ -54,6 +55,8 @@ class RepTokConfig:
     def __post_init__(self) -> None:
         if self.cos_weight < 0:
             raise UnisslError(f"cos_weight (lambda) must be >= 0, got {self.cos_weight}")
+        if not self.cls_lr_scale > 0:
+            raise UnisslError(f"cls_lr_scale must be positive, got {self.cls_lr_scale}")
         if self.space == "vae" and not self.vae_path:
             raise UnisslError("space='vae' needs vae_path (a local diffusers AutoencoderKL directory)")
         if self.channels not in (1, 3):
@@ -92,7 +95,12 @@ class RepTokTokenizer(nn.Module):
         mse = (v.float() - ps.target.float()).pow(2).mean()
         loss = mse + self.cfg.cos_weight * l_cos
         return {"loss": loss, "flow_mse": mse.detach(), "cos_loss": l_cos.detach(),
-                "cls_drift": (self.encoder.cls - self.encoder.cls_init).norm().detach()}
+                "cls_drift": (self.encoder.cls - self.encoder.cls_init).norm().detach(),
+                **token_drift(z.detach(), z_frozen)}
+
+    def lr_scales(self) -> dict[str, float]:
+        """Engine hook: the [cls] learns at ``cls_lr_scale`` times the base learning rate."""
+        return {"encoder.cls": self.cfg.cls_lr_scale} if self.cfg.cls_lr_scale != 1.0 else {}
 
     # ---------------------------------------------------------------- inference
     @torch.no_grad()
