@@ -76,6 +76,28 @@ def test_domain_classifier_generation_and_reconstruction(tmp_path) -> None:
     assert real["class_consistency"] > noisy["class_consistency"]
     assert 1.0 <= real["IS"] <= 10.0 and 0.0 <= real["precision"] <= 1.0
     assert len(list((run / "feature_cache").glob("*.stats.safetensors"))) == 1  # reference stats computed once
+    # the judge's ceiling is the classifier's accuracy on the real reference split
+    assert 100.0 * real["judge_accuracy"] == pytest.approx(acc)
+    # the tokenizer's ceiling: real test images with the samples' label counts through the same decoder
+    from unissl.eval.ceilings import matching_reference
+    from unissl.methods.reptok.tokenizer import RepTokConfig, RepTokTokenizer
+
+    ref = build_dataset("digits", "test")
+    idx = matching_reference(ref, y[:40], 40)
+    assert sorted(ref.labels[idx].tolist()) == sorted(y[:40].tolist()) and idx.unique().numel() == 40
+    torch.manual_seed(0)
+    enc = {"kind": "random", "image_size": 8, "dim": 16, "depth": 1, "heads": 2, "patch": 4}
+    RepTokTokenizer(RepTokConfig(encoder=enc, image_size=8, channels=1, decoder="tiny")).save_pretrained(
+        tmp_path / "tok")
+    np.savez(tmp_path / "few.npz", images=(x[:40] * 255).round().to(torch.uint8).numpy(), labels=y[:40].numpy())
+    assert main(["eval", "generation", "--samples", str(tmp_path / "few.npz"), "--reference", "digits:test",
+                 "--extractor", f"domain:{clf}", "--run-dir", str(run), "--name", "ceil", "--ceiling-tokenizer",
+                 str(tmp_path / "tok"), "--ceiling-decode-steps", "2"]) == 0
+    ceil = _result(run, "ceil")
+    m = ceil["metrics"]
+    assert ceil["extra"]["ceiling"]["num_images"] == 40 and ceil["extra"]["ceiling"]["labels_matched"]
+    # an untrained decoder returns noise: its ceiling is far below the real images' share and FD
+    assert m["ceiling_class_consistency"] < m["class_consistency"] and m["ceiling_FD_domain"] > m["FD_domain"]
     np.savez(tmp_path / "pairs.npz", originals=x.numpy(), reconstructions=files["noise"].numpy())
     assert main(["eval", "reconstruction", "--pairs", str(tmp_path / "pairs.npz"), "--extractor",
                  f"domain:{clf}", "--run-dir", str(run)]) == 0

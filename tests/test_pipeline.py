@@ -165,6 +165,20 @@ def test_report_tells_same_named_results_apart(tmp_path):
     assert "| unique | top1=0.75 |" in md  # a name that occurs once keeps its plain label
 
 
+def test_report_puts_generation_beside_its_ceilings(tmp_path):
+    res = tmp_path / "eval" / "results"
+    res.mkdir(parents=True)
+    (res / "gfd.json").write_text(json.dumps({"name": "gfd", "metrics": {
+        "FD_domain": 1.23, "class_consistency": 0.775, "ceiling_FD_domain": 0.41,
+        "ceiling_class_consistency": 0.791, "judge_accuracy": 0.9067}}))
+    _write_result(str(tmp_path / "eval"), "probe", 0.5)  # no ceilings: not in that table
+    assert cli.main(["report", str(tmp_path)]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Generation against its ceilings" in md
+    assert "| gfd | FD_domain=1.23 | 0.41 | 77.5% | 79.1% | 90.7% |" in md
+    assert "| probe | - |" not in md
+
+
 def _write_result(out: str, name: str, value: float) -> None:
     res = Path(out) / "results"
     res.mkdir(parents=True, exist_ok=True)

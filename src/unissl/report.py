@@ -188,6 +188,28 @@ def _b64_image(path: Path) -> tuple[str, bool]:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(), True
 
 
+def ceiling_rows(found: list[tuple[str, dict[str, Any]]]) -> list[list[str]]:
+    """One row per generation result that records ceilings (see :mod:`unissl.eval.ceilings`): the samples'
+    FD and class share next to those of real images through the same tokenizer and the judge's accuracy."""
+    rows = []
+    for origin, (rel, scalars) in zip(result_origins(found), found):
+        m = {k.split(".", 1)[1]: v for k, v in scalars.items() if k.startswith("metrics.")}
+        if not any(k.startswith("ceiling_") or k == "judge_accuracy" for k in m):
+            continue
+        fd = next((k for k in m if k.startswith(("FD_", "FID")) and not k.startswith("ceiling_")), None)
+        label = str(scalars.get("name", rel)) + (f" ({origin})" if origin is not None else "")
+
+        def cell(key: str | None, pct: bool = False) -> str:
+            if key is None or key not in m:
+                return "-"
+            return f"{100 * m[key]:.1f}%" if pct else _fmt(m[key])
+
+        rows.append([label, f"{fd}={cell(fd)}" if fd else "-", cell(f"ceiling_{fd}" if fd else None),
+                     cell("class_consistency", True), cell("ceiling_class_consistency", True),
+                     cell("judge_accuracy", True)])
+    return rows
+
+
 def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     """Write ``<run_dir>/report/report.html`` and ``report.md``; returns their paths."""
     run_dir = Path(run_dir)
@@ -245,6 +267,12 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
                 label = f"{label} ({origin})"
             rows.append([label, ", ".join(f"{k}={_fmt(v)}" for k, v in head.items())])
         table(rows, ["result", "metrics"])
+        ceilings = ceiling_rows(info["metrics"])
+        if ceilings:
+            h.append("<h2>Generation against its ceilings</h2>")
+            md.append("## Generation against its ceilings")
+            table(ceilings, ["result", "FD", "FD of real images through the tokenizer", "class share",
+                             "class share of real images through the tokenizer", "judge on real images"])
         h.append("<details><summary>all fields of every result file</summary>")
         for rel, scalars in info["metrics"]:
             h.append(f"<h3>{html.escape(rel)}</h3>")

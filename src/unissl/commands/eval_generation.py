@@ -40,12 +40,50 @@ class Config:
     pr_samples: int = arg(10000, help="at most this many samples per set for precision/recall")
     batch_size: int = arg(256, help="images per feature batch")
     device: str = arg("auto", help="device: auto, cpu, cuda")
+    ceiling_tokenizer: str | None = arg(None, help="tokenizer that decoded the samples (RepTok or VQ directory): "
+                                                   "also score real reference images passed through it")
+    ceiling_decode_steps: int = arg(50, help="RepTok decoder Euler steps for the ceiling's reconstructions")
+    seed: int = arg(0, help="seed of the ceiling's reference subset and decoder noise")
+
+    def __post_init__(self) -> None:
+        if self.ceiling_decode_steps <= 0 or self.batch_size <= 0:
+            raise UnisslError("--ceiling-decode-steps and --batch-size must be positive")
 
 
 def metric_name(extractor_spec: str) -> str:
     """'FID' for Inception-v3, 'FD_<name>' otherwise."""
     name = parse_spec(extractor_spec)[0]
     return "FID" if name == "inception" else f"FD_{name}"
+
+
+def ceiling_metrics(cfg: Config, extractor, reference, n: int, labels: torch.Tensor | None, cache: Path,
+                    extra: dict) -> dict[str, float]:
+    """The judge's accuracy on real images and the tokenizer's ceiling (see the module docstring)."""
+    from unissl.eval.ceilings import judge_accuracy, load_roundtrip_tokenizer, matching_reference, roundtrip
+    from unissl.eval.features import adapt_images
+
+    out: dict[str, float] = {}
+    is_classifier = hasattr(extractor, "probs")
+    if is_classifier and hasattr(reference, "labels"):
+        out["judge_accuracy"] = judge_accuracy(extractor, reference, cfg.batch_size)
+    if cfg.ceiling_tokenizer is None:
+        return out
+    tok = load_roundtrip_tokenizer(cfg.ceiling_tokenizer, resolve_device(cfg.device))
+    tcfg = getattr(tok, "cfg", tok)
+    idx = matching_reference(reference, labels, n, cfg.seed)
+    real = reference.__getitems__(idx.tolist())
+    images = adapt_images(real["image"].float(), int(tcfg.channels), int(tcfg.image_size))
+    recs = roundtrip(tok, images, cfg.ceiling_decode_steps, seed=cfg.seed)
+    recs = (recs * 255.0 + 0.5).floor() / 255.0  # quantised like the uint8 samples
+    ceiling = generation_metrics(extractor, recs, reference, metric_name(cfg.extractor), cfg.batch_size, cache,
+                                 cfg.pr_k, cfg.pr_samples)
+    name = metric_name(cfg.extractor)
+    out[f"ceiling_{name}"] = ceiling[name]
+    if is_classifier:
+        out["ceiling_class_consistency"] = class_hits(extractor, recs, real["label"], cfg.batch_size).double().mean().item()
+    extra["ceiling"] = {"tokenizer": cfg.ceiling_tokenizer, "num_images": int(idx.numel()),
+                        "decode_steps": cfg.ceiling_decode_steps, "labels_matched": labels is not None}
+    return out
 
 
 def run(cfg: Config) -> dict[str, float]:
@@ -68,6 +106,9 @@ def run(cfg: Config) -> dict[str, float]:
         names = reference.classes  # per requested class: which classes the samples miss
         extra["class_consistency_per_class"] = {
             (names[c] if 0 <= c < len(names) else str(c)): round(v, 4) for c, v in share_by_label(hits, labels).items()}
+    metrics.update(ceiling_metrics(cfg, extractor, reference, images.shape[0],
+                                   torch.as_tensor(arrays[cfg.labels_key]).long() if cfg.labels_key in arrays else None,
+                                   cache, extra))
     name = cfg.name or re.sub(r"[^A-Za-z0-9_.\-]+", "_", f"generation-{Path(cfg.samples).stem}")
     path = record_result(cfg.run_dir, name, metrics, extra)
     print_metrics(f"generation metrics of {cfg.samples} vs {cfg.reference} ({cfg.extractor})", metrics, path)
