@@ -188,6 +188,13 @@ def _b64_image(path: Path) -> tuple[str, bool]:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(), True
 
 
+def _cell(m: dict[str, Any], key: str | None, pct: bool = False) -> str:
+    """``m[key]`` formatted (as a percentage of a 0..1 share with ``pct``), '-' when absent."""
+    if key is None or key not in m:
+        return "-"
+    return f"{100 * m[key]:.1f}%" if pct else _fmt(m[key])
+
+
 def ceiling_rows(found: list[tuple[str, dict[str, Any]]]) -> list[list[str]]:
     """One row per generation result that records ceilings (see :mod:`unissl.eval.ceilings`): the samples'
     FD and class share next to those of real images through the same tokenizer and the judge's accuracy."""
@@ -199,14 +206,9 @@ def ceiling_rows(found: list[tuple[str, dict[str, Any]]]) -> list[list[str]]:
         fd = next((k for k in m if k.startswith(("FD_", "FID")) and not k.startswith("ceiling_")), None)
         label = str(scalars.get("name", rel)) + (f" ({origin})" if origin is not None else "")
 
-        def cell(key: str | None, pct: bool = False) -> str:
-            if key is None or key not in m:
-                return "-"
-            return f"{100 * m[key]:.1f}%" if pct else _fmt(m[key])
-
-        rows.append([label, f"{fd}={cell(fd)}" if fd else "-", cell(f"ceiling_{fd}" if fd else None),
-                     cell("class_consistency", True), cell("ceiling_class_consistency", True),
-                     cell("judge_accuracy", True)])
+        rows.append([label, f"{fd}={_cell(m, fd)}" if fd else "-", _cell(m, f"ceiling_{fd}" if fd else None),
+                     _cell(m, "class_consistency", True), _cell(m, "ceiling_class_consistency", True),
+                     _cell(m, "judge_accuracy", True)])
     return rows
 
 
