@@ -105,6 +105,81 @@ def test_sorcen_uses_echo_after_warmup(monkeypatch):
     assert calls == [1]
 
 
+def test_echo_warmup_units():
+    ids = torch.randint(0, 16, (4, 4, 4))
+
+    def warm(unit, value, step, total=1000, spe=100):
+        m = SorcenMethod(PRESETS["tiny"], "sorcen", SorcenLossConfig(echo_warmup=value, echo_warmup_unit=unit),
+                         steps_per_epoch=spe)
+        m.on_train_step_end(step, total)
+        return m.in_echo_warmup()
+
+    assert warm("fraction", 0.1, 99) and not warm("fraction", 0.1, 100)
+    assert warm("steps", 250, 249) and not warm("steps", 250, 250)
+    assert warm("epochs", 2.5, 249) and not warm("epochs", 2.5, 250)
+    # the released rule: `epoch <= 10` with the 0-based epoch index, i.e. the first 11 epochs
+    assert warm("released", 0.0, 1099) and not warm("released", 0.0, 1100)
+    assert warm("released", 0.0, 1099, total=1100)  # a run of 11 epochs never samples echoes
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        SorcenMethod(PRESETS["tiny"], "sorcen", SorcenLossConfig(echo_warmup_unit="released"))
+    # accuracy: ground truth until the running masked top-1 reaches the threshold, then latched on
+    m = SorcenMethod(PRESETS["tiny"], "sorcen", SorcenLossConfig(echo_warmup=0.05, echo_warmup_unit="accuracy"))
+    m({"ids": ids})
+    m._last_top1 = torch.tensor(0.4)
+    m.on_train_step_end(1, 100)  # running mean 0.1 * 0.4 = 0.04 < 0.05
+    assert m.in_echo_warmup()
+    m.on_train_step_end(2, 100)  # 0.04 + 0.1 * (0.4 - 0.04) = 0.076 >= 0.05
+    assert not m.in_echo_warmup()
+    m._last_top1 = torch.tensor(0.0)
+    m.on_train_step_end(3, 100)
+    assert not m.in_echo_warmup() and bool(m.state_dict()["echo_live"])  # latched, and checkpointed
+
+
+def test_released_teacher_options_and_epoch_momentum():
+    torch.manual_seed(0)
+    copy_ = SorcenMethod(PRESETS["tiny"], "sorcen")
+    assert all(torch.equal(a, b) for a, b in zip(copy_.model.blocks.parameters(), copy_.teacher_blocks.parameters()))
+    torch.manual_seed(0)
+    cfg = SorcenLossConfig(teacher_init="random", teacher_projector_grad=True, momentum_schedule="epoch",
+                           momentum_epochs=1600)
+    rel = SorcenMethod(PRESETS["tiny"], "sorcen", cfg, steps_per_epoch=10)
+    differ = [not torch.equal(a, b) for a, b in zip(rel.model.blocks.parameters(), rel.teacher_blocks.parameters())
+              if a.ndim > 1]
+    assert all(differ)  # every weight matrix has its own init
+    assert all(p.requires_grad for p in rel.teacher_projector.parameters())
+    assert not any(p.requires_grad for p in rel.teacher_blocks.parameters())
+    out = rel({"ids": torch.randint(0, 16, (6, 4, 4))})
+    out["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in rel.teacher_projector.parameters()
+               if p.ndim > 1)
+    assert all(p.grad is None for p in rel.teacher_blocks.parameters())
+    # epoch-wise momentum: constant within an epoch, the cosine over 1600 epochs (a short run stays ~0.996)
+    assert rel.momentum_at(0, 100) == rel.momentum_at(9, 100) == pytest.approx(0.996)
+    x = 5 / 1600
+    assert rel.momentum_at(55, 100) == pytest.approx(1 - 0.004 * (math.cos(math.pi * x) + 1) / 2)
+
+
+def test_uniformity_released_pooling_and_diagonal():
+    from unissl.methods.sorcen.losses import uniformity_loss
+
+    f = torch.randn(8, 5)
+    n = F.normalize(f, dim=-1)
+    sim2 = (n @ n.T).pow(2)
+    assert uniformity_loss(f, gather=False, diagonal=True) == pytest.approx(sim2.mean().item(), abs=1e-6)
+    off = (sim2.sum() - sim2.diag().sum()) / (8 * 7)
+    assert uniformity_loss(f, gather=False) == pytest.approx(off.item(), abs=1e-6)
+
+
+def test_released_weight_decay_groups_decay_embeddings():
+    from unissl.engine.optim import no_decay_names
+
+    default = no_decay_names(SorcenMethod(PRESETS["tiny"], "sorcen"))
+    released = no_decay_names(SorcenMethod(PRESETS["tiny"], "sorcen", SorcenLossConfig(decay_embeddings=True)))
+    assert {"model.embed.word.weight", "model.embed.position.weight", "model.decoder_pos"} <= default
+    assert not {"model.embed.word.weight", "model.embed.position.weight", "model.decoder_pos"} & released
+    assert all(name.endswith(("bias", "weight")) for name in released) and released < default
+
+
 # ------------------------------------------------------------------ model semantics
 def test_special_ids_derive_from_codebook_size():
     s = SpecialIds(1024)
@@ -207,13 +282,13 @@ def _tiny_tokenizer():
     return tok
 
 
-@pytest.mark.parametrize("variant", ["sorcen", "mage", "mage-c"])
+@pytest.mark.parametrize("variant", ["sorcen", "mage", "mage-c", "mage-aug"])
 def test_tiny_forward_backward_without_nan(variant):
     torch.manual_seed(0)
-    tok = _tiny_tokenizer() if variant == "mage-c" else None
+    tok = _tiny_tokenizer() if variant in ("mage-c", "mage-aug") else None
     m = SorcenMethod(PRESETS["tiny"], variant, num_classes=3, tokenizer=tok)
     batch = {"label": torch.randint(0, 3, (6,))}
-    if variant == "mage-c":
+    if tok is not None:
         batch["image"] = torch.rand(6, 1, 12, 12)
     else:
         batch["ids"] = torch.randint(0, 16, (6, 4, 4))
@@ -223,8 +298,11 @@ def test_tiny_forward_backward_without_nan(variant):
     assert all(torch.isfinite(v).all() for v in out.values())
     trainable = [p for p in m.parameters() if p.requires_grad]
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trainable)
-    if variant != "mage":
+    assert 0.0 <= float(out["masked_top1"]) <= 1.0
+    if variant in ("sorcen", "mage-c"):
         assert "contrast" in out
+    else:
+        assert "contrast" not in out
     if tok is not None:
         assert not any(k.startswith("tokenizer") for k in m.state_dict())  # frozen tokenizer not saved
         assert all(not p.requires_grad for p in tok.parameters())

@@ -57,6 +57,14 @@ def test_train_sample_and_features(store):
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
     out = model.encode(tokenizer.encode(images))
     assert out.shape == (3, 17, 32) and torch.allclose(out[:, 1:].mean(1), feats, atol=1e-5)
+    # the released probe's pooling: the blocks without the final norm, mean of image positions, LayerNorm
+    rel = load_extractor(f"sorcen-released:{run}", torch.device("cpu"))
+    x = model.embed(model.with_class_slot(tokenizer.encode(images)))
+    for blk in model.blocks:
+        x = blk(x)
+    pooled = x[:, 1:].mean(1)
+    naive = (pooled - pooled.mean(-1, keepdim=True)) / torch.sqrt(pooled.var(-1, unbiased=False, keepdim=True) + 1e-6)
+    assert torch.allclose(rel.features(images), naive, atol=1e-5) and rel.identity() != ext.identity()
 
 
 def test_mage_c_trains_on_images_with_the_online_tokenizer(store):
@@ -65,6 +73,28 @@ def test_mage_c_trains_on_images_with_the_online_tokenizer(store):
                  "--train.steps", "2", "--train.run-dir", str(run), *TRAIN]) == 0
     logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert np.isfinite(logs[-1]["contrast"]) and np.isfinite(logs[-1]["recon"])
+
+
+def test_mage_aug_and_released_sorcen_settings_train_and_reload(store):
+    from unissl.methods.sorcen.run import load_method
+
+    run = store / "run-mageaug"
+    assert main(["train", "sorcen", "--method", "mage-aug", "--dataset", "digits", "--tokenizer", str(store / "tok"),
+                 "--train.steps", "2", "--train.run-dir", str(run), *TRAIN]) == 0
+    logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert np.isfinite(logs[-1]["recon"]) and "contrast" not in logs[-1]
+    method, info = load_method(run)
+    assert info["variant"] == "mage-aug" and not hasattr(method, "projector")
+    run = store / "run-released"
+    assert main(["train", "sorcen", "--tokens", str(store / "tokens"), "--train.steps", "2", "--train.run-dir", str(run),
+                 "--loss.echo-warmup-unit", "released", "--loss.teacher-init", "random",
+                 "--loss.teacher-projector-grad", "--loss.momentum-schedule", "epoch", "--loss.momentum-epochs", "1600",
+                 "--loss.uniformity-pool", "all", "--loss.uniformity-diagonal", "--loss.decay-embeddings",
+                 *TRAIN]) == 0
+    logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert logs[-1]["echo_warmup"] == 1.0 and np.isfinite(logs[-1]["contrast"])
+    method, info = load_method(run)
+    assert info["loss"]["echo_warmup_unit"] == "released"
 
 
 def test_missing_token_store_is_a_one_line_error(capsys):

@@ -4,7 +4,9 @@
   image is touched during training. ``--dataset`` without ``--tokens`` is an error that says which
   ``unissl tokenize`` command to run first (tokenizing is a separate, cached stage by design).
 * ``--method mage-c`` trains on images (``--dataset``, ``--data-dir``) and tokenizes two augmented crops per
-  image every step with the frozen tokenizer (``--tokenizer``, or the one recorded in ``--tokens``).
+  image every step with the frozen tokenizer (``--tokenizer``, or the one recorded in ``--tokens``);
+  ``--loss.contrast-weight 0`` makes it the "two crops, no contrast" ablation.
+* ``--method mage-aug`` does the same with ONE augmented crop and no contrast: MAGE's published recipe.
 
 The run directory (``--train.run-dir``) receives ``config.yaml``, ``sorcen.json`` (model shapes + tokenizer
 path, see :mod:`unissl.methods.sorcen.run`), checkpoints and logs.
@@ -18,7 +20,7 @@ from typing import Literal
 from unissl.config import arg, save_run_config
 from unissl.engine import TrainConfig, Trainer, is_main
 from unissl.errors import UnisslError
-from unissl.methods.sorcen.method import SorcenLossConfig
+from unissl.methods.sorcen.method import ONLINE_VARIANTS, SorcenLossConfig, Variant
 from unissl.utils.seed import seed_everything
 
 PresetName = Literal["tiny", "small", "vit_b", "vit_l"]  # keys of unissl.methods.sorcen.presets.PRESETS
@@ -38,8 +40,8 @@ class Config:
     tokens: str | None = arg(None, help="token store directory (from `unissl tokenize`) for sorcen / mage")
     split: str = arg("train", help="split of the token store or dataset to train on")
     flip: bool = arg(False, help="also train on the store's horizontally flipped ids (if it has them)")
-    method: Literal["sorcen", "mage", "mage-c"] = arg("sorcen", help="sorcen (Echo Contrast), mage (no contrast) "
-                                                      "or mage-c (two online-tokenized crops + SimCLR)")
+    method: Variant = arg("sorcen", help="sorcen (Echo Contrast), mage (no contrast), mage-c (two online-tokenized "
+                                         "crops + SimCLR) or mage-aug (one online-tokenized crop, no contrast)")
     preset: PresetName = arg("small", help="encoder-decoder size (K and grid come from the tokens/tokenizer)")
     dataset: str | None = arg(None, help="image dataset for mage-c (digits, fashion-mnist, folder, webdataset)")
     data_dir: str | None = arg(None, help="image dataset directory (default: the dataset's standard location)")
@@ -52,10 +54,11 @@ class Config:
             hint = f" --dataset {self.dataset}" if self.dataset else ""
             raise UnisslError(f"--method {self.method} trains on precomputed ids: run `unissl tokenize --tokenizer "
                               f"TOKENIZER_DIR{hint} --out TOKENS_DIR` first, then pass --tokens TOKENS_DIR")
-        if self.method == "mage-c" and self.dataset is None:
-            raise UnisslError("--method mage-c tokenizes images online: pass --dataset (and --tokenizer or --tokens)")
-        if self.method == "mage-c" and self.tokenizer is None and self.tokens is None:
-            raise UnisslError("--method mage-c needs the frozen tokenizer: pass --tokenizer DIR (or --tokens DIR)")
+        if self.method in ONLINE_VARIANTS and self.dataset is None:
+            raise UnisslError(f"--method {self.method} tokenizes images online: pass --dataset (and --tokenizer or "
+                              f"--tokens)")
+        if self.method in ONLINE_VARIANTS and self.tokenizer is None and self.tokens is None:
+            raise UnisslError(f"--method {self.method} needs the frozen tokenizer: pass --tokenizer DIR (or --tokens DIR)")
 
 
 def build(cfg: Config):
@@ -68,7 +71,7 @@ def build(cfg: Config):
     if store is not None and store.kind != "vq":
         raise UnisslError(f"token store {cfg.tokens} holds continuous tokens; Sorcen needs VQ ids")
     tokenizer_path = cfg.tokenizer or (store.tokenizer_path if store is not None else None)
-    if cfg.method == "mage-c":
+    if cfg.method in ONLINE_VARIANTS:
         from unissl.data import build_dataset
         from unissl.tokenizers import load_tokenizer
 
@@ -82,7 +85,8 @@ def build(cfg: Config):
         arch = arch_for_store(cfg.preset, store.codebook_size, store.grid)
         classes = list(store.classes)
     seed_everything(cfg.train.seed)
-    method = SorcenMethod(arch, cfg.method, cfg.loss, num_classes=len(classes), tokenizer=tok)
+    method = SorcenMethod(arch, cfg.method, cfg.loss, num_classes=len(classes), tokenizer=tok,
+                          steps_per_epoch=cfg.train.steps_per_epoch(len(data)))
     return method, data, {"arch": arch, "classes": classes, "tokenizer": tokenizer_path}
 
 

@@ -14,15 +14,18 @@ def no_decay_names(method: nn.Module) -> set[str]:
     """Names of the trainable parameters that get no weight decay.
 
     Biases and norm weights (every parameter with ``ndim <= 1``), ``nn.Embedding`` weights (found by
-    identity, so a weight tied to an output head is covered too) and the names listed by the method's
-    optional ``no_weight_decay()`` hook (positional embeddings, class/mask tokens, ...).
+    identity, so a weight tied to an output head is covered too; not when the method's optional
+    ``decays_embeddings()`` hook returns True) and the names listed by the method's optional
+    ``no_weight_decay()`` hook (positional embeddings, class/mask tokens, ...).
     """
     named = dict(method.named_parameters())
     extra = set(hook(method, "no_weight_decay")() if hook(method, "no_weight_decay") else ())
     unknown = extra - set(named)
     if unknown:
         raise ValueError(f"{type(method).__name__}.no_weight_decay() names unknown parameters {sorted(unknown)}")
-    embedding_ids = {id(m.weight) for m in method.modules() if isinstance(m, nn.Embedding)}
+    decays_embeddings = hook(method, "decays_embeddings")
+    embedding_ids = ({id(m.weight) for m in method.modules() if isinstance(m, nn.Embedding)}
+                     if not (decays_embeddings is not None and decays_embeddings()) else set())
     return {name for name, p in named.items()
             if p.requires_grad and (p.ndim <= 1 or id(p) in embedding_ids or name in extra)}
 

@@ -69,17 +69,28 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather: bool
     return F.cross_entropy(logits, target)
 
 
-def uniformity_loss(features: torch.Tensor, gather: bool = True) -> torch.Tensor:
+def uniformity_loss(features: torch.Tensor, gather: bool = True, diagonal: bool = False) -> torch.Tensor:
     """Mean squared cosine similarity between the pooled latents of *different* images.
 
-    features (B, D); 0 for orthogonal features, 1 when all images collapse onto one direction.
+    features (B, D); 0 for orthogonal features, 1 when all images collapse onto one direction. With
+    ``diagonal`` the mean runs over all n^2 pairs including i = j (the released code's form: a constant
+    1/n is added to the value, and the gradient scales by (n-1)/n).
     """
     f = F.normalize(features.float(), dim=-1)  # (B, D)
     if gather:
         f = all_gather_with_grad(f)  # (W*B, D)
     n = f.shape[0]
+    if diagonal:
+        return (f @ f.T).pow(2).mean()
     if n < 2:
         return f.sum() * 0.0
     sim = f @ f.T  # (n, n)
     off_diag = 1.0 - torch.eye(n, dtype=sim.dtype, device=f.device)
     return (sim.pow(2) * off_diag).sum() / (n * (n - 1))
+
+
+@torch.no_grad()
+def masked_top1(logits: torch.Tensor, targets: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """Share of masked positions whose argmax code is the target: logits (B, N, K), targets/mask (B, N)."""
+    hit = (logits.argmax(dim=-1) == targets) & token_mask
+    return hit.sum().float() / token_mask.sum().clamp_min(1).float()

@@ -4,7 +4,15 @@
   + a uniformity term, on precomputed ids (``batch["ids"]`` (B, h, w)).
 * ``mage``: masked token reconstruction only, on precomputed ids.
 * ``mage-c``: reconstruction of two augmented crops tokenized *online* by a frozen VQ tokenizer
-  (``batch["image"]`` (B, C, H, W)) + SimCLR's NT-Xent between the crops' pooled features.
+  (``batch["image"]`` (B, C, H, W)) + SimCLR's NT-Xent between the crops' pooled features
+  (``loss.contrast_weight 0`` is the "two crops, no contrast" ablation).
+* ``mage-aug``: masked token reconstruction of ONE RandomResizedCrop + flip view per image, tokenized
+  online: the recipe behind MAGE's published numbers (no contrast).
+
+Where the released Sorcen code (LEASE) differs from the paper's text, options reproduce it: the echo
+warm-up horizon (``echo_warmup_unit``, the released ``epoch <= 10`` rule is ``released``), the teacher's
+initialisation and trainable projector, the epoch-wise momentum schedule, the uniformity pooling and the
+weight-decay grouping; see docs/fidelity.md for which default was chosen and why.
 
 Every variant trains an online linear classifier on detached pooled features when labels are present
 (``probe_acc`` in the logs; monitoring only, it does not shape the representation).
@@ -24,14 +32,18 @@ import torch.nn.functional as F
 
 from unissl.config import arg
 from unissl.engine.schedule import cosine_value
+from unissl.layers.vit import init_vit_weights
 from unissl.methods.sorcen.augment import random_resized_crop_flip
 from unissl.methods.sorcen.echo import sample_echo
-from unissl.methods.sorcen.losses import info_nce, masked_token_loss, nt_xent, uniformity_loss
+from unissl.methods.sorcen.losses import info_nce, masked_token_loss, masked_top1, nt_xent, uniformity_loss
 from unissl.methods.sorcen.masking import random_masking, sample_mask_ratio, sample_window_side, window_mask
 from unissl.methods.sorcen.model import SorcenModel
 from unissl.methods.sorcen.presets import SorcenArch
 
-Variant = Literal["sorcen", "mage", "mage-c"]
+Variant = Literal["sorcen", "mage", "mage-c", "mage-aug"]
+ONLINE_VARIANTS = ("mage-c", "mage-aug")  # variants that read images and tokenize them every step
+EchoWarmupUnit = Literal["fraction", "steps", "epochs", "released", "accuracy"]
+RELEASED_ECHO_EPOCHS = 10  # LEASE: ground-truth echoes while the (0-based) epoch index is <= 10
 
 
 @dataclass
@@ -50,8 +62,28 @@ class SorcenLossConfig:
     uniformity_weight: float = arg(0.01, help="weight of the uniformity term (sorcen only)")
     echo_topk: int = arg(15, help="echo samples among the k most likely codes after the argmax")
     echo_temperature: float = arg(1.0, help="temperature of the echo sampling")
-    echo_warmup: float = arg(10 / 1600, help="fraction of training that uses ground-truth ids as the echo")
+    echo_warmup: float = arg(10 / 1600, help="how long the echo is the ground truth, in echo_warmup_unit")
+    echo_warmup_unit: EchoWarmupUnit = arg("fraction", help="fraction: of the run; steps / epochs: absolute; "
+                                           "released: the released code's rule, epoch index <= 10 (value "
+                                           "ignored); accuracy: until the decoder's masked top-1 (running "
+                                           "mean) reaches echo_warmup")
     momentum: float = arg(0.996, help="initial EMA momentum of the teacher (cosine to 1.0)")
+    momentum_schedule: Literal["step", "epoch"] = arg("step", help="step: cosine over the run's steps; epoch: "
+                                                      "over the integer epoch (released code)")
+    momentum_epochs: float | None = arg(None, help="epoch schedule: horizon of the cosine in epochs (released "
+                                                   "code: 1600 hard-coded; default: the run's length)")
+    teacher_init: Literal["copy", "random"] = arg("copy", help="teacher blocks/projector start as a copy of the "
+                                                  "student or as their own random init (released code)")
+    teacher_projector_grad: bool = arg(False, help="the teacher projector also gets gradients from the contrast "
+                                                   "term and is trained by AdamW besides the EMA pull "
+                                                   "(released code)")
+    uniformity_pool: Literal["image", "all"] = arg("image", help="uniformity term over the mean of the image "
+                                                   "positions, or of all encoder outputs incl. the class slot "
+                                                   "(released code)")
+    uniformity_diagonal: bool = arg(False, help="average the squared cosines over all pairs incl. i=j "
+                                                "(released code) instead of distinct images only")
+    decay_embeddings: bool = arg(False, help="weight decay on the embeddings and the decoder position table too "
+                                             "(released code: only 1-D parameters and biases are exempt)")
     crop_scale_min: float = arg(0.2, help="MAGE-C: smallest crop area fraction")
     probe: bool = arg(True, help="train an online linear classifier on detached features (when labels exist)")
 
@@ -64,8 +96,17 @@ class SorcenLossConfig:
             raise ValueError("temperatures must be positive")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if not 0.0 <= self.echo_warmup <= 1.0:
-            raise ValueError(f"echo_warmup is a fraction of training in [0, 1], got {self.echo_warmup}")
+        if self.echo_warmup_unit in ("fraction", "accuracy") and not 0.0 <= self.echo_warmup <= 1.0:
+            raise ValueError(f"echo_warmup is a {'fraction of training' if self.echo_warmup_unit == 'fraction' else 'top-1 accuracy'} "
+                             f"in [0, 1] with echo_warmup_unit={self.echo_warmup_unit}, got {self.echo_warmup}")
+        if self.echo_warmup < 0:
+            raise ValueError(f"echo_warmup must be >= 0, got {self.echo_warmup}")
+        if self.momentum_epochs is not None and not self.momentum_epochs > 0:
+            raise ValueError(f"momentum_epochs must be positive, got {self.momentum_epochs}")
+
+    def needs_epochs(self) -> bool:
+        """Whether the warm-up or the momentum schedule counts epochs (the method needs steps per epoch)."""
+        return self.echo_warmup_unit in ("epochs", "released") or self.momentum_schedule == "epoch"
 
 
 class FrozenTokenizer(Protocol):
@@ -94,12 +135,15 @@ class SorcenMethod(nn.Module):
     """The trainable method (engine ``Method`` protocol). ``model`` is the encoder-decoder to keep."""
 
     def __init__(self, arch: SorcenArch, variant: Variant = "sorcen", loss: SorcenLossConfig | None = None,
-                 num_classes: int = 0, tokenizer: FrozenTokenizer | None = None) -> None:
+                 num_classes: int = 0, tokenizer: FrozenTokenizer | None = None, steps_per_epoch: int = 0) -> None:
         super().__init__()
-        if variant not in ("sorcen", "mage", "mage-c"):
+        if variant not in ("sorcen", "mage", "mage-c", "mage-aug"):
             raise ValueError(f"unknown variant {variant!r}")
         self.arch, self.variant = arch, variant
         self.cfg = loss or SorcenLossConfig()
+        if variant == "sorcen" and self.cfg.needs_epochs() and steps_per_epoch <= 0:
+            raise ValueError("echo_warmup_unit epochs/released and momentum_schedule=epoch need steps_per_epoch")
+        self.steps_per_epoch = steps_per_epoch
         self.model = SorcenModel(arch)
         if variant == "sorcen":
             self.projector = ProjectionHead(arch.dim, arch.proj_hidden, arch.proj_dim)
@@ -107,11 +151,18 @@ class SorcenMethod(nn.Module):
             # EMA teacher: its own blocks and projector; it shares the embedding and final norm.
             self.teacher_blocks = copy.deepcopy(self.model.blocks).requires_grad_(False)
             self.teacher_projector = copy.deepcopy(self.projector).requires_grad_(False)
-        elif variant == "mage-c":
+            if self.cfg.teacher_init == "random":  # the released code initialises the teacher separately
+                self.teacher_blocks.apply(init_vit_weights)
+                for m in self.teacher_projector.modules():
+                    if isinstance(m, (nn.Linear, nn.BatchNorm1d)):
+                        m.reset_parameters()
+            self.teacher_projector.requires_grad_(self.cfg.teacher_projector_grad)
+        elif variant in ONLINE_VARIANTS:
             if tokenizer is None:
-                raise ValueError("mage-c needs the frozen VQ tokenizer that tokenizes the crops online")
+                raise ValueError(f"{variant} needs the frozen VQ tokenizer that tokenizes the crops online")
+            if variant == "mage-c":
+                self.projector = ProjectionHead(arch.dim, arch.proj_hidden, arch.proj_dim)
         # sorcen / mage accept a tokenizer too: it only decodes the samples of ``log_images``.
-            self.projector = ProjectionHead(arch.dim, arch.proj_hidden, arch.proj_dim)
         # The frozen tokenizer stays outside the module tree: not trained, not checkpointed, not in DDP.
         self._tokenizer: tuple[FrozenTokenizer, ...] = (tokenizer,) if tokenizer is not None else ()
         if tokenizer is not None:
@@ -124,6 +175,10 @@ class SorcenMethod(nn.Module):
         # Training progress, for the echo warm-up and the momentum schedule (saved with checkpoints).
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("total_steps", torch.zeros((), dtype=torch.long))
+        # echo_warmup_unit=accuracy: running mean of the masked top-1 and the latched "echoes are on" flag
+        self.register_buffer("top1_running", torch.zeros(()))
+        self.register_buffer("echo_live", torch.zeros((), dtype=torch.bool))
+        self._last_top1: torch.Tensor | None = None
         # A host-side copy, so that forward never synchronises with the device to read the buffers;
         # invalidated when a checkpoint is loaded.
         self._progress: tuple[int, int] | None = None
@@ -132,7 +187,11 @@ class SorcenMethod(nn.Module):
     # ------------------------------------------------------------------ engine hooks
     def no_weight_decay(self) -> set[str]:
         """The decoder's position table (an ``nn.Parameter``, not an ``nn.Embedding``)."""
-        return {"model.decoder_pos"}
+        return set() if self.cfg.decay_embeddings else {"model.decoder_pos"}
+
+    def decays_embeddings(self) -> bool:
+        """Engine hook: with ``decay_embeddings`` only 1-D parameters escape weight decay (released code)."""
+        return self.cfg.decay_embeddings
 
     @torch.no_grad()
     def on_train_step_end(self, step: int, total_steps: int) -> None:
@@ -142,6 +201,9 @@ class SorcenMethod(nn.Module):
         self._progress = (step, total_steps)
         if self.variant != "sorcen":
             return
+        if self.cfg.echo_warmup_unit == "accuracy" and self._last_top1 is not None:
+            self.top1_running.lerp_(self._last_top1.to(self.top1_running), 0.1)  # running mean of ~10 steps
+            self.echo_live |= self.top1_running >= self.cfg.echo_warmup
         beta = self.momentum_at(step, total_steps)
         for student, teacher in ((self.model.blocks, self.teacher_blocks), (self.projector, self.teacher_projector)):
             s_params = [p.detach() for p in student.parameters()]
@@ -149,15 +211,30 @@ class SorcenMethod(nn.Module):
             torch._foreach_lerp_(t_params, s_params, 1.0 - beta)  # t <- beta * t + (1 - beta) * s
 
     def momentum_at(self, step: int, total_steps: int) -> float:
-        """beta = 1 - (1 - m0) * (cos(pi * step / total) + 1) / 2."""
-        return cosine_value(step, self.cfg.momentum, 1.0, max(total_steps, 1))
+        """beta = 1 - (1 - m0) * (cos(pi * x) + 1) / 2 with x = step / total, or with
+        ``momentum_schedule=epoch`` x = (integer epoch) / momentum_epochs (the released code's rule)."""
+        if self.cfg.momentum_schedule == "step":
+            return cosine_value(step, self.cfg.momentum, 1.0, max(total_steps, 1))
+        spe = max(self.steps_per_epoch, 1)
+        horizon = self.cfg.momentum_epochs or max(total_steps / spe, 1.0)
+        x = min((step // spe) / horizon, 1.0)
+        return 1.0 - (1.0 - self.cfg.momentum) * (math.cos(math.pi * x) + 1.0) / 2.0
 
     def in_echo_warmup(self) -> bool:
         """True while the echo is the ground truth (the decoder is not yet a useful generator)."""
         if self._progress is None:
             self._progress = (int(self.step), int(self.total_steps))
         step, total = self._progress
-        return total == 0 or step < math.ceil(self.cfg.echo_warmup * total)
+        unit, w = self.cfg.echo_warmup_unit, self.cfg.echo_warmup
+        if unit == "fraction":
+            return total == 0 or step < math.ceil(w * total)
+        if unit == "steps":
+            return step < w
+        if unit == "epochs":  # ground truth for the first w epochs
+            return step < math.ceil(w * self.steps_per_epoch)
+        if unit == "released":  # LEASE: `if epoch <= 10` with the 0-based epoch index
+            return step // max(self.steps_per_epoch, 1) <= RELEASED_ECHO_EPOCHS
+        return not bool(self.echo_live)  # accuracy: until the decoder's running masked top-1 reached w
 
     @torch.no_grad()
     def log_images(self, batch: dict[str, torch.Tensor], num_samples: int = 16, steps: int = 12) -> dict[str, torch.Tensor]:
@@ -181,15 +258,19 @@ class SorcenMethod(nn.Module):
         """One training step's losses. Returns ``loss`` and scalar logs (``recon``, ``contrast``, ...)."""
         if self.variant == "mage-c":
             return self._forward_magec(batch)
+        if self.variant == "mage-aug":
+            return self._forward_mage_aug(batch)
         ids = batch["ids"].long()  # (B, h, w)
         latent, logits, targets, masking = self._masked_pass(ids)
         recon = masked_token_loss(logits, targets, masking.token_mask, self.cfg.label_smoothing)
         pooled = latent[:, 1:].mean(dim=1)  # (B, D) mean of the kept image positions
-        out: dict[str, torch.Tensor] = {"recon": recon.detach()}
+        out: dict[str, torch.Tensor] = {"recon": recon.detach(), "masked_top1": masked_top1(logits, targets, masking.token_mask)}
         loss = recon
         if self.variant == "sorcen":
-            uniformity = uniformity_loss(pooled)
-            z = self._echo_embedding(ids, logits)  # (B, P), no gradient
+            self._last_top1 = out["masked_top1"]
+            pool_u = latent.mean(dim=1) if self.cfg.uniformity_pool == "all" else pooled
+            uniformity = uniformity_loss(pool_u, diagonal=self.cfg.uniformity_diagonal)
+            z = self._echo_embedding(ids, logits)  # (B, P); a gradient only into a trainable teacher projector
             p = self.predictor(self.projector(pooled))  # (B, P)
             contrast = info_nce(z, p, self.cfg.temperature)  # queries: echoes; keys: anchors of all ranks
             loss = loss + self.cfg.uniformity_weight * uniformity + self.cfg.contrast_weight * contrast
@@ -208,18 +289,25 @@ class SorcenMethod(nn.Module):
         latent, logits = self.model(flat, masking)  # (B, 1+N_keep, D), (B, N, K)
         return latent, logits, flat, masking
 
-    @torch.no_grad()
     def _echo_embedding(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Echo -> jittered window -> EMA teacher (no dropping) -> mean of image positions -> projector."""
+        """Echo -> jittered window -> EMA teacher (no dropping) -> mean of image positions -> projector.
+
+        The teacher blocks always run without gradient; the projector too unless ``teacher_projector_grad``
+        (the released code calls it outside ``no_grad``, so AdamW trains it besides the EMA pull).
+        """
         b, (h, w) = ids.shape[0], self.arch.grid
-        if self.in_echo_warmup():
-            echo = ids.reshape(b, h, w)
-        else:
-            echo = sample_echo(logits.detach(), self.cfg.echo_topk, self.cfg.echo_temperature).view(b, h, w)
-        echo = window_mask(echo, sample_window_side(self.arch.grid), self.model.special.mask)  # (B, h, w)
-        x = self.model.embed(self.model.with_class_slot(echo))  # (B, 1+N, D), shared embedding
-        t = self.model.run_encoder(x, self.teacher_blocks)  # shared final norm
-        return self.teacher_projector(t[:, 1:].mean(dim=1))  # (B, P)
+        with torch.no_grad():
+            if self.in_echo_warmup():
+                echo = ids.reshape(b, h, w)
+            else:
+                echo = sample_echo(logits.detach(), self.cfg.echo_topk, self.cfg.echo_temperature).view(b, h, w)
+            echo = window_mask(echo, sample_window_side(self.arch.grid), self.model.special.mask)  # (B, h, w)
+            x = self.model.embed(self.model.with_class_slot(echo))  # (B, 1+N, D), shared embedding
+            t = self.model.run_encoder(x, self.teacher_blocks)[:, 1:].mean(dim=1)  # (B, D), shared final norm
+        if self.cfg.teacher_projector_grad:
+            return self.teacher_projector(t)  # (B, P)
+        with torch.no_grad():
+            return self.teacher_projector(t)  # (B, P)
 
     def _forward_magec(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         images = batch["image"]  # (B, C, H, W) in [0, 1]
@@ -236,9 +324,24 @@ class SorcenMethod(nn.Module):
         z = self.projector(pooled)  # (2B, P)
         b = images.shape[0]
         contrast = nt_xent(z[:b], z[b:], self.cfg.magec_temperature)
-        out: dict[str, torch.Tensor] = {"recon": recon.detach(), "contrast": contrast.detach()}
+        out: dict[str, torch.Tensor] = {"recon": recon.detach(), "contrast": contrast.detach(),
+                                        "masked_top1": masked_top1(logits, targets, masking.token_mask)}
         loss = recon + self.cfg.contrast_weight * contrast + self._probe(pooled[:b], batch, out)
         out["loss"] = loss
+        return out
+
+    def _forward_mage_aug(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """MAGE's published recipe: one RandomResizedCrop + flip view per image, tokenized online."""
+        images = batch["image"]  # (B, C, H, W) in [0, 1]
+        tok = self.tokenizer
+        with torch.no_grad():
+            view = random_resized_crop_flip(images, int(tok.image_size), (self.cfg.crop_scale_min, 1.0))
+            ids = tok.encode(view).long()  # (B, h, w)
+        latent, logits, targets, masking = self._masked_pass(ids)
+        recon = masked_token_loss(logits, targets, masking.token_mask, self.cfg.label_smoothing)
+        out: dict[str, torch.Tensor] = {"recon": recon.detach(),
+                                        "masked_top1": masked_top1(logits, targets, masking.token_mask)}
+        out["loss"] = recon + self._probe(latent[:, 1:].mean(dim=1), batch, out)
         return out
 
     def _probe(self, pooled: torch.Tensor, batch: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -255,9 +358,9 @@ class SorcenMethod(nn.Module):
     # ------------------------------------------------------------------ helpers
     @property
     def tokenizer(self) -> FrozenTokenizer:
-        """The frozen online tokenizer (MAGE-C), moved to the method's device on first use."""
+        """The frozen online tokenizer (MAGE-C, MAGE-aug), moved to the method's device on first use."""
         if not self._tokenizer:
-            raise RuntimeError("this method has no online tokenizer (only mage-c uses one)")
+            raise RuntimeError("this method has no online tokenizer (only mage-c / mage-aug use one)")
         tok = self._tokenizer[0]
         if isinstance(tok, nn.Module):
             device = self.model.decoder_pos.device

@@ -61,9 +61,10 @@ def load_method(run_dir: str | Path, device: torch.device | str = "cpu") -> tupl
     info = read_run_info(run_dir)
     loss_fields = {f.name for f in dataclasses.fields(SorcenLossConfig)}
     loss = SorcenLossConfig(**{k: v for k, v in info.get("loss", {}).items() if k in loss_fields})
-    # MAGE-C's tokenizer is not part of the weights; a placeholder-free build skips it.
-    variant = info["variant"] if info["variant"] != "mage-c" else "mage"
-    method = SorcenMethod(info["arch"], variant, loss, num_classes=int(info.get("num_classes", 0)))
+    # The online variants' tokenizer is not part of the weights; a placeholder-free build skips it.
+    variant = "mage" if info["variant"] in ("mage-c", "mage-aug") else info["variant"]
+    method = SorcenMethod(info["arch"], variant, loss, num_classes=int(info.get("num_classes", 0)),
+                          steps_per_epoch=1)  # progress counters are not needed to evaluate or sample
     ck = load_checkpoint(run_dir, with_trainer_state=False)  # a run directory or a step directory
     state = ck.model
     if info["variant"] == "mage-c":  # MAGE-C's projector has no place in the MAGE-shaped module
