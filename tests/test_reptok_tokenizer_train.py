@@ -66,3 +66,40 @@ def test_sorcen_encoder_only_cls_projection_decoder_change(tmp_path) -> None:
     _train_and_compare(tok, tmp_path / "reptok")
     # the VQ tokenizer inside the Sorcen adapter is frozen too
     assert all(not p.requires_grad for p in tok.encoder.vq.parameters())
+
+
+@pytest.mark.parametrize("kind", ["sorcen", "random"])
+def test_frozen_cache_gives_the_same_loss_and_gradient(tmp_path, kind) -> None:
+    """The frozen encoder's outputs cached once per image: same loss and [cls] gradient as recomputing them."""
+    from unissl.methods.reptok.frozen_cache import WithFrozenCache, build_frozen_cache
+
+    if kind == "sorcen":
+        from test_reptok_encoders import make_tiny_sorcen_run
+
+        enc = {"kind": "sorcen", "path": make_tiny_sorcen_run(tmp_path)}
+    else:
+        enc = {"kind": "random", "image_size": 16, "dim": 32, "depth": 2, "heads": 2, "patch": 4}
+    torch.manual_seed(0)
+    tok = RepTokTokenizer(RepTokConfig(encoder=enc, image_size=16, channels=1, decoder="tiny", cos_weight=0.5))
+    with torch.no_grad():
+        tok.encoder.cls.add_(0.3 * torch.randn_like(tok.encoder.cls))  # so that the cosine term is not zero
+    data = _dataset()
+    path = build_frozen_cache(tok.encoder, data, tmp_path / "cache", batch_size=5)
+    assert build_frozen_cache(tok.encoder, data, tmp_path / "cache") == path  # reused, not recomputed
+    cached = WithFrozenCache(data, path)
+    idx = [3, 0, 7, 11]
+    plain, with_cache = data.__getitems__(idx), cached.__getitems__(idx)
+    assert ("frozen_input" in with_cache) == (kind == "sorcen")
+    results = []
+    for batch in (plain, with_cache):
+        tok.zero_grad()
+        torch.manual_seed(1)
+        out = tok(batch)
+        out["loss"].backward()
+        results.append((out["loss"].detach(), out["cos_loss"], tok.encoder.cls.grad.clone()))
+    assert results[0][1] > 1e-3
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # another dataset (or other backbone weights) gets another key
+    other = build_frozen_cache(tok.encoder, _dataset(8), tmp_path / "cache")
+    assert other != path

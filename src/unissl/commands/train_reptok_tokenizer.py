@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 
 from unissl.config import arg, save_run_config
-from unissl.engine import TrainConfig
+from unissl.engine import TrainConfig, is_main
 from unissl.errors import UnisslError
 
 
@@ -47,6 +47,10 @@ class Config:
     space: Literal["pixels", "vae"] = arg("pixels", help="decode pixels or the latents of a frozen AutoencoderKL")
     vae_path: str | None = arg(None, help="space=vae: local diffusers AutoencoderKL directory")
     out: str | None = arg(None, help="where the trained tokenizer is saved (default: RUN_DIR/tokenizer)")
+    frozen_cache: bool = arg(True, help="compute the frozen encoder's token (and the Sorcen adapter's VQ ids) once "
+                                        "per image instead of every step")
+    cache_dir: str | None = arg(None, help="where that cache lives (default: <encoder-path>/reptok-cache for "
+                                           "sorcen, shared by every tokenizer on that encoder; else RUN_DIR)")
     train: TrainConfig = field(default_factory=_default_train)
 
     def __post_init__(self) -> None:
@@ -124,9 +128,32 @@ def build(cfg: Config):
     return RepTokTokenizer(tcfg), data
 
 
+def with_frozen_cache(cfg: Config, tok: Any, data: Any) -> Any:
+    """``data`` with the frozen encoder's per-image outputs attached (computed once on rank 0)."""
+    from unissl.engine import barrier
+    from unissl.engine.runtime import resolve_device
+    from unissl.methods.reptok.frozen_cache import WithFrozenCache, build_frozen_cache
+
+    if cfg.cache_dir:
+        cache_dir = Path(cfg.cache_dir)
+    elif cfg.encoder == "sorcen":
+        cache_dir = Path(str(cfg.encoder_path)) / "reptok-cache"
+    else:
+        cache_dir = Path(cfg.train.run_dir) / "frozen-cache"
+    path = None
+    if is_main():
+        path = build_frozen_cache(tok.encoder, data, cache_dir, device=resolve_device(cfg.train.device))
+    barrier()
+    if path is None:
+        from unissl.methods.reptok.frozen_cache import cache_key
+
+        path = cache_dir / f"frozen-{cache_key(tok.encoder, data)}.safetensors"
+    return WithFrozenCache(data, path)
+
+
 def run(cfg: Config) -> Path:
     """Train, then save the tokenizer to ``--out``; returns that directory."""
-    from unissl.engine import Trainer, init_distributed, is_main
+    from unissl.engine import Trainer, init_distributed
 
     init_distributed()
     tok, data = build(cfg)
@@ -137,6 +164,8 @@ def run(cfg: Config) -> Path:
         print(f"unissl train reptok-tokenizer: encoder {cfg.encoder} (D={tok.encoder.dim}), decoder {cfg.decoder} "
               f"on {cfg.space}, lambda={cfg.cos_weight}, {n_train / 1e6:.2f}M trainable, {len(data)} images "
               f"-> {cfg.train.run_dir}")
+    if cfg.frozen_cache:
+        data = with_frozen_cache(cfg, tok, data)
     logs = Trainer(tok, data, cfg.train).fit()
     if is_main():
         tok.save_pretrained(out)

@@ -89,6 +89,16 @@ class SSLEncoder(nn.Module):
         """z_frozen (B, D): the original encoder's token (``cls_init`` in the class slot)."""
         return self.encode_with(images, self.cls_init)
 
+    # A frozen, cls-independent first stage (the Sorcen adapter's VQ ids) can be computed once per image:
+    # ``prepare(images)`` gives it, ``encode_prepared(x, cls)`` continues from it. The default has none.
+    def prepare(self, images: torch.Tensor) -> torch.Tensor | None:
+        """The backbone input that does not depend on ``cls`` and is worth caching, or None."""
+        return None
+
+    def encode_prepared(self, prepared: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+        """z (B, D) from :meth:`prepare`'s output with ``cls`` in the class slot."""
+        raise NotImplementedError(f"{type(self).__name__} has no cacheable first stage")
+
     def spec(self) -> dict[str, Any]:
         """JSON-serialisable arguments that rebuild this adapter with :func:`build_encoder`."""
         raise NotImplementedError
@@ -178,12 +188,18 @@ class SorcenEncoder(SSLEncoder):
         return self
 
     def encode_with(self, images: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+        return self.encode_prepared(self.prepare(images), cls)
+
+    @torch.no_grad()
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen VQ ids (B, h, w) int64 of images (B, C, H, W) in [0, 1]."""
         size, ch = int(self.vq.image_size), int(self.vq.channels)
         if images.shape[-1] != size or images.shape[-2] != size or images.shape[1] != ch:
             images = to_square(images, size, channels=ch)
-        with torch.no_grad():
-            ids = self.vq.encode(images)  # (B, h, w) int64, not differentiable anyway
-        return self.backbone.encode(ids, class_embedding_override=cls)[:, 0]  # (B, D)
+        return self.vq.encode(images)
+
+    def encode_prepared(self, prepared: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+        return self.backbone.encode(prepared.long(), class_embedding_override=cls)[:, 0]  # (B, D)
 
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": self.path}

@@ -84,9 +84,17 @@ class RepTokTokenizer(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Flow MSE + lambda * cosine loss on ``batch["image"]`` (B, C, H, W) in [0, 1]."""
         images = batch["image"]
-        z = self.encoder(images)  # (B, D), differentiable in encoder.cls
-        with torch.no_grad():
-            z_frozen = self.encoder.frozen(images)  # (B, D)
+        # With a frozen-encoder cache (:mod:`.frozen_cache`) the batch carries z_frozen and, for encoders
+        # with a frozen first stage, its output (``frozen_input``): no frozen work is repeated per step.
+        if "frozen_input" in batch:
+            z = self.encoder.encode_prepared(batch["frozen_input"], self.encoder.cls)  # (B, D)
+        else:
+            z = self.encoder(images)  # (B, D), differentiable in encoder.cls
+        if "z_frozen" in batch:
+            z_frozen = batch["z_frozen"].to(z.dtype)
+        else:
+            with torch.no_grad():
+                z_frozen = self.encoder.frozen(images)  # (B, D)
         l_cos = cosine_loss(z, z_frozen)
         x = self.space.encode(images)  # (B, c, h, w)
         t = self.time_sampler.sample(x.shape[0], device=x.device)  # (B,)
