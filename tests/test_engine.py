@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import sys
@@ -346,3 +347,26 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
 def test_single_process_dist_helpers_are_identities() -> None:
     x = torch.randn(3, 2, requires_grad=True)
     assert all_gather_with_grad(x) is x
+
+
+def test_bf16_autocast_on_cpu_is_opt_in(tmp_path: Path) -> None:
+    """--train.amp bf16 runs the forward under CPU bf16 autocast; weights and checkpoints stay fp32."""
+    seen: list[torch.dtype] = []
+
+    class Probe(ToyMethod):
+        def forward(self, batch):
+            seen.append(self.net[0](batch["x"]).dtype)
+            return super().forward(batch)
+
+    for amp, expected in (("auto", torch.float32), ("bf16", torch.bfloat16)):
+        seen.clear()
+        cfg = toy_cfg(tmp_path / amp, steps=3, amp=amp)
+        torch.manual_seed(cfg.seed)
+        method = Probe()
+        logs = Trainer(method, ToyDataset(40), cfg).fit()
+        assert seen and set(seen) == {expected} and math.isfinite(logs["loss"])
+        assert all(p.dtype == torch.float32 for p in method.parameters())
+        state = load_file(str(latest_checkpoint(tmp_path / amp) / "model.safetensors"))
+        assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+        info = json.loads((tmp_path / amp / "train_info.json").read_text())
+        assert info[-1]["amp"] == ("bf16" if amp == "bf16" else "fp32")

@@ -350,3 +350,29 @@ def test_crop_flip_shapes_and_identity():
     assert torch.allclose(y, x.flip(-1), atol=1e-5)
     y = random_resized_crop_flip(x, 6, scale=(0.2, 0.5))
     assert y.shape == (3, 1, 6, 6) and y.min() >= 0 and y.max() <= 1
+
+
+def test_compiled_networks_compile_once_across_mask_ratios_and_progress():
+    """--train.compile: the blocks compile on the first step and stay compiled while the mask ratio and
+    the progress counters change every step (compiling the whole method recompiled every step)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = SorcenMethod(PRESETS["tiny"], "sorcen", SorcenLossConfig(echo_warmup=0.5))
+    eager = SorcenMethod(PRESETS["tiny"], "sorcen", SorcenLossConfig(echo_warmup=0.5))
+    eager.load_state_dict(m.state_dict())
+    m.compile_networks(backend="eager")  # dynamo's graph capture and guards without the C++ toolchain
+    ids = torch.randint(0, 16, (4, 4, 4))
+    frames = []
+    for step in range(1, 6):
+        torch.manual_seed(step)
+        out = m({"ids": ids})
+        torch.manual_seed(step)
+        ref = eager({"ids": ids})
+        torch.testing.assert_close(out["loss"], ref["loss"])
+        out["loss"].backward()
+        m.on_train_step_end(step, 6)  # the echo turns on at step 3: a Python branch outside the graphs
+        eager.on_train_step_end(step, 6)
+        frames.append(counters["stats"]["unique_graphs"])
+    assert frames[0] > 0 and frames[-1] == frames[0], frames  # no graph after the first step

@@ -45,8 +45,10 @@ class TrainConfig:
     resume: bool = arg(False, help="continue from the latest checkpoint in the run directory if there is one")
     resume_from: str | None = arg(None, help="continue from this checkpoint directory (or run directory)")
     device: Literal["auto", "cpu", "cuda"] = arg("auto", help="training device (auto: cuda if available)")
-    amp: Literal["auto", "bf16", "fp32"] = arg("auto", help="autocast precision (bf16 on CUDA only; CPU is fp32)")
-    compile: bool = arg(False, help="torch.compile the method (CUDA only)")
+    amp: Literal["auto", "bf16", "fp32"] = arg("auto", help="autocast precision: auto = bf16 on CUDA, fp32 on CPU; "
+                                                             "bf16 = bf16 autocast on CPU too (opt-in)")
+    compile: bool = arg(False, help="torch.compile the method's networks (its compile_networks hook) or the "
+                                    "whole method; CPU needs a C++ compiler")
     num_workers: int = arg(4, help="DataLoader worker processes per rank")
     find_unused_parameters: bool = arg(False, help="DDP: allow parameters that get no gradient in a step")
     tensorboard: bool = arg(True, help="also write TensorBoard scalars/images to run_dir/tb")

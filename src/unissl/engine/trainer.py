@@ -83,7 +83,9 @@ class Trainer:
         self.rank, self.world_size, local_rank = dist.init_distributed()
         self.is_main = self.rank == 0
         self.device = resolve_device(cfg.device, local_rank)
-        self.amp = cfg.amp != "fp32" and self.device.type == "cuda"  # bf16 autocast on CUDA only
+        # bf16 autocast: "auto" on CUDA only; "bf16" also on CPU (opt-in: it pays for wide models only,
+        # see benchmarks/mfu.py); weights, optimizer state and checkpoints stay fp32 either way.
+        self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
         self.per_rank_batch = cfg.per_rank_batch(self.world_size)
         self.num_items = len(dataset)
         self.total_steps = cfg.total_steps(self.num_items)
@@ -105,7 +107,13 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast use TF32
             torch.backends.cudnn.allow_tf32 = True
-            if cfg.compile:
+        if cfg.compile:
+            # A method that knows its networks compiles them (hook ``compile_networks``), so that Python
+            # state read in its forward (mask ratios, progress) never guards a graph; others compile whole.
+            compile_networks = hook(self.method, "compile_networks")
+            if compile_networks is not None:
+                compile_networks()
+            else:
                 self.model = torch.compile(self.model)  # type: ignore[assignment]
         self.optimizer = build_optimizer(self.method, cfg.peak_lr(), cfg.weight_decay, cfg.betas)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -187,7 +195,8 @@ class Trainer:
         """Accumulate gradients over the micro-batches; returns the step's logs (micro-batch means)."""
         micro = split_batch(batch, self.cfg.grad_accum)
         logs: dict[str, torch.Tensor] = {}
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp
+                    else contextlib.nullcontext())
         for i, mb in enumerate(micro):
             # DDP all-reduces gradients during the backward of the last micro-batch only.
             last = i == len(micro) - 1

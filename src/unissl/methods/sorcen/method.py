@@ -210,6 +210,20 @@ class SorcenMethod(nn.Module):
             t_params = list(teacher.parameters())
             torch._foreach_lerp_(t_params, s_params, 1.0 - beta)  # t <- beta * t + (1 - beta) * s
 
+    def compile_networks(self, **kwargs) -> list[nn.Module]:
+        """Engine hook for ``--train.compile``: compile every transformer block (student, decoder, teacher).
+
+        The blocks take one tensor of a fixed shape per stack (the kept tokens, the full decoder sequence,
+        the echo), so each compiles once: the per-step mask ratio and the progress counters stay in eager
+        Python around them and never enter a guard. Returns the compiled modules.
+        """
+        blocks = [*self.model.blocks, *self.model.decoder_blocks]
+        if self.variant == "sorcen":
+            blocks += list(self.teacher_blocks)
+        for blk in blocks:
+            blk.compile(**kwargs)
+        return blocks
+
     def momentum_at(self, step: int, total_steps: int) -> float:
         """beta = 1 - (1 - m0) * (cos(pi * x) + 1) / 2 with x = step / total, or with
         ``momentum_schedule=epoch`` x = (integer epoch) / momentum_epochs (the released code's rule)."""
