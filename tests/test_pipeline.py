@@ -179,6 +179,27 @@ def test_report_puts_generation_beside_its_ceilings(tmp_path):
     assert "| probe | - |" not in md
 
 
+def test_report_plots_the_linear_probe_against_epochs(tmp_path):
+    res = tmp_path / "eval" / "results"
+    res.mkdir(parents=True)
+    for name, top1 in (("sorcen", (70.0, 74.5)), ("mage", (68.0, 71.0))):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "log.jsonl").write_text("".join(json.dumps({"step": s, "epoch": s / 100, "loss": 1.0}) + "\n"
+                                               for s in (50, 100, 150, 200)))
+        for e, t in zip((1, 2), top1):
+            (res / f"probe-{name}-e{e}.json").write_text(json.dumps({
+                "name": f"probe-{name}-e{e}", "metrics": {"top1": t},
+                "extra": {"extractor": f"sorcen:{run}/checkpoints/step_{100 * e:07d}"}}))
+    (res / "probe-pixels.json").write_text(json.dumps({"name": "probe-pixels", "metrics": {"top1": 84.6},
+                                                       "extra": {"extractor": "pixels"}}))
+    assert cli.main(["report", str(tmp_path)]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Linear probe vs epoch" in md
+    assert "| sorcen | 1: 70.00, 2: 74.50 |" in md and "| mage | 1: 68.00, 2: 71.00 |" in md
+    assert (tmp_path / "report" / "probe_vs_epoch.png").is_file()
+
+
 def _write_result(out: str, name: str, value: float) -> None:
     res = Path(out) / "results"
     res.mkdir(parents=True, exist_ok=True)

@@ -166,6 +166,51 @@ def _plot_logs(logs: list[tuple[str, list[dict[str, Any]]]], out_dir: Path) -> l
     return plots
 
 
+_CHECKPOINT_SPEC = re.compile(r"^[A-Za-z0-9_-]+:(?P<run>.+)/checkpoints/step_(?P<step>\d+)/?$")
+
+
+def probe_curve_points(found: list[tuple[str, dict[str, Any]]]) -> dict[str, list[tuple[float, float]]]:
+    """Linear-probe top-1 per training epoch: {run directory: [(epoch, top1), ...]} from the results whose
+    extractor is a checkpoint (``name:RUN/checkpoints/step_N``); the epoch comes from the run's log."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for _, scalars in found:
+        spec, top1 = scalars.get("extra.extractor"), scalars.get("metrics.top1")
+        m = _CHECKPOINT_SPEC.match(spec) if isinstance(spec, str) else None
+        if m is None or not isinstance(top1, (int, float)) or "probe" not in str(scalars.get("name", "")):
+            continue
+        run, step = m.group("run"), int(m.group("step"))
+        rows = _read_jsonl(Path(run) / "log.jsonl")
+        per_step = [r["epoch"] / r["step"] for r in rows if r.get("step") and isinstance(r.get("epoch"), (int, float))]
+        epoch = step * per_step[-1] if per_step else float(step)
+        curves.setdefault(run, []).append((round(epoch, 3), float(top1)))
+    return {run: sorted(pts) for run, pts in curves.items()}
+
+
+def _plot_probe_curves(curves: dict[str, list[tuple[float, float]]], baseline: float | None,
+                       out_dir: Path) -> Path | None:
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.2))
+    for run, pts in curves.items():
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", lw=1.4, label=Path(run).name)
+    if baseline is not None:
+        ax.axhline(baseline, ls="--", color="grey", lw=1, label=f"pixels ({baseline:.1f})")
+    ax.set_xlabel("epoch", fontsize=9)
+    ax.set_ylabel("linear probe top-1 (%)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out_dir / "probe_vs_epoch.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _b64(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
@@ -281,6 +326,19 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
             h.append("<table>" + "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(_fmt(v))}</td></tr>"
                                          for k, v in scalars.items()) + "</table>")
         h.append("</details>")
+    curves = probe_curve_points(info["metrics"])
+    if curves:
+        pixel = [sc.get("metrics.top1") for _, sc in info["metrics"]
+                 if str(sc.get("extra.extractor", "")).startswith("pixels") and "probe" in str(sc.get("name", ""))]
+        png = _plot_probe_curves(curves, float(pixel[0]) if pixel else None, out)
+        h.append("<h2>Linear probe vs epoch</h2>")
+        md.append("## Linear probe vs epoch")
+        table([[Path(run).name, ", ".join(f"{e:g}: {t:.2f}" for e, t in pts)] for run, pts in curves.items()],
+              ["run", "epoch: top-1 (%)"])
+        if png is not None:
+            h.append(f"<figure><img src='{_b64(png)}'><figcaption>linear probe vs epoch</figcaption></figure>")
+            md.append(f"![probe vs epoch]({png.name})")
+            md.append("")
     if plots:
         h.append("<h2>Training curves</h2>")
         md.append("## Training curves")
