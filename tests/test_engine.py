@@ -370,3 +370,17 @@ def test_bf16_autocast_on_cpu_is_opt_in(tmp_path: Path) -> None:
         assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
         info = json.loads((tmp_path / amp / "train_info.json").read_text())
         assert info[-1]["amp"] == ("bf16" if amp == "bf16" else "fp32")
+
+
+def test_thread_policy_defaults_to_one_thread_on_cpu(monkeypatch) -> None:
+    from unissl.engine.trainer import choose_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert choose_threads(None) == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert choose_threads(None) == 2 and torch.get_num_threads() == 2
+        assert choose_threads(1) == 1 and torch.get_num_threads() == 1  # the flag wins
+    finally:
+        torch.set_num_threads(before)

@@ -313,3 +313,30 @@ def test_shipped_pipeline_configs_validate(tmp_path, capsys, name):
     out = capsys.readouterr().out
     stages = parse_stages(yaml.safe_load(path.read_text())["stages"])
     assert out.count("would run") >= len(stages)  # every stage (once per seed in a study)
+
+
+def test_parallel_stages_run_in_their_own_processes_and_wait_for_what_they_read(tmp_path):
+    """--jobs 2: two independent evaluations start together (each a `unissl` process, one thread, its
+    own log); a stage that reads one of them through a path (not a {stage:} reference) waits for it."""
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(yaml.safe_dump({"out": str(tmp_path / "run"), "stages": [
+        {"name": "a", "command": "eval knn", "output_key": "run_dir",
+         "config": {"extractor": "pixels", "dataset": "digits", "run_dir": "{out}/a"}},
+        {"name": "b", "command": "eval knn", "output_key": "run_dir",
+         "config": {"extractor": "pixels:4", "dataset": "digits", "run_dir": "{out}/b"}},
+        {"name": "c", "command": "report", "output_key": "run_dir", "config": {"run_dir": "{out}/a"}},
+    ]}))
+    assert cli.main(["pipeline", "--config", str(cfg), "--jobs", "2", "--no-report"]) == 0
+    rec = {n: json.loads((tmp_path / "run" / "stages" / f"{n}.json").read_text()) for n in "abc"}
+    assert all(r["status"] == "done" for r in rec.values())
+    assert rec["b"]["started_at"] < rec["a"]["finished_at"]  # launched together
+    assert rec["c"]["started_at"] >= rec["a"]["finished_at"]  # waited for the directory it reads
+    assert "knn" in (tmp_path / "run" / "stages" / "a.log").read_text()
+    assert (tmp_path / "run" / "a" / "report" / "report.md").is_file()
+    # a second run skips everything; a failing stage is one line naming its log
+    assert cli.main(["pipeline", "--config", str(cfg), "--jobs", "2", "--no-report"]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"out": str(tmp_path / "bad"), "stages": [
+        {"name": "x", "command": "eval knn", "output_key": "run_dir",
+         "config": {"extractor": "sorcen:/does/not/exist", "dataset": "digits", "run_dir": "{out}/x"}}]}))
+    assert cli.main(["pipeline", "--config", str(bad), "--jobs", "2", "--no-report"]) == 2

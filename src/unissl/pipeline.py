@@ -158,12 +158,20 @@ def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list
     return records
 
 
-def _run_stages(stages: list[Stage], out: Path, seed: int, outputs: dict[str, str],
-                records: dict[str, dict[str, Any]], only: list[str] | None, force: list[str] | None,
-                dry_run: bool, log) -> dict[str, dict[str, Any]]:
-    """Run ``stages`` into ``out``; ``outputs``/``records`` hold already-resolved (shared) stages."""
-    (out / "stages").mkdir(parents=True, exist_ok=True)
-    # First pass: every stage's output directory, to know which ones are shared (never deleted).
+@dataclass
+class _Plan:
+    """What to do with one stage now: ``run`` (with ``cfg`` and the ``record`` to write) or skip."""
+
+    run: bool
+    record: dict[str, Any]
+    cfg: Any = None
+    module: Any = None
+    marker: Path | None = None
+
+
+def _scope_outputs(stages: list[Stage], out: Path, seed: int, outputs: dict[str, str]) -> tuple[dict[str, str],
+                                                                                          dict[str, int]]:
+    """Every stage's output path in this scope (statically substituted) and how many stages write each path."""
     first = dict(outputs)
     produced_by: dict[str, int] = {}
     for stage in stages:
@@ -171,55 +179,204 @@ def _run_stages(stages: list[Stage], out: Path, seed: int, outputs: dict[str, st
         if p is not None:
             first[stage.name] = p
             produced_by[p] = produced_by.get(p, 0) + 1
+    return first, produced_by
+
+
+def _plan_stage(stage: Stage, out: Path, seed: int, outputs: dict[str, str], records: dict[str, dict[str, Any]],
+                produced_by: dict[str, int], only: list[str] | None, force: list[str] | None, dry_run: bool,
+                log) -> _Plan:
+    """Resolve and validate ``stage``, then decide: skip (done with the same hash, or not in ``only``), resume
+    (started, same hash), or run (replacing stale outputs of an earlier config)."""
+    module = _command_module(stage.command)
+    resolved = _substitute(copy.deepcopy(stage.config), out, seed, outputs)
+    cfg = from_dict(module.Config, resolved)  # validates keys and types before anything runs
+    resolved = to_dict(cfg)
+    # A stage's identity covers its own config and the runs of the stages it reads from, so that
+    # re-running an upstream stage (new weights behind the same path) re-runs everything downstream.
+    upstream = {d: [records.get(d, {}).get("hash"), records.get(d, {}).get("finished_at")]
+                for d in _dependencies(stage)}
+    digest = config_hash(cfg) if not upstream else stable_hash([config_hash(cfg), upstream])
+    produced = _stage_output(stage, resolved)
+    marker = out / "stages" / f"{stage.name}.json"
+    previous = read_json(marker) if marker.is_file() else None
+    if only and stage.name not in only:
+        return _Plan(False, previous or {"status": "not run"})
+    if (previous and previous.get("status") == "done" and previous.get("hash") == digest
+            and stage.name not in (force or [])):
+        log(f"[pipeline] {stage.name}: done earlier with the same config ({digest}); skipped")
+        return _Plan(False, previous)
+    if (previous and previous.get("status") == "started" and previous.get("hash") == digest
+            and isinstance(resolved.get("train"), dict) and "resume" in resolved["train"]):
+        log(f"[pipeline] {stage.name}: an earlier attempt did not finish; resuming its training")
+        resolved["train"]["resume"] = True
+        cfg = from_dict(module.Config, resolved)
+    elif (previous and produced is not None and produced_by.get(produced, 0) == 1
+          and _inside(Path(produced), out) and Path(produced).exists()):
+        # The stage ran before with another config (or is forced): its outputs are stale, and
+        # training commands refuse to start over in a run directory that has checkpoints.
+        log(f"[pipeline] {stage.name}: config changed or forced; replacing {produced}")
+        if not dry_run:
+            if Path(produced).is_dir():
+                shutil.rmtree(produced)
+            else:  # a stage whose output is one file (e.g. an interpolation strip)
+                Path(produced).unlink()
+    if dry_run:
+        log(f"[pipeline] {stage.name}: would run `unissl {stage.command}` ({digest})")
+        return _Plan(False, {"status": "dry run"})
+    record = {"name": stage.name, "command": stage.command, "hash": digest, "status": "started",
+              "config": resolved, "output": produced}
+    return _Plan(True, record, cfg, module, marker)
+
+
+def _start_record(plan: _Plan, log) -> float:
+    log(f"[pipeline] {plan.record['name']}: running `unissl {plan.record['command']}` ({plan.record['hash']})")
+    plan.record["started_at"] = time.time()
+    assert plan.marker is not None
+    write_json(plan.marker, plan.record)
+    return time.perf_counter()
+
+
+def _finish_record(plan: _Plan, t0: float, log) -> None:
+    plan.record.update(status="done", seconds=round(time.perf_counter() - t0, 2), finished_at=time.time())
+    assert plan.marker is not None
+    write_json(plan.marker, plan.record)
+    log(f"[pipeline] {plan.record['name']}: done in {plan.record['seconds']:.1f} s")
+
+
+def _run_stages(stages: list[Stage], out: Path, seed: int, outputs: dict[str, str],
+                records: dict[str, dict[str, Any]], only: list[str] | None, force: list[str] | None,
+                dry_run: bool, log) -> dict[str, dict[str, Any]]:
+    """Run ``stages`` into ``out`` one after another; ``outputs``/``records`` hold resolved (shared) stages."""
+    (out / "stages").mkdir(parents=True, exist_ok=True)
+    first, produced_by = _scope_outputs(stages, out, seed, outputs)
+    outputs.update(first)
     for stage in stages:
-        module = _command_module(stage.command)
-        resolved = _substitute(copy.deepcopy(stage.config), out, seed, outputs)
-        cfg = from_dict(module.Config, resolved)  # validates keys and types before anything runs
-        resolved = to_dict(cfg)
-        # A stage's identity covers its own config and the runs of the stages it reads from, so that
-        # re-running an upstream stage (new weights behind the same path) re-runs everything downstream.
-        upstream = {d: [records.get(d, {}).get("hash"), records.get(d, {}).get("finished_at")]
-                    for d in _dependencies(stage)}
-        digest = config_hash(cfg) if not upstream else stable_hash([config_hash(cfg), upstream])
-        produced = _stage_output(stage, resolved)
-        if produced is not None:
-            outputs[stage.name] = produced
-        marker = out / "stages" / f"{stage.name}.json"
-        previous = read_json(marker) if marker.is_file() else None
-        if only and stage.name not in only:
-            records[stage.name] = previous or {"status": "not run"}
-            continue
-        if (previous and previous.get("status") == "done" and previous.get("hash") == digest
-                and stage.name not in (force or [])):
-            log(f"[pipeline] {stage.name}: done earlier with the same config ({digest}); skipped")
-            records[stage.name] = previous
-            continue
-        if (previous and previous.get("status") == "started" and previous.get("hash") == digest
-                and isinstance(resolved.get("train"), dict) and "resume" in resolved["train"]):
-            log(f"[pipeline] {stage.name}: an earlier attempt did not finish; resuming its training")
-            resolved["train"]["resume"] = True
-            cfg = from_dict(module.Config, resolved)
-        elif (previous and produced is not None and produced_by.get(produced, 0) == 1
-              and _inside(Path(produced), out) and Path(produced).exists()):
-            # The stage ran before with another config (or is forced): its outputs are stale, and
-            # training commands refuse to start over in a run directory that has checkpoints.
-            log(f"[pipeline] {stage.name}: config changed or forced; replacing {produced}")
-            if not dry_run:
-                if Path(produced).is_dir():
-                    shutil.rmtree(produced)
-                else:  # a stage whose output is one file (e.g. an interpolation strip)
-                    Path(produced).unlink()
-        if dry_run:
-            log(f"[pipeline] {stage.name}: would run `unissl {stage.command}` ({digest})")
-            continue
-        log(f"[pipeline] {stage.name}: running `unissl {stage.command}` ({digest})")
-        record = {"name": stage.name, "command": stage.command, "hash": digest, "status": "started",
-                  "config": resolved, "output": produced, "started_at": time.time()}
-        write_json(marker, record)
-        t0 = time.perf_counter()
-        module.run(cfg)
-        record.update(status="done", seconds=round(time.perf_counter() - t0, 2), finished_at=time.time())
-        write_json(marker, record)
-        records[stage.name] = record
-        log(f"[pipeline] {stage.name}: done in {record['seconds']:.1f} s")
+        plan = _plan_stage(stage, out, seed, outputs, records, produced_by, only, force, dry_run, log)
+        if plan.run:
+            t0 = _start_record(plan, log)
+            plan.module.run(plan.cfg)
+            _finish_record(plan, t0, log)
+        records[stage.name] = plan.record
     return records
+
+
+# ---------------------------------------------------------------------------------------------- parallel
+@dataclass
+class _Unit:
+    """One stage in one scope (the pipeline root, or a seed's directory) for the parallel scheduler."""
+
+    key: str  # record key: "<stage>" or "seed<s>/<stage>"
+    stage: Stage
+    out: Path
+    seed: int
+    outputs: dict[str, str]  # every stage's output path visible from this scope
+    produced_by: dict[str, int]
+    names: dict[str, str]  # stage name -> unit key in this scope (shared stages included)
+    deps: set[str]  # unit keys this one waits for
+
+
+def _reads(stage: Stage, out: Path, seed: int, outputs: dict[str, str], earlier: list[str]) -> set[str]:
+    """Earlier stages whose output ``stage`` reads: its ``{stage:NAME}`` references and any config string
+    inside an earlier stage's output path (e.g. ``{out}/samples/x.npz``)."""
+    import json
+
+    deps = set(_dependencies(stage))
+    text = json.dumps(_substitute(copy.deepcopy(stage.config), out, seed, outputs))
+    for name in earlier:
+        path = outputs.get(name)
+        if path and re.search(re.escape(path.rstrip("/")) + r"(/|\")", text):
+            deps.add(name)
+    return deps
+
+
+def run_parallel(stages: list[Stage], out: str | Path, seed: int = 0, jobs: int = 2,
+                 only: list[str] | None = None, force: list[str] | None = None, log=print,
+                 seeds: list[int] | None = None) -> dict[str, dict[str, Any]]:
+    """Like :func:`run_pipeline`, with up to ``jobs`` independent stages at once, each in its own
+    ``unissl`` process with one intra-op thread (``OMP_NUM_THREADS=1``) and its output in
+    ``<scope>/stages/<name>.log``. A stage starts when every stage it reads from has finished."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    import yaml
+
+    out = Path(out)
+    units: dict[str, _Unit] = {}
+    scopes: list[tuple[list[Stage], Path, int, str, dict[str, str], dict[str, str]]] = []
+    if not seeds:
+        scopes.append((stages, out, seed, "", {}, {}))
+    else:
+        shared = [s for s in stages if s.shared]
+        shared_out, _ = _scope_outputs(shared, out, seeds[0], {})
+        scopes.append((shared, out, seeds[0], "", {}, {}))
+        for s in seeds:
+            scopes.append(([st for st in stages if not st.shared], out / f"seed{s}", s, f"seed{s}/",
+                           dict(shared_out), {st.name: st.name for st in shared}))
+    for scope_stages, scope_out, scope_seed, prefix, inherited, inherited_names in scopes:
+        (scope_out / "stages").mkdir(parents=True, exist_ok=True)
+        outputs, produced_by = _scope_outputs(scope_stages, scope_out, scope_seed, inherited)
+        names = dict(inherited_names)
+        earlier = list(inherited_names)
+        for stage in scope_stages:
+            reads = _reads(stage, scope_out, scope_seed, outputs, earlier)
+            names[stage.name] = prefix + stage.name
+            units[prefix + stage.name] = _Unit(prefix + stage.name, stage, scope_out, scope_seed, outputs,
+                                               produced_by, dict(names), {names[d] for d in reads if d in names})
+            earlier.append(stage.name)
+    records: dict[str, dict[str, Any]] = {}
+    running: dict[str, tuple[subprocess.Popen, _Plan, float, Path, Any]] = {}
+    pending = list(units)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    try:
+        while pending or running:
+            for key in list(pending):
+                if len(running) >= jobs:
+                    break
+                unit = units[key]
+                if not unit.deps <= set(records):
+                    continue
+                pending.remove(key)
+                scope_records = {name: records[k] for name, k in unit.names.items() if k in records}
+                plan = _plan_stage(unit.stage, unit.out, unit.seed, unit.outputs, scope_records, unit.produced_by,
+                                   only, force, False, log)
+                if not plan.run:
+                    records[key] = plan.record
+                    continue
+                fd, cfg_path = tempfile.mkstemp(prefix=f".{unit.stage.name}.", suffix=".yaml", dir=unit.out / "stages")
+                with os.fdopen(fd, "w") as f:
+                    yaml.safe_dump(to_dict(plan.cfg), f)
+                log_path = unit.out / "stages" / f"{unit.stage.name}.log"
+                t0 = _start_record(plan, log)
+                log_file = open(log_path, "w")
+                proc = subprocess.Popen([sys.executable, "-m", "unissl", *unit.stage.command.split(), "--config",
+                                         cfg_path], stdout=log_file, stderr=subprocess.STDOUT, env=env)
+                running[key] = (proc, plan, t0, Path(cfg_path), log_file)
+            for key, (proc, plan, t0, cfg_path, log_file) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                log_file.close()
+                cfg_path.unlink(missing_ok=True)
+                del running[key]
+                if proc.returncode != 0:
+                    tail = log_path_tail(units[key].out / "stages" / f"{units[key].stage.name}.log")
+                    raise UnisslError(f"pipeline: stage {key} failed (exit {proc.returncode}): {tail}; its log is "
+                                      f"{units[key].out / 'stages' / (units[key].stage.name + '.log')}")
+                _finish_record(plan, t0, log)
+                records[key] = plan.record
+            if running:
+                time.sleep(0.2)
+    finally:
+        for proc, *_ in running.values():
+            proc.terminate()
+    return records
+
+
+def log_path_tail(path: Path) -> str:
+    """The last non-empty line of a stage log (its one-line error, usually)."""
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "no output"

@@ -24,21 +24,30 @@ class Config:
     force: list[str] = arg([], help="re-run these stages even if they are done")
     dry_run: bool = arg(False, help="print what would run and stop")
     report: bool = arg(True, help="write the HTML/Markdown report at the end")
+    jobs: int = arg(1, help="run up to this many independent stages at once, each in its own process with one "
+                            "intra-op thread (stage output in <scope>/stages/<name>.log)")
 
     def __post_init__(self) -> None:
         if not self.stages:
             raise ValueError("no stages: pass --config <pipeline.yaml> (e.g. configs/digits-quick.yaml)")
+        if self.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {self.jobs}")
 
 
 def run(cfg: Config) -> None:
-    from unissl.pipeline import parse_stages, run_pipeline
+    from unissl.pipeline import parse_stages, run_parallel, run_pipeline
 
     stages = parse_stages(cfg.stages)
     out = Path(cfg.out)
     save_run_config(out, cfg)
     t0 = time.perf_counter()
-    run_pipeline(stages, out, seed=cfg.seed, only=cfg.only or None, force=cfg.force or None, dry_run=cfg.dry_run,
-                 seeds=cfg.seeds or None)
+    if cfg.jobs > 1 and not cfg.dry_run:
+        print(f"[pipeline] up to {cfg.jobs} stages at once, one thread each")
+        run_parallel(stages, out, seed=cfg.seed, jobs=cfg.jobs, only=cfg.only or None, force=cfg.force or None,
+                     seeds=cfg.seeds or None)
+    else:
+        run_pipeline(stages, out, seed=cfg.seed, only=cfg.only or None, force=cfg.force or None,
+                     dry_run=cfg.dry_run, seeds=cfg.seeds or None)
     if cfg.dry_run:
         return
     print(f"[pipeline] all stages finished in {time.perf_counter() - t0:.1f} s")

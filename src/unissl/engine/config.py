@@ -49,6 +49,9 @@ class TrainConfig:
                                                              "bf16 = bf16 autocast on CPU too (opt-in)")
     compile: bool = arg(False, help="torch.compile the method's networks (its compile_networks hook) or the "
                                     "whole method; CPU needs a C++ compiler")
+    threads: int | None = arg(None, help="intra-op CPU threads per process (default: OMP_NUM_THREADS if set, else 1: "
+                                         "the shipped CPU presets are too small to gain from more, and a "
+                                         "shared machine loses 4-16x when threads oversubscribe)")
     num_workers: int = arg(4, help="DataLoader worker processes per rank")
     find_unused_parameters: bool = arg(False, help="DDP: allow parameters that get no gradient in a step")
     tensorboard: bool = arg(True, help="also write TensorBoard scalars/images to run_dir/tb")
@@ -79,6 +82,7 @@ class TrainConfig:
         positive("log_every", self.log_every)
         positive("image_every", self.image_every, allow_none=True, allow_zero=True)
         positive("num_workers", self.num_workers, allow_zero=True)
+        positive("threads", self.threads, allow_none=True)
         if self.global_batch % self.grad_accum:
             raise UnisslError(f"train.global_batch={self.global_batch} is not divisible by "
                               f"train.grad_accum={self.grad_accum}")

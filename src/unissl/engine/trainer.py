@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -43,6 +44,15 @@ from unissl.engine.schedule import lr_schedule
 from unissl.errors import UnisslError
 from unissl.utils.io import git_revision, read_json, write_json
 from unissl.utils.seed import seed_everything
+
+
+def choose_threads(requested: int | None) -> int:
+    """Intra-op threads for a CPU run: ``requested``, else ``OMP_NUM_THREADS`` if set, else 1; applied."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    n = requested or (int(env) if env.isdigit() and int(env) > 0 else 1)
+    torch.set_num_threads(n)
+    return n
+
 
 MAX_EMA_INIT_SHARE = 0.01  # an exported EMA may keep at most this share of the initial weights
 
@@ -83,6 +93,12 @@ class Trainer:
         self.rank, self.world_size, local_rank = dist.init_distributed()
         self.is_main = self.rank == 0
         self.device = resolve_device(cfg.device, local_rank)
+        if self.device.type == "cpu":
+            self.threads = choose_threads(cfg.threads)
+            if self.is_main:
+                print(f"[train] {self.threads} intra-op thread(s) per process "
+                      f"({'--train.threads' if cfg.threads else 'OMP_NUM_THREADS' if os.environ.get('OMP_NUM_THREADS') else 'default for CPU'}; "
+                      "--train.threads N to change)")
         # bf16 autocast: "auto" on CUDA only; "bf16" also on CPU (opt-in: it pays for wide models only,
         # see benchmarks/mfu.py); weights, optimizer state and checkpoints stay fp32 either way.
         self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
