@@ -108,3 +108,40 @@ def test_cli_preset_choices_are_the_registry():
     from unissl.methods.sorcen.presets import PRESETS
 
     assert set(get_args(PresetName)) == set(PRESETS)
+
+
+def _snapshot(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_refused_training_commands_leave_every_file_byte_identical(store, capsys):
+    """A hostile user points training commands at a finished run: another preset on resume, another batch,
+    another command's run dir, a tokenizer directory. Each is one `unissl: error:` line, exit 2, and every
+    existing file stays byte-identical (config.yaml, run_info.json and sorcen.json were rewritten first)."""
+    run = store / "run-refuse"
+    assert main(["train", "sorcen", "--tokens", str(store / "tokens"), "--train.steps", "2",
+                 "--train.run-dir", str(run), *TRAIN]) == 0
+    before = _snapshot(run)
+    tok_before = _snapshot(store / "tok")
+    attempts = [
+        ["train", "sorcen", "--tokens", str(store / "tokens"), "--train.steps", "4", "--train.run-dir", str(run),
+         "--train.resume", *TRAIN[:0], "--preset", "small", *TRAIN[2:]],  # another preset
+        ["train", "sorcen", "--tokens", str(store / "tokens"), "--train.steps", "4", "--train.run-dir", str(run),
+         "--train.resume", *TRAIN[:2], "--train.global-batch", "16", *TRAIN[4:]],  # another batch
+        ["train", "sorcen", "--tokens", str(store / "tokens"), "--train.steps", "4", "--train.run-dir", str(run),
+         *TRAIN],  # no --train.resume on a run with checkpoints
+        ["tokenizer", "train", "--dataset", "digits", "--train.steps", "1", "--train.run-dir", str(run),
+         "--no-train.progress"],  # a run of another command
+        ["train", "sorcen", "--tokens", str(store / "tokens"), "--train.steps", "2",
+         "--train.run-dir", str(store / "tok"), *TRAIN],  # a tokenizer directory
+    ]
+    for argv in attempts:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("unissl: error:") and "Traceback" not in err[0], err
+        assert _snapshot(run) == before, argv
+        assert _snapshot(store / "tok") == tok_before, argv
+    # the refused run can still be sampled
+    assert main(["sample", "sorcen", "--checkpoint", str(run), "--num-samples", "2", "--steps", "2",
+                 "--out", str(store / "s-refuse")]) == 0

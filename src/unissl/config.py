@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import types
 import typing
@@ -289,6 +290,33 @@ def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None =
         return _from_dict(cls, data)
     except (ValueError, AssertionError) as e:  # raised by __post_init__ validation
         raise UnisslError(f"invalid configuration: {e}") from e
+
+
+def check_run_dir(run_dir: str | Path, cfg: Any) -> None:
+    """Refuse, before anything is written, a run directory that belongs to something else.
+
+    A path that is a file, a directory holding a saved model (``config.json`` without ``run_info.json``: a
+    tokenizer or generator directory) or a run of another command (``run_info.json``'s ``config_class``).
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UnisslError(f"run directory {run_dir} is a file; choose another --train.run-dir")
+    if not run_dir.is_dir():
+        return
+    info_path = run_dir / "run_info.json"
+    if not info_path.is_file():
+        if (run_dir / "config.json").is_file():
+            raise UnisslError(f"{run_dir} holds a saved model (config.json), not a training run; choose another "
+                              f"--train.run-dir")
+        return
+    try:
+        recorded = json.loads(info_path.read_text()).get("config_class")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, OSError):
+        raise UnisslError(f"{info_path} is not a readable run record; choose another --train.run-dir") from None
+    here = f"{type(cfg).__module__}.{type(cfg).__qualname__}"
+    if recorded and recorded != here:
+        raise UnisslError(f"{run_dir} is a run of another command ({recorded.rsplit('.', 2)[-2]}); choose another "
+                          f"--train.run-dir")
 
 
 def save_run_config(run_dir: str | Path, cfg: Any, extra: dict[str, Any] | None = None) -> None:

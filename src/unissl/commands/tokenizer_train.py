@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 
-from unissl.config import arg, save_run_config
+from unissl.config import arg, check_run_dir, save_run_config
 from unissl.engine import TrainConfig, Trainer, is_main
 from unissl.errors import UnisslError
 from unissl.utils.seed import seed_everything
@@ -106,13 +106,15 @@ def run(cfg: Config) -> None:
     seed_everything(cfg.train.seed)
     method = VQTokenizerMethod(VQTokenizer(mcfg))
     run_dir = Path(cfg.train.run_dir)
+    check_run_dir(run_dir, cfg)
+    trainer = Trainer(method, train, cfg.train).prepare()  # a refused resume writes nothing
     if is_main():
         save_run_config(run_dir, cfg)
         n_params = sum(p.numel() for p in method.parameters())
         print(f"unissl tokenizer train: preset {cfg.preset} ({n_params / 1e6:.2f}M params), {mcfg.image_size}px -> "
               f"{mcfg.grid[0]}x{mcfg.grid[1]} ids, K={mcfg.codebook_size}, {mcfg.quantizer} quantizer, "
               f"{len(train)} {cfg.dataset} images -> {run_dir}")
-    Trainer(method, train, cfg.train).fit()
+    trainer.fit()
     if not is_main():
         return
     tok = method.tokenizer.eval()

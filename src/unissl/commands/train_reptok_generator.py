@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from unissl.config import arg, save_run_config
+from unissl.config import arg, check_run_dir, save_run_config
 from unissl.engine.config import TrainConfig
 from unissl.errors import UnisslError
 from unissl.methods.reptok.generator import GeneratorConfig, TokenGeneratorMethod
@@ -170,12 +170,13 @@ def run(cfg: Config) -> None:
     from unissl.utils.seed import seed_everything
 
     device = resolve_device(cfg.train.device)
+    run_dir = Path(cfg.train.run_dir)
+    check_run_dir(run_dir, cfg)
     store = open_store(cfg, device)
     seed_everything(cfg.train.seed)
     method = build_method(cfg, store)
-    run_dir = Path(cfg.train.run_dir)
+    trainer = Trainer(method, store, cfg.train, run_dir).prepare()  # a refused resume writes nothing
     save_run_config(run_dir, cfg, extra={"token_store": str(store.path)})
-    trainer = Trainer(method, store, cfg.train, run_dir)
     trainer.fit()
     if not trainer.is_main:
         return

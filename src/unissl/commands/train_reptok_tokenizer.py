@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import torch
 
-from unissl.config import arg, save_run_config
+from unissl.config import arg, check_run_dir, save_run_config
 from unissl.engine import TrainConfig, is_main
 from unissl.errors import UnisslError
 
@@ -156,17 +156,19 @@ def run(cfg: Config) -> Path:
     from unissl.engine import Trainer, init_distributed
 
     init_distributed()
+    check_run_dir(cfg.train.run_dir, cfg)
     tok, data = build(cfg)
     out = Path(cfg.out) if cfg.out else Path(cfg.train.run_dir) / "tokenizer"
     n_train = sum(p.numel() for p in tok.parameters() if p.requires_grad)
+    trainer = Trainer(tok, data, cfg.train).prepare()  # a refused resume writes nothing
+    if cfg.frozen_cache:
+        trainer.dataset = with_frozen_cache(cfg, tok, data)
     if is_main():
         save_run_config(cfg.train.run_dir, cfg)
         print(f"unissl train reptok-tokenizer: encoder {cfg.encoder} (D={tok.encoder.dim}), decoder {cfg.decoder} "
               f"on {cfg.space}, lambda={cfg.cos_weight}, {n_train / 1e6:.2f}M trainable, {len(data)} images "
               f"-> {cfg.train.run_dir}")
-    if cfg.frozen_cache:
-        data = with_frozen_cache(cfg, tok, data)
-    logs = Trainer(tok, data, cfg.train).fit()
+    logs = trainer.fit()
     if is_main():
         tok.save_pretrained(out)
         shown = {k: round(v, 4) for k, v in logs.items()

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from unissl.config import arg, save_run_config
+from unissl.config import arg, check_run_dir, save_run_config
 from unissl.engine import TrainConfig, Trainer, is_main
 from unissl.errors import UnisslError
 from unissl.methods.sorcen.method import ONLINE_VARIANTS, SorcenLossConfig, Variant
@@ -109,7 +109,9 @@ def run(cfg: Config) -> None:
     from unissl.methods.sorcen.run import write_run_info
 
     init_distributed()  # so that only rank 0 writes the run files under torchrun
+    check_run_dir(cfg.train.run_dir, cfg)
     method, data, info = build(cfg)
+    trainer = Trainer(method, data, cfg.train).prepare()  # a refused resume writes nothing
     if is_main():
         save_run_config(cfg.train.run_dir, cfg)
         write_run_info(cfg.train.run_dir, info["arch"], cfg.method, cfg.loss, len(info["classes"]), info["classes"],
@@ -118,7 +120,7 @@ def run(cfg: Config) -> None:
     if is_main():
         print(f"unissl train sorcen: {cfg.method}, preset {cfg.preset} ({n_params / 1e6:.2f}M trainable), "
               f"K={info['arch'].codebook_size}, grid={info['arch'].grid}, {len(data)} samples -> {cfg.train.run_dir}")
-    logs = Trainer(method, data, cfg.train).fit()
+    logs = trainer.fit()
     if is_main():
         shown = {k: round(v, 4) for k, v in logs.items() if k in ("step", "loss", "recon", "contrast", "probe_acc")}
         print(f"unissl train sorcen: done {shown}")

@@ -37,13 +37,19 @@ class RunLogger:
         self.enabled = enabled
         self.path = self.run_dir / "log.jsonl"
         self._tb: Any = None
-        if enabled and tensorboard:
+        self._want_tb = enabled and tensorboard  # the writer is created on first use: nothing is written before
+
+    @property
+    def tb(self) -> Any:
+        """The TensorBoard writer (created on first use; None when disabled or not installed)."""
+        if self._tb is None and self._want_tb:
+            self._want_tb = False
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is optional at run time
-                SummaryWriter = None  # noqa: N806
-            if SummaryWriter is not None:
-                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+                return None
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+        return self._tb
 
     def truncate_after(self, step: int) -> None:
         """Drop records past ``step`` (written after the checkpoint a resumed run restarts from)."""
@@ -62,9 +68,9 @@ class RunLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if self._tb is not None:
+        if self.tb is not None:
             for k, v in scalars.items():
-                self._tb.add_scalar(k, v, step)
+                self.tb.add_scalar(k, v, step)
 
     def images(self, step: int, images: dict[str, torch.Tensor]) -> list[Path]:
         """Save each ``(N, C, H, W)`` tensor in ``[0, 1]`` as ``images/<name>_step<step>.png`` (+ TensorBoard)."""
@@ -74,8 +80,8 @@ class RunLogger:
         for name, x in images.items():
             x = x.detach().float().clamp(0, 1).cpu()
             paths.append(save_grid(x, self.run_dir / "images" / f"{name}_step{step}.png"))
-            if self._tb is not None:
-                self._tb.add_images(name, x, step)
+            if self.tb is not None:
+                self.tb.add_images(name, x, step)
         return paths
 
     def flush(self) -> None:

@@ -145,6 +145,9 @@ class Trainer:
         self.elapsed = 0.0  # training seconds, summed over resumed sessions
         self.last_checkpoint: Path | None = None
         self.logger = RunLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.tensorboard)
+        self._prepared = False
+        self._resume_path: Path | None = None
+        self._resume_state: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:
@@ -292,12 +295,25 @@ class Trainer:
                          "trainable_params": sum(p.numel() for p in self.params)})
         write_json(path, sessions)
 
+    def prepare(self) -> Trainer:
+        """Find and load the checkpoint to resume from (if any) and check it fits this run, writing nothing.
+
+        Commands call it before they write their run files, so that a refused resume (another preset,
+        another batch, no checkpoint to continue) leaves the run directory byte-identical. ``fit`` calls it
+        when the command did not.
+        """
+        if not self._prepared:
+            self._resume_path = self._find_resume()
+            self._resume_state = self._load(self._resume_path) if self._resume_path is not None else None
+            self._prepared = True
+        return self
+
     def _start(self) -> Iterator[dict[str, Any]]:
         """Resume or seed, record the session and return the batch iterator (RNG restored after it exists)."""
         from unissl.data.sampler import collate_batched
 
-        resume = self._find_resume()
-        state = self._load(resume) if resume is not None else None
+        self.prepare()
+        resume, state = self._resume_path, self._resume_state
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if state is not None:
