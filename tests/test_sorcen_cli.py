@@ -145,3 +145,37 @@ def test_refused_training_commands_leave_every_file_byte_identical(store, capsys
     # the refused run can still be sampled
     assert main(["sample", "sorcen", "--checkpoint", str(run), "--num-samples", "2", "--steps", "2",
                  "--out", str(store / "s-refuse")]) == 0
+
+
+def test_store_from_another_tokenizer_or_with_bad_meta_is_refused(store, tmp_path, capsys):
+    """A store whose recorded tokenizer path now holds other weights of the same size, and meta.json files
+    with wrong types, an unknown dtype or a missing key: one line each, before training."""
+    import shutil
+
+    from unissl.tokenizers.vq import VQTokenizer, preset
+
+    copy = tmp_path / "tokens"
+    shutil.copytree(store / "tokens", copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    torch.manual_seed(1)
+    VQTokenizer(preset("digits")).save_pretrained(tmp_path / "other-tok")  # same K and grid, other weights
+    meta["tokenizer"]["path"] = str(tmp_path / "other-tok")
+    (copy / "meta.json").write_text(json.dumps(meta))
+    argv = ["train", "sorcen", "--tokens", str(copy), "--train.steps", "1", "--train.run-dir", str(tmp_path / "r"),
+            *TRAIN]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "differ from those that wrote token store" in err[0]
+    assert not (tmp_path / "r").exists()
+    good = json.loads((store / "tokens" / "meta.json").read_text())
+    for change, needle in (({"codebook_size": "many"}, "codebook_size"), ({"dtype": "float128x"}, "dtype"),
+                           ({"splits": {"train": {"count": "x", "files": {}}}}, "count")):
+        (copy / "meta.json").write_text(json.dumps({**good, **change}))
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("unissl: error:") and needle in err[0], err
+    bad = dict(good)
+    del bad["sha256"]
+    (copy / "meta.json").write_text(json.dumps(bad))
+    assert main(argv) == 2
+    assert "'sha256'" in capsys.readouterr().err

@@ -124,18 +124,29 @@ def test_out_of_range_ids_are_detected(store: Path) -> None:
     ids.flush()
     del ids
     TokenStore(store, "train")  # the unflipped ids are fine
+    with pytest.raises(UnisslError, match=r"train.flip.ids.npy: sha256 .* differs from meta.json"):
+        TokenStore(store, "train", flip=True)  # verified by default: the altered bytes are caught first
     with pytest.raises(UnisslError, match=r"train.flip.ids.npy: token id 17 outside the codebook \[0, 17\)"):
-        TokenStore(store, "train", flip=True)
+        TokenStore(store, "train", flip=True, verify=False)  # and the range check still holds on its own
 
 
-def test_checksum_mismatch_is_detected_with_verify(store: Path) -> None:
+def test_checksum_mismatch_is_detected_with_verify(store: Path, monkeypatch) -> None:
+    import unissl.data.token_store as ts
+
+    TokenStore(store, "train")  # verified once: size + mtime of each file recorded in .verified.json
+    assert (store / ".verified.json").is_file()
+    reads = []
+    real = ts.sha256_file
+    monkeypatch.setattr(ts, "sha256_file", lambda p: reads.append(p) or real(p))
+    TokenStore(store, "train")
+    assert reads == []  # unchanged files are not read again
     ids = np.load(store / "train.ids.npy", mmap_mode="r+")
-    ids[0, 0, 0] = (int(ids[0, 0, 0]) + 1) % 17  # still a valid id
+    ids[0, 0, 0] = (int(ids[0, 0, 0]) + 1) % 17  # still a valid id: only the checksum can tell
     ids.flush()
     del ids
-    TokenStore(store, "train")  # without verify the change is not noticed
+    TokenStore(store, "train", verify=False)  # opting out of the check does not notice
     with pytest.raises(UnisslError, match="train.ids.npy: sha256 .* differs from meta.json"):
-        TokenStore(store, "train", verify=True)
+        TokenStore(store, "train")  # the default does, although the store was verified before
 
 
 def test_corrupt_or_inconsistent_meta(store: Path) -> None:
@@ -166,8 +177,10 @@ def test_corrupt_or_inconsistent_meta(store: Path) -> None:
 def test_corrupt_array_file(store: Path) -> None:
     raw = (store / "train.ids.npy").read_bytes()
     (store / "train.ids.npy").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(UnisslError, match="train.ids.npy: sha256 .* differs from meta.json"):
+        TokenStore(store, "train")  # a truncated file fails its checksum first
     with pytest.raises(UnisslError, match="train.ids.npy: not a readable .npy array"):
-        TokenStore(store, "train")
+        TokenStore(store, "train", verify=False)
     (store / "train.ids.npy").unlink()
     with pytest.raises(UnisslError, match="train.ids.npy not found"):
         TokenStore(store, "train")

@@ -76,11 +76,15 @@ def build(cfg: Config):
         from unissl.tokenizers import load_tokenizer
 
         tok = load_tokenizer(tokenizer_path)
+        if store is not None:
+            store.check_tokenizer(tok)
         data = build_dataset(cfg.dataset, cfg.split, data_dir=cfg.data_dir, channels=int(tok.channels))
         arch = arch_for_store(cfg.preset, tok.codebook_size, tuple(tok.grid))
         classes = list(getattr(data, "classes", []))
     else:
         tok = _decoder_for_samples(tokenizer_path)
+        if tok is not None:
+            store.check_tokenizer(tok)  # the path may now hold other weights than the ones that wrote the ids
         data = store
         arch = arch_for_store(cfg.preset, store.codebook_size, store.grid)
         classes = list(store.classes)

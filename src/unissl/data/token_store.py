@@ -47,11 +47,13 @@ class TokenStore(Dataset):
         path: the store directory.
         split: which split to serve.
         flip: also serve the flipped copy as indices ``N..2N-1`` (the store must hold one).
-        verify: check the sha256 of the split's files against meta.json (reads them once).
+        verify: check the sha256 of the split's files against meta.json before serving them. A file whose
+            size and modification time match an earlier successful check (``.verified.json`` in the store) is
+            not read again, so the cost is paid once per file; a changed byte changes the mtime.
     """
 
     def __init__(self, path: str | os.PathLike, split: str = "train", flip: bool = False,
-                 verify: bool = False) -> None:
+                 verify: bool = True) -> None:
         self.path = Path(path)
         if not self.path.is_dir():
             raise UnisslError(f"token store {self.path} not found; create it with `unissl tokenize --out {self.path}`")
@@ -64,6 +66,8 @@ class TokenStore(Dataset):
                 raise UnisslError(f"{meta_path} lacks {key!r}; the file is corrupt, regenerate the store")
         if meta["version"] > VERSION:
             raise UnisslError(f"{meta_path} has format version {meta['version']} > {VERSION}; upgrade unissl")
+        if not isinstance(meta["splits"], dict) or not isinstance(meta["sha256"], dict):
+            raise UnisslError(f"{meta_path}: 'splits' and 'sha256' must be mappings; regenerate the store")
         if split not in meta["splits"]:
             raise UnisslError(f"token store {self.path} has no split {split!r}; available: {sorted(meta['splits'])}")
         self.meta: dict[str, Any] = meta
@@ -71,22 +75,43 @@ class TokenStore(Dataset):
         self.split = split
         self.flip = bool(flip)
         info = meta["splits"][split]
-        self.count = int(info["count"])  # images in the split (without the flipped copy)
-        self.files: dict[str, str] = dict(info["files"])
+        try:
+            self.count = int(info["count"])  # images in the split (without the flipped copy)
+            self.files: dict[str, str] = {str(k): str(v) for k, v in dict(info["files"]).items()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise UnisslError(f"{meta_path}: splits.{split} needs an integer 'count' and a 'files' mapping ({e!r}); "
+                              f"regenerate the store") from None
+        if self.count < 0 or "labels" not in self.files:
+            raise UnisslError(f"{meta_path}: splits.{split} has count {self.count} / no 'labels' file; regenerate "
+                              f"the store")
+        try:
+            np.dtype(meta["dtype"])
+        except TypeError:
+            raise UnisslError(f"{meta_path}: unknown dtype {meta['dtype']!r}; regenerate the store") from None
         if self.flip and "flip" not in self.files:
             raise UnisslError(f"token store {self.path} has no flipped copy of {split!r}; "
                               f"re-run `unissl tokenize --flip` or load it with flip=False")
         self.classes: list[str] = [str(c) for c in meta.get("classes", [])]
         self.num_classes = len(self.classes)
         if self.kind == "vq":
-            self.codebook_size: int | None = int(meta["codebook_size"])
-            self.grid: tuple[int, int] | None = as_grid(meta["grid"])
+            try:
+                self.codebook_size: int | None = int(meta["codebook_size"])
+                self.grid: tuple[int, int] | None = as_grid(meta["grid"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise UnisslError(f"{meta_path}: a vq store needs an integer 'codebook_size' and a 'grid' [h, w] "
+                                  f"({e!r}); regenerate the store") from None
+            if self.codebook_size <= 0:
+                raise UnisslError(f"{meta_path}: codebook_size {self.codebook_size} must be positive")
             self.dim: int | None = None
             self._row_shape: tuple[int, ...] = self.grid
             self._key = "ids"
         elif self.kind == "continuous":
             self.codebook_size, self.grid = None, None
-            self.dim = int(meta["dim"])
+            try:
+                self.dim = int(meta["dim"])
+            except (KeyError, TypeError, ValueError):
+                raise UnisslError(f"{meta_path}: a continuous store needs an integer 'dim'; regenerate the store") \
+                    from None
             self._row_shape = (self.dim,)
             self._key = "z"
         else:
@@ -143,16 +168,50 @@ class TokenStore(Dataset):
                 raise UnisslError(f"{self.path / self.files[key]}: token id {bad} outside the codebook "
                                   f"[0, {self.codebook_size}); the store does not match its meta.json, regenerate it")
 
-    def verify(self) -> None:
-        """Compare the sha256 of the split's files with meta.json (reads every byte once)."""
-        for name in self.files.values():
+    VERIFIED_FILE = ".verified.json"
+
+    def verify(self, use_cache: bool = True) -> None:
+        """Compare the sha256 of the files this split serves with meta.json.
+
+        A file whose (size, mtime) match an earlier successful check recorded in ``.verified.json`` is not
+        read again (``use_cache=False`` reads every byte); a failed check is never cached.
+        """
+        import json
+
+        cache_path = self.path / self.VERIFIED_FILE
+        cache: dict[str, Any] = {}
+        if use_cache and cache_path.is_file():
+            try:
+                cache = json.loads(cache_path.read_text())
+            except (ValueError, OSError):
+                cache = {}
+        changed = False
+        served = [self._key, "labels"] + (["flip"] if self.flip else [])
+        for name in (self.files[k] for k in served if k in self.files):
             expected = self.meta["sha256"].get(name)
             if expected is None:
                 raise UnisslError(f"{self.path / 'meta.json'} has no checksum for {name}; regenerate the store")
-            actual = sha256_file(self.path / name)
+            file = self.path / name
+            if not file.is_file():
+                raise UnisslError(f"{file} not found; the token store is incomplete, regenerate it")
+            st = file.stat()
+            stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": expected}
+            if use_cache and cache.get(name) == stamp:
+                continue
+            actual = sha256_file(file)
             if actual != expected:
-                raise UnisslError(f"{self.path / name}: sha256 {actual[:12]}... differs from meta.json "
-                                  f"({expected[:12]}...); the file is corrupt, regenerate the store")
+                raise UnisslError(f"{file}: sha256 {actual[:12]}... differs from meta.json "
+                                  f"({expected[:12]}...); the file was altered or is corrupt, regenerate the store")
+            cache[name] = stamp
+            changed = True
+        if changed and use_cache:
+            try:  # best effort: a read-only store is verified again next time
+                from unissl.utils.io import atomic_file
+
+                with atomic_file(cache_path, "w") as f:
+                    f.write(json.dumps(cache, indent=1))
+            except OSError:
+                pass
 
     def check_tokenizer(self, tokenizer: Any) -> None:
         """Raise unless ``tokenizer`` is the one that wrote this store (codebook, grid and weights checksum).
