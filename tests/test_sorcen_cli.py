@@ -57,6 +57,16 @@ def test_train_sample_and_features(store):
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
     out = model.encode(tokenizer.encode(images))
     assert out.shape == (3, 17, 32) and torch.allclose(out[:, 1:].mean(1), feats, atol=1e-5)
+    # a split the run's token store holds is read from the stored ids (no re-tokenizing), with equal features
+    from unissl.data import build_dataset
+
+    train = build_dataset("digits", "train")
+    got = ext.dataset_features(train, batch_size=500)
+    assert got is not None and got[0].shape == (len(train), 32)
+    first = train.__getitems__(list(range(8)))
+    torch.testing.assert_close(got[0][:8], ext.features(first["image"]), atol=1e-5, rtol=1e-5)
+    assert torch.equal(got[1], train.labels)
+    assert ext.dataset_features(build_dataset("digits", "test")) is None  # not in the store: images are encoded
     # the released probe's pooling: the blocks without the final norm, mean of image positions, LayerNorm
     rel = load_extractor(f"sorcen-released:{run}", torch.device("cpu"))
     x = model.embed(model.with_class_slot(tokenizer.encode(images)))

@@ -193,6 +193,16 @@ def extract_features(extractor: Any, dataset: Any, batch_size: int = 256, cache_
     n = len(dataset)
     if n == 0:
         raise UnisslError(f"dataset {dataset_key(dataset)} is empty")
+    # An extractor may know a cheaper exact route for a whole split (a Sorcen run reads its token store).
+    direct = getattr(extractor, "dataset_features", None)
+    got = direct(dataset, batch_size) if direct is not None else None
+    if got is not None:
+        f, y = got[0].float().contiguous(), got[1].long().contiguous()
+        if path is not None:
+            with atomic_file(path, "wb") as fh:
+                fh.write(save({"features": f, "labels": y},
+                              metadata={"extractor": extractor.identity(), "dataset": dataset_key(dataset)}))
+        return f, y
     device = device or getattr(extractor, "device", None) or torch.device("cpu")
     feats, labels = [], []
     desc = f"features {getattr(dataset, 'name', '')}:{getattr(dataset, 'split', '')}"

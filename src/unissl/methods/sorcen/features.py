@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from unissl.errors import UnisslError
+
 from unissl.methods.sorcen.model import SorcenModel
 
 
@@ -28,6 +30,7 @@ class SorcenFeatures:
         if pool not in ("final-norm", "released"):
             raise ValueError(f"pool must be 'final-norm' or 'released', got {pool!r}")
         self.pool = pool
+        self.store_path: str | None = None  # the run's token store (set by load_extractor)
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.input_channels: int | None = int(tokenizer.channels) if tokenizer is not None else None
@@ -59,6 +62,38 @@ class SorcenFeatures:
     def identity(self) -> str:
         return self._name
 
+    @torch.no_grad()
+    def dataset_features(self, dataset: Any, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Features and labels of a whole split from the run's token store (the ids it trained on), or None.
+
+        Used when the store holds this split of this very dataset (same fingerprint, same count) and was
+        written by this extractor's tokenizer: no image is decoded or re-tokenized through a second
+        resize path. Anything else (another dataset, no store) returns None and images are encoded.
+        """
+        if self.store_path is None:
+            return None
+        from unissl.data.token_store import TokenStore
+
+        split = getattr(dataset, "split", None)
+        meta_path = Path(self.store_path) / "meta.json"
+        if split is None or not meta_path.is_file() or not hasattr(dataset, "fingerprint"):
+            return None
+        try:
+            store = TokenStore(self.store_path, split)
+        except UnisslError:
+            return None
+        fingerprints = (store.meta.get("dataset") or {}).get("fingerprints") or {}
+        if fingerprints.get(split) != dataset.fingerprint() or len(store) != len(dataset):
+            return None
+        if self.tokenizer is not None:
+            store.check_tokenizer(self.tokenizer)
+        feats, labels = [], []
+        for start in range(0, len(store), batch_size):
+            batch = store.__getitems__(list(range(start, min(start + batch_size, len(store)))))
+            feats.append(self.features_from_ids(batch["ids"]).cpu())
+            labels.append(batch["label"])
+        return torch.cat(feats), torch.cat(labels)
+
 
 def _weights_digest(path: Path) -> str:
     """A short sha256 of a checkpoint's model weights file."""
@@ -78,7 +113,9 @@ def load_extractor(checkpoint: str, device: torch.device | str = "cpu", pool: st
     ck = Path(info["checkpoint"])
     tag = "mean-image" if pool == "final-norm" else "released-prenorm-ln"
     name = f"sorcen({info['variant']},{ck.name},w={_weights_digest(ck)},pool={tag})"
-    return SorcenFeatures(method.model, tokenizer, name, pool=pool)
+    ext = SorcenFeatures(method.model, tokenizer, name, pool=pool)
+    ext.store_path = info.get("tokens")
+    return ext
 
 
 def load_released_extractor(checkpoint: str, device: torch.device | str = "cpu") -> SorcenFeatures:
