@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from unissl.errors import UnisslError
-
 from unissl.methods.sorcen.model import SorcenModel
 
 
