@@ -89,6 +89,15 @@ def ceiling_metrics(cfg: Config, extractor, reference, n: int, labels: torch.Ten
 def run(cfg: Config) -> dict[str, float]:
     """Compute and record the metrics."""
     images, arrays = load_npz_images(cfg.samples, cfg.images_key)
+    balance = None
+    if cfg.labels_key in arrays:  # class-conditional samples: the same number per class
+        from unissl.eval.generation import balanced_by_label
+
+        keep = balanced_by_label(torch.as_tensor(arrays[cfg.labels_key]), cfg.seed)
+        if keep is not None:
+            balance = {"kept": int(keep.numel()), "of": int(images.shape[0])}
+            images = images[keep]
+            arrays = {**arrays, cfg.labels_key: arrays[cfg.labels_key][keep.numpy()]}
     ref_name, _, ref_split = cfg.reference.partition(":")
     reference = build_split(ref_name, ref_split or "test", cfg.data_dir, cfg.image_size)
     extractor = load_extractor(cfg.extractor, resolve_device(cfg.device))
@@ -96,6 +105,7 @@ def run(cfg: Config) -> dict[str, float]:
     metrics = generation_metrics(extractor, images, reference, metric_name(cfg.extractor), cfg.batch_size, cache,
                                  cfg.pr_k, cfg.pr_samples)
     extra = {"samples": str(cfg.samples), "reference": cfg.reference, "extractor": cfg.extractor,
+             "balanced_per_class": balance,
              "extractor_identity": extractor.identity(), "reference_fingerprint": reference.fingerprint()}
     if cfg.labels_key in arrays:
         if not hasattr(extractor, "probs"):

@@ -116,6 +116,25 @@ def share_by_label(hits: torch.Tensor, labels: torch.Tensor) -> dict[int, float]
     return {int(c): hits[labels == c].double().mean().item() for c in labels.unique().tolist()}
 
 
+def quantize_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] rounded to the 256 levels of uint8 (and back to float)."""
+    return (images.float().clamp(0, 1) * 255.0).round() / 255.0
+
+
+def balanced_by_label(labels: torch.Tensor, seed: int = 0) -> torch.Tensor | None:
+    """Indices that keep the same number of samples of every label (the smallest count), or None if the
+    counts are equal already. Class-conditional FID compares equal numbers per class."""
+    labels = torch.as_tensor(labels).long().flatten()
+    classes, counts = torch.unique(labels, return_counts=True)
+    if counts.min() == counts.max():
+        return None
+    g = torch.Generator().manual_seed(seed)
+    m = int(counts.min())
+    keep = [torch.nonzero(labels == c).flatten()[torch.randperm(int(n), generator=g)[:m]]
+            for c, n in zip(classes, counts)]
+    return torch.cat(keep).sort().values
+
+
 def to_float_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     """uint8 [0, 255] or float [0, 1] images (N, C, H, W) -> float32 in [0, 1] (validated)."""
     x = torch.as_tensor(np.asarray(images)) if isinstance(images, np.ndarray) else images
@@ -181,6 +200,7 @@ def generation_metrics(extractor: Any, images: torch.Tensor, reference: Any, met
         metric_name: "FID" for Inception-v3, otherwise ``FD_<name>``.
         pr_samples: precision/recall use at most this many samples of each set (seeded subset).
     """
+    images = quantize_uint8(images)  # what a PNG of the samples holds: the published protocols score uint8
     ref_stats, ref_feats = reference_stats(extractor, reference, batch_size, cache_dir)
     device = getattr(extractor, "device", None)
     fake_feats = features_of(extractor, images, batch_size, device, progress="features of samples")
