@@ -32,42 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
-from torch.utils.flop_counter import FlopCounterMode
+
+from unissl.utils.flops import step_flops
 
 
-# ---------------------------------------------------------------------------------------------- FLOPs
-class _AttentionFlops(TorchFunctionMode):
-    """Adds the analytic FLOPs of every ``F.scaled_dot_product_attention`` call (the counter sees 0 on CPU)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.flops = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention:
-            q, k = args[0], args[1]
-            b_h = q.shape[:-2].numel()
-            fwd = 4 * b_h * q.shape[-2] * k.shape[-2] * q.shape[-1]
-            self.flops += fwd * (3 if torch.is_grad_enabled() and q.requires_grad else 1)
-        return func(*args, **kwargs)
-
-
-def step_flops(method: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[int, int]:
-    """(total, attention) FLOPs of forward + backward of ``method(batch)``."""
-    attn = _AttentionFlops()
-    with FlopCounterMode(display=False) as counter, attn:
-        method(batch)["loss"].backward()
-    method.zero_grad(set_to_none=True)
-    counted_attn = sum(v for k, v in counter.get_flop_counts().get("Global", {}).items()
-                       if "scaled_dot_product" in str(k))
-    total = int(counter.get_total_flops())
-    extra = attn.flops if counted_attn == 0 else 0  # do not count attention twice where the counter sees it
-    return total + extra, attn.flops
-
-
+# ---------------------------------------------------------------------------------------------- peak
 def matmul_peak(n: int = 2048, repeats: int = 3) -> float:
     """Best fp32 matmul FLOP/s of ``repeats`` n x n products."""
     a, b = torch.randn(n, n), torch.randn(n, n)

@@ -119,11 +119,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8, help="timed steps per method")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per method")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (0: torch's default; 1 avoids spin-wait stalls on a shared machine)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                   help="thread counts to time (each is reported; 1 avoids spin-wait stalls on a shared machine)")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
 
@@ -151,18 +149,21 @@ def main() -> None:
     magec = SorcenMethod(arch, "mage-c", tokenizer=tok).to(device).train()
     ids = torch.randint(0, arch.codebook_size, (args.batch, *arch.grid), device=device)
     images = torch.rand(args.batch, 3, tok_cfg.resolution, tok_cfg.resolution, device=device)
-    times = time_steps({"sorcen": (sorcen, {"ids": ids}), "mage-c": (magec, {"image": images})},
-                       args.steps, args.warmup, device)
-
-    print(f"{'method':<8} {'GFLOP/img':>10} {'s/step (median)':>16} {'img/s':>8}")
-    rate = {}
-    for name in ("sorcen", "mage-c"):
-        med = statistics.median(times[name])
-        rate[name] = args.batch / med
-        print(f"{name:<8} {flops[name] / 1e9:>10.2f} {med:>16.3f} {rate[name]:>8.1f}")
-    print(f"throughput ratio sorcen / mage-c: {rate['sorcen'] / rate['mage-c']:.2f}x "
-          f"(FLOP ratio {flops['mage-c'] / flops['sorcen']:.2f}x; {device.type}, batch {args.batch}, "
-          f"{args.steps} timed steps each)")
+    print("FLOPs: forward + backward, 2 per multiply-add, counted on meta tensors (attention included)")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        times = time_steps({"sorcen": (sorcen, {"ids": ids}), "mage-c": (magec, {"image": images})},
+                           args.steps, args.warmup, device)
+        print(f"-- {threads} thread(s), steps alternating sorcen / mage-c")
+        print(f"{'method':<8} {'GFLOP/img':>10} {'s/step (median)':>16} {'img/s':>8}")
+        rate = {}
+        for name in ("sorcen", "mage-c"):
+            med = statistics.median(times[name])
+            rate[name] = args.batch / med
+            print(f"{name:<8} {flops[name] / 1e9:>10.2f} {med:>16.3f} {rate[name]:>8.1f}")
+        print(f"throughput ratio sorcen / mage-c at {threads} thread(s): {rate['sorcen'] / rate['mage-c']:.2f}x "
+              f"(FLOP ratio {flops['mage-c'] / flops['sorcen']:.2f}x; {device.type}, batch {args.batch}, "
+              f"{args.steps} timed steps each)")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ ids, both with a flipped copy) into a temporary directory with :func:`write_toke
 * if ``unissl.methods.sorcen`` is importable, the tokens/s one training step of its ``small`` preset
   consumes (:func:`model_tokens_per_second`), and the ratio read / consumed.
 
-Run: ``python benchmarks/token_store.py [--n-small 60000] [--n-large 20000] [--batch 256] [--threads 2]``.
+Run: ``python benchmarks/token_store.py [--n-small 60000] [--n-large 20000] [--batch 256] [--threads 1]``.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=200, help="read batches per measurement")
     p.add_argument("--model-steps", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: fair on a shared 2-core machine)")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers to this file")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
