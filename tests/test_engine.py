@@ -384,3 +384,48 @@ def test_thread_policy_defaults_to_one_thread_on_cpu(monkeypatch) -> None:
         assert choose_threads(1) == 1 and torch.get_num_threads() == 1  # the flag wins
     finally:
         torch.set_num_threads(before)
+
+
+def test_crash_leftovers_never_pass_for_checkpoints_and_files_keep_the_umask(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from unissl.utils.io import atomic_dir, atomic_file, remove_stale_temporaries
+
+    run = tmp_path / "run"
+    fit_toy(run, steps=4, ckpt_every=2)
+    root = run / "checkpoints"
+    # a kill while an old checkpoint was being pruned: a step folder without its weights
+    (root / "step_0000003").mkdir()
+    (root / "step_0000003" / "trainer_state.pt").write_bytes(b"partial")
+    assert [p.name for p in list_checkpoints(run)] == ["step_0000002", "step_0000004"]
+    assert latest_checkpoint(run).name == "step_0000004"
+    (root / "latest").write_text("step_0000003\n")  # even when `latest` names it
+    assert latest_checkpoint(run).name == "step_0000004"
+    # a token store directory left half-written by a killed `unissl tokenize`: removed by the next writer
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".store.{dead.pid}.abc.tmp"
+    stale.mkdir()
+    live = tmp_path / f".store.{os.getpid()}.xyz.tmp"
+    live.mkdir()
+    with atomic_dir(tmp_path / "store") as d:
+        (d / "meta.json").write_text("{}")
+    assert not stale.exists() and live.exists()  # a live writer's directory is kept
+    assert remove_stale_temporaries(tmp_path / "store") == []
+    # atomic files and directories get 0666 / 0777 minus the umask, as a plain open / mkdir would
+    old = os.umask(0o027)
+    try:
+        with atomic_file(tmp_path / "f.txt", "w") as f:
+            f.write("x")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "x").write_text("y")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o750
+    # an impossible output path is one line naming it
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UnisslError, match="a parent of it is a file"):
+        with atomic_file(tmp_path / "file" / "x.json", "w") as f:
+            f.write("{}")

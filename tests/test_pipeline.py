@@ -340,3 +340,22 @@ def test_parallel_stages_run_in_their_own_processes_and_wait_for_what_they_read(
         {"name": "x", "command": "eval knn", "output_key": "run_dir",
          "config": {"extractor": "sorcen:/does/not/exist", "dataset": "digits", "run_dir": "{out}/x"}}]}))
     assert cli.main(["pipeline", "--config", str(bad), "--jobs", "2", "--no-report"]) == 2
+
+
+def test_a_second_pipeline_on_the_same_directory_is_refused(tmp_path, fake_command, capsys):
+    import subprocess
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (out / ".pipeline.lock").write_text(f"{holder.pid}\n")
+        with pytest.raises(UnisslError, match=rf"in use by another `unissl pipeline` \(pid {holder.pid}"):
+            run_pipeline(_stages(), out, log=lambda m: None)
+        assert CALLS == []  # nothing ran
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its stale lock is taken over, and released at the end
+    run_pipeline(_stages(), out, log=lambda m: None)
+    assert len(CALLS) == 2 and not (out / ".pipeline.lock").exists()

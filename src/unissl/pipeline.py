@@ -12,6 +12,7 @@ has a training section, so training continues from its last checkpoint instead o
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import re
@@ -136,7 +137,8 @@ def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list
         raise UnisslError(f"pipeline: --only/--force name unknown stage(s) {sorted(unknown)}; "
                           f"stages are {[s.name for s in stages]}")
     if not seeds:
-        return _run_stages(stages, out, seed, {}, {}, only, force, dry_run, log)
+        with scope_lock(out, dry_run):
+            return _run_stages(stages, out, seed, {}, {}, only, force, dry_run, log)
     if len(set(seeds)) != len(seeds):
         raise UnisslError(f"pipeline: seeds {seeds} repeat a value")
     shared = [s for s in stages if s.shared]
@@ -147,13 +149,15 @@ def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list
             raise UnisslError(f"pipeline: shared stage {stage.name!r} reads per-seed stage(s) {late}; "
                               "a shared stage may only read other shared stages")
     outputs: dict[str, str] = {}
-    shared_records = _run_stages(shared, out, seeds[0], outputs, {}, only, force, dry_run, log)
+    with scope_lock(out, dry_run):  # the shared stages; seeds of a study may run in parallel processes
+        shared_records = _run_stages(shared, out, seeds[0], outputs, {}, only, force, dry_run, log)
     records = dict(shared_records)
     per_seed = [s for s in stages if not s.shared]
     for s in seeds:
         log(f"[pipeline] seed {s}")
-        got = _run_stages(per_seed, out / f"seed{s}", s, dict(outputs), dict(shared_records), only, force,
-                          dry_run, log)
+        with scope_lock(out / f"seed{s}", dry_run):
+            got = _run_stages(per_seed, out / f"seed{s}", s, dict(outputs), dict(shared_records), only, force,
+                              dry_run, log)
         records.update({f"seed{s}/{k}": v for k, v in got.items() if k not in shared_records})
     return records
 
@@ -243,6 +247,47 @@ def _finish_record(plan: _Plan, t0: float, log) -> None:
     log(f"[pipeline] {plan.record['name']}: done in {plan.record['seconds']:.1f} s")
 
 
+LOCK_FILE = ".pipeline.lock"
+
+
+@contextlib.contextmanager
+def scope_lock(directory: Path, dry_run: bool = False):
+    """Hold ``<directory>/.pipeline.lock`` (the holder's pid) while stages run in ``directory``.
+
+    A second pipeline on the same directory is refused with the holder's pid; a lock left by a process
+    that no longer exists (a kill) is taken over.
+    """
+    import os
+
+    from unissl.utils.io import _pid_alive
+
+    if dry_run:
+        yield
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = directory / LOCK_FILE
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder and holder != os.getpid() and _pid_alive(holder):
+                raise UnisslError(f"pipeline: {directory} is in use by another `unissl pipeline` (pid {holder}, "
+                                  f"lock {lock}); wait for it or stop it") from None
+            lock.unlink(missing_ok=True)  # a stale lock of a killed run
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def _run_stages(stages: list[Stage], out: Path, seed: int, outputs: dict[str, str],
                 records: dict[str, dict[str, Any]], only: list[str] | None, force: list[str] | None,
                 dry_run: bool, log) -> dict[str, dict[str, Any]]:
@@ -329,6 +374,9 @@ def run_parallel(stages: list[Stage], out: str | Path, seed: int = 0, jobs: int 
     running: dict[str, tuple[subprocess.Popen, _Plan, float, Path, Any]] = {}
     pending = list(units)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    locks = contextlib.ExitStack()
+    for scope_dir in dict.fromkeys(u.out for u in units.values()):
+        locks.enter_context(scope_lock(scope_dir))
     try:
         while pending or running:
             for key in list(pending):
@@ -370,6 +418,7 @@ def run_parallel(stages: list[Stage], out: str | Path, seed: int = 0, jobs: int 
     finally:
         for proc, *_ in running.values():
             proc.terminate()
+        locks.close()
     return records
 
 

@@ -54,7 +54,10 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     root = checkpoints_dir(run_dir)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    # A directory counts only with its weights file: a kill while an old checkpoint was being pruned (or
+    # any other half-deleted step folder) never passes for a checkpoint.
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if p.is_dir() and (m := _STEP_DIR.match(p.name)) and (p / MODEL_FILE).is_file()]
     return [p for _, p in sorted(found)]
 
 
@@ -64,7 +67,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     pointer = root / LATEST_FILE
     if pointer.is_file():
         target = root / pointer.read_text().strip()
-        if target.is_dir():
+        if target.is_dir() and (target / MODEL_FILE).is_file():
             return target
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
@@ -136,7 +139,11 @@ def save_checkpoint(run_dir: str | Path, step: int, model_state: dict[str, torch
         f.write(final.name + "\n")
     for old in list_checkpoints(run_dir)[:-keep]:
         if old != final:
-            shutil.rmtree(old, ignore_errors=True)
+            # renamed first (atomic), then deleted: a kill in between leaves a `.step_*.old.*` leftover that
+            # the next save removes, never a step folder without its files
+            doomed = root / f".{old.name}.old.{os.getpid()}"
+            os.replace(old, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
     return final
 
 

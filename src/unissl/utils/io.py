@@ -19,12 +19,35 @@ from typing import Any
 from unissl.errors import UnisslError
 
 
+def _umask() -> int:
+    """The process umask (read without changing it for longer than one call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _ensure_parent(path: Path) -> None:
+    """Create ``path``'s parent, or one line naming what is in the way (a file, no permission)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UnisslError(f"cannot write {path}: a parent of it is a file; choose another output path") from None
+    except PermissionError:
+        raise UnisslError(f"cannot write {path}: permission denied; choose a writable output path") from None
+    if not os.access(path.parent, os.W_OK):
+        raise UnisslError(f"cannot write {path}: {path.parent} is not writable; choose a writable output path")
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
-    """Open a temporary file next to ``path``; on success fsync it and rename it onto ``path``."""
+    """Open a temporary file next to ``path``; on success fsync it and rename it onto ``path``.
+
+    The file gets the permissions a plain ``open`` would give it (0666 minus the umask), not mkstemp's 0600.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _ensure_parent(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -45,10 +68,12 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     directory is in place, so at every moment either the old or the new directory is complete.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _ensure_parent(path)
     if path.exists() and not overwrite:
         raise UnisslError(f"{path} already exists; remove it or choose another output path")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would otherwise become the directory's mode
     try:
         yield tmp
         old = None
@@ -61,6 +86,37 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete ``.NAME.<pid>.*.tmp`` siblings of ``path`` left by a killed writer whose process is gone
+    (e.g. a token store that ``unissl tokenize`` was writing); a live writer's directory is kept."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    prefix = f".{path.name}."
+    for p in path.parent.iterdir():
+        if not (p.name.startswith(prefix) and p.name.endswith(".tmp")):
+            continue
+        pid = p.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
