@@ -73,3 +73,21 @@ def test_two_process_gloo_matches_single_process(tmp_path: Path) -> None:
     assert latest_checkpoint(tmp_path / "nan").name == "step_0000003"
     state = torch.load(ddp_ckpt / "trainer_state.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["rng"]) == 2
+
+
+def test_a_rank_that_stops_responding_ends_the_job_within_the_timeout(tmp_path: Path) -> None:
+    import time
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(k, None)
+    helper = Path(__file__).resolve().parent / "helpers" / "ddp_hang.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           str(helper), str(tmp_path), "--train.steps", "10", "--train.dist-timeout", "0.1"]  # 6 s
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=110)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode != 0 and elapsed < 100  # not the sleeping rank's 120 s, nor torch's 30 min
+    msg = (tmp_path / "rank0.txt").read_text()
+    assert msg.startswith("rank 0: a collective failed at step 4") and "--train.dist-timeout 0.1 min" in msg
+    assert "\n" not in msg

@@ -99,7 +99,7 @@ def run(cfg: Config) -> None:
     from unissl.utils.images import save_grid
     from unissl.utils.io import write_json
 
-    init_distributed()
+    init_distributed(cfg.train.dist_timeout * 60)
     mcfg = cfg.model_config()
     train = build_dataset(cfg.dataset, "train", data_dir=cfg.data_dir, image_size=mcfg.image_size,
                           channels=mcfg.channels)

@@ -155,7 +155,7 @@ def run(cfg: Config) -> Path:
     """Train, then save the tokenizer to ``--out``; returns that directory."""
     from unissl.engine import Trainer, init_distributed
 
-    init_distributed()
+    init_distributed(cfg.train.dist_timeout * 60)
     check_run_dir(cfg.train.run_dir, cfg)
     tok, data = build(cfg)
     out = Path(cfg.out) if cfg.out else Path(cfg.train.run_dir) / "tokenizer"

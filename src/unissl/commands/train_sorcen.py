@@ -112,7 +112,7 @@ def run(cfg: Config) -> None:
     from unissl.engine import init_distributed
     from unissl.methods.sorcen.run import write_run_info
 
-    init_distributed()  # so that only rank 0 writes the run files under torchrun
+    init_distributed(cfg.train.dist_timeout * 60)  # so that only rank 0 writes the run files under torchrun
     check_run_dir(cfg.train.run_dir, cfg)
     method, data, info = build(cfg)
     trainer = Trainer(method, data, cfg.train).prepare()  # a refused resume writes nothing

@@ -54,6 +54,8 @@ class TrainConfig:
                                          "shared machine loses 4-16x when threads oversubscribe)")
     num_workers: int = arg(4, help="DataLoader worker processes per rank")
     find_unused_parameters: bool = arg(False, help="DDP: allow parameters that get no gradient in a step")
+    dist_timeout: float = arg(5.0, help="minutes a collective waits for a rank that stopped responding before "
+                                        "the job ends with an error (torch's default is 30)")
     tensorboard: bool = arg(True, help="also write TensorBoard scalars/images to run_dir/tb")
     progress: bool = arg(True, help="show a tqdm progress bar (rank 0)")
 
@@ -83,6 +85,7 @@ class TrainConfig:
         positive("image_every", self.image_every, allow_none=True, allow_zero=True)
         positive("num_workers", self.num_workers, allow_zero=True)
         positive("threads", self.threads, allow_none=True)
+        positive("dist_timeout", self.dist_timeout)
         if self.global_batch % self.grad_accum:
             raise UnisslError(f"train.global_batch={self.global_batch} is not divisible by "
                               f"train.grad_accum={self.grad_accum}")

@@ -40,7 +40,7 @@ def is_main() -> bool:
     return get_rank() == 0
 
 
-def init_distributed(timeout_s: float = 1800.0) -> tuple[int, int, int]:
+def init_distributed(timeout_s: float | None = None) -> tuple[int, int, int]:
     """Join the process group described by torchrun's environment; returns ``(rank, world, local_rank)``.
 
     Uses NCCL when CUDA is available (and pins this process to GPU ``LOCAL_RANK``), gloo otherwise.
@@ -56,6 +56,8 @@ def init_distributed(timeout_s: float = 1800.0) -> tuple[int, int, int]:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
+        if timeout_s is None:  # commands pass --train.dist-timeout; library users may set the variable
+            timeout_s = float(os.environ.get("UNISSL_DIST_TIMEOUT_S", 300))
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     return get_rank(), get_world_size(), get_local_rank()
 

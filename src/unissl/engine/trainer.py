@@ -90,7 +90,7 @@ class Trainer:
         self.run_dir = Path(run_dir if run_dir is not None else cfg.run_dir)
         self.callbacks = list(callbacks or [])
         self.dataset = dataset
-        self.rank, self.world_size, local_rank = dist.init_distributed()
+        self.rank, self.world_size, local_rank = dist.init_distributed(cfg.dist_timeout * 60)
         self.is_main = self.rank == 0
         self.device = resolve_device(cfg.device, local_rank)
         if self.device.type == "cpu":
@@ -372,6 +372,14 @@ class Trainer:
                         stop.exit()
                 if saved_step != self.step:
                     self.save()
+        except RuntimeError as e:  # incl. torch.distributed.DistBackendError: a rank died or went silent
+            if self.world_size <= 1:
+                raise
+            where = f"the last checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint yet"
+            raise UnisslError(f"rank {self.rank}: a collective failed at step {self.step + 1} "
+                              f"({str(e).strip().splitlines()[0][:160]}); another rank died or stopped responding "
+                              f"(--train.dist-timeout {self.cfg.dist_timeout:g} min); {where}, resume with "
+                              f"--train.resume") from None
         finally:
             bar.close()
             self.logger.close()
