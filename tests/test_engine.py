@@ -344,6 +344,36 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
         fit_toy(tmp_path / "early", nan_at=2, steps=20, ckpt_every=10)
 
 
+def test_nonfinite_weights_are_never_checkpointed_and_the_named_checkpoint_resumes(tmp_path: Path) -> None:
+    """An overflow that reaches the weights (or Adam's moments) before the loss shows it: the checkpoint
+    due at that step is refused, the message names the last finite one, and that one resumes at a lower lr."""
+
+    class Overflow(ToyMethod):
+        def on_train_step_end(self, step: int, total_steps: int) -> None:
+            super().on_train_step_end(step, total_steps)
+            if step == 4:
+                with torch.no_grad():
+                    self.net[0].weight[0, 0] = float("inf")
+
+    run = tmp_path / "overflow"
+    cfg = toy_cfg(run, steps=8, ckpt_every=2)
+    torch.manual_seed(cfg.seed)
+    with pytest.raises(UnisslError) as info:
+        Trainer(Overflow(), ToyDataset(40), cfg).fit()
+    msg = str(info.value)
+    assert "non-finite by step 4" in msg and "step_0000002" in msg and "lower the learning rate" in msg
+    assert [p.name for p in list_checkpoints(run)] == ["step_0000002"]
+    ck = load_checkpoint(run)
+    assert all(torch.isfinite(v).all() for v in ck.model.values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for st in ck.trainer_state["optimizer"]["state"].values()
+               for v in st.values() if isinstance(v, torch.Tensor) and v.is_floating_point())
+    # the named checkpoint resumes under the advised lower learning rate and trains to the end
+    resumed = toy_cfg(run, steps=8, ckpt_every=2, resume=True, lr=1e-4)
+    method = ToyMethod()
+    logs = Trainer(method, ToyDataset(40), resumed).fit()
+    assert math.isfinite(logs["loss"]) and all(torch.isfinite(p).all() for p in method.parameters())
+
+
 def test_single_process_dist_helpers_are_identities() -> None:
     x = torch.randn(3, 2, requires_grad=True)
     assert all_gather_with_grad(x) is x

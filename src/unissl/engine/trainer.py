@@ -150,8 +150,31 @@ class Trainer:
         self._resume_state: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ checkpoints
+    def _state_is_finite(self) -> bool:
+        """Whether every weight, optimizer moment and EMA tensor is finite (checked before a checkpoint counts)."""
+        tensors = [p.detach() for p in self.method.parameters()]
+        tensors += [v for st in self.optimizer.state.values() for v in st.values()
+                    if isinstance(v, torch.Tensor) and v.is_floating_point()]
+        if self.ema is not None:
+            tensors += [v for v in self.ema.shadow.values() if v.is_floating_point()]
+        flags = torch.stack([torch.isfinite(t).all() for t in tensors]) if tensors else torch.ones(1, dtype=torch.bool)
+        ok = flags.all().to(self.device, torch.float32)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+        return bool(ok.item())
+
     def save(self) -> Path:
-        """Checkpoint the current step (every rank must call this; rank 0 writes)."""
+        """Checkpoint the current step (every rank must call this; rank 0 writes).
+
+        A state with a non-finite weight, optimizer moment or EMA value is never written: the error names
+        the last good checkpoint instead, so the one it points to can be resumed at a lower learning rate.
+        """
+        if not self._state_is_finite():
+            where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+                     else "no checkpoint was written yet")
+            raise UnisslError(f"weights or optimizer state became non-finite by step {self.step} (the loss was "
+                              f"still finite); nothing was saved; {where}; lower the learning rate "
+                              f"(--train.base-lr), keep --train.clip-grad on, then --train.resume")
         sampler_state = self.sampler.state_dict()
         # The live sampler runs ahead of training (DataLoader prefetch): record the consumed position.
         sampler_state["epoch"], sampler_state["step_in_epoch"] = divmod(self.step, self.sampler.steps_per_epoch)
