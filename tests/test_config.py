@@ -136,3 +136,38 @@ def test_save_run_config_round_trips(tmp_path: Path) -> None:
 def test_cli_reports_user_errors_with_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["no-such-command"]) == 2
     assert "unissl: error: unknown command" in capsys.readouterr().err
+
+
+def test_hostile_config_files_are_one_line(tmp_path, capsys) -> None:
+    """A config file that is not UTF-8, a section given as a scalar (merged with flags), a bad value inside
+    a pipeline stage, a folder dataset without the split a command needs: one line, exit 2, nothing run."""
+    from unissl.cli import main
+
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes("train:\n  run_dir: caf\xe9\n".encode("latin-1"))
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("train: 5\n")
+    for cfg in (latin, scalar):
+        capsys.readouterr()
+        assert main(["train", "sorcen", "--config", str(cfg), "--tokens", "x", "--train.steps", "3"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("unissl: error:") and "Traceback" not in err[0], err
+        assert ("UTF-8" in err[0]) if cfg is latin else ("train: expected a mapping" in err[0])
+    bad = tmp_path / "p.yaml"
+    bad.write_text(yaml.safe_dump({"out": str(tmp_path / "run"), "stages": [
+        {"name": "t", "command": "tokenizer train", "config": {"dataset": "digits", "eval_batch": 0}}]}))
+    assert main(["pipeline", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "eval-batch" in err[0]
+    # a folder dataset without the evaluation split is refused before training writes anything
+    from PIL import Image
+
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    for i in range(4):
+        Image.new("L", (8, 8), 40 * i).save(tmp_path / "imgs" / "a" / f"{i}.png")
+    run = tmp_path / "vq-run"
+    assert main(["tokenizer", "train", "--dataset", "folder", "--data-dir", str(tmp_path / "imgs"),
+                 "--train.run-dir", str(run), "--train.steps", "1", "--train.global-batch", "2",
+                 "--no-train.progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "test" in err[0] and not run.exists()

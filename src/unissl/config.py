@@ -228,10 +228,13 @@ def _from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
         raise UnisslError(f"{where}: {e}") from e
 
 
-def _deep_update(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
+def _deep_update(base: dict[str, Any], upd: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Merge ``upd`` into ``base`` (nested mappings merge; a section given as a scalar is an error)."""
     for k, v in upd.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _deep_update(base[k], v)
+            _deep_update(base[k], v, f"{where}{k}.")
+        elif isinstance(v, dict) and base.get(k) is not None and not dataclasses.is_dataclass(base.get(k)):
+            raise UnisslError(f"{where}{k}: expected a mapping of settings, got {base[k]!r}")
         else:
             base[k] = v
     return base
@@ -256,7 +259,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UnisslError(f"config file {path} not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise UnisslError(f"config file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except yaml.YAMLError as e:
         raise UnisslError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from e
     if not isinstance(data, dict):
@@ -267,7 +272,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def from_dict(cls: type[T], data: dict[str, Any], defaults: T | None = None) -> T:
     """Build ``cls`` from a (partial, nested) dict, on top of ``defaults`` or the dataclass defaults."""
     base = to_dict(defaults) if defaults is not None else {}
-    return _from_dict(cls, _deep_update(base, data))
+    try:
+        return _from_dict(cls, _deep_update(base, data))
+    except (ValueError, AssertionError) as e:  # raised by __post_init__ validation: one line, as on the CLI
+        raise UnisslError(f"invalid configuration: {e}") from e
 
 
 def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None = None,

@@ -103,6 +103,9 @@ def run(cfg: Config) -> None:
     mcfg = cfg.model_config()
     train = build_dataset(cfg.dataset, "train", data_dir=cfg.data_dir, image_size=mcfg.image_size,
                           channels=mcfg.channels)
+    # the evaluation split must exist before hours of training, not after them
+    test = build_dataset(cfg.dataset, cfg.eval_split, data_dir=cfg.data_dir, image_size=mcfg.image_size,
+                         channels=mcfg.channels)
     seed_everything(cfg.train.seed)
     method = VQTokenizerMethod(VQTokenizer(mcfg))
     run_dir = Path(cfg.train.run_dir)
@@ -121,8 +124,6 @@ def run(cfg: Config) -> None:
     tok.save_pretrained(run_dir / "tokenizer")
     if cfg.out:
         tok.save_pretrained(cfg.out)
-    test = build_dataset(cfg.dataset, cfg.eval_split, data_dir=cfg.data_dir, image_size=mcfg.image_size,
-                         channels=mcfg.channels)
     res = evaluate(tok, test, cfg.eval_batch)
     x = test.__getitems__(list(range(min(16, len(test)))))["image"].to(next(tok.parameters()).device)
     rec = tok.decode(tok.encode(x))
