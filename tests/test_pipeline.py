@@ -359,3 +359,21 @@ def test_a_second_pipeline_on_the_same_directory_is_refused(tmp_path, fake_comma
     # the holder is gone: its stale lock is taken over, and released at the end
     run_pipeline(_stages(), out, log=lambda m: None)
     assert len(CALLS) == 2 and not (out / ".pipeline.lock").exists()
+
+
+def test_a_new_command_option_with_a_default_does_not_rerun_finished_stages(tmp_path, fake_command):
+    """Upgrading unissl (a command gains an option) must not re-run, and so delete, finished stages."""
+    out = tmp_path / "run"
+    run_pipeline(_stages(), out, log=lambda m: None)
+    assert len(CALLS) == 2
+
+    @dataclass
+    class _Upgraded(_FakeConfig):
+        new_option: float = 0.5
+
+    fake_command.Config = _Upgraded
+    logs: list[str] = []
+    run_pipeline(_stages(), out, log=logs.append)
+    assert len(CALLS) == 2 and all("skipped" in m for m in logs), logs
+    run_pipeline(_stages(value_b=3), out, log=logs.append)  # a setting the pipeline gives does re-run
+    assert len(CALLS) == 3

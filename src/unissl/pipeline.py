@@ -4,8 +4,9 @@ A pipeline is a list of stages, each one a registered ``unissl`` command with a 
 keys the command's ``--config`` YAML takes). Strings may reference ``{out}`` (the pipeline's run directory),
 ``{seed}`` and ``{stage:<name>}`` (another stage's output directory).
 
-Bookkeeping lives in ``<out>/stages/<name>.json``: the stage's resolved config, its hash, its status and its
-wall-clock time. On a re-run a stage whose status is ``done`` with the same hash is skipped; a stage that was
+Bookkeeping lives in ``<out>/stages/<name>.json``: the stage's resolved config, its hash (of the command and
+the settings the pipeline file gives it, so that options added to a command later do not invalidate finished
+stages), its status and its wall-clock time. On a re-run a stage whose status is ``done`` with the same hash is skipped; a stage that was
 ``started`` but never finished (a crash, a kill) is run again, with ``train.resume = true`` where its config
 has a training section, so training continues from its last checkpoint instead of starting over.
 """
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unissl.config import config_hash, from_dict, stable_hash, to_dict
+from unissl.config import from_dict, stable_hash, to_dict
 from unissl.errors import UnisslError
 from unissl.utils.io import read_json, write_json
 
@@ -192,14 +193,17 @@ def _plan_stage(stage: Stage, out: Path, seed: int, outputs: dict[str, str], rec
     """Resolve and validate ``stage``, then decide: skip (done with the same hash, or not in ``only``), resume
     (started, same hash), or run (replacing stale outputs of an earlier config)."""
     module = _command_module(stage.command)
-    resolved = _substitute(copy.deepcopy(stage.config), out, seed, outputs)
-    cfg = from_dict(module.Config, resolved)  # validates keys and types before anything runs
+    explicit = _substitute(copy.deepcopy(stage.config), out, seed, outputs)
+    cfg = from_dict(module.Config, copy.deepcopy(explicit))  # validates keys and types before anything runs
     resolved = to_dict(cfg)
-    # A stage's identity covers its own config and the runs of the stages it reads from, so that
-    # re-running an upstream stage (new weights behind the same path) re-runs everything downstream.
+    # A stage's identity is its command, the settings the pipeline gives it (not the command's defaults:
+    # a new option with a default in a later unissl must not re-run, and delete, finished stages) and the
+    # runs of the stages it reads from, so that re-running an upstream stage (new weights behind the same
+    # path) re-runs everything downstream.
     upstream = {d: [records.get(d, {}).get("hash"), records.get(d, {}).get("finished_at")]
                 for d in _dependencies(stage)}
-    digest = config_hash(cfg) if not upstream else stable_hash([config_hash(cfg), upstream])
+    own = stable_hash([stage.command, explicit])
+    digest = own if not upstream else stable_hash([own, upstream])
     produced = _stage_output(stage, resolved)
     marker = out / "stages" / f"{stage.name}.json"
     previous = read_json(marker) if marker.is_file() else None
