@@ -377,3 +377,23 @@ def test_a_new_command_option_with_a_default_does_not_rerun_finished_stages(tmp_
     assert len(CALLS) == 2 and all("skipped" in m for m in logs), logs
     run_pipeline(_stages(value_b=3), out, log=logs.append)  # a setting the pipeline gives does re-run
     assert len(CALLS) == 3
+
+
+def test_records_of_another_unissl_version_are_adopted_not_rerun(tmp_path, fake_command):
+    """A finished stage recorded under another hash scheme (an older unissl) with the same settings is
+    adopted (its record moves to the new hash); a changed setting or a re-run upstream stage still re-runs."""
+    out = tmp_path / "run"
+    run_pipeline(_stages(), out, log=lambda m: None)
+    for name in ("a", "b"):
+        rec = json.loads((out / "stages" / f"{name}.json").read_text())
+        rec["hash"] = "old-scheme-" + name
+        (out / "stages" / f"{name}.json").write_text(json.dumps(rec))
+    logs: list[str] = []
+    run_pipeline(_stages(), out, log=logs.append)
+    assert len(CALLS) == 2 and all("skipped" in m for m in logs), logs
+    assert not json.loads((out / "stages" / "a.json").read_text())["hash"].startswith("old-scheme")
+    rec = json.loads((out / "stages" / "a.json").read_text())
+    rec["hash"] = "old-scheme-a"
+    (out / "stages" / "a.json").write_text(json.dumps(rec))
+    run_pipeline(_stages(value_b=5), out, log=lambda m: None)  # b's setting changed: b re-runs, a is adopted
+    assert [c["value"] for c in CALLS[2:]] == [5]

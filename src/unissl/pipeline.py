@@ -187,6 +187,35 @@ def _scope_outputs(stages: list[Stage], out: Path, seed: int, outputs: dict[str,
     return first, produced_by
 
 
+def _agrees(explicit: Any, recorded: Any) -> bool:
+    """Whether every setting in ``explicit`` (a pipeline stage's config) has the same value in ``recorded``
+    (a stage record's resolved config); lists and tuples compare alike, numbers by value."""
+    if isinstance(explicit, dict):
+        return isinstance(recorded, dict) and all(k in recorded and _agrees(v, recorded[k])
+                                                  for k, v in explicit.items())
+    if isinstance(explicit, (list, tuple)):
+        return (isinstance(recorded, (list, tuple)) and len(explicit) == len(recorded)
+                and all(_agrees(a, b) for a, b in zip(explicit, recorded)))
+    if isinstance(explicit, (int, float)) and isinstance(recorded, (int, float)) \
+            and not isinstance(explicit, bool) and not isinstance(recorded, bool):
+        return float(explicit) == float(recorded)
+    return explicit == recorded or (isinstance(recorded, str) and str(explicit) == recorded)
+
+
+def _same_run(previous: dict[str, Any], explicit: dict[str, Any], stage: Stage,
+              records: dict[str, dict[str, Any]]) -> bool:
+    """A done record whose hash differs only because another unissl version wrote it: same command, every
+    setting the pipeline gives agrees with the recorded config, and no stage it reads finished after it started."""
+    if previous.get("command") != stage.command or not _agrees(explicit, previous.get("config")):
+        return False
+    started = previous.get("started_at")
+    for d in _dependencies(stage):
+        finished = records.get(d, {}).get("finished_at")
+        if started is None or finished is None or finished > started:
+            return False
+    return True
+
+
 def _plan_stage(stage: Stage, out: Path, seed: int, outputs: dict[str, str], records: dict[str, dict[str, Any]],
                 produced_by: dict[str, int], only: list[str] | None, force: list[str] | None, dry_run: bool,
                 log) -> _Plan:
@@ -209,6 +238,13 @@ def _plan_stage(stage: Stage, out: Path, seed: int, outputs: dict[str, str], rec
     previous = read_json(marker) if marker.is_file() else None
     if only and stage.name not in only:
         return _Plan(False, previous or {"status": "not run"})
+    if (previous and previous.get("status") == "done" and previous.get("hash") != digest
+            and stage.name not in (force or []) and _same_run(previous, explicit, stage, records)):
+        # recorded by another unissl version (another hash scheme or defaults): the same settings and no
+        # upstream stage re-run since, so it is the same stage; the record moves to this hash
+        previous = {**previous, "hash": digest}
+        if not dry_run:
+            write_json(marker, previous)
     if (previous and previous.get("status") == "done" and previous.get("hash") == digest
             and stage.name not in (force or [])):
         log(f"[pipeline] {stage.name}: done earlier with the same config ({digest}); skipped")
