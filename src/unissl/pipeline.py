@@ -238,10 +238,11 @@ def _plan_stage(stage: Stage, out: Path, seed: int, outputs: dict[str, str], rec
     previous = read_json(marker) if marker.is_file() else None
     if only and stage.name not in only:
         return _Plan(False, previous or {"status": "not run"})
-    if (previous and previous.get("status") == "done" and previous.get("hash") != digest
+    if (previous and previous.get("status") in ("done", "started") and previous.get("hash") != digest
             and stage.name not in (force or []) and _same_run(previous, explicit, stage, records)):
         # recorded by another unissl version (another hash scheme or defaults): the same settings and no
-        # upstream stage re-run since, so it is the same stage; the record moves to this hash
+        # upstream stage re-run since, so it is the same stage (done: skipped; started: resumed); the
+        # record moves to this hash
         previous = {**previous, "hash": digest}
         if not dry_run:
             write_json(marker, previous)
