@@ -118,3 +118,61 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path: Path) -> None:
 
 if __name__ == "__main__":
     pytest.main([__file__, "-q"])
+
+
+KILLER = Path(__file__).resolve().parent / "helpers" / "kill_at_step.py"
+COMMON = ["--no-train.progress", "--no-train.tensorboard", "--train.num-workers", "0", "--train.ckpt-every", "3",
+          "--train.steps", "7", "--train.warmup-steps", "2", "--train.log-every", "1", "--train.image-every", "0"]
+
+
+def _trainers(root: Path) -> dict[str, list[str]]:
+    """Tiny runs of every trainer; inputs are built once in ``root``."""
+    from test_reptok_encoders import make_tiny_sorcen_run
+
+    from unissl.cli import main
+    from unissl.methods.reptok.tokenizer import RepTokConfig, RepTokTokenizer
+    from unissl.tokenizers.vq import VQTokenizer, preset
+
+    torch.manual_seed(0)
+    VQTokenizer(preset("digits")).save_pretrained(root / "tok")
+    assert main(["tokenize", "--tokenizer", str(root / "tok"), "--out", str(root / "tokens"), "--dataset", "digits",
+                 "--splits", "train", "--no-progress"]) == 0
+    enc = {"kind": "random", "image_size": 8, "dim": 16, "depth": 1, "heads": 2, "patch": 4}
+    RepTokTokenizer(RepTokConfig(encoder=enc, image_size=8, channels=1, decoder="tiny")).save_pretrained(root / "rt")
+    sorcen_run = make_tiny_sorcen_run(root / "sorcen-enc")
+    return {
+        # dead codes restart after 2 idle steps: their ages must survive the kill
+        "vq": ["tokenizer", "train", "--dataset", "digits", "--preset", "digits", "--dead-after", "2",
+               "--train.global-batch", "16"],
+        "sorcen": ["train", "sorcen", "--tokens", str(root / "tokens"), "--preset", "tiny",
+                   "--loss.echo-warmup", "0.3", "--train.global-batch", "16"],
+        "reptok-tokenizer": ["train", "reptok-tokenizer", "--encoder", "sorcen", "--encoder-path", sorcen_run,
+                             "--dataset", "digits", "--image-size", "16", "--limit", "64", "--decoder", "tiny",
+                             "--train.global-batch", "16"],
+        "generator": ["train", "reptok-generator", "--tokenizer", str(root / "rt"), "--dataset", "digits",
+                      "--preset", "tiny", "--samples-per-class", "0", "--train.global-batch", "32",
+                      "--train.ema-decay", "0.9"],
+    }
+
+
+@pytest.mark.parametrize("kind", ["vq", "sorcen", "reptok-tokenizer", "generator"])
+def test_every_trainer_resumes_bit_exactly_after_sigkill(tmp_path: Path, kind: str) -> None:
+    """SIGKILL after step 5 (last checkpoint at 3), resume: the final weights (and EMA) equal those of an
+    uninterrupted run, bit for bit, for each real trainer (tiny sizes, one thread)."""
+    argv = _trainers(tmp_path)[kind] + COMMON
+
+    def run(run_dir: Path, kill_at: int = 0, resume: bool = False) -> int:
+        env = dict(_env(), KILL_AT_STEP=str(kill_at))
+        cmd = [sys.executable, str(KILLER), *argv, "--train.run-dir", str(run_dir)] + (["--train.resume"] if resume else [])
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240).returncode
+
+    assert run(tmp_path / "straight") == 0
+    assert run(tmp_path / "killed", kill_at=5) == -signal.SIGKILL
+    assert [p.name for p in list_checkpoints(tmp_path / "killed")] == ["step_0000003"]
+    assert run(tmp_path / "killed", resume=True) == 0
+    files = ["model.safetensors"] + (["ema.safetensors"] if kind == "generator" else [])
+    for name in files:
+        a, b = _weights(tmp_path / "straight", name), _weights(tmp_path / "killed", name)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (kind, name, k)

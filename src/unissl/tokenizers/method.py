@@ -38,6 +38,14 @@ class VQTokenizerMethod(nn.Module):
         return {"loss": rec_loss + out.vq_loss, "rec_loss": rec_loss.detach(), "vq_loss": out.vq_loss.detach(),
                 "psnr": p, "usage": out.usage, "perplexity": out.perplexity}
 
+    def get_extra_state(self) -> torch.Tensor:
+        """The quantizer's code ages (steps since each code was last used) go into training checkpoints, so a
+        resumed run restarts the same dead codes as an uninterrupted one; the saved tokenizer omits them."""
+        return self.tokenizer.quantizer.code_age.detach().clone()
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.tokenizer.quantizer.code_age.copy_(state)
+
     def no_weight_decay(self) -> set[str]:
         """The straight-through codebook is a 2-D parameter, but decaying it would shrink the codes."""
         return {"tokenizer.quantizer.codebook"} if self.tokenizer.quantizer.kind == "st" else set()
