@@ -135,3 +135,61 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys) -> None:
     assert main(["eval", "linear-probe", "--extractor", "nope", "--dataset", "digits",
                  "--run-dir", str(tmp_path)]) == 2
     assert "unknown feature extractor" in capsys.readouterr().err
+
+
+class Evil:
+    """What an untrusted checkpoint could smuggle in: an object that unpickling would construct."""
+
+
+def test_unreadable_weights_are_one_line_everywhere(tmp_path, capsys) -> None:
+    """Truncated safetensors, a pickle that would run code and a missing weights file, given to every
+    command that reads weights: exit 2, one `unissl: error:` line naming the file, never a traceback."""
+    import collections
+    import io
+    import shutil
+
+    from unissl.methods.reptok.tokenizer import RepTokConfig, RepTokTokenizer
+    from unissl.tokenizers.vq import VQTokenizer, preset
+
+    torch.manual_seed(0)
+    VQTokenizer(preset("digits")).save_pretrained(tmp_path / "vq")
+    enc = {"kind": "random", "image_size": 8, "dim": 16, "depth": 1, "heads": 2, "patch": 4}
+    RepTokTokenizer(RepTokConfig(encoder=enc, image_size=8, channels=1, decoder="tiny")).save_pretrained(tmp_path / "rt")
+    assert main(["eval", "train-extractor", "--dataset", "digits", "--out", str(tmp_path / "clf"), "--epochs", "1",
+                 "--widths", "4", "4", "--feature-dim", "8", "--run-dir", str(tmp_path / "ev")]) == 0
+
+    buf = io.BytesIO()
+    torch.save({"model": collections.OrderedDict(w=Evil())}, buf)
+    code_pickle = buf.getvalue()
+    cases = []
+    for damage in ("truncate", "missing"):
+        for folder, fname, argv in (
+                ("vq", "model.safetensors", ["tokenize", "--tokenizer", "{d}", "--dataset", "digits", "--out",
+                                             str(tmp_path / "tok-out")]),
+                ("rt", "model.safetensors", ["reconstruct", "--tokenizer", "{d}", "--dataset", "digits",
+                                             "--num-images", "4", "--out", str(tmp_path / "rec")]),
+                ("clf", "model.safetensors", ["eval", "knn", "--extractor", "domain:{d}", "--dataset", "digits",
+                                              "--run-dir", str(tmp_path / "ev2")])):
+            cases.append((folder, fname, damage, argv))
+    for folder, fname, damage, argv in cases:
+        d = tmp_path / f"{folder}-{damage}"
+        shutil.copytree(tmp_path / folder, d)
+        f = d / fname
+        if damage == "truncate":
+            f.write_bytes(f.read_bytes()[:100])
+        else:
+            f.unlink()
+        capsys.readouterr()
+        assert main([a.replace("{d}", str(d)) for a in argv]) == 2, (folder, damage)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("unissl: error:") and str(d) in err[0], (folder, damage, err)
+    # a pickled object in place of weights (the converter and the taming loader read .pth/.ckpt files)
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(code_pickle)
+    for argv in (["tokenize", "--tokenizer", str(evil), "--dataset", "digits", "--out", str(tmp_path / "t2")],
+                 ["eval", "knn", "--extractor", f"inception:{evil}", "--dataset", "digits",
+                  "--run-dir", str(tmp_path / "ev3")]):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "pickles Python objects" in err[0] and "evil.pth" in err[0], err

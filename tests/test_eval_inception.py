@@ -88,5 +88,5 @@ def test_missing_or_wrong_weights_give_clear_errors(tmp_path) -> None:
         build_inception(wrong)
     pickled = tmp_path / "corrupt.pth"
     pickled.write_bytes(b"not a zip")
-    with pytest.raises(UnisslError, match="cannot read Inception weights"):
+    with pytest.raises(UnisslError, match="corrupt.pth is corrupt or not a torch weights file"):
         load_extractor(f"inception:{pickled}", "cpu")

@@ -25,8 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from unissl.errors import UnisslError
@@ -163,13 +162,10 @@ def _remove_stale_temporaries(root: Path) -> None:
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise UnisslError(f"checkpoint file {path} is missing; use another checkpoint or retrain")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise UnisslError(f"checkpoint file {path} is corrupt ({str(e).splitlines()[0]}); "
-                          f"delete that checkpoint directory and use an older one") from e
+    from unissl.utils.weights import read_safetensors
+
+    return read_safetensors(path, "the checkpoint is incomplete or corrupt: delete that checkpoint directory and "
+                                  "use an older one")
 
 
 @dataclass
@@ -189,15 +185,9 @@ def load_checkpoint(path: str | Path, with_trainer_state: bool = True) -> Checkp
     ema = _load_safetensors(ckpt / EMA_FILE) if (ckpt / EMA_FILE).exists() else None
     state = None
     if with_trainer_state:
-        f = ckpt / STATE_FILE
-        if not f.is_file():
-            raise UnisslError(f"checkpoint file {f} is missing; resume from another checkpoint")
-        try:
-            state = torch.load(f, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
-            raise UnisslError(f"checkpoint file {f} is corrupt ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); delete that checkpoint directory "
-                              f"and resume from an older one") from e
+        from unissl.utils.weights import read_torch_weights
+
+        state = read_torch_weights(ckpt / STATE_FILE, "delete that checkpoint directory and resume from an older one")
     return Checkpoint(path=ckpt, model=model, ema=ema, trainer_state=state)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 from tqdm import tqdm
 
 from unissl.errors import UnisslError
@@ -113,8 +113,11 @@ def load_classifier(path: str | Path) -> tuple[DomainClassifier, str]:
     known = set(DomainClassifierConfig.__dataclass_fields__)
     cfg = DomainClassifierConfig(**{k: v for k, v in raw.items() if k in known})
     model = DomainClassifier(cfg)
+    from unissl.utils.weights import read_safetensors
+
+    state = read_safetensors(weights, "retrain it with `unissl eval train-extractor`")
     try:
-        model.load_state_dict(load_file(str(weights)))
+        model.load_state_dict(state)
     except RuntimeError as e:
         raise UnisslError(f"{weights} does not match {cfg_file} ({str(e).splitlines()[0]})") from None
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]

@@ -235,11 +235,9 @@ def load_inception_state(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UnisslError(f"Inception weights file {path} not found: download {WEIGHTS_NAME} from {WEIGHTS_URL} "
                           f"and pass --extractor inception:/path/to/{WEIGHTS_NAME} (no FID is computed without it)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UnisslError(f"cannot read Inception weights {path} ({str(e).splitlines()[0]}); "
-                          f"expected pytorch-fid's {WEIGHTS_NAME}") from None
+    from unissl.utils.weights import read_torch_weights
+
+    state = read_torch_weights(path, f"expected pytorch-fid's {WEIGHTS_NAME} from {WEIGHTS_URL}")
     if not isinstance(state, dict):
         raise UnisslError(f"{path} does not hold a state dict; expected pytorch-fid's {WEIGHTS_NAME}")
     return state

@@ -31,8 +31,6 @@ Key layout (``ch_mult = (1, 1, 2, 2, 4)``, 2 blocks per level)::
 from __future__ import annotations
 
 import dataclasses
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,17 +219,9 @@ class TamingVQGAN(TokenizerBase):
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A weights-only ``torch.load`` of a taming checkpoint, unwrapped from ``{"state_dict": ...}``."""
-    if not path.is_file():
-        raise UnisslError(f"taming checkpoint {path} not found; download MAGE's vqgan_jax_strongaug.ckpt "
-                          "or pass the right path")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UnisslError(f"{path} is not a weights-only checkpoint (it pickles Python objects: "
-                          f"{str(e).splitlines()[0][:120]}); re-save just its state_dict with torch.save") from e
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
-        raise UnisslError(f"{path} is not a readable torch checkpoint ({str(e).splitlines()[0][:120]}); "
-                          "re-download it") from e
+    from unissl.utils.weights import read_torch_weights
+
+    obj = read_torch_weights(path, "download MAGE's vqgan_jax_strongaug.ckpt again or pass the right path")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -23,8 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from unissl.errors import UnisslError
@@ -254,12 +253,9 @@ class VQTokenizer(TokenizerBase):
             cfg = VQConfig(**meta["config"])
         except (TypeError, ValueError, KeyError) as e:
             raise UnisslError(f"{cfg_path}: invalid tokenizer config ({e}); re-save the tokenizer") from e
-        if not w_path.is_file():
-            raise UnisslError(f"{w_path} not found; the tokenizer directory is incomplete, re-save it")
-        try:
-            state = load_file(str(w_path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise UnisslError(f"{w_path} is not a readable safetensors file ({e}); re-save the tokenizer") from e
+        from unissl.utils.weights import read_safetensors
+
+        state = read_safetensors(w_path, "the tokenizer directory is incomplete or damaged: re-save or retrain it")
         model = cls(cfg)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:

@@ -131,10 +131,10 @@ class Dinov2Encoder(SSLEncoder):
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise UnisslError("the dinov2 encoder needs transformers: pip install 'unissl[hf]'") from e
         cls_ = Dinov2WithRegistersModel if model_type == "dinov2_with_registers" else Dinov2Model
-        try:
-            backbone = cls_.from_pretrained(str(path), local_files_only=True)
-        except OSError as e:
-            raise UnisslError(f"cannot load DINOv2 weights from {path}: {str(e).splitlines()[0]}") from e
+        from unissl.utils.weights import load_pretrained_dir
+
+        backbone = load_pretrained_dir(lambda: cls_.from_pretrained(str(path), local_files_only=True), path, "DINOv2",
+                                       "pass a complete local transformers directory (config.json + weights)")
         super().__init__(backbone.embeddings.cls_token)
         self.backbone = backbone
         self.freeze_backbone()

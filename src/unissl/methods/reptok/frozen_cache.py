@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from unissl.errors import UnisslError
 from unissl.utils.io import atomic_file
@@ -61,10 +61,9 @@ class WithFrozenCache:
     """A dataset whose batches also carry the cached ``z_frozen`` (B, D) and ``frozen_input`` (B, ...)."""
 
     def __init__(self, dataset: Any, cache_path: str | Path) -> None:
-        try:
-            tensors = load_file(str(cache_path))
-        except Exception as e:  # a truncated or foreign file
-            raise UnisslError(f"frozen-encoder cache {cache_path} is unreadable ({e}); delete it to recompute") from e
+        from unissl.utils.weights import read_safetensors
+
+        tensors = read_safetensors(cache_path, "delete it to recompute the frozen-encoder cache")
         if tensors["z_frozen"].shape[0] != len(dataset):
             raise UnisslError(f"frozen-encoder cache {cache_path} holds {tensors['z_frozen'].shape[0]} items, the "
                               f"dataset {len(dataset)}; delete it to recompute")

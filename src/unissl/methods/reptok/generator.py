@@ -337,7 +337,6 @@ class TokenGeneratorMethod(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> TokenGeneratorMethod:
         """Load a generator saved by :meth:`save_pretrained` (a run directory's ``generator/`` also works)."""
-        from safetensors.torch import load_file
 
         path = Path(path)
         if (path / "generator" / "config.json").is_file():
@@ -350,7 +349,10 @@ class TokenGeneratorMethod(nn.Module):
             cfg = GeneratorConfig(**json.loads(cfg_file.read_text()))
         except (TypeError, json.JSONDecodeError) as e:
             raise UnisslError(f"{cfg_file} is not a valid generator config ({e}); re-export the generator") from e
-        state = load_file(str(weights), device=str(map_location))
+        from unissl.utils.weights import read_safetensors
+
+        state = read_safetensors(weights, "re-export the generator (it is written at the end of `unissl train "
+                                          "reptok-generator`) or retrain it", device=str(map_location))
         bank = None
         if cfg.conditioning == "text":
             from unissl.methods.reptok.text import CaptionBank

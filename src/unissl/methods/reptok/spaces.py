@@ -43,7 +43,11 @@ def load_autoencoder_kl(path: str | Path) -> nn.Module:
         from diffusers import AutoencoderKL
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise UnisslError("the VAE space needs diffusers: pip install 'unissl[hf]'") from e
-    vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
+    from unissl.utils.weights import load_pretrained_dir
+
+    vae = load_pretrained_dir(lambda: AutoencoderKL.from_pretrained(str(path), local_files_only=True), path,
+                              "VAE (diffusers AutoencoderKL)", "pass a complete local directory saved with "
+                              "AutoencoderKL.save_pretrained (e.g. stabilityai/sd-vae-ft-mse downloaded elsewhere)")
     vae.requires_grad_(False)
     return vae.eval()
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from unissl.errors import UnisslError
@@ -179,7 +179,9 @@ class RepTokTokenizer(nn.Module):
         if got != expected:
             raise UnisslError(f"the encoder weights at {cfg.encoder.get('path')} differ from those {path} was "
                               f"trained with (checksum {got} != {expected}); pass the original weights")
-        state = load_file(str(path / WEIGHTS_FILE))
+        from unissl.utils.weights import read_safetensors
+
+        state = read_safetensors(path / WEIGHTS_FILE, "re-save the tokenizer or retrain it")
         missing, unexpected = model.load_state_dict(state, strict=False)
         skip = model._skipped_prefixes()
         missing = [k for k in missing if not k.startswith(skip)]

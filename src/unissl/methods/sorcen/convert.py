@@ -97,6 +97,8 @@ def convert_official_state_dict(state: dict[str, torch.Tensor], arch: SorcenArch
     report.converted += ["token_emb.word_embeddings.weight", "mlm_layer.bias"]
     out["step"] = torch.zeros((), dtype=torch.long, device=word.device)  # training progress: none yet
     out["total_steps"] = torch.zeros((), dtype=torch.long, device=word.device)
+    out["top1_running"] = torch.zeros((), device=word.device)  # the accuracy echo warm-up has not started
+    out["echo_live"] = torch.zeros((), dtype=torch.bool, device=word.device)
     for name, tensor in state.items():
         if name in ("token_emb.word_embeddings.weight", "mlm_layer.bias"):
             continue
@@ -187,13 +189,10 @@ def official_key_shapes(arch: SorcenArch, sorcen: bool = False) -> dict[str, tup
 def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of an official ``.pth`` (``{"model": state_dict, ...}``) loaded without executing code."""
     path = Path(path)
-    if not path.is_file():
-        raise UnisslError(f"official checkpoint {path} not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickles with code objects are refused here on purpose
-        raise UnisslError(f"{path} cannot be loaded as weights only ({type(e).__name__}); re-save its 'model' "
-                          f"state dict with torch.save(ckpt['model'], 'weights.pth') in a trusted environment") from e
+    from unissl.utils.weights import read_torch_weights
+
+    obj = read_torch_weights(path, "re-save its 'model' state dict with torch.save(ckpt['model'], 'weights.pth') "
+                                   "in a trusted environment, or download the official checkpoint again")
     state = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         raise UnisslError(f"{path} holds no state dict")

@@ -183,6 +183,13 @@ class SorcenMethod(nn.Module):
         # invalidated when a checkpoint is loaded.
         self._progress: tuple[int, int] | None = None
         self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_progress", None))
+        self._register_load_state_dict_pre_hook(self._fill_echo_state)
+
+    def _fill_echo_state(self, state_dict, prefix, *args) -> None:
+        """Weights saved before the accuracy warm-up existed (older runs, converted official weights) lack
+        its two buffers: they load with the buffers at their start values."""
+        for name, value in (("top1_running", torch.zeros(())), ("echo_live", torch.zeros((), dtype=torch.bool))):
+            state_dict.setdefault(prefix + name, value)
 
     # ------------------------------------------------------------------ engine hooks
     def no_weight_decay(self) -> set[str]:
