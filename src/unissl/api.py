@@ -127,7 +127,12 @@ class Generator:
     def sample(self, classes: list[str | int] | None = None, prompts: list[str] | None = None, n: int = 4,
                cfg: float = 1.5, steps: int = 50, decode_steps: int = 50, seed: int = 0) -> torch.Tensor:
         """``n`` images per class (names or indices) or per prompt: (len * n, C, H, W) in [0, 1]."""
-        from unissl.methods.reptok.sampling import SamplingConfig, class_condition, decode_tokens, sample_tokens
+        from unissl.methods.reptok.sampling import (
+            SamplingConfig,
+            class_condition,
+            decode_tokens,
+            sample_tokens,
+        )
 
         cond: dict[str, Any]
         if prompts is not None:
