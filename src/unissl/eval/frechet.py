@@ -81,12 +81,18 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
 
 def trace_sqrt_product_reference(sigma1: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
     """``tr((S1 S2)^{1/2})`` as the ADM / pytorch-fid / torch-fidelity references compute it (scipy sqrtm)."""
+    import warnings
+
     from scipy import linalg
 
-    covmean = linalg.sqrtm(sigma1 @ sigma2)
+    with warnings.catch_warnings():  # a singular product is handled below, as the references do
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():  # a singular product: offset both diagonals, as the references do
         offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", linalg.LinAlgWarning)
+            covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             raise UnisslError(f"Fréchet distance: the matrix square root has an imaginary component "
