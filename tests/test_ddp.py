@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -18,6 +19,8 @@ from helpers.toy import ToyConfig, build  # noqa: E402
 
 from unissl.config import parse_config  # noqa: E402
 from unissl.engine import Trainer, latest_checkpoint, read_log  # noqa: E402
+
+pytestmark = pytest.mark.slow  # torchrun subprocesses: `pytest -m 'not slow'` skips them
 
 HELPER = Path(__file__).resolve().parent / "helpers" / "ddp_check.py"
 # 2 ranks x 2 micro-batches of 2 = global batch 8; the reference is 1 process, 1 micro-batch of 8.

@@ -315,6 +315,7 @@ def test_shipped_pipeline_configs_validate(tmp_path, capsys, name):
     assert out.count("would run") >= len(stages)  # every stage (once per seed in a study)
 
 
+@pytest.mark.slow
 def test_parallel_stages_run_in_their_own_processes_and_wait_for_what_they_read(tmp_path):
     """--jobs 2: two independent evaluations start together (each a `unissl` process, one thread, its
     own log); a stage that reads one of them through a path (not a {stage:} reference) waits for it."""

@@ -19,6 +19,8 @@ from helpers.toy import ToyConfig, build  # noqa: E402
 from unissl.config import parse_config  # noqa: E402
 from unissl.engine import Trainer, latest_checkpoint, list_checkpoints, read_log  # noqa: E402
 
+pytestmark = pytest.mark.slow  # subprocess runs: `pytest -m 'not slow'` skips them
+
 SCRIPT = Path(__file__).resolve().parent / "helpers" / "train_toy.py"
 # Randomness everywhere a resume can get wrong: input noise (torch RNG), shuffled sampler over several
 # epochs (40 samples / 8 per step), AdamW state, warm-up + cosine lr, EMA, grad accumulation.
