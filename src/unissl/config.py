@@ -253,9 +253,22 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return conv(cfg)
 
 
+def shipped_config(path: str | Path) -> Path | None:
+    """A config shipped inside the package (``unissl/configs``) for ``path`` such as
+    ``configs/digits-quick.yaml`` or ``sorcen/small-fmnist.yaml``, so an installed unissl finds them too."""
+    root = Path(__file__).resolve().parent / "configs"
+    parts = Path(path).parts
+    rel = Path(*parts[1:]) if parts and parts[0] == "configs" else Path(path)
+    candidate = root / rel
+    return candidate if candidate.is_file() else None
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with one-line errors for a missing or malformed file."""
+    """Read a YAML mapping with one-line errors for a missing or malformed file; a path that does not exist
+    from here is looked up among the configs shipped with unissl (``configs/NAME.yaml``)."""
     path = Path(path)
+    if not path.is_file() and not path.is_absolute() and shipped_config(path) is not None:
+        path = shipped_config(path)  # type: ignore[assignment]
     if not path.is_file():
         raise UnisslError(f"config file {path} not found")
     try:
