@@ -29,14 +29,18 @@ def seed_dirs(out: str | Path) -> dict[int, Path]:
 
 
 def _seconds_per_epoch(run_dir: Path) -> dict[str, float]:
-    """Seconds per epoch of every training run below ``run_dir``, from the last record of its log."""
+    """Training seconds per epoch of every run below ``run_dir`` (CPU seconds where the log has them), from
+    the last record of its log."""
     from unissl.report import _read_jsonl
 
     times: dict[str, float] = {}
     for log in sorted(run_dir.rglob("log.jsonl")):
         rows = _read_jsonl(log)
-        if rows and rows[-1].get("epoch") and "elapsed" in rows[-1]:
-            times[str(log.parent.relative_to(run_dir))] = float(rows[-1]["elapsed"]) / float(rows[-1]["epoch"])
+        # CPU seconds of the training process when logged (immune to other processes on a shared machine),
+        # else wall-clock seconds
+        key = "cpu_elapsed" if rows and "cpu_elapsed" in rows[-1] else "elapsed"
+        if rows and rows[-1].get("epoch") and key in rows[-1]:
+            times[str(log.parent.relative_to(run_dir))] = float(rows[-1][key]) / float(rows[-1]["epoch"])
     return times
 
 

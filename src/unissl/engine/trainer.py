@@ -143,6 +143,7 @@ class Trainer:
                                            seed=cfg.seed, drop_last=True)
         self.step = 0
         self.elapsed = 0.0  # training seconds, summed over resumed sessions
+        self.cpu_elapsed = 0.0  # this process's CPU seconds in training (immune to other processes' load)
         self.last_checkpoint: Path | None = None
         self.logger = RunLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.tensorboard)
         self._prepared = False
@@ -179,6 +180,7 @@ class Trainer:
         # The live sampler runs ahead of training (DataLoader prefetch): record the consumed position.
         sampler_state["epoch"], sampler_state["step_in_epoch"] = divmod(self.step, self.sampler.steps_per_epoch)
         state = {"step": self.step, "total_steps": self.total_steps, "elapsed": self.elapsed,
+                 "cpu_elapsed": self.cpu_elapsed,
                  "optimizer": self.optimizer.state_dict(), "sampler": sampler_state,
                  "rng": dist.all_gather_object(capture_rng_state()),  # collective: one state per rank
                  "world_size": self.world_size, "global_batch": self.cfg.global_batch}
@@ -229,6 +231,7 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         self.step = int(state["step"])
         self.elapsed = float(state.get("elapsed", 0.0))
+        self.cpu_elapsed = float(state.get("cpu_elapsed", 0.0))
         self.last_checkpoint = ck.path
         return state
 
@@ -360,6 +363,7 @@ class Trainer:
                    dynamic_ncols=True, desc=self.run_dir.name)
         window = ScalarWindow()
         session_start, elapsed0 = time.perf_counter(), self.elapsed
+        cpu_start, cpu0 = time.process_time(), self.cpu_elapsed
         final: dict[str, float] = {}
         saved_step = self.step if self.last_checkpoint is not None else -1
         self.method.train()
@@ -373,11 +377,13 @@ class Trainer:
                     step_logs = self._forward_backward(batch)
                     stop_now = self._optimizer_step(step_logs, stop)  # raises on NaN/Inf
                     self.elapsed = elapsed0 + time.perf_counter() - session_start
+                    self.cpu_elapsed = cpu0 + time.process_time() - cpu_start
                     window.add(step_logs)
                     logs: dict[str, float] = {}
                     if self.step % self.cfg.log_every == 0 or self.step == self.total_steps or stop_now:
                         logs = {"lr": lr, **window.pop(self.cfg.global_batch),
-                                "epoch": self.step / self.steps_per_epoch, "elapsed": self.elapsed}
+                                "epoch": self.step / self.steps_per_epoch, "elapsed": self.elapsed,
+                                "cpu_elapsed": self.cpu_elapsed}
                         self.logger.log(self.step, logs)
                         bar.set_postfix(loss=f"{logs['loss']:.4g}", lr=f"{lr:.3g}")
                         final = {"step": float(self.step), **logs}
