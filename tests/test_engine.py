@@ -459,3 +459,10 @@ def test_crash_leftovers_never_pass_for_checkpoints_and_files_keep_the_umask(tmp
     with pytest.raises(UnisslError, match="a parent of it is a file"):
         with atomic_file(tmp_path / "file" / "x.json", "w") as f:
             f.write("{}")
+
+
+def test_logs_record_cpu_seconds_next_to_wall_clock(tmp_path: Path) -> None:
+    _, logs = fit_toy(tmp_path / "cpu", steps=6, ckpt_every=3)
+    assert 0.0 < logs["cpu_elapsed"] and logs["elapsed"] > 0.0
+    ck = load_checkpoint(tmp_path / "cpu")
+    assert ck.trainer_state["cpu_elapsed"] == pytest.approx(read_log(tmp_path / "cpu" / "log.jsonl")[-1]["cpu_elapsed"])
