@@ -310,6 +310,7 @@ def test_shipped_pipeline_configs_validate(tmp_path, capsys, name):
     """Every stage of the pipelines in configs/ resolves and type-checks against its command (a dry run)."""
     path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
     assert cli.main(["pipeline", "--config", str(path), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    assert not (tmp_path / "run").exists()  # a dry run creates nothing
     out = capsys.readouterr().out
     stages = parse_stages(yaml.safe_load(path.read_text())["stages"])
     assert out.count("would run") >= len(stages)  # every stage (once per seed in a study)

@@ -333,7 +333,8 @@ def _run_stages(stages: list[Stage], out: Path, seed: int, outputs: dict[str, st
                 records: dict[str, dict[str, Any]], only: list[str] | None, force: list[str] | None,
                 dry_run: bool, log) -> dict[str, dict[str, Any]]:
     """Run ``stages`` into ``out`` one after another; ``outputs``/``records`` hold resolved (shared) stages."""
-    (out / "stages").mkdir(parents=True, exist_ok=True)
+    if not dry_run:  # a dry run creates nothing
+        (out / "stages").mkdir(parents=True, exist_ok=True)
     first, produced_by = _scope_outputs(stages, out, seed, outputs)
     outputs.update(first)
     for stage in stages:

@@ -39,7 +39,8 @@ def run(cfg: Config) -> None:
 
     stages = parse_stages(cfg.stages)
     out = Path(cfg.out)
-    save_run_config(out, cfg)
+    if not cfg.dry_run:  # a dry run writes nothing
+        save_run_config(out, cfg)
     t0 = time.perf_counter()
     if cfg.jobs > 1 and not cfg.dry_run:
         print(f"[pipeline] up to {cfg.jobs} stages at once, one thread each")
