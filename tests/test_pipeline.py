@@ -355,6 +355,15 @@ def test_a_second_pipeline_on_the_same_directory_is_refused(tmp_path, fake_comma
         with pytest.raises(UnisslError, match=rf"in use by another `unissl pipeline` \(pid {holder.pid}"):
             run_pipeline(_stages(), out, log=lambda m: None)
         assert CALLS == []  # nothing ran
+        # through the command line: exit 2 and one line naming the holder
+        cfg = tmp_path / "p.yaml"
+        cfg.write_text(yaml.safe_dump({"out": str(out), "stages": [
+            {"name": "a", "command": "fake step", "config": {"out": "{out}/a"}}]}))
+        capsys.readouterr()
+        assert cli.main(["pipeline", "--config", str(cfg)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("unissl: error:") and f"pid {holder.pid}" in err[0]
+        assert CALLS == []
     finally:
         holder.kill()
         holder.wait()

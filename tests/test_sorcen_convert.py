@@ -132,3 +132,14 @@ def test_vit_b_parameter_count_matches_mage_vit_b():
         model = SorcenMethod(arch, "mage").model
     ours = sum(p.numel() for p in model.parameters())
     assert ours == 146_474_217 - unused - 999 * d - 1001 == 144_128_512
+
+
+def test_converter_errors_go_to_stderr_as_one_line(tmp_path, capsys):
+    from unissl.methods.sorcen.convert import main as convert_main
+
+    bad = tmp_path / "truncated.pth"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    assert convert_main([str(bad), str(tmp_path / "run")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and err.startswith("unissl: error:") and "truncated.pth" in err
+    assert not (tmp_path / "run").exists()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         arch = PRESETS[a.preset] if a.preset else infer_arch(state)
         report = write_converted_run(state, arch, a.run_dir, a.tokenizer)
     except UnisslError as e:
-        print(f"unissl: error: {e}")
+        print(f"unissl: error: {e}", file=sys.stderr)
         return 2
     print(f"converted {len(report.converted)} tensors ({report.variant}); ignored {len(report.ignored)}: "
           f"{sorted({n.split('.')[0] for n in report.ignored})} -> {a.run_dir}")
