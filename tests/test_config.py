@@ -171,3 +171,16 @@ def test_hostile_config_files_are_one_line(tmp_path, capsys) -> None:
                  "--no-train.progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "test" in err[0] and not run.exists()
+
+
+def test_impossible_run_directories_are_one_line(tmp_path, capsys) -> None:
+    from unissl.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    for run_dir in (tmp_path / "afile" / "run", tmp_path / "afile"):
+        capsys.readouterr()
+        assert main(["tokenizer", "train", "--dataset", "digits", "--train.steps", "1",
+                     "--train.run-dir", str(run_dir), "--no-train.progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("unissl: error:") and "is a file" in err[0], err
+    assert (tmp_path / "afile").read_text() == "x"

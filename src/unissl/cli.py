@@ -91,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     except UnisslError as e:
         print(f"unissl: error: {e}", file=sys.stderr)
         return 2
+    except (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError) as e:
+        # an output path that cannot be written (a parent is a file, a read-only location): one line
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"unissl: error: cannot write{where}: {e.strerror or e}; choose another output path", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("unissl: interrupted", file=sys.stderr)
         return 130

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import types
 import typing
@@ -323,6 +324,15 @@ def check_run_dir(run_dir: str | Path, cfg: Any) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise UnisslError(f"run directory {run_dir} is a file; choose another --train.run-dir")
     if not run_dir.is_dir():
+        parent = run_dir.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise UnisslError(f"run directory {run_dir} cannot be created: {parent} is a file; choose another "
+                              f"--train.run-dir")
+        if not os.access(parent, os.W_OK):
+            raise UnisslError(f"run directory {run_dir} cannot be created: {parent} is not writable; choose "
+                              f"another --train.run-dir")
         return
     info_path = run_dir / "run_info.json"
     if not info_path.is_file():

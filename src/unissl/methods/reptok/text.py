@@ -60,11 +60,13 @@ class FrozenTextEncoder(nn.Module):
 
         self.path = resolve_text_encoder(name_or_path)
         self.max_length = max_length
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-            self.model = AutoModel.from_pretrained(str(self.path), local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise UnisslError(f"cannot load a text encoder from {self.path}: {str(e).splitlines()[0]}") from e
+        from unissl.utils.weights import load_pretrained_dir
+
+        fix = "pass a complete local transformers directory (config.json, tokenizer and weights) as --text-encoder"
+        self.tokenizer = load_pretrained_dir(lambda: AutoTokenizer.from_pretrained(str(self.path), local_files_only=True),
+                                             self.path, "text encoder tokenizer", fix)
+        self.model = load_pretrained_dir(lambda: AutoModel.from_pretrained(str(self.path), local_files_only=True),
+                                         self.path, "text encoder", fix)
         self.model.eval().requires_grad_(False)
 
     @property
