@@ -408,3 +408,30 @@ def test_records_of_another_unissl_version_are_adopted_not_rerun(tmp_path, fake_
     (out / "stages" / "a.json").write_text(json.dumps(rec))
     run_pipeline(_stages(value_b=5), out, log=lambda m: None)  # b's setting changed: b re-runs, a is adopted
     assert [c["value"] for c in CALLS[2:]] == [5]
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_parallel_pipeline_stops_its_stage_processes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    cfg = tmp_path / "p.yaml"
+    run = tmp_path / "run"
+    cfg.write_text(yaml.safe_dump({"out": str(run), "stages": [
+        {"name": "long", "command": "tokenizer train", "output_key": "train.run_dir",
+         "config": {"dataset": "digits", "train": {"run_dir": "{out}/vq", "steps": 100000, "progress": False,
+                                                   "tensorboard": False}}}]}))
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    parent = subprocess.Popen([sys.executable, "-m", "unissl", "pipeline", "--config", str(cfg), "--jobs", "2",
+                               "--no-report"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (run / "vq" / "log.jsonl").is_file():
+        time.sleep(0.5)  # the stage's own process is training
+    assert (run / "vq" / "log.jsonl").is_file()
+    parent.send_signal(signal.SIGTERM)
+    parent.wait(timeout=60)
+    time.sleep(1)
+    alive = subprocess.run(["pgrep", "-f", str(run / "stages")], capture_output=True, text=True).stdout.split()
+    assert alive == [] and not (run / ".pipeline.lock").exists()

@@ -419,6 +419,12 @@ def run_parallel(stages: list[Stage], out: str | Path, seed: int = 0, jobs: int 
     locks = contextlib.ExitStack()
     for scope_dir in dict.fromkeys(u.out for u in units.values()):
         locks.enter_context(scope_lock(scope_dir))
+    import signal
+
+    def _stop(signum, frame):  # a SIGTERM (kill, a job scheduler) must not leave orphaned stage processes
+        raise SystemExit(128 + signum)
+
+    previous_handler = signal.signal(signal.SIGTERM, _stop)
     try:
         while pending or running:
             for key in list(pending):
@@ -460,6 +466,12 @@ def run_parallel(stages: list[Stage], out: str | Path, seed: int = 0, jobs: int 
     finally:
         for proc, *_ in running.values():
             proc.terminate()
+        for proc, *_ in running.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        signal.signal(signal.SIGTERM, previous_handler)
         locks.close()
     return records
 
