@@ -74,8 +74,9 @@ def seed_metrics(run_dir: Path) -> dict[str, float]:
             record = json.loads(marker.read_text())
         except json.JSONDecodeError:
             continue
-        if record.get("status") == "done" and "seconds" in record:
-            flat[f"stage {marker.stem} :: seconds"] = float(record["seconds"])
+        seconds = record.get("seconds")
+        if record.get("status") == "done" and isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
+            flat[f"stage {marker.stem} :: seconds"] = float(seconds)  # an adopted record may have no time
     return flat
 
 
