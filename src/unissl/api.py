@@ -19,7 +19,6 @@ facade does not cover; every loader reads weights without executing code and fai
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -129,28 +128,12 @@ class Generator:
         """``n`` images per class (names or indices) or per prompt: (len * n, C, H, W) in [0, 1]."""
         from unissl.methods.reptok.sampling import (
             SamplingConfig,
-            class_condition,
             decode_tokens,
+            sample_conditions,
             sample_tokens,
         )
 
-        cond: dict[str, Any]
-        if prompts is not None:
-            if self.method.cfg.conditioning != "text":
-                raise UnisslError("this generator is class-conditional; pass classes=[...] instead of prompts")
-            from unissl.methods.reptok.text import FrozenTextEncoder, text_condition
-
-            states, mask = FrozenTextEncoder(self.method.cfg.text_encoder).to(self.device).encode(prompts)
-            idx = torch.arange(len(prompts), device=self.device).repeat_interleave(n)
-            cond = text_condition(states[idx], mask[idx])
-        else:
-            if self.method.cfg.conditioning != "class":
-                raise UnisslError("this generator is text-conditional; pass prompts=[...]")
-            from unissl.commands.sample_reptok import resolve_classes
-
-            wanted = resolve_classes([str(c) for c in classes] if classes is not None else None,
-                                     self.classes or [str(i) for i in range(self.method.cfg.num_classes)])
-            cond = class_condition(torch.tensor(wanted, device=self.device).repeat_interleave(n))
+        cond, _ = sample_conditions(self.method, n, classes=classes, prompts=prompts, device=self.device)
         z = sample_tokens(self.method, cond, SamplingConfig(steps=steps, cfg_scale=cfg),
                           generator=torch.Generator().manual_seed(seed))
         return decode_tokens(self.tokenizer, z, steps=decode_steps)

@@ -53,28 +53,12 @@ class Config:
             raise UnisslError(f"--cfg-interval must satisfy 0 <= t_min <= t_max <= 1, got {lo} {hi}")
 
 
-def resolve_classes(requested: list[str] | None, classes: list[str]) -> list[int]:
-    """Class names (case-insensitive) or indices -> indices; ``None`` -> every class."""
-    if requested is None or requested == ["all"]:
-        return list(range(len(classes)))
-    lower = [c.lower() for c in classes]
-    out = []
-    for r in requested:
-        if r.isdigit() and int(r) < len(classes):
-            out.append(int(r))
-        elif r.lower() in lower:
-            out.append(lower.index(r.lower()))
-        else:
-            raise UnisslError(f"unknown class {r!r}; use an index < {len(classes)} or one of {classes}")
-    return out
-
-
 def run(cfg: Config) -> Path:
     """Sample, decode, write the grid and the npz; returns the npz path."""
     from unissl.engine.trainer import resolve_device
     from unissl.methods.reptok.captions import class_of_prompt
     from unissl.methods.reptok.generator import TokenGeneratorMethod
-    from unissl.methods.reptok.sampling import SamplingConfig, class_condition, decode_tokens, sample_tokens
+    from unissl.methods.reptok.sampling import SamplingConfig, decode_tokens, sample_conditions, sample_tokens
     from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
     from unissl.utils.images import save_grid
     from unissl.utils.io import atomic_file
@@ -96,23 +80,13 @@ def run(cfg: Config) -> Path:
         from unissl.methods.reptok.captions import heldout_prompts
 
         prompts = [p for p, _ in heldout_prompts(gcfg.classes)]
+    conds, asked = sample_conditions(method, cfg.n, classes=cfg.classes, prompts=prompts, device=device,
+                                     name=cfg.checkpoint)  # asked: (N,) prompt index or class
     if prompts is not None:
-        if gcfg.conditioning != "text":
-            raise UnisslError(f"{cfg.checkpoint} is a class-conditional generator; use --class instead of --prompt")
-        from unissl.methods.reptok.text import FrozenTextEncoder, text_condition
-
-        encoder = FrozenTextEncoder(gcfg.text_encoder).to(device)
-        states, mask = encoder.encode(prompts)  # (P, L, H), (P, L)
-        idx = torch.arange(len(prompts), device=device).repeat_interleave(cfg.n)  # (N,)
-        conds = text_condition(states[idx], mask[idx])
-        labels = torch.tensor([class_of_prompt(p, gcfg.classes) for p in prompts])[idx.cpu()]
-        extra = {"prompts": np.array(prompts), "prompt_index": idx.cpu().numpy()}
+        labels = torch.tensor([class_of_prompt(p, gcfg.classes) for p in prompts])[asked]
+        extra = {"prompts": np.array(prompts), "prompt_index": asked.numpy()}
     else:
-        if gcfg.conditioning != "class":
-            raise UnisslError(f"{cfg.checkpoint} is a text-conditional generator; pass --prompt \"...\"")
-        wanted = resolve_classes(cfg.classes, gcfg.classes or [str(i) for i in range(gcfg.num_classes)])
-        labels = torch.tensor(wanted).repeat_interleave(cfg.n)  # (N,)
-        conds = class_condition(labels.to(device))
+        labels = asked
 
     gen = torch.Generator().manual_seed(cfg.seed)
     images = []

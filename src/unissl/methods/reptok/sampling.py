@@ -14,6 +14,7 @@ from typing import Literal, Protocol
 
 import torch
 
+from unissl.errors import UnisslError
 from unissl.flow import solve
 from unissl.flow.solvers import VelocityFn
 from unissl.methods.reptok.generator import Cond, TokenGeneratorMethod, concat_cond
@@ -99,3 +100,42 @@ def decode_tokens(tokenizer: TokenDecoder, z: torch.Tensor, steps: int | None = 
 def class_condition(labels: torch.Tensor) -> Cond:
     """``{"label": (B,)}`` for class-conditional sampling."""
     return {"label": labels.long()}
+
+
+def resolve_classes(requested: list[str] | None, classes: list[str]) -> list[int]:
+    """Class names (case-insensitive) or indices -> indices; ``None`` -> every class."""
+    if requested is None or requested == ["all"]:
+        return list(range(len(classes)))
+    lower = [c.lower() for c in classes]
+    out = []
+    for r in requested:
+        if r.isdigit() and int(r) < len(classes):
+            out.append(int(r))
+        elif r.lower() in lower:
+            out.append(lower.index(r.lower()))
+        else:
+            raise UnisslError(f"unknown class {r!r}; use an index < {len(classes)} or one of {classes}")
+    return out
+
+
+def sample_conditions(method: TokenGeneratorMethod, n: int, classes: list[str] | None = None,
+                      prompts: list[str] | None = None, device: torch.device | str = "cpu",
+                      name: str = "this generator") -> tuple[Cond, torch.Tensor]:
+    """The condition batch for ``n`` samples per prompt (text generators) or per class (class names or
+    indices; all classes by default), and what each of the N samples asks for: its prompt's index or its
+    class (N,) int64 on CPU."""
+    gcfg = method.cfg
+    if prompts is not None:
+        if gcfg.conditioning != "text":
+            raise UnisslError(f"{name} is a class-conditional generator; pass classes (--class), not prompts")
+        from unissl.methods.reptok.text import FrozenTextEncoder, text_condition
+
+        states, mask = FrozenTextEncoder(gcfg.text_encoder).to(device).encode(prompts)  # (P, L, H), (P, L)
+        idx = torch.arange(len(prompts)).repeat_interleave(n)  # (N,)
+        return text_condition(states[idx.to(device)], mask[idx.to(device)]), idx
+    if gcfg.conditioning != "class":
+        raise UnisslError(f"{name} is a text-conditional generator; pass prompts (--prompt \"...\")")
+    wanted = resolve_classes([str(c) for c in classes] if classes is not None else None,
+                             gcfg.classes or [str(i) for i in range(gcfg.num_classes)])
+    labels = torch.tensor(wanted).repeat_interleave(n)  # (N,)
+    return class_condition(labels.to(device)), labels
