@@ -300,7 +300,7 @@ def scope_lock(directory: Path, dry_run: bool = False):
     """
     import os
 
-    from unissl.utils.io import _pid_alive
+    from unissl.utils.io import pid_alive
 
     if dry_run:
         yield
@@ -315,7 +315,7 @@ def scope_lock(directory: Path, dry_run: bool = False):
                 holder = int(lock.read_text().strip() or 0)
             except (OSError, ValueError):
                 holder = 0
-            if holder and holder != os.getpid() and _pid_alive(holder):
+            if holder and holder != os.getpid() and pid_alive(holder):
                 raise UnisslError(f"pipeline: {directory} is in use by another `unissl pipeline` (pid {holder}, "
                                   f"lock {lock}); wait for it or stop it") from None
             lock.unlink(missing_ok=True)  # a stale lock of a killed run
@@ -413,70 +413,72 @@ def run_parallel(stages: list[Stage], out: str | Path, seed: int = 0, jobs: int 
                                                produced_by, dict(names), {names[d] for d in reads if d in names})
             earlier.append(stage.name)
     records: dict[str, dict[str, Any]] = {}
-    running: dict[str, tuple[subprocess.Popen, _Plan, float, Path, Any]] = {}
+    running: dict[str, tuple[subprocess.Popen, _Plan, float, Path, Any, Path]] = {}
     pending = list(units)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    locks = contextlib.ExitStack()
-    for scope_dir in dict.fromkeys(u.out for u in units.values()):
-        locks.enter_context(scope_lock(scope_dir))
     import signal
 
     def _stop(signum, frame):  # a SIGTERM (kill, a job scheduler) must not leave orphaned stage processes
         raise SystemExit(128 + signum)
 
-    previous_handler = signal.signal(signal.SIGTERM, _stop)
-    try:
-        while pending or running:
-            for key in list(pending):
-                if len(running) >= jobs:
-                    break
-                unit = units[key]
-                if not unit.deps <= set(records):
-                    continue
-                pending.remove(key)
-                scope_records = {name: records[k] for name, k in unit.names.items() if k in records}
-                plan = _plan_stage(unit.stage, unit.out, unit.seed, unit.outputs, scope_records, unit.produced_by,
-                                   only, force, False, log)
-                if not plan.run:
+    with contextlib.ExitStack() as locks:  # every lock taken so far is released, also when a later one is refused
+        for scope_dir in dict.fromkeys(u.out for u in units.values()):
+            locks.enter_context(scope_lock(scope_dir))
+        previous_handler = signal.signal(signal.SIGTERM, _stop)
+        try:
+            while pending or running:
+                for key in list(pending):
+                    if len(running) >= jobs:
+                        break
+                    unit = units[key]
+                    if not unit.deps <= set(records):
+                        continue
+                    pending.remove(key)
+                    scope_records = {name: records[k] for name, k in unit.names.items() if k in records}
+                    plan = _plan_stage(unit.stage, unit.out, unit.seed, unit.outputs, scope_records,
+                                       unit.produced_by, only, force, False, log)
+                    if not plan.run:
+                        records[key] = plan.record
+                        continue
+                    fd, cfg_path = tempfile.mkstemp(prefix=f".{unit.stage.name}.", suffix=".yaml",
+                                                    dir=unit.out / "stages")
+                    with os.fdopen(fd, "w") as f:
+                        yaml.safe_dump(to_dict(plan.cfg), f)
+                    log_path = unit.out / "stages" / f"{unit.stage.name}.log"
+                    t0 = _start_record(plan, log)
+                    log_file = open(log_path, "w")
+                    proc = subprocess.Popen([sys.executable, "-m", "unissl", *unit.stage.command.split(),
+                                             "--config", cfg_path], stdout=log_file, stderr=subprocess.STDOUT,
+                                            env=env)
+                    running[key] = (proc, plan, t0, Path(cfg_path), log_file, log_path)
+                for key, (proc, plan, t0, cfg_path, log_file, log_path) in list(running.items()):
+                    if proc.poll() is None:
+                        continue
+                    log_file.close()
+                    cfg_path.unlink(missing_ok=True)
+                    del running[key]
+                    if proc.returncode != 0:
+                        raise UnisslError(f"pipeline: stage {key} failed (exit {proc.returncode}): "
+                                          f"{_last_line(log_path)}; its log is {log_path}")
+                    _finish_record(plan, t0, log)
                     records[key] = plan.record
-                    continue
-                fd, cfg_path = tempfile.mkstemp(prefix=f".{unit.stage.name}.", suffix=".yaml", dir=unit.out / "stages")
-                with os.fdopen(fd, "w") as f:
-                    yaml.safe_dump(to_dict(plan.cfg), f)
-                log_path = unit.out / "stages" / f"{unit.stage.name}.log"
-                t0 = _start_record(plan, log)
-                log_file = open(log_path, "w")
-                proc = subprocess.Popen([sys.executable, "-m", "unissl", *unit.stage.command.split(), "--config",
-                                         cfg_path], stdout=log_file, stderr=subprocess.STDOUT, env=env)
-                running[key] = (proc, plan, t0, Path(cfg_path), log_file)
-            for key, (proc, plan, t0, cfg_path, log_file) in list(running.items()):
-                if proc.poll() is None:
-                    continue
+                if running:
+                    time.sleep(0.2)
+        finally:
+            for proc, *_ in running.values():
+                proc.terminate()
+            for proc, _, _, cfg_path, log_file, _ in running.values():
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
                 log_file.close()
                 cfg_path.unlink(missing_ok=True)
-                del running[key]
-                if proc.returncode != 0:
-                    tail = log_path_tail(units[key].out / "stages" / f"{units[key].stage.name}.log")
-                    raise UnisslError(f"pipeline: stage {key} failed (exit {proc.returncode}): {tail}; its log is "
-                                      f"{units[key].out / 'stages' / (units[key].stage.name + '.log')}")
-                _finish_record(plan, t0, log)
-                records[key] = plan.record
-            if running:
-                time.sleep(0.2)
-    finally:
-        for proc, *_ in running.values():
-            proc.terminate()
-        for proc, *_ in running.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        signal.signal(signal.SIGTERM, previous_handler)
-        locks.close()
+            signal.signal(signal.SIGTERM, previous_handler)
     return records
 
 
-def log_path_tail(path: Path) -> str:
+def _last_line(path: Path) -> str:
     """The last non-empty line of a stage log (its one-line error, usually)."""
     try:
         lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]

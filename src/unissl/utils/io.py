@@ -88,7 +88,8 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
         raise
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -110,7 +111,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
         if not (p.name.startswith(prefix) and p.name.endswith(".tmp")):
             continue
         pid = p.name[len(prefix):].split(".", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             else:
