@@ -408,10 +408,10 @@ def test_thread_policy_defaults_to_one_thread_on_cpu(monkeypatch) -> None:
     before = torch.get_num_threads()
     try:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-        assert choose_threads(None) == 1 and torch.get_num_threads() == 1
+        assert choose_threads(None) == (1, "default for CPU") and torch.get_num_threads() == 1
         monkeypatch.setenv("OMP_NUM_THREADS", "2")
-        assert choose_threads(None) == 2 and torch.get_num_threads() == 2
-        assert choose_threads(1) == 1 and torch.get_num_threads() == 1  # the flag wins
+        assert choose_threads(None) == (2, "OMP_NUM_THREADS") and torch.get_num_threads() == 2
+        assert choose_threads(1) == (1, "--train.threads") and torch.get_num_threads() == 1  # the flag wins
     finally:
         torch.set_num_threads(before)
 

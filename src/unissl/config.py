@@ -268,8 +268,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping with one-line errors for a missing or malformed file; a path that does not exist
     from here is looked up among the configs shipped with unissl (``configs/NAME.yaml``)."""
     path = Path(path)
-    if not path.is_file() and not path.is_absolute() and shipped_config(path) is not None:
-        path = shipped_config(path)  # type: ignore[assignment]
+    if not path.is_file() and not path.is_absolute():
+        path = shipped_config(path) or path
     if not path.is_file():
         raise UnisslError(f"config file {path} not found")
     try:

@@ -46,12 +46,18 @@ from unissl.utils.io import git_revision, read_json, write_json
 from unissl.utils.seed import seed_everything
 
 
-def choose_threads(requested: int | None) -> int:
-    """Intra-op threads for a CPU run: ``requested``, else ``OMP_NUM_THREADS`` if set, else 1; applied."""
+def choose_threads(requested: int | None) -> tuple[int, str]:
+    """Intra-op threads for a CPU run, applied: ``requested``, else ``OMP_NUM_THREADS`` if set, else 1; and
+    where the number came from."""
     env = os.environ.get("OMP_NUM_THREADS", "")
-    n = requested or (int(env) if env.isdigit() and int(env) > 0 else 1)
+    if requested:
+        n, source = requested, "--train.threads"
+    elif env.isdigit() and int(env) > 0:
+        n, source = int(env), "OMP_NUM_THREADS"
+    else:
+        n, source = 1, "default for CPU"
     torch.set_num_threads(n)
-    return n
+    return n, source
 
 
 MAX_EMA_INIT_SHARE = 0.01  # an exported EMA may keep at most this share of the initial weights
@@ -94,11 +100,9 @@ class Trainer:
         self.is_main = self.rank == 0
         self.device = resolve_device(cfg.device, local_rank)
         if self.device.type == "cpu":
-            self.threads = choose_threads(cfg.threads)
+            self.threads, source = choose_threads(cfg.threads)
             if self.is_main:
-                print(f"[train] {self.threads} intra-op thread(s) per process "
-                      f"({'--train.threads' if cfg.threads else 'OMP_NUM_THREADS' if os.environ.get('OMP_NUM_THREADS') else 'default for CPU'}; "
-                      "--train.threads N to change)")
+                print(f"[train] {self.threads} intra-op thread(s) per process ({source}; --train.threads N to change)")
         # bf16 autocast: "auto" on CUDA only; "bf16" also on CPU (opt-in: it pays for wide models only,
         # see benchmarks/mfu.py); weights, optimizer state and checkpoints stay fp32 either way.
         self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
@@ -134,9 +138,10 @@ class Trainer:
         self.optimizer = build_optimizer(self.method, cfg.peak_lr(), cfg.weight_decay, cfg.betas)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.ema = EMA(self.method, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay is not None else None
-        if self.ema is not None and self.ema.init_share(self.total_steps) > MAX_EMA_INIT_SHARE:
+        left = self.ema.init_share(self.total_steps) if self.ema is not None else 0.0
+        if left > MAX_EMA_INIT_SHARE:
             raise UnisslError(f"train.ema_decay={cfg.ema_decay} without warm-up leaves "
-                              f"{100 * self.ema.init_share(self.total_steps):.1f}% of the initial weights in the EMA "
+                              f"{100 * left:.1f}% of the initial weights in the EMA "
                               f"after {self.total_steps} steps; keep --train.ema-warmup on, lower the decay or train "
                               f"longer")
         self.sampler = ShardedBatchSampler(self.num_items, cfg.global_batch, self.rank, self.world_size,
