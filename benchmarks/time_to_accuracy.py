@@ -5,10 +5,12 @@ project's linear probe (the same protocol as ``unissl eval linear-probe``: 9 lea
 a held-out 10% of train) on the frozen encoder's features of the stored train / test ids. Training time is
 the process CPU time of the training steps only (``time.process_time`` is immune to other processes on a
 shared machine; with one thread it equals the wall-clock of an idle core); probing is not counted.
-Prints the curve (minutes, epoch, probe top-1) and the first point at or above the target.
+Prints the curve (minutes, epoch, probe top-1 of the mean-pooled image tokens and of the class slot) and the
+first point where either pooling is at or above the target; ``--out`` writes it as JSON and a PNG.
 
     unissl tokenize --tokenizer runs/fmnist-vq --dataset fashion-mnist --out runs/fmnist-tokens
-    OMP_NUM_THREADS=1 python benchmarks/time_to_accuracy.py --tokens runs/fmnist-tokens --minutes 40
+    OMP_NUM_THREADS=1 python benchmarks/time_to_accuracy.py --tokens runs/fmnist-tokens --minutes 40 \\
+        --out runs/time-to-accuracy/sorcen.json
 """
 
 from __future__ import annotations
@@ -22,26 +24,55 @@ from pathlib import Path
 import torch
 
 
-def probe_top1(model, store_dir: str, epochs: int) -> float:
-    """Linear-probe test top-1 (%) of ``model``'s mean-pooled features of the stored ids."""
+def probe_top1(model, store_dir: str, epochs: int) -> dict[str, float]:
+    """Linear-probe test top-1 (%) of ``model``'s frozen features of the stored ids, for two poolings:
+    ``mean`` (mean of the image tokens after the final norm, the ``sorcen`` extractor) and ``cls`` (the
+    class slot)."""
     from unissl.data.token_store import TokenStore
     from unissl.eval.probe import ProbeConfig, linear_probe
 
-    def feats(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def feats(split: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         store = TokenStore(store_dir, split)
-        out, labels = [], []
+        out: dict[str, list[torch.Tensor]] = {"mean": [], "cls": []}
+        labels = []
         with torch.no_grad():
             for s in range(0, len(store), 1000):
                 b = store.__getitems__(list(range(s, min(s + 1000, len(store)))))
-                out.append(model.encode(b["ids"])[:, 1:].mean(1).float())
+                h = model.encode(b["ids"]).float()  # (B, 1 + N, D)
+                out["mean"].append(h[:, 1:].mean(1))
+                out["cls"].append(h[:, 0])
                 labels.append(b["label"])
-        return torch.cat(out), torch.cat(labels)
+        return {k: torch.cat(v) for k, v in out.items()}, torch.cat(labels)
 
     model.eval()
     (tx, ty), (vx, vy) = feats("train"), feats("test")
     model.train()
-    metrics, _ = linear_probe(tx, ty, vx, vy, int(ty.max()) + 1, ProbeConfig(epochs=epochs), progress=False)
-    return float(metrics["top1"])
+    result = {}
+    for pool in ("mean", "cls"):
+        metrics, _ = linear_probe(tx[pool], ty, vx[pool], vy, int(ty.max()) + 1, ProbeConfig(epochs=epochs),
+                                  progress=False)
+        result[pool] = float(metrics["top1"])
+    return result
+
+
+def plot_curve(curve: list[dict[str, float]], target: float, path: Path, title: str) -> None:
+    """Probe top-1 against training CPU minutes, both poolings, with the target line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for pool in ("mean", "cls"):
+        ax.plot([c["minutes"] for c in curve], [c[pool] for c in curve], marker="o", label=f"{pool} pooling")
+    ax.axhline(target, color="gray", linestyle="--", label=f"pixel probe {target}%")
+    ax.set_xlabel("training CPU minutes (1 thread)")
+    ax.set_ylabel("linear probe top-1 (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -84,10 +115,11 @@ def main() -> None:
             now = time.process_time()
             self.cpu += now - self.mark
             if step % args.probe_every == 0:
-                top1 = probe_top1(trainer.method.model, args.tokens, args.probe_epochs)
-                curve.append({"step": step, "epoch": step / spe, "minutes": self.cpu / 60, "top1": top1})
+                probes = probe_top1(trainer.method.model, args.tokens, args.probe_epochs)
+                top1 = max(probes.values())
+                curve.append({"step": step, "epoch": step / spe, "minutes": self.cpu / 60, "top1": top1, **probes})
                 print(f"step {step:6d}  epoch {step / spe:5.2f}  train CPU {self.cpu / 60:6.1f} min  "
-                      f"probe top-1 {top1:.2f}%", flush=True)
+                      f"probe top-1 mean {probes['mean']:.2f}%  cls {probes['cls']:.2f}%", flush=True)
                 if self.cpu / 60 >= args.minutes or top1 >= args.target:
                     trainer.step = trainer.total_steps  # stop: the loop ends after this step
             self.mark = time.process_time()
@@ -104,7 +136,12 @@ def main() -> None:
              f"did not reach {args.target}% within {curve[-1]['minutes'] if curve else 0:.1f} CPU minutes "
              f"(best {max((c['top1'] for c in curve), default=0):.2f}%)"))
     if args.out:
-        Path(args.out).write_text(json.dumps({"args": vars(args), "curve": curve, "hit": hit}, indent=1))
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"args": vars(args), "curve": curve, "hit": hit}, indent=1))
+        if curve:
+            plot_curve(curve, args.target, out.with_suffix(".png"),
+                       f"{args.method} {args.preset}, batch {args.batch}, lr {args.lr}, Fashion-MNIST")
 
 
 if __name__ == "__main__":
