@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from unissl.data import build_dataset
+from unissl.engine.schedule import cosine_value
 from unissl.eval.few_shot import few_shot, sample_per_class
 from unissl.eval.knn import knn_scores
 from unissl.eval.probe import (
@@ -18,7 +19,6 @@ from unissl.eval.probe import (
     _update,
     fit_probes,
     linear_probe,
-    lr_factor,
     topk_accuracy,
     train_val_split,
 )
@@ -75,6 +75,9 @@ def test_lars_update_matches_formula() -> None:
 
 
 def test_schedule_and_topk() -> None:
+    def lr_factor(step: int, total: int, warmup: int) -> float:  # the probe's schedule: the engine's, 1 -> 0
+        return cosine_value(step, 1.0, 0.0, total, warmup)
+
     assert lr_factor(0, 100, 10) == pytest.approx(0.1)
     assert lr_factor(10, 100, 10) == pytest.approx(1.0)
     assert lr_factor(99, 100, 0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.99)))

@@ -426,7 +426,7 @@ def test_sigterm_to_a_parallel_pipeline_stops_its_stage_processes(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     parent = subprocess.Popen([sys.executable, "-m", "unissl", "pipeline", "--config", str(cfg), "--jobs", "2",
                                "--no-report"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a loaded machine may take a while to import and start the stage
     while time.monotonic() < deadline and not (run / "vq" / "log.jsonl").is_file():
         time.sleep(0.5)  # the stage's own process is training
     assert (run / "vq" / "log.jsonl").is_file()
@@ -435,3 +435,28 @@ def test_sigterm_to_a_parallel_pipeline_stops_its_stage_processes(tmp_path):
     time.sleep(1)
     alive = subprocess.run(["pgrep", "-f", str(run / "stages")], capture_output=True, text=True).stdout.split()
     assert alive == [] and not (run / ".pipeline.lock").exists()
+
+
+def test_a_setting_through_a_stage_and_through_flags_resolves_the_same(tmp_path) -> None:
+    """`k` and `temperature` of `eval knn` set in a pipeline stage and on the command line: the same resolved
+    config (the stage record's) and the same result."""
+    from unissl.commands import eval_knn
+    from unissl.config import parse_config, to_dict
+
+    flags = ["--extractor", "pixels", "--dataset", "digits", "--k", "7", "--temperature", "0.2",
+             "--run-dir", str(tmp_path / "cli"), "--name", "knn"]
+    assert cli.main(["eval", "knn", *flags]) == 0
+    spec = tmp_path / "p.yaml"
+    spec.write_text(yaml.safe_dump({"out": str(tmp_path / "pipe"), "stages": [
+        {"name": "knn", "command": "eval knn", "config": {"extractor": "pixels", "dataset": "digits", "k": 7,
+                                                          "temperature": 0.2, "run_dir": "{out}/eval",
+                                                          "name": "knn"}}]}))
+    assert cli.main(["pipeline", "--config", str(spec)]) == 0
+    record = json.loads((tmp_path / "pipe" / "stages" / "knn.json").read_text())
+    from_flags = to_dict(parse_config(eval_knn.Config, flags))
+    stage = dict(record["config"])
+    assert stage.pop("run_dir") == str(tmp_path / "pipe" / "eval") and from_flags.pop("run_dir") == str(tmp_path / "cli")
+    assert stage == from_flags and stage["k"] == 7 and stage["temperature"] == 0.2
+    cli_result = json.loads((tmp_path / "cli" / "results" / "knn.json").read_text())
+    stage_result = json.loads((tmp_path / "pipe" / "eval" / "results" / "knn.json").read_text())
+    assert cli_result["metrics"] == stage_result["metrics"]

@@ -24,6 +24,13 @@ def _train_and_compare(tok: RepTokTokenizer, run_dir: Path) -> None:
     cfg = TrainConfig(run_dir=str(run_dir), steps=3, global_batch=8, lr=1e-2, warmup_steps=0, num_workers=0,
                       progress=False, tensorboard=False, ckpt_every=3, image_every=0, device="cpu")
     Trainer(tok, _dataset(), cfg).fit()
+    # a backbone reloaded from its path is not written into the training checkpoint (frozen_state_prefixes)
+    from unissl.engine import latest_checkpoint, load_checkpoint
+
+    saved = set(load_checkpoint(latest_checkpoint(run_dir), with_trainer_state=False).model)
+    in_ckpt = {k for k in saved if k.startswith(("encoder.backbone.", "encoder.vq."))}
+    assert bool(in_ckpt) == tok.encoder.saves_backbone(), sorted(in_ckpt)[:3]
+    assert {"encoder.cls", "encoder.cls_init"} <= saved
     after = tok.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     frozen = [k for k in before if k.startswith("encoder.") and k != "encoder.cls"]
@@ -51,9 +58,19 @@ def test_dinov2_encoder_only_cls_projection_decoder_change(tmp_path) -> None:
 
     save_random_dinov2(tmp_path / "dino", dropout=0.5)  # dropout on: eval mode must hold through training
     torch.manual_seed(0)
-    tok = RepTokTokenizer(RepTokConfig(encoder={"kind": "dinov2", "path": str(tmp_path / "dino")}, image_size=16,
-                                       channels=1, decoder="tiny", cos_weight=0.1))
+    cfg = RepTokConfig(encoder={"kind": "dinov2", "path": str(tmp_path / "dino")}, image_size=16, channels=1,
+                       decoder="tiny", cos_weight=0.1)
+    tok = RepTokTokenizer(cfg)
     _train_and_compare(tok, tmp_path / "run")
+    # resuming from that backbone-free checkpoint restores every trained weight; the backbone comes from its path
+    resumed = RepTokTokenizer(cfg)
+    train = TrainConfig(run_dir=str(tmp_path / "run"), steps=3, global_batch=8, lr=1e-2, warmup_steps=0,
+                        num_workers=0, progress=False, tensorboard=False, ckpt_every=3, image_every=0, device="cpu",
+                        resume=True)
+    trainer = Trainer(resumed, _dataset(), train).prepare()
+    assert trainer.step == 3
+    for k, v in tok.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
 
 
 def test_sorcen_encoder_only_cls_projection_decoder_change(tmp_path) -> None:

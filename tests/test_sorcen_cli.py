@@ -4,7 +4,6 @@ the `sorcen` feature extractor and `load_sorcen`."""
 from __future__ import annotations
 
 import json
-from typing import get_args
 
 import numpy as np
 import pytest
@@ -83,6 +82,11 @@ def test_mage_c_trains_on_images_with_the_online_tokenizer(store):
                  "--train.steps", "2", "--train.run-dir", str(run), *TRAIN]) == 0
     logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert np.isfinite(logs[-1]["contrast"]) and np.isfinite(logs[-1]["recon"])
+    # the frozen online tokenizer is not written into the checkpoint (frozen_state_prefixes)
+    from unissl.engine import latest_checkpoint, load_checkpoint
+
+    keys = set(load_checkpoint(latest_checkpoint(run), with_trainer_state=False).model)
+    assert any(k.startswith("projector.") for k in keys) and not any(k.startswith("online_tokenizer.") for k in keys)
 
 
 def test_mage_aug_and_released_sorcen_settings_train_and_reload(store):
@@ -113,11 +117,27 @@ def test_missing_token_store_is_a_one_line_error(capsys):
     assert len(err.splitlines()) == 1 and "unissl tokenize" in err and "--tokens" in err
 
 
-def test_cli_preset_choices_are_the_registry():
-    from unissl.commands.train_sorcen import PresetName
-    from unissl.methods.sorcen.presets import PRESETS
+def test_cli_preset_choices_are_the_registry(capsys):
+    import dataclasses
 
-    assert set(get_args(PresetName)) == set(PRESETS)
+    from unissl.commands import tokenizer_train, train_reptok_generator, train_sorcen
+    from unissl.methods.reptok.generator import GENERATOR_PRESETS
+    from unissl.methods.sorcen.presets import PRESETS
+    from unissl.tokenizers.vq import PRESETS as VQ_PRESETS
+
+    for module, registry in ((train_sorcen, PRESETS), (tokenizer_train, VQ_PRESETS),
+                             (train_reptok_generator, GENERATOR_PRESETS)):
+        preset = {f.name: f for f in dataclasses.fields(module.Config)}["preset"]
+        assert set(preset.metadata["choices"]) == set(registry), module.__name__
+    # a name outside the registry is refused in one line, from flags and from a pipeline-style mapping alike
+    with pytest.raises(SystemExit) as exit_info:  # argparse's choice error: usage line + message, status 2
+        main(["train", "sorcen", "--tokens", "x", "--preset", "huge"])
+    assert exit_info.value.code == 2 and "invalid choice: 'huge'" in capsys.readouterr().err
+    from unissl.config import from_dict
+    from unissl.errors import UnisslError
+
+    with pytest.raises(UnisslError, match="preset: 'huge' is not one of"):
+        from_dict(train_sorcen.Config, {"tokens": "x", "preset": "huge"})
 
 
 def _snapshot(root):

@@ -133,7 +133,8 @@ class Generator:
             sample_tokens,
         )
 
-        cond, _ = sample_conditions(self.method, n, classes=classes, prompts=prompts, device=self.device)
+        cond, _ = sample_conditions(self.method, n, classes=[str(c) for c in classes] if classes else None,
+                                    prompts=prompts, device=self.device)
         z = sample_tokens(self.method, cond, SamplingConfig(steps=steps, cfg_scale=cfg),
                           generator=torch.Generator().manual_seed(seed))
         return decode_tokens(self.tokenizer, z, steps=decode_steps)

@@ -20,6 +20,7 @@ import os
 import sys
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
@@ -32,12 +33,17 @@ T = TypeVar("T")
 _NONE = object()
 
 
-def arg(default: Any = dataclasses.MISSING, help: str = "", positional: bool = False, **kw: Any) -> Any:
+def arg(default: Any = dataclasses.MISSING, help: str = "", positional: bool = False,
+        choices: Iterable[Any] | None = None, **kw: Any) -> Any:
     """A dataclass field with help text (mutable defaults are wrapped in a factory).
 
     ``positional=True`` makes the field a positional command-line argument instead of a ``--flag``.
+    ``choices`` restricts a value to the keys of a registry (e.g. ``choices=PRESETS``), checked on the command
+    line and in YAML alike: the registry stays the one list of names, where a ``Literal`` would copy it.
     """
-    meta = {"help": help, "positional": positional}
+    meta: dict[str, Any] = {"help": help, "positional": positional}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
     if isinstance(default, (list, dict, set)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta, **kw)
@@ -131,6 +137,8 @@ def build_parser(cls: type, prog: str | None = None, description: str | None = N
             continue
         if origin is Literal:
             kw["choices"] = list(get_args(inner)) + ([None] if optional else [])
+        elif f.metadata and f.metadata.get("choices"):
+            kw["choices"] = list(f.metadata["choices"]) + ([None] if optional else [])
         kw["type"] = _scalar_parser(inner, name)
         if f.metadata and f.metadata.get("positional"):
             kw.pop("dest")
@@ -201,6 +209,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def _from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    assert dataclasses.is_dataclass(cls), cls
     hints = _field_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = set(data) - names
@@ -217,6 +226,9 @@ def _from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
             if dataclasses.is_dataclass(default) and not isinstance(default, type):
                 v = _deep_update(to_dict(default), v)
         kwargs[k] = _coerce(v, hints[k], f"{where}.{k}")
+        choices = fields[k].metadata.get("choices") if fields[k].metadata else None
+        if choices and kwargs[k] is not None and kwargs[k] not in choices:
+            raise UnisslError(f"{where}.{k}: {kwargs[k]!r} is not one of {list(choices)}")
     missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
     if missing:

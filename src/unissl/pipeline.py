@@ -440,7 +440,7 @@ def run_parallel(stages: list[Stage], out: str | Path, seed: int = 0, jobs: int 
                     if not plan.run:
                         records[key] = plan.record
                         continue
-                    fd, cfg_path = tempfile.mkstemp(prefix=f".{unit.stage.name}.", suffix=".yaml",
+                    fd, cfg_name = tempfile.mkstemp(prefix=f".{unit.stage.name}.", suffix=".yaml",
                                                     dir=unit.out / "stages")
                     with os.fdopen(fd, "w") as f:
                         yaml.safe_dump(to_dict(plan.cfg), f)
@@ -448,9 +448,9 @@ def run_parallel(stages: list[Stage], out: str | Path, seed: int = 0, jobs: int 
                     t0 = _start_record(plan, log)
                     log_file = open(log_path, "w")
                     proc = subprocess.Popen([sys.executable, "-m", "unissl", *unit.stage.command.split(),
-                                             "--config", cfg_path], stdout=log_file, stderr=subprocess.STDOUT,
+                                             "--config", cfg_name], stdout=log_file, stderr=subprocess.STDOUT,
                                             env=env)
-                    running[key] = (proc, plan, t0, Path(cfg_path), log_file, log_path)
+                    running[key] = (proc, plan, t0, Path(cfg_name), log_file, log_path)
                 for key, (proc, plan, t0, cfg_path, log_file, log_path) in list(running.items()):
                     if proc.poll() is None:
                         continue

@@ -18,24 +18,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+from unissl.engine.logger import read_log
 from unissl.errors import UnisslError
 from unissl.utils.io import atomic_file
 
 _STEP = re.compile(r"^(?P<series>.*?)[_-]?step[_-]?(?P<step>\d+)$")
 _CURVE_KEYS = ("loss", "acc", "psnr", "usage", "lr")
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash; the rest of the log is still useful
-    return rows
 
 
 def _fmt(v: Any) -> str:
@@ -109,7 +97,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
     stages.sort(key=lambda r: r.get("started_at", 0))
     info["stages"] = stages
     info["metrics"] = collect_metrics(run_dir)
-    info["logs"] = [(str(p.relative_to(run_dir)), _read_jsonl(p)) for p in sorted(run_dir.rglob("log.jsonl"))]
+    info["logs"] = [(str(p.relative_to(run_dir)), read_log(p)) for p in sorted(run_dir.rglob("log.jsonl"))]
     newest: dict[str, tuple[int, Path]] = {}
     for p in sorted(run_dir.rglob("*.png")):
         if p.parent.name == "report":
@@ -179,7 +167,7 @@ def probe_curve_points(found: list[tuple[str, dict[str, Any]]]) -> dict[str, lis
         if m is None or not isinstance(top1, (int, float)) or "probe" not in str(scalars.get("name", "")):
             continue
         run, step = m.group("run"), int(m.group("step"))
-        rows = _read_jsonl(Path(run) / "log.jsonl")
+        rows = read_log(Path(run) / "log.jsonl")
         per_step = [r["epoch"] / r["step"] for r in rows if r.get("step") and isinstance(r.get("epoch"), (int, float))]
         epoch = step * per_step[-1] if per_step else float(step)
         curves.setdefault(run, []).append((round(epoch, 3), float(top1)))

@@ -31,11 +31,11 @@ def seed_dirs(out: str | Path) -> dict[int, Path]:
 def _seconds_per_epoch(run_dir: Path) -> dict[str, float]:
     """Training seconds per epoch of every run below ``run_dir`` (CPU seconds where the log has them), from
     the last record of its log."""
-    from unissl.report import _read_jsonl
+    from unissl.engine.logger import read_log
 
     times: dict[str, float] = {}
     for log in sorted(run_dir.rglob("log.jsonl")):
-        rows = _read_jsonl(log)
+        rows = read_log(log)
         # CPU seconds of the training process when logged (immune to other processes on a shared machine),
         # else wall-clock seconds
         key = "cpu_elapsed" if rows and "cpu_elapsed" in rows[-1] else "elapsed"
@@ -95,7 +95,7 @@ def summarize(out: str | Path) -> dict[str, Any]:
         raise UnisslError(f"no seed<N> directories in {out}; run the pipeline with `seeds: [...]` first")
     per_seed = {s: seed_metrics(d) for s, d in dirs.items()}
     keys = sorted(set().union(*per_seed.values()))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for key in keys:
         vals = {s: m[key] for s, m in per_seed.items() if key in m}
         mean, std = mean_std(list(vals.values()))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from unissl.config import arg
+from unissl.engine.runtime import device_arg
 from unissl.errors import UnisslError
 from unissl.eval.features import extract_features, load_extractor, parse_spec, resolve_device
 
@@ -27,7 +28,7 @@ class FeatureEvalConfig:
     cache_dir: str | None = arg(None, help="feature cache directory (default: <run_dir>/feature_cache)")
     name: str | None = arg(None, help="result name (default: derived from the evaluation, extractor and dataset)")
     batch_size: int = arg(256, help="images per feature-extraction batch")
-    device: str = arg("auto", help="device: auto, cpu, cuda, cuda:1, ...")
+    device: str = device_arg()
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0:

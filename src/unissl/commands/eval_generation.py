@@ -16,6 +16,7 @@ import torch
 
 from unissl.commands.eval_common import build_split, print_metrics
 from unissl.config import arg
+from unissl.engine.runtime import device_arg
 from unissl.errors import UnisslError
 from unissl.eval.features import load_extractor, parse_spec, resolve_device
 from unissl.eval.generation import class_hits, generation_metrics, load_npz_images, share_by_label
@@ -39,7 +40,7 @@ class Config:
     pr_k: int = arg(3, help="k of the k-NN radii of precision/recall")
     pr_samples: int = arg(10000, help="at most this many samples per set for precision/recall")
     batch_size: int = arg(256, help="images per feature batch")
-    device: str = arg("auto", help="device: auto, cpu, cuda")
+    device: str = device_arg()
     ceiling_tokenizer: str | None = arg(None, help="tokenizer that decoded the samples (RepTok or VQ directory): "
                                                    "also score real reference images passed through it")
     ceiling_decode_steps: int = arg(50, help="RepTok decoder Euler steps for the ceiling's reconstructions")

@@ -9,6 +9,7 @@ from pathlib import Path
 from unissl.commands.eval_common import print_metrics
 from unissl.commands.eval_generation import metric_name
 from unissl.config import arg
+from unissl.engine.runtime import device_arg
 from unissl.errors import UnisslError
 from unissl.eval.features import load_extractor, resolve_device
 from unissl.eval.generation import load_npz_images
@@ -25,7 +26,7 @@ class Config:
     run_dir: str = arg("runs/eval", help="directory receiving results/<name>.json and results.md")
     name: str | None = arg(None, help="result name (default: reconstruction-<pairs file stem>)")
     batch_size: int = arg(256, help="images per feature batch")
-    device: str = arg("auto", help="device: auto, cpu, cuda")
+    device: str = device_arg()
 
 
 def run(cfg: Config) -> dict[str, float]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from unissl.commands.eval_common import build_split, print_metrics
 from unissl.config import arg
+from unissl.engine.runtime import device_arg
 from unissl.eval.domain import DomainClassifierConfig, accuracy, save_classifier, train_classifier
 from unissl.eval.features import resolve_device
 from unissl.eval.results import record_result
@@ -31,7 +32,7 @@ class Config:
     feature_dim: int = arg(128, help="dimension of the penultimate features used for FD")
     augment: bool = arg(True, help="random translations by up to 2 pixels")
     seed: int = arg(0, help="seed")
-    device: str = arg("auto", help="device: auto, cpu, cuda")
+    device: str = device_arg()
     run_dir: str | None = arg(None, help="also record the accuracy in this run directory's results table")
 
     def __post_init__(self) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from unissl.config import arg
+from unissl.engine.runtime import device_arg
 from unissl.errors import UnisslError
 
 
@@ -30,7 +31,7 @@ class Config:
     steps: int = arg(50, help="ODE steps of the decoder")
     solver: Literal["euler", "heun"] = arg("euler", help="ODE solver")
     seed: int = arg(0, help="seed of the starting noise (the same noise for every point)")
-    device: str = arg("auto", help="auto, cpu or cuda")
+    device: str = device_arg()
     out: str = arg("interpolation.png", help="output strip PNG")
 
     def __post_init__(self) -> None:

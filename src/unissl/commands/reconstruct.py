@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from unissl.config import arg, save_run_config
+from unissl.engine.runtime import device_arg
 from unissl.errors import UnisslError
 from unissl.utils.io import atomic_file, write_json
 
@@ -31,7 +32,7 @@ class Config:
     extractor: str | None = arg(None, help="feature extractor for rFD, e.g. domain:DIR (none: PSNR/SSIM only)")
     batch_size: int = arg(250, help="images per decoding batch")
     seed: int = arg(0, help="seed of the decoder's starting noise")
-    device: str = arg("auto", help="auto, cpu or cuda")
+    device: str = device_arg()
     out: str = arg("runs/reconstruct", help="output directory: grid.png, pairs.npz, metrics.json")
 
     def __post_init__(self) -> None:

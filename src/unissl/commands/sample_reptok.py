@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from unissl.config import arg
+from unissl.engine.runtime import device_arg
 from unissl.errors import UnisslError
 
 
@@ -41,7 +42,7 @@ class Config:
     name: str | None = arg(None, help="file stem (default: derived from the settings)")
     batch_size: int = arg(500, help="samples generated per batch")
     seed: int = arg(0, help="random seed")
-    device: Literal["auto", "cpu", "cuda"] = arg("auto", help="device")
+    device: str = device_arg()
 
     def __post_init__(self) -> None:
         if self.n <= 0 or self.steps <= 0 or self.decode_steps <= 0 or self.batch_size <= 0:
@@ -104,6 +105,6 @@ def run(cfg: Config) -> Path:
     arrays = {"images": (imgs * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).numpy(),
               "labels": labels.long().numpy(), **extra}
     with atomic_file(out / f"{name}.npz", "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy stubs: savez(file, *args, allow_pickle, **kwds)
     print(f"wrote {n} samples to {out / (name + '.png')} and {out / (name + '.npz')}")
     return out / f"{name}.npz"

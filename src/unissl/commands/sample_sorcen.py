@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unissl.config import arg
+from unissl.engine.runtime import device_arg, resolve_device
 
 
 @dataclass
@@ -29,7 +30,7 @@ class Config:
     seed: int = arg(0, help="random seed")
     nrow: int | None = arg(None, help="images per grid row (default: square)")
     scale: int = arg(2, help="upscale the PNG grid by this factor (nearest)")
-    device: str = arg("auto", help="auto, cpu or cuda")
+    device: str = device_arg()
 
     def __post_init__(self) -> None:
         if self.num_samples < 1 or self.batch_size < 1 or self.steps < 1:
@@ -46,8 +47,7 @@ def run(cfg: Config) -> None:
     from unissl.utils.images import save_grid
     from unissl.utils.io import atomic_file
 
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
     method, info = load_method(cfg.checkpoint, device)
     if cfg.tokenizer is not None:
         info = {**info, "tokenizer": cfg.tokenizer}

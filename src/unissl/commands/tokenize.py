@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unissl.config import arg
+from unissl.engine.runtime import device_arg
 
 
 @dataclass
@@ -22,7 +23,7 @@ class Config:
     batch_size: int = arg(256, help="images per encode call")
     num_workers: int = arg(0, help="DataLoader worker processes that load/decode images (0: in the main process)")
     flip: bool = arg(False, help="also store the ids of horizontally flipped images (indices N..2N-1)")
-    device: str = arg("auto", help="device for the tokenizer: auto, cpu, cuda, cuda:1, ...")
+    device: str = device_arg(what="device for the tokenizer")
     overwrite: bool = arg(False, help="replace an existing store at --out")
     progress: bool = arg(True, help="show a progress bar")
 

@@ -19,9 +19,8 @@ import torch
 from unissl.config import arg, check_run_dir, save_run_config
 from unissl.engine import TrainConfig, Trainer, is_main
 from unissl.errors import UnisslError
+from unissl.tokenizers.vq import PRESETS as VQ_PRESETS
 from unissl.utils.seed import seed_everything
-
-PresetName = Literal["tiny", "digits", "fmnist", "fmnist14"]  # keys of unissl.tokenizers.vq.PRESETS
 
 
 def _default_train() -> TrainConfig:
@@ -38,7 +37,8 @@ class Config:
     dataset: str = arg("digits", help="image dataset (digits, fashion-mnist, folder, webdataset)")
     data_dir: str | None = arg(None, help="dataset directory (default: the dataset's standard location)")
     image_size: int | None = arg(None, help="resize images to this size (default: the preset's image size)")
-    preset: PresetName = arg("digits", help="tokenizer architecture preset (unissl.tokenizers.vq.PRESETS)")
+    preset: str = arg("digits", help="tokenizer architecture preset (unissl.tokenizers.vq.PRESETS)",
+                      choices=VQ_PRESETS)
     codebook_size: int | None = arg(None, help="override the preset's number of codes K")
     code_dim: int | None = arg(None, help="override the preset's code dimension")
     ch: int | None = arg(None, help="override the preset's base channel width")

@@ -20,7 +20,7 @@ import torch
 from unissl.config import arg, check_run_dir, save_run_config
 from unissl.engine.config import TrainConfig
 from unissl.errors import UnisslError
-from unissl.methods.reptok.generator import GeneratorConfig, TokenGeneratorMethod
+from unissl.methods.reptok.generator import GENERATOR_PRESETS, GeneratorConfig, TokenGeneratorMethod
 
 STATS_KEY = "z_stats"  # meta.json entry of a continuous store: {"mean": [D floats], "std": float}
 
@@ -36,7 +36,7 @@ class Config:
     dataset: str = arg("fashion-mnist", help="dataset the tokens are computed from")
     data_dir: str | None = arg(None, help="dataset location (default: the registry's)")
     encode_batch: int = arg(256, help="images per tokenizer batch when building the store")
-    preset: Literal["tiny", "mini", "small", "base", "paper"] = arg("mini", help="mixer size (GENERATOR_PRESETS)")
+    preset: str = arg("mini", help="mixer size (GENERATOR_PRESETS)", choices=GENERATOR_PRESETS)
     conditioning: Literal["class", "text"] = arg("class", help="class labels or synthetic captions")
     cond_dropout: float = arg(0.1, help="probability of the null condition in training (for CFG)")
     text_encoder: str = arg("minilm", help="frozen text encoder: 'minilm' or a local transformers directory")

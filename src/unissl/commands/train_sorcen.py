@@ -15,15 +15,13 @@ path, see :mod:`unissl.methods.sorcen.run`), checkpoints and logs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 from unissl.config import arg, check_run_dir, save_run_config
 from unissl.engine import TrainConfig, Trainer, is_main
 from unissl.errors import UnisslError
 from unissl.methods.sorcen.method import ONLINE_VARIANTS, SorcenLossConfig, Variant
+from unissl.methods.sorcen.presets import PRESETS as SORCEN_PRESETS
 from unissl.utils.seed import seed_everything
-
-PresetName = Literal["tiny", "small", "vit_b", "vit_l"]  # keys of unissl.methods.sorcen.presets.PRESETS
 
 
 def _default_train() -> TrainConfig:
@@ -42,7 +40,8 @@ class Config:
     flip: bool = arg(False, help="also train on the store's horizontally flipped ids (if it has them)")
     method: Variant = arg("sorcen", help="sorcen (Echo Contrast), mage (no contrast), mage-c (two online-tokenized "
                                          "crops + SimCLR) or mage-aug (one online-tokenized crop, no contrast)")
-    preset: PresetName = arg("small", help="encoder-decoder size (K and grid come from the tokens/tokenizer)")
+    preset: str = arg("small", help="encoder-decoder size (K and grid come from the tokens/tokenizer)",
+                      choices=SORCEN_PRESETS)
     dataset: str | None = arg(None, help="image dataset for mage-c (digits, fashion-mnist, folder, webdataset)")
     data_dir: str | None = arg(None, help="image dataset directory (default: the dataset's standard location)")
     tokenizer: str | None = arg(None, help="mage-c: frozen VQ tokenizer (default: the one recorded in --tokens)")
@@ -75,17 +74,20 @@ def build(cfg: Config):
         from unissl.data import build_dataset
         from unissl.tokenizers import load_tokenizer
 
+        assert tokenizer_path is not None and cfg.dataset is not None  # Config.__post_init__ checked both
         tok = load_tokenizer(tokenizer_path)
         if store is not None:
             store.check_tokenizer(tok)
         data = build_dataset(cfg.dataset, cfg.split, data_dir=cfg.data_dir, channels=int(tok.channels))
-        arch = arch_for_store(cfg.preset, tok.codebook_size, tuple(tok.grid))
+        arch = arch_for_store(cfg.preset, tok.codebook_size, (int(tok.grid[0]), int(tok.grid[1])))
         classes = list(getattr(data, "classes", []))
     else:
+        assert store is not None  # Config.__post_init__: sorcen / mage need --tokens
         tok = _decoder_for_samples(tokenizer_path)
         if tok is not None:
             store.check_tokenizer(tok)  # the path may now hold other weights than the ones that wrote the ids
         data = store
+        assert store.codebook_size is not None and store.grid is not None  # a VQ store (kind checked above)
         arch = arch_for_store(cfg.preset, store.codebook_size, store.grid)
         classes = list(store.classes)
     seed_everything(cfg.train.seed)

@@ -28,8 +28,8 @@ def decode_image(source: str | os.PathLike | bytes, image_size: int | None, chan
     if channels not in (1, 3):
         raise UnisslError(f"channels must be 1 or 3, got {channels}")
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-            img = img.convert("RGB" if channels == 3 else "L")
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as opened:
+            img = opened.convert("RGB" if channels == 3 else "L")
             if image_size is not None:
                 img = resize_center_crop(img, image_size)
             arr = np.array(img, dtype=np.uint8)  # a writable copy
@@ -44,7 +44,7 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.BILINEAR)
+        img = img.resize((nw, nh), Image.Resampling.BILINEAR)
     left, top = (nw - size) // 2, (nh - size) // 2
     return img.crop((left, top, left + size, top + size))
 

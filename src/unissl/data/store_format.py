@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 from typing import Any
 
 import numpy as np
+
+from unissl.utils.io import sha256_file  # noqa: F401 - the store's checksums (re-exported)
 
 FORMAT = "unissl-token-store"
 VERSION = 1
@@ -25,10 +25,3 @@ def as_grid(grid: Any) -> tuple[int, int]:
     return (h, w)
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()

@@ -189,7 +189,7 @@ def write_array_store(out_dir: str | os.PathLike, arrays: Mapping[str, np.ndarra
     if None in dims or len(dims) != 1:
         raise UnisslError(f"array store: every split must be a (N, D) array with the same D, got "
                           f"{ {s: np.asarray(a).shape for s, a in arrays.items()} }")
-    dim = dims.pop()
+    dim = int(dims.pop() or 0)  # not None: checked above
     splits_meta: dict[str, Any] = {}
     with atomic_dir(Path(out_dir), overwrite=overwrite) as tmp:
         for split, arr in arrays.items():

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from unissl.config import arg
+from unissl.engine.runtime import device_arg
 from unissl.errors import UnisslError
 
 
@@ -44,7 +45,7 @@ class TrainConfig:
     seed: int = arg(0, help="random seed (offset by the rank for per-process randomness)")
     resume: bool = arg(False, help="continue from the latest checkpoint in the run directory if there is one")
     resume_from: str | None = arg(None, help="continue from this checkpoint directory (or run directory)")
-    device: Literal["auto", "cpu", "cuda"] = arg("auto", help="training device (auto: cuda if available)")
+    device: str = device_arg(what="training device")
     amp: Literal["auto", "bf16", "fp32"] = arg("auto", help="autocast precision: auto = bf16 on CUDA, fp32 on CPU; "
                                                              "bf16 = bf16 autocast on CPU too (opt-in)")
     compile: bool = arg(False, help="torch.compile the method's networks (its compile_networks hook) or the "

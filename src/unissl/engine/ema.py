@@ -32,7 +32,7 @@ class EMA:
         self.warmup = warmup
         self.updates = 0  # number of update() calls so far (saved by the trainer with its state)
         persistent = set(module.state_dict().keys())  # non-persistent buffers are never saved or loaded
-        live = {name: p for name, p in module.named_parameters() if p.requires_grad}
+        live: dict[str, torch.Tensor] = {name: p for name, p in module.named_parameters() if p.requires_grad}
         live.update({name: b for name, b in module.named_buffers() if b is not None})
         self.shadow: dict[str, torch.Tensor] = {
             name: t.detach().clone() for name, t in live.items() if name in persistent
@@ -40,7 +40,7 @@ class EMA:
 
     def _tracked(self, module: nn.Module) -> dict[str, torch.Tensor]:
         """The live tensors the EMA follows, keyed by state-dict name."""
-        live = dict(module.named_parameters())
+        live: dict[str, torch.Tensor] = dict(module.named_parameters())
         live.update(dict(module.named_buffers()))
         try:
             return {name: live[name] for name in self.shadow}

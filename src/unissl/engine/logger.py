@@ -22,10 +22,12 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
         return []
     out = []
     for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:
-            continue
+            continue  # a line cut by a crash; the rest of the log is still useful
     return out
 
 

@@ -29,6 +29,10 @@ class Method(Protocol):
         ``no_weight_decay() -> set[str]``: parameter names (as in ``named_parameters()``) that get no
         weight decay, on top of biases, norm weights (``ndim <= 1``) and ``nn.Embedding`` weights.
         ``log_images(batch) -> dict[str, Tensor]``: images ``(N, C, H, W)`` in ``[0, 1]`` to save as PNG grids.
+        ``frozen_state_prefixes() -> tuple[str, ...]``: ``state_dict`` key prefixes of frozen parts that the
+        method rebuilds from their own source when it is constructed (a pretrained backbone, a VAE, an online
+        tokenizer). They are left out of training checkpoints and of saved models; loading accepts their
+        absence and nothing else (see :func:`saved_state` and :func:`load_saved_state`).
     """
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -54,3 +58,28 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
+
+
+def frozen_prefixes(method: nn.Module) -> tuple[str, ...]:
+    """The method's ``frozen_state_prefixes()`` (empty when it has none)."""
+    fn = hook(unwrap(method), "frozen_state_prefixes")
+    return tuple(fn()) if fn is not None else ()
+
+
+def saved_state(method: nn.Module) -> dict[str, torch.Tensor]:
+    """``method.state_dict()`` without its frozen parts (``frozen_state_prefixes``)."""
+    skip = frozen_prefixes(method)
+    return {k: v for k, v in unwrap(method).state_dict().items() if not (skip and k.startswith(skip))}
+
+
+def load_saved_state(method: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a :func:`saved_state` (or a full state) strictly: only keys of frozen parts may be missing.
+
+    Raises ``RuntimeError`` (as ``load_state_dict(strict=True)`` does) naming the first offending keys.
+    """
+    skip = frozen_prefixes(method)
+    missing, unexpected = unwrap(method).load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (skip and k.startswith(skip))]
+    if missing or unexpected:
+        raise RuntimeError(f"missing keys {missing[:3]}{' ...' if len(missing) > 3 else ''}, unexpected keys "
+                           f"{unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")

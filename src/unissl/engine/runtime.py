@@ -11,6 +11,15 @@ import torch
 
 from unissl.errors import UnisslError
 
+DEVICE_HELP = "device: auto (CUDA when available), cpu, cuda, cuda:1, ..."
+
+
+def device_arg(default: str = "auto", what: str = "device") -> Any:
+    """The ``device`` option of every command (parsed by :func:`resolve_device`)."""
+    from unissl.config import arg
+
+    return arg(default, help=DEVICE_HELP.replace("device", what, 1))
+
 
 def resolve_device(name: str | torch.device | None = "auto", local_rank: int = 0) -> torch.device:
     """The one device parser of unissl: ``auto``/None -> CUDA when available, else CPU.

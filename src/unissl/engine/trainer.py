@@ -37,7 +37,7 @@ from unissl.engine.checkpoint import (
 from unissl.engine.config import TrainConfig
 from unissl.engine.ema import EMA
 from unissl.engine.logger import RunLogger, ScalarWindow, read_log
-from unissl.engine.method import hook
+from unissl.engine.method import hook, load_saved_state, saved_state
 from unissl.engine.optim import build_optimizer
 from unissl.engine.runtime import StopRequest, ignore_stop_signals, resolve_device, split_batch, to_device
 from unissl.engine.schedule import lr_schedule
@@ -192,7 +192,7 @@ class Trainer:
         if self.ema is not None:
             state["ema_updates"] = self.ema.updates
         if self.is_main:
-            save_checkpoint(self.run_dir, self.step, self.method.state_dict(), state,
+            save_checkpoint(self.run_dir, self.step, saved_state(self.method), state,
                             self.ema.state_dict() if self.ema is not None else None, keep=self.cfg.keep_ckpts)
         dist.barrier()
         path = latest_checkpoint(self.run_dir)
@@ -223,7 +223,7 @@ class Trainer:
             raise UnisslError(f"{path} was trained with global_batch={state.get('global_batch')}, this run has "
                               f"{self.cfg.global_batch}; resume with the same --train.global-batch")
         try:
-            self.method.load_state_dict(ck.model)
+            load_saved_state(self.method, ck.model)
         except RuntimeError as e:
             raise UnisslError(f"weights in {path} do not fit the method ({str(e).splitlines()[0]}); "
                               f"resume with the same model settings") from e

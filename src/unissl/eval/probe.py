@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from unissl.config import arg
+from unissl.engine.schedule import cosine_value
 from unissl.errors import UnisslError
 
 Norm = Literal["layernorm", "standardize", "none"]
@@ -55,6 +56,8 @@ class ProbeConfig:
 
 class MultiHeadProbe(nn.Module):
     """Norm -> BatchNorm1d(affine=False) -> H independent linear heads, stacked as (H, D, C)."""
+    mean: torch.Tensor  # buffer
+    std: torch.Tensor  # buffer
 
     def __init__(self, dim: int, num_classes: int, num_heads: int, norm: Norm = "layernorm",
                  mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> None:
@@ -79,14 +82,6 @@ class MultiHeadProbe(nn.Module):
         """(B, D) -> logits (H, B, C)."""
         z = self.normalize(x)  # (B, D)
         return torch.einsum("bd,hdc->hbc", z, self.weight) + self.bias[:, None, :]
-
-
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up then half-cosine decay to 0 (per step)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 @torch.no_grad()
@@ -175,7 +170,7 @@ def fit_probes(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor
     steps_per_epoch = max(1, n // bs)  # drop the last incomplete batch (BatchNorm needs > 1 sample)
     epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
     total = epochs * steps_per_epoch
-    warmup = int(round(cfg.warmup_epochs / cfg.epochs * total))
+    warmup = min(total, int(round(cfg.warmup_epochs / cfg.epochs * total)))
     lr0 = torch.tensor([lr * bs / 256 for lr, _ in grid], device=device)
     wd = torch.tensor([w for _, w in grid], device=device)
     zero = torch.zeros_like(wd)
@@ -193,7 +188,7 @@ def fit_probes(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor
             # Summing the heads' mean losses gives each head the gradient of its own loss.
             loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(len(grid)), reduction="sum") / y.shape[0]
             gw, gb = torch.autograd.grad(loss, [probe.weight, probe.bias])
-            lr = lr0 * lr_factor(step, total, warmup)
+            lr = lr0 * cosine_value(step, 1.0, 0.0, total, warmup)  # the engine's warm-up + cosine
             lars = cfg.optimizer == "lars"
             _update(probe.weight.data, gw, bufs[0], lr, wd, cfg.momentum, lars)
             # Biases: no weight decay and no LARS adaptation (as in MAGE / MoCo v3).

@@ -10,6 +10,7 @@ from torch import nn
 
 class FourierFeatures(nn.Module):
     """``[cos(2 pi W t), sin(2 pi W t)]`` with a fixed Gaussian ``W`` (saved with the model)."""
+    weight: torch.Tensor  # buffer
 
     def __init__(self, in_features: int, out_features: int, std: float = 1.0) -> None:
         super().__init__()

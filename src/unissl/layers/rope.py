@@ -42,6 +42,7 @@ def apply_rotary(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 class AxialRoPE2D(nn.Module):
     """Rotary angles for 2-D positions; ``head_dim`` must be a multiple of 8."""
+    freqs: torch.Tensor  # buffer
 
     def __init__(self, head_dim: int, n_heads: int, min_freq: float = math.pi, max_freq: float = 10 * math.pi) -> None:
         super().__init__()

@@ -16,15 +16,7 @@ import torch
 from torch import nn
 
 from unissl.errors import UnisslError
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+from unissl.utils.io import sha256_file  # noqa: F401 - re-exported for the tokenizers
 
 
 def sha256_state_dict(state: dict[str, torch.Tensor]) -> str:

@@ -67,6 +67,10 @@ class VectorQuantizer(nn.Module):
         decay: EMA decay of the counts and sums (``kind="ema"`` only).
         dead_after: a code unused for this many training steps is restarted; 0 disables restarts.
     """
+    code_age: torch.Tensor  # buffer
+    codebook: torch.Tensor  # buffer
+    ema_count: torch.Tensor  # buffer
+    ema_sum: torch.Tensor  # buffer
 
     def __init__(self, codebook_size: int, dim: int, kind: str = "ema", l2_norm: bool = True,
                  beta: float = 0.25, decay: float = 0.99, dead_after: int = 50, eps: float = 1e-5) -> None:
@@ -143,7 +147,7 @@ class VectorQuantizer(nn.Module):
             tdist.all_reduce(counts)
             if sums is not None:
                 tdist.all_reduce(sums)
-        if self.kind == "ema":
+        if sums is not None:  # kind == "ema"
             self.ema_count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
             self.ema_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
             n = self.ema_count.sum()

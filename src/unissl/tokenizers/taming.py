@@ -102,15 +102,38 @@ class TamingResBlock(nn.Module):
         return x + h
 
 
+class _Upsample(nn.Module):
+    """``conv`` after a nearest 2x upsampling (the checkpoint's ``upsample.conv`` keys)."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+
 class _Level(nn.Module):
     """One resolution level: ``block`` (res blocks) and an optional ``upsample.conv`` (decoder)."""
+
+    block: nn.ModuleList
+    upsample: _Upsample
 
     def __init__(self, blocks: list[nn.Module], upsample_ch: int | None = None) -> None:
         super().__init__()
         self.block = nn.ModuleList(blocks)
         if upsample_ch is not None:
-            self.upsample = nn.Module()
-            self.upsample.conv = nn.Conv2d(upsample_ch, upsample_ch, 3, padding=1)
+            self.upsample = _Upsample(upsample_ch)
+
+
+def _levels(modules: nn.ModuleList) -> list[_Level]:
+    """The levels of a ModuleList, typed."""
+    return [m for m in modules if isinstance(m, _Level)]
+
+
+class _Codebook(nn.Module):
+    """The checkpoint's ``quantize.embedding`` (K, D)."""
+
+    def __init__(self, n_embed: int, dim: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(n_embed, dim)
 
 
 class _Mid(nn.Module):
@@ -133,7 +156,7 @@ class TamingEncoder(nn.Module):
         self.down = nn.ModuleList()
         cin = cfg.ch
         for m in cfg.ch_mult:
-            blocks = []
+            blocks: list[nn.Module] = []
             for _ in range(cfg.num_res_blocks):
                 blocks.append(TamingResBlock(cin, cfg.ch * m, g))
                 cin = cfg.ch * m
@@ -144,7 +167,7 @@ class TamingEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
-        for i, level in enumerate(self.down):
+        for i, level in enumerate(_levels(self.down)):
             for blk in level.block:
                 h = blk(h)
             if i < len(self.down) - 1:
@@ -164,7 +187,7 @@ class TamingDecoder(nn.Module):
         self.mid = _Mid(cin, g)
         levels: list[nn.Module] = []
         for i in reversed(range(len(cfg.ch_mult))):  # deepest level first
-            blocks = []
+            blocks: list[nn.Module] = []
             for _ in range(cfg.num_res_blocks):
                 blocks.append(TamingResBlock(cin, cfg.ch * cfg.ch_mult[i], g))
                 cin = cfg.ch * cfg.ch_mult[i]
@@ -175,11 +198,12 @@ class TamingDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
-        for i in reversed(range(len(self.up))):
-            for blk in self.up[i].block:
+        up = _levels(self.up)
+        for i in reversed(range(len(up))):
+            for blk in up[i].block:
                 h = blk(h)
             if i > 0:
-                h = self.up[i].upsample.conv(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+                h = up[i].upsample.conv(F.interpolate(h, scale_factor=2.0, mode="nearest"))
         return self.conv_out(_swish(self.norm_out(h)))
 
 
@@ -193,8 +217,7 @@ class TamingVQGAN(TokenizerBase):
         self.cfg = cfg
         self.encoder = TamingEncoder(cfg)
         self.decoder = TamingDecoder(cfg)
-        self.quantize = nn.Module()
-        self.quantize.embedding = nn.Embedding(cfg.n_embed, cfg.embed_dim)
+        self.quantize = _Codebook(cfg.n_embed, cfg.embed_dim)
         g = cfg.resolution // 2 ** (len(cfg.ch_mult) - 1)
         self.codebook_size, self.grid = cfg.n_embed, (g, g)
         self.image_size, self.channels = cfg.resolution, cfg.in_channels

@@ -232,7 +232,7 @@ class VQTokenizer(TokenizerBase):
                     "checksum": sha256_file(tmp / WEIGHTS_FILE)}
             (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         self._weights_file = directory / WEIGHTS_FILE
-        self._weights_sha = meta["checksum"]
+        self._weights_sha = str(meta["checksum"])
         return directory
 
     @classmethod

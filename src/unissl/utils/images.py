@@ -36,7 +36,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, s
     arr = make_grid(images, nrow=nrow, padding=padding)
     img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
     if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     path = Path(path)
     with atomic_file(path, "wb") as f:
         img.save(f, format="PNG")

@@ -7,6 +7,7 @@ POSIX within one filesystem).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -103,7 +104,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Delete ``.NAME.<pid>.*.tmp`` siblings of ``path`` left by a killed writer whose process is gone
     (e.g. a token store that ``unissl tokenize`` was writing); a live writer's directory is kept."""
     path = Path(path)
-    removed = []
+    removed: list[Path] = []
     if not path.parent.is_dir():
         return removed
     prefix = f".{path.name}."
@@ -149,3 +150,12 @@ def git_revision(cwd: str | os.PathLike | None = None) -> str:
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (the one file digest of unissl)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

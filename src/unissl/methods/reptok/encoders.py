@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from unissl.errors import UnisslError
+
+if TYPE_CHECKING:
+    from unissl.methods.sorcen.model import SorcenModel
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -53,6 +56,9 @@ def to_square(images: torch.Tensor, size: int, channels: int = 3) -> torch.Tenso
 
 class SSLEncoder(nn.Module):
     """Base class: a frozen ``backbone`` plus one trainable input class embedding ``cls`` (D,)."""
+
+    backbone: nn.Module  # set by each adapter
+    cls_init: torch.Tensor  # buffer
 
     kind: str = ""
 
@@ -115,6 +121,8 @@ class Dinov2Encoder(SSLEncoder):
     z is the class token after the final LayerNorm (``pooler_output``). Inputs are resized to
     ``image_size`` (a multiple of the patch size; default 224, the paper's) and ImageNet-normalised.
     """
+    mean: torch.Tensor  # buffer
+    std: torch.Tensor  # buffer
 
     kind = "dinov2"
 
@@ -139,8 +147,9 @@ class Dinov2Encoder(SSLEncoder):
         self.backbone = backbone
         self.freeze_backbone()
         self.path = str(path)
-        self.patch = int(backbone.config.patch_size)
-        size = image_size or min(224, int(backbone.config.image_size))
+        patch, native = backbone.config.patch_size, backbone.config.image_size  # ints (or pairs) in the config
+        self.patch = int(patch if isinstance(patch, int) else patch[0])
+        size = image_size or min(224, int(native if isinstance(native, int) else native[0]))
         self.image_size = max(self.patch, round(size / self.patch) * self.patch)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -163,6 +172,7 @@ class SorcenEncoder(SSLEncoder):
     """
 
     kind = "sorcen"
+    backbone: SorcenModel
 
     def __init__(self, path: str | Path) -> None:
         path = Path(path)

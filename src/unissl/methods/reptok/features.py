@@ -7,21 +7,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 
 from unissl.errors import UnisslError
 from unissl.methods.reptok.tokenizer import WEIGHTS_FILE, RepTokTokenizer
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+from unissl.utils.io import sha256_file
 
 
 class RepTokExtractor:
@@ -33,7 +25,7 @@ class RepTokExtractor:
         self.path = Path(path)
         self.input_size: int | None = tokenizer.cfg.image_size
         self.input_channels: int | None = tokenizer.cfg.channels
-        self._identity = f"reptok({self.path.resolve()},{_file_digest(self.path / WEIGHTS_FILE)})"
+        self._identity = f"reptok({self.path.resolve()},{sha256_file(self.path / WEIGHTS_FILE)[:16]})"
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:

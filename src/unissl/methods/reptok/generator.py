@@ -20,7 +20,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,9 @@ from torch import nn
 
 from unissl.errors import UnisslError
 from unissl.flow import LinearPath, UniformTime
+
+if TYPE_CHECKING:
+    from unissl.methods.reptok.text import CaptionBank, TextConditioner
 
 Cond = dict[str, torch.Tensor]  # conditioning of a batch: {"label": (B,)} or {"text", "text_mask", "null"}
 
@@ -68,7 +71,7 @@ class TimestepEmbedding(nn.Module):
         freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
         args = (t.float() * self.t_scale)[:, None] * freqs[None]  # (B, half)
         emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, freq_dim)
-        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+        return self.mlp(emb.to(next(self.mlp.parameters()).dtype))
 
 
 class FeedForward(nn.Module):
@@ -222,7 +225,7 @@ class TokenGenerator(nn.Module):
         d = cfg.token_dim
         self.pos = nn.Parameter(torch.zeros(1, 1, d))  # learned position of the noisy-token slot
         self.time_embed = TimestepEmbedding(d)
-        self.conditioner: nn.Module
+        self.conditioner: ClassConditioner | TextConditioner
         if cfg.conditioning == "class":
             self.conditioner = ClassConditioner(cfg.num_classes, d)
         else:
@@ -266,9 +269,11 @@ class TokenGeneratorMethod(nn.Module):
     In text mode the method also holds a :class:`~unissl.methods.reptok.text.CaptionBank` (frozen text
     states of the training captions) and draws one caption of the sample's class per step.
     """
+    z_mean: torch.Tensor  # buffer
+    z_std: torch.Tensor  # buffer
 
     def __init__(self, cfg: GeneratorConfig, z_mean: torch.Tensor | None = None, z_std: torch.Tensor | None = None,
-                 caption_bank: nn.Module | None = None):
+                 caption_bank: CaptionBank | None = None):
         super().__init__()
         self.cfg = cfg
         self.net = TokenGenerator(cfg)
@@ -279,7 +284,7 @@ class TokenGeneratorMethod(nn.Module):
                 from unissl.methods.reptok.text import CaptionBank
 
                 caption_bank = CaptionBank.empty(cfg.text_dim)
-            self.captions = caption_bank
+            self.captions: CaptionBank = caption_bank
         self.path = LinearPath(data_at=1.0)
         self.time = UniformTime()
 

@@ -7,6 +7,7 @@ functions of the images except the VAE's posterior sample; the VAE is frozen and
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ class PixelSpace(nn.Module):
         return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
-def load_autoencoder_kl(path: str | Path) -> nn.Module:
+def load_autoencoder_kl(path: str | Path) -> Any:
     """A diffusers ``AutoencoderKL`` from a local directory (config.json + weights), frozen."""
     path = Path(path)
     if not (path / "config.json").is_file():

@@ -176,6 +176,9 @@ class CaptionBank(nn.Module):
     Buffers (saved with the generator): ``states`` (N, L, H), ``mask`` (N, L) bool, ``table`` (C, T) int64
     (caption ``table[c, j]`` is the j-th training caption of class c).
     """
+    states: torch.Tensor  # buffer
+    mask: torch.Tensor  # buffer
+    table: torch.Tensor  # buffer
 
     def __init__(self, states: torch.Tensor, mask: torch.Tensor, table: torch.Tensor):
         super().__init__()

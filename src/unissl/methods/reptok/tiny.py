@@ -8,6 +8,7 @@ about the SSL geometry.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,10 +18,11 @@ def save_random_dinov2(path: str | Path, hidden: int = 32, layers: int = 2, head
     """Write a randomly initialised transformers DINOv2 (with ``registers`` register tokens) to ``path``."""
     import transformers
 
-    kw = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, mlp_ratio=2,
+    kw: dict[str, Any] = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, mlp_ratio=2,
               patch_size=patch, image_size=image_size, hidden_dropout_prob=dropout)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        model: Any
         if registers:
             model = transformers.Dinov2WithRegistersModel(
                 transformers.Dinov2WithRegistersConfig(num_register_tokens=registers, **kw))
@@ -38,7 +40,7 @@ def save_random_autoencoder_kl(path: str | Path, latent_channels: int = 4, width
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        vae: Any = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
                                       up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(width, width),
                                       layers_per_block=1, latent_channels=latent_channels,
                                       norm_num_groups=min(4, width))

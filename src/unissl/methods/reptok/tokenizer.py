@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from unissl.engine.method import load_saved_state, saved_state
 from unissl.errors import UnisslError
 from unissl.flow import LinearPath, LogitNormalTime, solve
 from unissl.methods.reptok.decoder import FlowDecoder, get_decoder_preset
@@ -71,9 +72,10 @@ class RepTokTokenizer(nn.Module):
         self.cfg = cfg
         self.encoder = encoder if encoder is not None else build_encoder(cfg.encoder)
         if cfg.space == "pixels":
-            self.space: nn.Module = PixelSpace(cfg.channels, cfg.image_size)
+            self.space: PixelSpace | VAESpace = PixelSpace(cfg.channels, cfg.image_size)
         else:
-            self.space = VAESpace(cfg.vae_path, cfg.channels, cfg.image_size)  # type: ignore[arg-type]
+            assert cfg.vae_path is not None  # RepTokConfig.__post_init__ refuses a VAE space without it
+            self.space = VAESpace(cfg.vae_path, cfg.channels, cfg.image_size)
         c, s, _ = self.space.shape
         self.decoder = FlowDecoder(get_decoder_preset(cfg.decoder), c, s, cfg.patch_size)
         self.projection = ResidualProjection(self.encoder.dim, self.decoder.width)
@@ -142,7 +144,9 @@ class RepTokTokenizer(nn.Module):
         return {"reconstructions": pairs}
 
     # ---------------------------------------------------------------- save / load
-    def _skipped_prefixes(self) -> tuple[str, ...]:
+    def frozen_state_prefixes(self) -> tuple[str, ...]:
+        """The frozen parts rebuilt from their source (the VAE; a pretrained backbone, reloaded from its path):
+        left out of training checkpoints and of the saved tokenizer."""
         skip = ["space.vae."]
         if not self.encoder.saves_backbone():
             skip += ["encoder.backbone.", "encoder.vq."]
@@ -150,8 +154,7 @@ class RepTokTokenizer(nn.Module):
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into the directory ``path`` (atomically)."""
-        skip = self._skipped_prefixes()
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith(skip)}
+        state = {k: v.detach().cpu().contiguous() for k, v in saved_state(self).items()}
         cfg = asdict(self.cfg)
         cfg["encoder"] = self.encoder.spec()
         meta = {"format": FORMAT, "config": cfg, "backbone_checksum": backbone_checksum(self.encoder)}
@@ -182,12 +185,10 @@ class RepTokTokenizer(nn.Module):
         from unissl.utils.weights import read_safetensors
 
         state = read_safetensors(path / WEIGHTS_FILE, "re-save the tokenizer or retrain it")
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        skip = model._skipped_prefixes()
-        missing = [k for k in missing if not k.startswith(skip)]
-        if missing or unexpected:
-            raise UnisslError(f"{path / WEIGHTS_FILE} does not match its config (missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}); re-save the tokenizer")
+        try:
+            load_saved_state(model, state)
+        except RuntimeError as e:
+            raise UnisslError(f"{path / WEIGHTS_FILE} does not match its config ({e}); re-save the tokenizer") from None
         return model.to(device).eval()
 
 

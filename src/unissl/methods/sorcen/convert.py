@@ -19,6 +19,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -65,7 +66,7 @@ def official_codebook_size(vocab_rows: int) -> int:
 class ConversionReport:
     """What the converter did with every official tensor."""
 
-    variant: str  # "mage" (no Echo-Contrast tensors) or "sorcen"
+    variant: Literal["mage", "sorcen"]  # "mage": no Echo-Contrast tensors
     converted: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from unissl.utils.noise import gumbel_noise
+
 
 @torch.no_grad()
 def sample_echo(logits: torch.Tensor, k: int = 15, temperature: float = 1.0,
@@ -25,8 +27,6 @@ def sample_echo(logits: torch.Tensor, k: int = 15, temperature: float = 1.0,
     values, index = logits.float().topk(k + 1, dim=-1)  # (..., k+1), sorted, index[..., 0] is the argmax
     values, index = values[..., 1:], index[..., 1:]  # (..., k) candidates without the argmax
     # Gumbel-max trick: argmax(v / T + g) with g ~ Gumbel(0, 1) samples from softmax(v / T).
-    u = torch.rand(values.shape, generator=generator, device="cpu" if generator is not None else values.device)
-    u = u.to(values.device).clamp_(1e-9, 1.0 - 1e-9)
-    gumbel = -torch.log(-torch.log(u))
+    gumbel = gumbel_noise(values.shape, values.device, generator)
     choice = (values / temperature + gumbel).argmax(dim=-1, keepdim=True)  # (..., 1)
     return index.gather(-1, choice).squeeze(-1)

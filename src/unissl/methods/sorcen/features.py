@@ -10,7 +10,6 @@ follows the mean of the image positions.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 
 from unissl.errors import UnisslError
 from unissl.methods.sorcen.model import SorcenModel
+from unissl.utils.io import sha256_file
 
 
 class SorcenFeatures:
@@ -94,15 +94,6 @@ class SorcenFeatures:
         return torch.cat(feats), torch.cat(labels)
 
 
-def _weights_digest(path: Path) -> str:
-    """A short sha256 of a checkpoint's model weights file."""
-    h = hashlib.sha256()
-    with open(path / "model.safetensors", "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
 def load_extractor(checkpoint: str, device: torch.device | str = "cpu", pool: str = "final-norm") -> SorcenFeatures:
     """The ``sorcen`` feature extractor of a run directory (or one of its ``checkpoints/step_*`` dirs)."""
     from unissl.methods.sorcen.run import load_method, load_run_tokenizer
@@ -111,7 +102,7 @@ def load_extractor(checkpoint: str, device: torch.device | str = "cpu", pool: st
     tokenizer = load_run_tokenizer(info, device)
     ck = Path(info["checkpoint"])
     tag = "mean-image" if pool == "final-norm" else "released-prenorm-ln"
-    name = f"sorcen({info['variant']},{ck.name},w={_weights_digest(ck)},pool={tag})"
+    name = f"sorcen({info['variant']},{ck.name},w={sha256_file(ck / 'model.safetensors')[:16]},pool={tag})"
     ext = SorcenFeatures(method.model, tokenizer, name, pool=pool)
     ext.store_path = info.get("tokens")
     return ext

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from unissl.methods.sorcen.model import SorcenModel
+from unissl.utils.noise import gumbel_noise
 
 
 @dataclass
@@ -52,17 +53,13 @@ def maskgit_generate(model: SorcenModel, num_samples: int, cfg: MaskGITConfig | 
     was_training = model.training
     model.eval()
 
-    def rand(shape: torch.Size) -> torch.Tensor:
-        return torch.rand(shape, generator=generator).to(device) if generator is not None else \
-            torch.rand(shape, device=device)
-
     for t in range(cfg.steps):
         unknown = ids == mask_id  # (B, N)
         if not unknown.any():
             break
         logits = model.predict(ids).float() / cfg.sample_temperature  # (B, N, K)
         log_probs = logits.log_softmax(dim=-1)
-        gumbel = -torch.log(-torch.log(rand(log_probs.shape).clamp(1e-20, 1.0 - 1e-7)))
+        gumbel = gumbel_noise(log_probs.shape, device, generator)
         sampled = (log_probs + gumbel).argmax(dim=-1)  # (B, N) a draw from softmax(logits)
         sampled = torch.where(unknown, sampled, ids)
         chosen_logp = log_probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)  # (B, N)
@@ -71,7 +68,7 @@ def maskgit_generate(model: SorcenModel, num_samples: int, cfg: MaskGITConfig | 
         target = num_masked_after(t, cfg.steps, n) if t < cfg.steps - 1 else 0
         keep_masked = torch.clamp(torch.full_like(remaining, target), max=remaining - 1).clamp(min=0)  # (B, 1)
         tau = cfg.choice_temperature * (1.0 - (t + 1) / cfg.steps)
-        noise = -torch.log(-torch.log(rand(chosen_logp.shape).clamp(1e-20, 1.0 - 1e-7)))
+        noise = gumbel_noise(chosen_logp.shape, device, generator)
         confidence = chosen_logp + tau * noise
         confidence = torch.where(unknown, confidence, torch.full_like(confidence, math.inf))  # known: never masked
         order = confidence.argsort(dim=1)  # least confident first

@@ -118,6 +118,8 @@ class FrozenTokenizer(Protocol):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor: ...
 
+    def decode(self, ids: torch.Tensor) -> torch.Tensor: ...
+
 
 class ProjectionHead(nn.Module):
     """Linear -> BatchNorm -> ReLU -> Linear (SimCLR / NNCLR projector and predictor)."""
@@ -133,6 +135,10 @@ class ProjectionHead(nn.Module):
 
 class SorcenMethod(nn.Module):
     """The trainable method (engine ``Method`` protocol). ``model`` is the encoder-decoder to keep."""
+    step: torch.Tensor  # buffer
+    total_steps: torch.Tensor  # buffer
+    top1_running: torch.Tensor  # buffer
+    echo_live: torch.Tensor  # buffer
 
     def __init__(self, arch: SorcenArch, variant: Variant = "sorcen", loss: SorcenLossConfig | None = None,
                  num_classes: int = 0, tokenizer: FrozenTokenizer | None = None, steps_per_epoch: int = 0) -> None:
@@ -163,8 +169,9 @@ class SorcenMethod(nn.Module):
             if variant == "mage-c":
                 self.projector = ProjectionHead(arch.dim, arch.proj_hidden, arch.proj_dim)
         # sorcen / mage accept a tokenizer too: it only decodes the samples of ``log_images``.
-        # The frozen tokenizer stays outside the module tree: not trained, not checkpointed, not in DDP.
-        self._tokenizer: tuple[FrozenTokenizer, ...] = (tokenizer,) if tokenizer is not None else ()
+        # The frozen tokenizer is not trained and not checkpointed (``frozen_state_prefixes``): it is rebuilt
+        # from the token store's tokenizer path whenever the method is.
+        self.online_tokenizer = tokenizer
         if tokenizer is not None:
             if isinstance(tokenizer, nn.Module):
                 tokenizer.requires_grad_(False).eval()
@@ -213,8 +220,8 @@ class SorcenMethod(nn.Module):
             self.echo_live |= self.top1_running >= self.cfg.echo_warmup
         beta = self.momentum_at(step, total_steps)
         for student, teacher in ((self.model.blocks, self.teacher_blocks), (self.projector, self.teacher_projector)):
-            s_params = [p.detach() for p in student.parameters()]
-            t_params = list(teacher.parameters())
+            s_params: list[torch.Tensor] = [p.detach() for p in student.parameters()]
+            t_params: list[torch.Tensor] = list(teacher.parameters())
             torch._foreach_lerp_(t_params, s_params, 1.0 - beta)  # t <- beta * t + (1 - beta) * s
 
     def compile_networks(self, **kwargs) -> list[nn.Module]:
@@ -260,7 +267,7 @@ class SorcenMethod(nn.Module):
     @torch.no_grad()
     def log_images(self, batch: dict[str, torch.Tensor], num_samples: int = 16, steps: int = 12) -> dict[str, torch.Tensor]:
         """MaskGIT samples decoded by the tokenizer (when the method has one), for the run's image log."""
-        if not self._tokenizer:
+        if self.online_tokenizer is None:
             return {}
         from unissl.methods.sorcen.maskgit import MaskGITConfig, maskgit_generate
 
@@ -269,10 +276,13 @@ class SorcenMethod(nn.Module):
 
     def train(self, mode: bool = True) -> SorcenMethod:
         super().train(mode)
-        for tok in self._tokenizer:
-            if isinstance(tok, nn.Module):
-                tok.eval()  # the frozen tokenizer always runs in inference mode
+        if isinstance(self.online_tokenizer, nn.Module):
+            self.online_tokenizer.eval()  # the frozen tokenizer always runs in inference mode
         return self
+
+    def frozen_state_prefixes(self) -> tuple[str, ...]:
+        """The online tokenizer's weights stay out of checkpoints (rebuilt from the store's tokenizer)."""
+        return ("online_tokenizer.",)
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -380,9 +390,9 @@ class SorcenMethod(nn.Module):
     @property
     def tokenizer(self) -> FrozenTokenizer:
         """The frozen online tokenizer (MAGE-C, MAGE-aug), moved to the method's device on first use."""
-        if not self._tokenizer:
+        tok = self.online_tokenizer
+        if tok is None:
             raise RuntimeError("this method has no online tokenizer (only mage-c / mage-aug use one)")
-        tok = self._tokenizer[0]
         if isinstance(tok, nn.Module):
             device = self.model.decoder_pos.device
             first = next(iter(tok.parameters()), None)

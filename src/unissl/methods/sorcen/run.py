@@ -16,7 +16,7 @@ import torch
 
 from unissl.engine.checkpoint import load_checkpoint
 from unissl.errors import UnisslError
-from unissl.methods.sorcen.method import SorcenLossConfig, SorcenMethod
+from unissl.methods.sorcen.method import SorcenLossConfig, SorcenMethod, Variant
 from unissl.methods.sorcen.model import SorcenModel
 from unissl.methods.sorcen.presets import SorcenArch
 from unissl.utils.io import read_json, write_json
@@ -62,7 +62,7 @@ def load_method(run_dir: str | Path, device: torch.device | str = "cpu") -> tupl
     loss_fields = {f.name for f in dataclasses.fields(SorcenLossConfig)}
     loss = SorcenLossConfig(**{k: v for k, v in info.get("loss", {}).items() if k in loss_fields})
     # The online variants' tokenizer is not part of the weights; a placeholder-free build skips it.
-    variant = "mage" if info["variant"] in ("mage-c", "mage-aug") else info["variant"]
+    variant: Variant = "mage" if info["variant"] in ("mage-c", "mage-aug") else info["variant"]
     method = SorcenMethod(info["arch"], variant, loss, num_classes=int(info.get("num_classes", 0)),
                           steps_per_epoch=1)  # progress counters are not needed to evaluate or sample
     ck = load_checkpoint(run_dir, with_trainer_state=False)  # a run directory or a step directory
