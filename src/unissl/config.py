@@ -98,8 +98,8 @@ def _iter_fields(cls: type, prefix: str = ""):
 def _default_of(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
     return dataclasses.MISSING
 
 
@@ -230,7 +230,7 @@ def _from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
         if choices and kwargs[k] is not None and kwargs[k] not in choices:
             raise UnisslError(f"{where}.{k}: {kwargs[k]!r} is not one of {list(choices)}")
     missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in kwargs
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         flags = ", ".join("--" + (f"{where}.{m}".split(".", 1)[1] if "." in where else m).replace("_", "-")
                           for m in missing)

@@ -17,7 +17,6 @@ classifier-free guidance) or text (:class:`unissl.methods.reptok.text.TextCondit
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -28,6 +27,7 @@ from torch import nn
 
 from unissl.errors import UnisslError
 from unissl.flow import LinearPath, UniformTime
+from unissl.layers.mlp import FeedForward, TimestepEmbedding
 
 if TYPE_CHECKING:
     from unissl.methods.reptok.text import CaptionBank, TextConditioner
@@ -56,36 +56,6 @@ GENERATOR_PRESETS: dict[str, MixerPreset] = {
 
 
 # --------------------------------------------------------------------------------------------- blocks
-class TimestepEmbedding(nn.Module):
-    """Sinusoidal features of t in [0, 1] followed by a 2-layer MLP (as DiT's TimestepEmbedder)."""
-
-    def __init__(self, dim: int, freq_dim: int = 256, max_period: float = 10_000.0, t_scale: float = 1000.0):
-        super().__init__()
-        self.freq_dim = freq_dim
-        self.max_period = max_period
-        self.t_scale = t_scale  # t in [0, 1] is stretched so that the lowest frequencies still vary
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:  # (B,) -> (B, dim)
-        half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-        args = (t.float() * self.t_scale)[:, None] * freqs[None]  # (B, half)
-        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, freq_dim)
-        return self.mlp(emb.to(next(self.mlp.parameters()).dtype))
-
-
-class FeedForward(nn.Module):
-    """Linear -> GELU -> Linear on the last axis."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
 class MixerBlock(nn.Module):
     """One mixer block: pre-LN token-mixing MLP across slots, then pre-LN channel MLP per slot."""
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from unissl.config import arg
 from unissl.engine.schedule import cosine_value
+from unissl.layers.heads import ProjectionHead
 from unissl.layers.vit import init_vit_weights
 from unissl.methods.sorcen.augment import random_resized_crop_flip
 from unissl.methods.sorcen.echo import sample_echo
@@ -119,18 +120,6 @@ class FrozenTokenizer(Protocol):
     def encode(self, images: torch.Tensor) -> torch.Tensor: ...
 
     def decode(self, ids: torch.Tensor) -> torch.Tensor: ...
-
-
-class ProjectionHead(nn.Module):
-    """Linear -> BatchNorm -> ReLU -> Linear (SimCLR / NNCLR projector and predictor)."""
-
-    def __init__(self, in_dim: int, hidden: int, out_dim: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                                 nn.Linear(hidden, out_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)  # (B, in) -> (B, out)
 
 
 class SorcenMethod(nn.Module):
