@@ -87,6 +87,13 @@ def test_mage_c_trains_on_images_with_the_online_tokenizer(store):
 
     keys = set(load_checkpoint(latest_checkpoint(run), with_trainer_state=False).model)
     assert any(k.startswith("projector.") for k in keys) and not any(k.startswith("online_tokenizer.") for k in keys)
+    # reloaded as what it is (a MAGE-C method with its projector), strictly, with no key stripping
+    from unissl.methods.sorcen.run import load_method
+
+    method, info = load_method(run)
+    assert method.variant == "mage-c" and info["variant"] == "mage-c" and method.online_tokenizer is None
+    saved = load_checkpoint(latest_checkpoint(run), with_trainer_state=False).model
+    assert torch.equal(method.projector.net[0].weight, saved["projector.net.0.weight"])
 
 
 def test_mage_aug_and_released_sorcen_settings_train_and_reload(store):

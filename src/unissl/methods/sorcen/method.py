@@ -153,8 +153,8 @@ class SorcenMethod(nn.Module):
                         m.reset_parameters()
             self.teacher_projector.requires_grad_(self.cfg.teacher_projector_grad)
         elif variant in ONLINE_VARIANTS:
-            if tokenizer is None:
-                raise ValueError(f"{variant} needs the frozen VQ tokenizer that tokenizes the crops online")
+            # Training needs the frozen tokenizer that tokenizes the crops (``tokenizer`` raises without one);
+            # a run reloaded to evaluate or sample is built without it.
             if variant == "mage-c":
                 self.projector = ProjectionHead(arch.dim, arch.proj_hidden, arch.proj_dim)
         # sorcen / mage accept a tokenizer too: it only decodes the samples of ``log_images``.

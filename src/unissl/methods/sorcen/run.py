@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from unissl.engine.checkpoint import load_checkpoint
+from unissl.engine.method import load_saved_state
 from unissl.errors import UnisslError
 from unissl.methods.sorcen.method import SorcenLossConfig, SorcenMethod, Variant
 from unissl.methods.sorcen.model import SorcenModel
@@ -61,16 +62,13 @@ def load_method(run_dir: str | Path, device: torch.device | str = "cpu") -> tupl
     info = read_run_info(run_dir)
     loss_fields = {f.name for f in dataclasses.fields(SorcenLossConfig)}
     loss = SorcenLossConfig(**{k: v for k, v in info.get("loss", {}).items() if k in loss_fields})
-    # The online variants' tokenizer is not part of the weights; a placeholder-free build skips it.
-    variant: Variant = "mage" if info["variant"] in ("mage-c", "mage-aug") else info["variant"]
+    # The online variants' tokenizer is not part of the weights (frozen_state_prefixes): built without it.
+    variant: Variant = info["variant"]
     method = SorcenMethod(info["arch"], variant, loss, num_classes=int(info.get("num_classes", 0)),
                           steps_per_epoch=1)  # progress counters are not needed to evaluate or sample
     ck = load_checkpoint(run_dir, with_trainer_state=False)  # a run directory or a step directory
-    state = ck.model
-    if info["variant"] == "mage-c":  # MAGE-C's projector has no place in the MAGE-shaped module
-        state = {k: v for k, v in state.items() if not k.startswith("projector.")}
     try:
-        method.load_state_dict(state, strict=True)
+        load_saved_state(method, ck.model)
     except RuntimeError as e:
         raise UnisslError(f"weights in {ck.path} do not fit the model in {info['run_dir']}/{RUN_FILE}: "
                           f"{str(e).splitlines()[0]}") from e
