@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from unissl.cli import main
-from unissl.commands.train_reptok_generator import default_store_path, token_stats
+from unissl.data.continuous_store import default_store_path, token_stats
 from unissl.data.token_store import TokenStore
 from unissl.methods.reptok.generator import TokenGeneratorMethod
 
@@ -93,12 +93,13 @@ def test_text_conditional_train_and_prompt_sampling(tokenizer_dir, tmp_path):
 
 
 def test_cli_preset_choices_are_the_registry():
-    import typing
+    import dataclasses
 
     from unissl.commands.train_reptok_generator import Config
     from unissl.methods.reptok.generator import GENERATOR_PRESETS
 
-    assert set(typing.get_args(typing.get_type_hints(Config)["preset"])) == set(GENERATOR_PRESETS)
+    preset = {f.name: f for f in dataclasses.fields(Config)}["preset"]
+    assert set(preset.metadata["choices"]) == set(GENERATOR_PRESETS)
 
 
 def test_cli_errors_are_one_line(tokenizer_dir, tmp_path, capsys):
@@ -139,3 +140,29 @@ def test_exported_ema_of_a_short_run_is_its_trained_weights_not_its_init(tokeniz
     assert main(["train", "reptok-generator", "--tokenizer", tokenizer_dir, "--dataset", "digits", "--preset", "tiny",
                  "--train.steps", "40", "--train.global-batch", "64", "--train.run-dir", str(tmp_path / "no"),
                  "--train.ema-decay", "0.999", "--no-train.ema-warmup", "--no-train.progress"]) == 2
+
+
+def test_tokenize_writes_the_same_continuous_store_the_generator_builds(tokenizer_dir, tmp_path):
+    """`unissl tokenize` on a RepTok tokenizer: the continuous store the generator would build itself (same
+    tokens, labels, statistics, tokenizer checksum), accepted by `train reptok-generator --tokens`."""
+    from unissl.commands.train_reptok_generator import build_token_store
+
+    out = tmp_path / "tokens"
+    assert main(["tokenize", "--tokenizer", tokenizer_dir, "--dataset", "digits", "--splits", "train", "test",
+                 "--out", str(out), "--no-progress"]) == 0
+    ref = build_token_store(tokenizer_dir, "digits", None, tmp_path / "ref", 256, torch.device("cpu"),
+                            splits=("train", "test"))
+    for split in ("train", "test"):
+        a, b = TokenStore(out, split), TokenStore(ref, split)
+        assert a.kind == "continuous" and len(a) == len(b)
+        np.testing.assert_allclose(np.load(out / f"{split}.z.npy"), np.load(ref / f"{split}.z.npy"), atol=1e-6)
+        np.testing.assert_array_equal(a.labels, b.labels)
+    a = TokenStore(out, "train")
+    assert a.meta["tokenizer"]["sha256"] == TokenStore(ref, "train").meta["tokenizer"]["sha256"]
+    np.testing.assert_allclose(a.meta["z_stats"]["mean"], TokenStore(ref, "train").meta["z_stats"]["mean"], atol=1e-6)
+    assert main(["train", "reptok-generator", "--tokenizer", tokenizer_dir, "--tokens", str(out), "--dataset",
+                 "digits", "--preset", "tiny", "--train.steps", "2", "--train.global-batch", "64",
+                 "--train.run-dir", str(tmp_path / "run"), "--train.warmup-steps", "0", "--no-train.tensorboard",
+                 "--no-train.progress", "--samples-per-class", "0"]) == 0
+    assert main(["tokenize", "--tokenizer", tokenizer_dir, "--dataset", "digits", "--flip", "--out",
+                 str(tmp_path / "flip")]) == 2 and not (tmp_path / "flip").exists()

@@ -1,20 +1,24 @@
-"""``unissl tokenize``: run a frozen VQ tokenizer once over dataset splits into a token store."""
+"""``unissl tokenize``: run a frozen tokenizer once over dataset splits into a token store (VQ ids or RepTok tokens)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from unissl.config import arg
+from unissl.data.continuous_store import is_reptok_tokenizer, write_continuous_store
 from unissl.engine.runtime import device_arg
 
 
 @dataclass
 class Config:
-    """Encode dataset splits with a frozen VQ tokenizer into a memory-mapped token store (meta.json + .npy)."""
+    """Encode dataset splits with a frozen tokenizer into a memory-mapped token store (meta.json + .npy): VQ ids
+    for a VQ tokenizer, one continuous token per image for a RepTok tokenizer."""
 
-    tokenizer: str = arg(help="tokenizer directory (from `unissl tokenizer train`) or a taming .ckpt file")
+    tokenizer: str = arg(help="tokenizer directory (from `unissl tokenizer train` or `unissl train reptok-tokenizer`) "
+                              "or a taming .ckpt file")
     out: str = arg(help="output token-store directory (written atomically)")
     dataset: str = arg("fashion-mnist", help="dataset name (digits, fashion-mnist, folder, webdataset)")
     data_dir: str | None = arg(None, help="dataset directory; unset: the dataset's standard location")
@@ -56,6 +60,8 @@ def run(cfg: Config) -> Path:
     if out.exists() and not cfg.overwrite:
         raise UnisslError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
     device = resolve_device(cfg.device)
+    if is_reptok_tokenizer(cfg.tokenizer):
+        return _continuous(cfg, out, device)
     tokenizer = load_tokenizer(cfg.tokenizer, device=device)
     image_size = cfg.image_size or getattr(tokenizer, "image_size", None)
     kw = {"channels": tokenizer.channels} if getattr(tokenizer, "channels", None) else {}
@@ -74,4 +80,25 @@ def run(cfg: Config) -> Path:
     print(f"tokenized {cfg.dataset} ({counts}{', +flipped' if cfg.flip else ''}) -> {h}x{w} ids, "
           f"codebook {store.codebook_size}: {out} ({size_mb:.1f} MiB) in {seconds:.1f}s "
           f"({n_images / max(seconds, 1e-9):.0f} images/s on {device})")
+    return out
+
+
+def _continuous(cfg: Config, out: Path, device: Any) -> Path:
+    """The RepTok tokenizer's continuous store: one token z (D,) per image of each split."""
+    from unissl.data.datasets import build_dataset
+    from unissl.errors import UnisslError
+    from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
+
+    if cfg.flip:
+        raise UnisslError("--flip is for VQ id stores; a RepTok token store holds the un-flipped images only")
+    tok = load_reptok_tokenizer(cfg.tokenizer, device=device)
+    size = cfg.image_size or tok.cfg.image_size
+    datasets = {split: build_dataset(cfg.dataset, split, data_dir=cfg.data_dir, image_size=size)
+                for split in cfg.splits}
+    start = time.perf_counter()
+    write_continuous_store(out, tok, cfg.tokenizer, cfg.dataset, datasets, cfg.batch_size, device,
+                           progress=cfg.progress)
+    seconds = time.perf_counter() - start
+    counts = ", ".join(f"{s} {len(d)}" for s, d in datasets.items())
+    print(f"tokenized {cfg.dataset} ({counts}) -> one {tok.encoder.dim}-d token per image: {out} in {seconds:.1f}s")
     return out

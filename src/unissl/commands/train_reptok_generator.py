@@ -9,7 +9,6 @@ samples is written to ``<run_dir>/samples.png`` if the tokenizer is available.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,11 +17,16 @@ import numpy as np
 import torch
 
 from unissl.config import arg, check_run_dir, save_run_config
+from unissl.data.continuous_store import (
+    STATS_KEY,
+    default_store_path,
+    token_stats,
+    tokenizer_checksum,
+    write_continuous_store,
+)
 from unissl.engine.config import TrainConfig
 from unissl.errors import UnisslError
 from unissl.methods.reptok.generator import GENERATOR_PRESETS, GeneratorConfig, TokenGeneratorMethod
-
-STATS_KEY = "z_stats"  # meta.json entry of a continuous store: {"mean": [D floats], "std": float}
 
 
 @dataclass
@@ -56,65 +60,16 @@ class Config:
             raise UnisslError(f"--encode-batch must be positive, got {self.encode_batch}")
 
 
-def default_store_path(tokenizer: str | Path, dataset: str) -> Path:
-    """``<tokenizer>-tokens-<dataset>`` next to the tokenizer directory."""
-    tok = Path(tokenizer).resolve()
-    return tok.parent / f"{tok.name}-tokens-{dataset}"
-
-
-def _weights_sha(tokenizer_dir: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(Path(tokenizer_dir) / "model.safetensors", "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
-def token_stats(z: np.ndarray, chunk: int = 65536) -> dict[str, Any]:
-    """Per-dimension mean and one global std of tokens (N, D), computed chunk-wise in float64."""
-    n, d = z.shape
-    s, ss = np.zeros(d), np.zeros(d)
-    for i in range(0, n, chunk):
-        c = np.asarray(z[i:i + chunk], dtype=np.float64)
-        s += c.sum(0)
-        ss += (c * c).sum(0)
-    mean = s / n
-    var = np.maximum(ss / n - mean * mean, 0.0)  # (D,) per-dimension variance
-    return {"mean": mean.tolist(), "std": float(np.sqrt(var.mean()) + 1e-8)}
-
-
-@torch.no_grad()
 def build_token_store(tokenizer_dir: str, dataset: str, data_dir: str | None, out: Path, batch_size: int,
                       device: torch.device, splits: tuple[str, ...] = ("train",)) -> Path:
     """Encode ``splits`` of ``dataset`` with the RepTok tokenizer once into a continuous token store."""
-    from tqdm.auto import tqdm
-
     from unissl.data import build_dataset
-    from unissl.data.token_store import write_array_store
     from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
 
     tok = load_reptok_tokenizer(tokenizer_dir, device=device)
-    arrays, labels, fingerprints = {}, {}, {}
-    classes: list[str] = []
-    for split in splits:
-        ds = build_dataset(dataset, split, data_dir=data_dir, image_size=tok.cfg.image_size)
-        if ds.channels != tok.cfg.channels:
-            raise UnisslError(f"dataset {dataset} has {ds.channels} channels but tokenizer {tokenizer_dir} "
-                              f"expects {tok.cfg.channels}; use the dataset it was trained on")
-        classes = list(ds.classes)
-        zs, ys = [], []
-        for start in tqdm(range(0, len(ds), batch_size), desc=f"encode {split}", unit="batch"):
-            batch = ds.__getitems__(list(range(start, min(start + batch_size, len(ds)))))
-            zs.append(tok.encode(batch["image"].to(device)).float().cpu())  # (B, D)
-            ys.append(batch["label"])
-        arrays[split] = torch.cat(zs).numpy()
-        labels[split] = torch.cat(ys).numpy()
-        fingerprints[split] = ds.fingerprint()
-    meta = {"tokenizer": {"path": str(Path(tokenizer_dir).resolve()), "sha256": _weights_sha(tokenizer_dir),
-                          "class": "unissl.methods.reptok.tokenizer.RepTokTokenizer"},
-            "classes": classes, "dataset": {"name": dataset, "fingerprints": fingerprints},
-            STATS_KEY: token_stats(arrays["train"])}
-    return write_array_store(out, arrays, labels, meta)
+    datasets = {split: build_dataset(dataset, split, data_dir=data_dir, image_size=tok.cfg.image_size)
+                for split in splits}
+    return write_continuous_store(out, tok, tokenizer_dir, dataset, datasets, batch_size, device)
 
 
 def open_store(cfg: Config, device: torch.device):
@@ -132,7 +87,7 @@ def open_store(cfg: Config, device: torch.device):
         raise UnisslError(f"{path} is a {store.kind} store; the generator needs continuous tokens (RepTok)")
     if cfg.tokenizer is not None:
         recorded = (store.meta.get("tokenizer") or {}).get("sha256")
-        if recorded is not None and recorded != _weights_sha(cfg.tokenizer):
+        if recorded is not None and recorded != tokenizer_checksum(cfg.tokenizer):
             raise UnisslError(f"token store {path} was computed with other tokenizer weights than {cfg.tokenizer}; "
                               f"delete the store or pass --tokens for a matching one")
     return store
