@@ -261,8 +261,8 @@ def test_cli_trains_saves_and_evaluates(tmp_path, one_thread, capsys):
     tok = load_tokenizer(run / "tokenizer")
     assert tok.checksum() == res["checksum"] == load_tokenizer(tmp_path / "copy").checksum()
     # the eval numbers are reproducible from the saved tokenizer (digits grey -> 3 channels for "tiny")
-    from unissl.commands.tokenizer_train import evaluate
     from unissl.data import build_dataset
+    from unissl.tokenizers.evaluate import evaluate
 
     again = evaluate(tok, build_dataset("digits", "test", image_size=8, channels=3))
     assert abs(again["psnr"] - res["psnr"]) < 1e-4 and again["usage"] == res["usage"]

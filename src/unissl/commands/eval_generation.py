@@ -18,7 +18,7 @@ from unissl.commands.eval_common import build_split, print_metrics
 from unissl.config import arg
 from unissl.engine.runtime import device_arg
 from unissl.errors import UnisslError
-from unissl.eval.features import load_extractor, parse_spec, resolve_device
+from unissl.eval.features import load_extractor, metric_name, resolve_device
 from unissl.eval.generation import class_hits, generation_metrics, load_npz_images, share_by_label
 from unissl.eval.results import record_result
 
@@ -49,12 +49,6 @@ class Config:
     def __post_init__(self) -> None:
         if self.ceiling_decode_steps <= 0 or self.batch_size <= 0:
             raise UnisslError("--ceiling-decode-steps and --batch-size must be positive")
-
-
-def metric_name(extractor_spec: str) -> str:
-    """'FID' for Inception-v3, 'FD_<name>' otherwise."""
-    name = parse_spec(extractor_spec)[0]
-    return "FID" if name == "inception" else f"FD_{name}"
 
 
 def ceiling_metrics(cfg: Config, extractor, reference, n: int, labels: torch.Tensor | None, cache: Path,

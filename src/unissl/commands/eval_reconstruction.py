@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unissl.commands.eval_common import print_metrics
-from unissl.commands.eval_generation import metric_name
 from unissl.config import arg
 from unissl.engine.runtime import device_arg
 from unissl.errors import UnisslError
-from unissl.eval.features import load_extractor, resolve_device
+from unissl.eval.features import load_extractor, metric_name, resolve_device
 from unissl.eval.generation import load_npz_images
 from unissl.eval.reconstruction import reconstruction_metrics
 from unissl.eval.results import record_result

@@ -14,6 +14,7 @@ import torch
 from unissl.config import arg, save_run_config
 from unissl.engine.runtime import device_arg
 from unissl.errors import UnisslError
+from unissl.methods.reptok.reconstruction import reconstruct_dataset
 from unissl.utils.io import atomic_file, write_json
 
 
@@ -38,20 +39,6 @@ class Config:
     def __post_init__(self) -> None:
         if self.num_images <= 0 or self.steps <= 0 or self.batch_size <= 0 or self.show < 0:
             raise UnisslError("--num-images, --steps and --batch-size must be positive, --show >= 0")
-
-
-def reconstruct_dataset(tok, data, n: int, steps: int, solver: str, batch_size: int, seed: int,
-                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(originals, reconstructions), each (n, C, H, W) float in [0, 1] on CPU."""
-    from tqdm.auto import tqdm
-
-    gen = torch.Generator(device=device).manual_seed(seed)
-    origs, recs = [], []
-    for start in tqdm(range(0, n, batch_size), desc="reconstruct", leave=False):
-        x = data.__getitems__(list(range(start, min(n, start + batch_size))))["image"].to(device)
-        origs.append(x.cpu())
-        recs.append(tok.reconstruct(x, steps=steps, solver=solver, generator=gen).cpu())
-    return torch.cat(origs), torch.cat(recs)
 
 
 def run(cfg: Config) -> dict[str, float]:

@@ -59,10 +59,8 @@ def run(cfg: Config) -> Path:
     from unissl.engine.trainer import resolve_device
     from unissl.methods.reptok.captions import class_of_prompt
     from unissl.methods.reptok.generator import TokenGeneratorMethod
-    from unissl.methods.reptok.sampling import SamplingConfig, decode_tokens, sample_conditions, sample_tokens
+    from unissl.methods.reptok.sampling import SamplingConfig, sample_conditions, sample_images, write_samples
     from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
-    from unissl.utils.images import save_grid
-    from unissl.utils.io import atomic_file
 
     device = resolve_device(cfg.device)
     method = TokenGeneratorMethod.from_pretrained(cfg.checkpoint, map_location=device)
@@ -90,21 +88,12 @@ def run(cfg: Config) -> Path:
         labels = asked
 
     gen = torch.Generator().manual_seed(cfg.seed)
-    images = []
+    imgs = sample_images(method, tokenizer, conds, scfg, cfg.decode_steps, cfg.batch_size, gen)  # (N, C, H, W)
     n = labels.shape[0]
-    for s in range(0, n, cfg.batch_size):
-        part = {k: v[s:s + cfg.batch_size] for k, v in conds.items()}
-        z = sample_tokens(method, part, scfg, generator=gen)  # (b, D) in the tokenizer's space
-        images.append(decode_tokens(tokenizer, z, steps=cfg.decode_steps))
-    imgs = torch.cat(images)  # (N, C, H, W) in [0, 1]
 
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / "samples"
     kind = "heldout" if cfg.heldout_prompts else "prompt" if prompts is not None else "class"
     name = cfg.name or f"{kind}_cfg{cfg.cfg:g}_{cfg.solver}{cfg.steps}_seed{cfg.seed}"
-    save_grid(imgs, out / f"{name}.png", nrow=cfg.n, scale=2)
-    arrays = {"images": (imgs * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).numpy(),
-              "labels": labels.long().numpy(), **extra}
-    with atomic_file(out / f"{name}.npz", "wb") as f:
-        np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy stubs: savez(file, *args, allow_pickle, **kwds)
-    print(f"wrote {n} samples to {out / (name + '.png')} and {out / (name + '.npz')}")
-    return out / f"{name}.npz"
+    path = write_samples(imgs, labels, out, name, nrow=cfg.n, extra=extra)
+    print(f"wrote {n} samples to {out / (name + '.png')} and {path}")
+    return path

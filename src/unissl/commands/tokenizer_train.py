@@ -19,6 +19,7 @@ import torch
 from unissl.config import arg, check_run_dir, save_run_config
 from unissl.engine import TrainConfig, Trainer, is_main
 from unissl.errors import UnisslError
+from unissl.tokenizers.evaluate import evaluate
 from unissl.tokenizers.vq import PRESETS as VQ_PRESETS
 from unissl.utils.seed import seed_everything
 
@@ -67,27 +68,6 @@ class Config:
             return dataclasses.replace(base, **overrides)
         except ValueError as e:
             raise UnisslError(f"invalid tokenizer settings for preset {self.preset!r}: {e}") from e
-
-
-@torch.no_grad()
-def evaluate(tokenizer, dataset, batch_size: int = 500) -> dict[str, float]:
-    """PSNR (mean of per-image PSNR) and codebook usage / perplexity over every image of ``dataset``."""
-    from unissl.tokenizers.method import psnr
-    from unissl.tokenizers.quantize import code_histogram, perplexity_of
-
-    tokenizer.eval()
-    device = next(tokenizer.parameters()).device
-    counts = torch.zeros(tokenizer.codebook_size, device=device)
-    total, n = 0.0, 0
-    for start in range(0, len(dataset), batch_size):
-        batch = dataset.__getitems__(list(range(start, min(start + batch_size, len(dataset)))))
-        x = batch["image"].to(device)  # (B, C, H, W)
-        ids = tokenizer.encode(x)  # (B, h, w)
-        total += float(psnr(tokenizer.decode(ids), x).sum())
-        n += x.shape[0]
-        counts += code_histogram(ids, tokenizer.codebook_size)
-    return {"psnr": total / max(n, 1), "usage": float((counts > 0).float().mean()),
-            "perplexity": float(perplexity_of(counts)), "images": n}
 
 
 def run(cfg: Config) -> None:

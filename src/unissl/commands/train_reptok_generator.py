@@ -144,17 +144,22 @@ def run(cfg: Config) -> None:
     print(f"generator saved to {run_dir / 'generator'}")
     tokenizer = cfg.tokenizer or method.cfg.tokenizer_path
     if cfg.samples_per_class > 0 and tokenizer and Path(tokenizer).is_dir():
-        from unissl.commands.sample_reptok import Config as SampleConfig
-        from unissl.commands.sample_reptok import run as sample_run
+        from unissl.methods.reptok.captions import class_of_prompt, heldout_prompts
+        from unissl.methods.reptok.sampling import (
+            SamplingConfig,
+            sample_conditions,
+            sample_images,
+            write_samples,
+        )
+        from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
 
-        if cfg.conditioning == "class":
-            sample_run(SampleConfig(checkpoint=str(run_dir), n=cfg.samples_per_class, tokenizer=tokenizer,
-                                    decode_steps=cfg.decode_steps, out=str(run_dir), name="samples",
-                                    device=str(device.type)))
-        else:
-            from unissl.methods.reptok.captions import heldout_prompts
-
-            prompts = [p for p, _ in heldout_prompts(method.cfg.classes)][:len(method.cfg.classes)]
-            sample_run(SampleConfig(checkpoint=str(run_dir), prompt=prompts, n=cfg.samples_per_class,
-                                    tokenizer=tokenizer, decode_steps=cfg.decode_steps, out=str(run_dir),
-                                    name="samples", device=str(device.type)))
+        exported = TokenGeneratorMethod.from_pretrained(run_dir, map_location=device)  # the saved weights
+        prompts = None if cfg.conditioning == "class" else \
+            [p for p, _ in heldout_prompts(method.cfg.classes)][:len(method.cfg.classes)]
+        conds, asked = sample_conditions(exported, cfg.samples_per_class, prompts=prompts, device=device)
+        images = sample_images(exported, load_reptok_tokenizer(tokenizer, device=device), conds, SamplingConfig(),
+                               cfg.decode_steps, generator=torch.Generator().manual_seed(0))
+        labels = asked if prompts is None else \
+            torch.tensor([class_of_prompt(p, method.cfg.classes) for p in prompts])[asked]  # prompt -> class
+        path = write_samples(images, labels, run_dir, "samples", nrow=cfg.samples_per_class)
+        print(f"wrote {images.shape[0]} guided samples to {path.with_suffix('.png')}")

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
 from unissl.config import arg, check_run_dir, save_run_config
+from unissl.data.base import FirstN
 from unissl.engine import TrainConfig, is_main
 from unissl.errors import UnisslError
 
@@ -70,32 +69,6 @@ class Config:
             raise UnisslError(f"--cls-lr-scale must be positive, got {self.cls_lr_scale}")
         if self.limit is not None and self.limit <= 0:
             raise UnisslError(f"--limit must be positive, got {self.limit}")
-
-
-class FirstN:
-    """The first ``n`` items of a dataset that supports ``__getitems__`` (attributes are forwarded)."""
-
-    def __init__(self, dataset: Any, n: int) -> None:
-        self.dataset, self.n = dataset, min(n, len(dataset))
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        if any(not 0 <= i < self.n for i in indices):
-            raise IndexError(f"index out of range for the first {self.n} items")
-        return self.dataset.__getitems__(indices)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: v[0] for k, v in self.__getitems__([i]).items()}
-
-    def fingerprint(self) -> str:
-        return f"{self.dataset.fingerprint()}:first{self.n}"
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "dataset":  # not set yet (e.g. while unpickling in a DataLoader worker)
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
 
 
 def encoder_spec(cfg: Config, image_size: int, seed: int) -> dict[str, Any]:

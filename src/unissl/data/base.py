@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -119,3 +120,29 @@ class InMemoryImageDataset(Dataset):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, n={len(self)}, "
                 f"channels={self.channels}, image_size={self.image_size}, num_classes={self.num_classes})")
+
+
+class FirstN:
+    """The first ``n`` items of a dataset that supports ``__getitems__`` (attributes are forwarded)."""
+
+    def __init__(self, dataset: Any, n: int) -> None:
+        self.dataset, self.n = dataset, min(n, len(dataset))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        if any(not 0 <= i < self.n for i in indices):
+            raise IndexError(f"index out of range for the first {self.n} items")
+        return self.dataset.__getitems__(indices)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([i]).items()}
+
+    def fingerprint(self) -> str:
+        return f"{self.dataset.fingerprint()}:first{self.n}"
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not set yet (e.g. while unpickling in a DataLoader worker)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)

@@ -86,6 +86,12 @@ def load_pixels(checkpoint: str | None, device: torch.device) -> PixelExtractor:
     return PixelExtractor()
 
 
+def metric_name(extractor_spec: str) -> str:
+    """The name of a Frechet distance in that feature space: 'FID' for Inception-v3, 'FD_<name>' otherwise."""
+    name = parse_spec(extractor_spec)[0]
+    return "FID" if name == "inception" else f"FD_{name}"
+
+
 def parse_spec(spec: str) -> tuple[str, str | None]:
     """``"name"`` or ``"name:argument"`` -> (name, argument or None)."""
     name, sep, rest = spec.partition(":")

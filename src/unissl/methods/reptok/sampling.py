@@ -10,7 +10,8 @@ beginning (global layout) and end (fine detail) of the trajectory.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -139,3 +140,34 @@ def sample_conditions(method: TokenGeneratorMethod, n: int, classes: list[str] |
                              gcfg.classes or [str(i) for i in range(gcfg.num_classes)])
     labels = torch.tensor(wanted).repeat_interleave(n)  # (N,)
     return class_condition(labels.to(device)), labels
+
+
+@torch.no_grad()
+def sample_images(method: TokenGeneratorMethod, tokenizer: TokenDecoder, conds: Cond, cfg: SamplingConfig,
+                  decode_steps: int | None = None, batch_size: int = 256,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample tokens for every row of ``conds`` and decode them: (N, C, H, W) in [0, 1], in batches."""
+    n = next(iter(conds.values())).shape[0]
+    images = []
+    for s in range(0, n, batch_size):
+        part = {k: v[s:s + batch_size] for k, v in conds.items()}
+        z = sample_tokens(method, part, cfg, generator=generator)  # (b, D) in the tokenizer's space
+        images.append(decode_tokens(tokenizer, z, steps=decode_steps))
+    return torch.cat(images)
+
+
+def write_samples(images: torch.Tensor, labels: torch.Tensor, out: Path, name: str, nrow: int,
+                  extra: dict[str, Any] | None = None) -> Path:
+    """``<out>/<name>.png`` (a grid) and ``<out>/<name>.npz`` (uint8 ``images``, ``labels``, ``extra``)."""
+    import numpy as np
+
+    from unissl.utils.images import save_grid
+    from unissl.utils.io import atomic_file
+
+    save_grid(images, out / f"{name}.png", nrow=nrow, scale=2)
+    arrays = {"images": (images * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).numpy(),
+              "labels": labels.long().numpy(), **(extra or {})}
+    with atomic_file(out / f"{name}.npz", "wb") as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy stubs: savez(file, *args, allow_pickle, **kwds)
+    return out / f"{name}.npz"
+
