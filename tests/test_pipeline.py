@@ -302,7 +302,7 @@ def test_study_keeps_same_named_results_apart_and_skips_settings(tmp_path):
     (seed / "other").mkdir()
     (seed / "other" / "metrics.json").write_text(json.dumps({"rFD": 3.5, "num_images": 1000}))
     m = seed_metrics(seed)
-    assert m == {"rec-a recon :: top1": 1.0, "rec-b recon :: top1": 2.0, "other/metrics.json :: rFD": 3.5}
+    assert m == {("rec-a recon", "top1"): 1.0, ("rec-b recon", "top1"): 2.0, ("other/metrics.json", "rFD"): 3.5}
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")))

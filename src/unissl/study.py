@@ -12,7 +12,7 @@ import json
 import re
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from unissl.errors import UnisslError
 from unissl.utils.io import atomic_file, write_json
@@ -44,11 +44,18 @@ def _seconds_per_epoch(run_dir: Path) -> dict[str, float]:
     return times
 
 
-def seed_metrics(run_dir: Path) -> dict[str, float]:
-    """Every numeric metric of one seed's directory, keyed ``<source> :: <metric>``."""
+class MetricKey(NamedTuple):
+    """Where a number comes from (a result name, a run, a file) and what it measures."""
+
+    source: str
+    metric: str
+
+
+def seed_metrics(run_dir: Path) -> dict[MetricKey, float]:
+    """Every numeric metric of one seed's directory, keyed by (source, metric)."""
     from unissl.report import collect_metrics, result_origins
 
-    flat: dict[str, float] = {}
+    flat: dict[MetricKey, float] = {}
     found = collect_metrics(run_dir)
     for origin, (rel, scalars) in zip(result_origins(found), found):
         is_result = "metrics" in {k.split(".", 1)[0] for k in scalars}
@@ -66,9 +73,9 @@ def seed_metrics(run_dir: Path) -> dict[str, float]:
                 continue  # "extra" fields of a result are settings, not measurements
             if k.removeprefix("metrics.") in _SETTINGS:
                 continue
-            flat[f"{source} :: {k.removeprefix('metrics.')}"] = float(v)
+            flat[MetricKey(source, k.removeprefix("metrics."))] = float(v)
     for key, seconds in _seconds_per_epoch(run_dir).items():
-        flat[f"train {key} :: seconds_per_epoch"] = seconds
+        flat[MetricKey(f"train {key}", "seconds_per_epoch")] = seconds
     for marker in sorted((run_dir / "stages").glob("*.json")):
         try:
             record = json.loads(marker.read_text())
@@ -76,7 +83,7 @@ def seed_metrics(run_dir: Path) -> dict[str, float]:
             continue
         seconds = record.get("seconds")
         if record.get("status") == "done" and isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
-            flat[f"stage {marker.stem} :: seconds"] = float(seconds)  # an adopted record may have no time
+            flat[MetricKey(f"stage {marker.stem}", "seconds")] = float(seconds)  # an adopted record may have no time
     return flat
 
 
@@ -99,8 +106,7 @@ def summarize(out: str | Path) -> dict[str, Any]:
     for key in keys:
         vals = {s: m[key] for s, m in per_seed.items() if key in m}
         mean, std = mean_std(list(vals.values()))
-        source, metric = key.split(" :: ", 1)
-        rows.append({"source": source, "metric": metric, "mean": mean, "std": std, "n": len(vals),
+        rows.append({"source": key.source, "metric": key.metric, "mean": mean, "std": std, "n": len(vals),
                      "values": {str(s): v for s, v in vals.items()}})
     summary = {"seeds": list(dirs), "rows": rows}
     write_json(out / "study.json", summary)
