@@ -10,24 +10,15 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
 from unissl.data.store_format import FORMAT, VERSION, as_grid, id_dtype, sha256_file
 from unissl.errors import UnisslError
+from unissl.tokenizers.base import Tokenizer  # ``identity``/``checksum`` are optional extras
 from unissl.utils.io import atomic_dir, write_json
-
-
-class Tokenizer(Protocol):
-    """What :func:`write_token_store` needs from a VQ tokenizer (``identity``/``checksum`` are optional)."""
-
-    codebook_size: int
-    grid: Any  # (h, w) or an int for a square grid
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) in [0, 1] -> int64 (B, h, w)
-        ...
 
 
 def tokenizer_identity(tokenizer: Any, path: str | os.PathLike | None = None) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from unissl.errors import UnisslError
-from unissl.tokenizers.base import TokenizerBase
+from unissl.tokenizers.base import Tokenizer, TokenizerBase
 from unissl.tokenizers.method import VQTokenizerMethod, psnr
 from unissl.tokenizers.quantize import QuantizerOutput, VectorQuantizer
 from unissl.tokenizers.taming import (
@@ -32,7 +32,7 @@ from unissl.tokenizers.taming import (
 from unissl.tokenizers.vq import FORMAT, PRESETS, VQConfig, VQTokenizer, preset
 
 __all__ = [
-    "PRESETS", "TAMING_PRESETS", "QuantizerOutput", "TamingConfig", "TamingVQGAN", "TokenizerBase", "VQConfig",
+    "PRESETS", "TAMING_PRESETS", "QuantizerOutput", "TamingConfig", "TamingVQGAN", "Tokenizer", "TokenizerBase", "VQConfig",
     "VQTokenizer", "VQTokenizerMethod", "VectorQuantizer", "load_taming_checkpoint", "load_tokenizer", "preset",
     "psnr",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -27,6 +27,25 @@ def sha256_state_dict(state: dict[str, torch.Tensor]) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What unissl needs from a VQ tokenizer, the one description of it (``VQTokenizer``, the taming VQGAN and
+    any user tokenizer satisfy it): the token store writer, MAGE-C's online crops, samples and evaluation."""
+
+    codebook_size: int
+    grid: tuple[int, int]  # (h, w) ids per image
+    image_size: int  # side of the square images it encodes
+    channels: int
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) in [0, 1] -> ids (B, h, w) int64."""
+        ...
+
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        """Ids (B, h, w) -> images (B, C, H, W) in [0, 1]."""
+        ...
 
 
 class TokenizerBase(nn.Module):

@@ -168,6 +168,6 @@ def write_samples(images: torch.Tensor, labels: torch.Tensor, out: Path, name: s
     arrays = {"images": (images * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).numpy(),
               "labels": labels.long().numpy(), **(extra or {})}
     with atomic_file(out / f"{name}.npz", "wb") as f:
-        np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy stubs: savez(file, *args, allow_pickle, **kwds)
+        np.savez(f, **arrays)
     return out / f"{name}.npz"
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -40,6 +40,7 @@ from unissl.methods.sorcen.losses import info_nce, masked_token_loss, masked_top
 from unissl.methods.sorcen.masking import random_masking, sample_mask_ratio, sample_window_side, window_mask
 from unissl.methods.sorcen.model import SorcenModel
 from unissl.methods.sorcen.presets import SorcenArch
+from unissl.tokenizers.base import Tokenizer
 
 Variant = Literal["sorcen", "mage", "mage-c", "mage-aug"]
 ONLINE_VARIANTS = ("mage-c", "mage-aug")  # variants that read images and tokenize them every step
@@ -110,18 +111,6 @@ class SorcenLossConfig:
         return self.echo_warmup_unit in ("epochs", "released") or self.momentum_schedule == "epoch"
 
 
-class FrozenTokenizer(Protocol):
-    """What MAGE-C needs from the VQ tokenizer (see :func:`unissl.tokenizers.load_tokenizer`)."""
-
-    codebook_size: int
-    grid: tuple[int, int]
-    image_size: int
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor: ...
-
-    def decode(self, ids: torch.Tensor) -> torch.Tensor: ...
-
-
 class SorcenMethod(nn.Module):
     """The trainable method (engine ``Method`` protocol). ``model`` is the encoder-decoder to keep."""
     step: torch.Tensor  # buffer
@@ -130,7 +119,7 @@ class SorcenMethod(nn.Module):
     echo_live: torch.Tensor  # buffer
 
     def __init__(self, arch: SorcenArch, variant: Variant = "sorcen", loss: SorcenLossConfig | None = None,
-                 num_classes: int = 0, tokenizer: FrozenTokenizer | None = None, steps_per_epoch: int = 0) -> None:
+                 num_classes: int = 0, tokenizer: Tokenizer | None = None, steps_per_epoch: int = 0) -> None:
         super().__init__()
         if variant not in ("sorcen", "mage", "mage-c", "mage-aug"):
             raise ValueError(f"unknown variant {variant!r}")
@@ -377,7 +366,7 @@ class SorcenMethod(nn.Module):
 
     # ------------------------------------------------------------------ helpers
     @property
-    def tokenizer(self) -> FrozenTokenizer:
+    def tokenizer(self) -> Tokenizer:
         """The frozen online tokenizer (MAGE-C, MAGE-aug), moved to the method's device on first use."""
         tok = self.online_tokenizer
         if tok is None:
