@@ -466,3 +466,42 @@ def test_logs_record_cpu_seconds_next_to_wall_clock(tmp_path: Path) -> None:
     assert 0.0 < logs["cpu_elapsed"] and logs["elapsed"] > 0.0
     ck = load_checkpoint(tmp_path / "cpu")
     assert ck.trainer_state["cpu_elapsed"] == pytest.approx(read_log(tmp_path / "cpu" / "log.jsonl")[-1]["cpu_elapsed"])
+
+
+# ---------------------------------------------------------------------------------------------- W&B
+def test_wandb_mirrors_every_record_offline(tmp_path, monkeypatch) -> None:
+    """`--train.wandb`: one offline W&B run in run_dir/wandb, the same scalars and steps as log.jsonl, a
+    stable id across a resume; without the package, a one-line error before anything is written."""
+    import types
+
+    calls: dict[str, list] = {"init": [], "log": [], "finish": []}
+
+    class FakeRun:
+        def log(self, data, step=None):
+            calls["log"].append((step, dict(data)))
+
+        def finish(self):
+            calls["finish"].append(True)
+
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kw: calls["init"].append(kw) or FakeRun()  # type: ignore[attr-defined]
+    fake.Image = lambda path: ("image", path)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    run = tmp_path / "run"
+    fit_toy(run, wandb=True, log_every=5, steps=10)
+    (init,) = calls["init"]
+    assert init["mode"] == "offline" and init["dir"] == str(run) and init["project"] == "unissl"
+    assert init["config"]["train"]["steps"] == 10 and init["config"]["method"] == "ToyMethod"
+    jsonl = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    scalar_logs = [(step, data) for step, data in calls["log"] if not any(isinstance(v, tuple) for v in data.values())]
+    assert [s for s, _ in scalar_logs] == [r["step"] for r in jsonl]
+    for (_, data), rec in zip(scalar_logs, jsonl):
+        assert data["loss"] == pytest.approx(rec["loss"])
+    assert calls["finish"] == [True]
+    fit_toy(run, wandb=True, log_every=5, steps=20, resume=True)  # a resumed run continues the same W&B run
+    assert calls["init"][1]["id"] == init["id"] and calls["init"][1]["resume"] == "allow"
+    # no package: refused in one line, nothing written
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(UnisslError, match=r"pip install 'unissl\[wandb\]'"):
+        fit_toy(tmp_path / "run2", wandb=True)
+    assert not (tmp_path / "run2").exists()

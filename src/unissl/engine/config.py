@@ -58,6 +58,10 @@ class TrainConfig:
     dist_timeout: float = arg(5.0, help="minutes a collective waits for a rank that stopped responding before "
                                         "the job ends with an error (torch's default is 30)")
     tensorboard: bool = arg(True, help="also write TensorBoard scalars/images to run_dir/tb")
+    wandb: bool = arg(False, help="also log scalars and image grids to Weights & Biases (pip install 'unissl[wandb]')")
+    wandb_project: str = arg("unissl", help="W&B project")
+    wandb_mode: Literal["offline", "online"] = arg("offline", help="W&B mode: offline (files under run_dir/wandb, "
+                                                                   "`wandb sync` later) or online")
     progress: bool = arg(True, help="show a tqdm progress bar (rank 0)")
 
     def __post_init__(self) -> None:

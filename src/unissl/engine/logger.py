@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 
 from unissl.engine.dist import all_reduce_mean
+from unissl.errors import UnisslError
 from unissl.utils.images import save_grid
 from unissl.utils.io import atomic_file
 
@@ -32,14 +34,36 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
 
 
 class RunLogger:
-    """Writes scalars (JSONL + TensorBoard) and image grids for rank 0; a no-op object on other ranks."""
+    """Writes scalars (JSONL, TensorBoard, optionally W&B) and image grids for rank 0; a no-op on other ranks.
 
-    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True) -> None:
+    ``wandb`` (``{"project", "mode", "config"}``) mirrors every record to a Weights & Biases run in
+    ``run_dir/wandb`` (offline by default: no network; ``wandb sync`` uploads it later). The run id is derived
+    from the run directory, so a resumed training continues the same W&B run.
+    """
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True,
+                 wandb: dict[str, Any] | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.path = self.run_dir / "log.jsonl"
         self._tb: Any = None
         self._want_tb = enabled and tensorboard  # the writer is created on first use: nothing is written before
+        self._wandb_cfg = wandb if enabled else None
+        self._wandb: Any = None
+        if self._wandb_cfg is not None:
+            wandb_module()  # a missing package is refused before anything is written
+
+    @property
+    def wandb(self) -> Any:
+        """The W&B run (started on first use; None when W&B logging is off)."""
+        if self._wandb is None and self._wandb_cfg is not None:
+            cfg, self._wandb_cfg = self._wandb_cfg, None
+            (self.run_dir / "wandb").mkdir(parents=True, exist_ok=True)
+            run_id = "unissl-" + hashlib.sha256(str(self.run_dir.resolve()).encode()).hexdigest()[:12]
+            self._wandb = wandb_module().init(project=cfg.get("project", "unissl"), mode=cfg.get("mode", "offline"),
+                                              dir=str(self.run_dir), name=self.run_dir.name, id=run_id,
+                                              resume="allow", config=cfg.get("config") or {})
+        return self._wandb
 
     @property
     def tb(self) -> Any:
@@ -73,6 +97,8 @@ class RunLogger:
         if self.tb is not None:
             for k, v in scalars.items():
                 self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(dict(scalars), step=step)
 
     def images(self, step: int, images: dict[str, torch.Tensor]) -> list[Path]:
         """Save each ``(N, C, H, W)`` tensor in ``[0, 1]`` as ``images/<name>_step<step>.png`` (+ TensorBoard)."""
@@ -84,6 +110,8 @@ class RunLogger:
             paths.append(save_grid(x, self.run_dir / "images" / f"{name}_step{step}.png"))
             if self.tb is not None:
                 self.tb.add_images(name, x, step)
+            if self.wandb is not None:
+                self.wandb.log({name: wandb_module().Image(str(paths[-1]))}, step=step)
         return paths
 
     def flush(self) -> None:
@@ -92,10 +120,23 @@ class RunLogger:
             self._tb.flush()
 
     def close(self) -> None:
-        """Close the TensorBoard writer."""
+        """Close the TensorBoard writer and finish the W&B run."""
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def wandb_module() -> Any:
+    """The ``wandb`` package, or a one-line error saying how to install it (it is an optional extra)."""
+    try:
+        import wandb
+    except ImportError:
+        raise UnisslError("--train.wandb needs the wandb package: pip install 'unissl[wandb]' "
+                          "(or drop --train.wandb)") from None
+    return wandb
 
 
 class ScalarWindow:

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from unissl.config import to_dict
 from unissl.engine import dist
 from unissl.engine.checkpoint import (
     capture_rng_state,
@@ -37,7 +38,7 @@ from unissl.engine.checkpoint import (
 from unissl.engine.config import TrainConfig
 from unissl.engine.ema import EMA
 from unissl.engine.logger import RunLogger, ScalarWindow, read_log
-from unissl.engine.method import hook, load_saved_state, saved_state
+from unissl.engine.method import hook, load_saved_state, saved_state, unwrap
 from unissl.engine.optim import build_optimizer
 from unissl.engine.runtime import StopRequest, ignore_stop_signals, resolve_device, split_batch, to_device
 from unissl.engine.schedule import lr_schedule
@@ -150,7 +151,9 @@ class Trainer:
         self.elapsed = 0.0  # training seconds, summed over resumed sessions
         self.cpu_elapsed = 0.0  # this process's CPU seconds in training (immune to other processes' load)
         self.last_checkpoint: Path | None = None
-        self.logger = RunLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.tensorboard)
+        wandb = {"project": cfg.wandb_project, "mode": cfg.wandb_mode,
+                 "config": {"train": to_dict(cfg), "method": type(unwrap(method)).__name__}} if cfg.wandb else None
+        self.logger = RunLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.tensorboard, wandb=wandb)
         self._prepared = False
         self._resume_path: Path | None = None
         self._resume_state: dict[str, Any] | None = None
