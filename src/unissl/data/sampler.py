@@ -74,11 +74,6 @@ class ShardedBatchSampler:
         self.step_in_epoch = 0
 
     # ------------------------------------------------------------------ position
-    @property
-    def global_step(self) -> int:
-        """Number of steps yielded so far (over all epochs)."""
-        return self.epoch * self.steps_per_epoch + self.step_in_epoch
-
     def set_global_step(self, step: int) -> None:
         """Position the sampler so that the next batch is the one of global step ``step``."""
         if step < 0:
@@ -114,10 +109,6 @@ class ShardedBatchSampler:
             reps = -(-self.global_batch // self.num_items)
             batch = torch.cat([batch, perm.repeat(reps)[: self.global_batch - len(batch)]])
         return batch
-
-    def global_batch_indices(self, epoch: int, step: int) -> list[int]:
-        """All ``global_batch`` indices of step ``step`` of epoch ``epoch`` (before rank slicing)."""
-        return self._global_batch(epoch_permutation(self.num_items, self.seed, epoch), step).tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
         """Yield this rank's indices step after step, forever, starting at the current position."""
