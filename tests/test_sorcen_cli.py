@@ -216,3 +216,23 @@ def test_store_from_another_tokenizer_or_with_bad_meta_is_refused(store, tmp_pat
     (copy / "meta.json").write_text(json.dumps(bad))
     assert main(argv) == 2
     assert "'sha256'" in capsys.readouterr().err
+
+
+def test_one_paper_config_serves_every_method_and_size():
+    """configs/sorcen/imagenet.yaml + `--method` / `--preset` flags: the same recipe for each (no per-method
+    copies to drift apart), the released Sorcen settings included."""
+    from unissl.commands.train_sorcen import Config
+    from unissl.config import parse_config, shipped_config, to_dict
+
+    path = str(shipped_config("configs/sorcen/imagenet.yaml"))
+    resolved = {}
+    for method, extra in (("sorcen", ["--tokens", "x"]), ("mage", ["--tokens", "x"]),
+                          ("mage-c", ["--dataset", "folder", "--tokenizer", "x"])):
+        for size in ("vit_b", "vit_l"):
+            cfg = parse_config(Config, ["--config", path, "--method", method, "--preset", size, *extra])
+            assert (cfg.method, cfg.preset) == (method, size)
+            resolved[method, size] = (to_dict(cfg.train), to_dict(cfg.loss))
+    assert len({repr(v) for v in resolved.values()}) == 1
+    train, loss = resolved["sorcen", "vit_b"]
+    assert (train["global_batch"], train["epochs"], train["base_lr"], train["amp"]) == (4096, 1600, 1.5e-4, "bf16")
+    assert loss["echo_warmup_unit"] == "released" and loss["teacher_init"] == "random" and loss["decay_embeddings"]

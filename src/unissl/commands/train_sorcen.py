@@ -26,7 +26,7 @@ from unissl.utils.seed import seed_everything
 
 def _default_train() -> TrainConfig:
     # Paper optimisation (AdamW 0.9/0.95, wd 0.05, base lr 1.5e-4 per 256, clip 3.0); steps and batch are
-    # set per run (configs/sorcen/*.yaml).
+    # set per run (configs/sorcen/imagenet.yaml, small-fmnist.yaml).
     return TrainConfig(run_dir="runs/sorcen", clip_grad=3.0, base_lr=1.5e-4, weight_decay=0.05,
                        betas=(0.9, 0.95), num_workers=0)
 
