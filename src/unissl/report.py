@@ -245,122 +245,162 @@ def ceiling_rows(found: list[tuple[str, dict[str, Any]]]) -> list[list[str]]:
     return rows
 
 
+_STYLE = ("<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
+          "color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;"
+          "padding:3px 8px;font-size:13px;text-align:left}th{background:#f3f3f3}img{max-width:100%;"
+          "image-rendering:pixelated;border:1px solid #ddd}figure{display:inline-block;margin:.5em;"
+          "vertical-align:top}figcaption{font-size:12px;color:#555}pre{background:#f7f7f7;padding:1em;"
+          "overflow:auto;font-size:12px}</style>")
+
+
+class _Doc:
+    """The report being written, as HTML and Markdown side by side (one table helper for both)."""
+
+    def __init__(self, title: str) -> None:
+        self.h: list[str] = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+                             _STYLE + "</head><body>", f"<h1>{html.escape(title)}</h1>"]
+        self.md: list[str] = [f"# {title}", ""]
+
+    def section(self, title: str) -> None:
+        self.h.append(f"<h2>{html.escape(title)}</h2>")
+        self.md.append(f"## {title}")
+
+    def table(self, rows: list[list[str]], header: list[str]) -> None:
+        self.h.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>")
+        for r in rows:
+            self.h.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>")
+        self.h.append("</table>")
+        self.md.append("| " + " | ".join(header) + " |")
+        self.md.append("|" + "---|" * len(header))
+        self.md.extend("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows)
+        self.md.append("")
+
+
+def _study_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) -> None:
+    study = run_dir / "study.json"
+    if not study.is_file():
+        return
+    rows = json.loads(study.read_text()).get("rows", [])
+    doc.section("Across seeds")  # a multi-seed pipeline: the across-seed table comes first
+    doc.table([[r["source"], r["metric"], f"{_fmt(r['mean'])} ± {_fmt(r['std'])}", str(r["n"])] for r in rows],
+              ["source", "metric", "mean ± std", "seeds"])
+
+
+def _stages_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) -> None:
+    if not info["stages"]:
+        return
+    doc.section("Stages")
+    total = sum(float(s.get("seconds", 0) or 0) for s in info["stages"])
+    doc.table([[s.get("name", "?"), s.get("command", "?"), s.get("status", "?"), _fmt(s.get("seconds", "")),
+                str(s.get("output", ""))] for s in info["stages"]] + [["total", "", "", _fmt(total), ""]],
+              ["stage", "command", "status", "seconds", "output"])
+
+
+def _metrics_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) -> None:
+    """One summary row per result file (its headline numbers), the ceilings, then every field folded."""
+    if not info["metrics"]:
+        return
+    doc.section("Metrics")
+    rows = []
+    for origin, (rel, scalars) in zip(result_origins(info["metrics"]), info["metrics"]):
+        head = {k.split(".", 1)[1]: v for k, v in scalars.items() if k.startswith("metrics.")}
+        if not head:
+            head = {k: v for k, v in scalars.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        label = str(scalars.get("name", rel))
+        if origin is not None:  # the same result name from two runs: say which directory it is from
+            label = f"{label} ({origin})"
+        rows.append([label, ", ".join(f"{k}={_fmt(v)}" for k, v in head.items())])
+    doc.table(rows, ["result", "metrics"])
+    ceilings = ceiling_rows(info["metrics"])
+    if ceilings:
+        doc.section("Generation against its ceilings")
+        doc.table(ceilings, ["result", "FD", "FD of real images through the tokenizer", "class share",
+                             "class share of real images through the tokenizer", "judge on real images"])
+    doc.h.append("<details><summary>all fields of every result file</summary>")
+    for rel, scalars in info["metrics"]:
+        doc.h.append(f"<h3>{html.escape(rel)}</h3>")
+        doc.h.append("<table>" + "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(_fmt(v))}</td></tr>"
+                                         for k, v in scalars.items()) + "</table>")
+    doc.h.append("</details>")
+
+
+def _probe_curve_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) -> None:
+    curves = probe_curve_points(info["metrics"])
+    if not curves:
+        return
+    pixel = [sc.get("metrics.top1") for _, sc in info["metrics"]
+             if str(sc.get("extra.extractor", "")).startswith("pixels") and "probe" in str(sc.get("name", ""))]
+    png = _plot_probe_curves(curves, float(pixel[0]) if pixel else None, out)
+    doc.section("Linear probe vs epoch")
+    doc.table([[Path(run).name, ", ".join(f"{e:g}: {t:.2f}" for e, t in pts)] for run, pts in curves.items()],
+              ["run", "epoch: top-1 (%)"])
+    if png is not None:
+        doc.h.append(f"<figure><img src='{_b64(png)}'><figcaption>linear probe vs epoch</figcaption></figure>")
+        doc.md.append(f"![probe vs epoch]({png.name})")
+        doc.md.append("")
+
+
+def _training_curves_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) -> None:
+    plots = _plot_logs(info["logs"], out)
+    if not plots:
+        return
+    doc.section("Training curves")
+    for rel, p in plots:
+        doc.h.append(f"<figure><img src='{_b64(p)}'><figcaption>{html.escape(rel)}</figcaption></figure>")
+        doc.md.append(f"![{rel}]({p.name})")
+    doc.md.append("")
+
+
+def _images_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) -> None:
+    if not info["images"]:
+        return
+    doc.section("Samples, reconstructions, interpolations")
+    for series, p in info["images"]:
+        uri, cropped = _b64_image(p)
+        link = Path("..") / p.relative_to(run_dir)
+        note = f" (top-left corner; <a href='{html.escape(str(link))}'>full grid</a>)" if cropped else ""
+        doc.h.append(f"<figure><img src='{uri}' style='min-width:220px'><figcaption>{html.escape(series)}{note}"
+                     "</figcaption></figure>")
+        doc.md.append(f"![{series}]({link})")
+    doc.md.append("")
+
+
+def _machine_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) -> None:
+    doc.section("Machine and revision")
+    mach = dict(info["machine"])
+    for k in ("git_revision", "unissl_version", "python"):
+        if k in info["run_info"]:
+            mach[k] = info["run_info"][k]
+    doc.table([[k, str(v)] for k, v in mach.items()], ["", ""])
+
+
+def _config_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) -> None:
+    if info["config"]:
+        doc.h.append("<h2>Resolved config</h2><pre>" + html.escape(info["config"]) + "</pre>")
+        doc.md.extend(["## Resolved config", "```yaml", info["config"].rstrip(), "```", ""])
+
+
+_SECTIONS = (_study_section, _stages_section, _metrics_section, _probe_curve_section, _training_curves_section,
+             _images_section, _machine_section, _config_section)
+
+
 def write_report(run_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``<run_dir>/report/report.html`` and ``report.md``; returns their paths."""
+    """Write ``<run_dir>/report/report.html`` and ``report.md`` (one function per section); returns their paths."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UnisslError(f"run directory {run_dir} not found")
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     info = collect(run_dir)
-    plots = _plot_logs(info["logs"], out)
-    title = f"unissl report: {run_dir.name}"
-    h: list[str] = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-                    "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
-                    "color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;"
-                    "padding:3px 8px;font-size:13px;text-align:left}th{background:#f3f3f3}img{max-width:100%;"
-                    "image-rendering:pixelated;border:1px solid #ddd}figure{display:inline-block;margin:.5em;"
-                    "vertical-align:top}figcaption{font-size:12px;color:#555}pre{background:#f7f7f7;padding:1em;"
-                    "overflow:auto;font-size:12px}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
-    md: list[str] = [f"# {title}", ""]
-
-    def table(rows: list[list[str]], header: list[str]) -> None:
-        h.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>")
-        for r in rows:
-            h.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>")
-        h.append("</table>")
-        md.append("| " + " | ".join(header) + " |")
-        md.append("|" + "---|" * len(header))
-        md.extend("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows)
-        md.append("")
-
-    study = run_dir / "study.json"
-    if study.is_file():  # a multi-seed pipeline: the across-seed table comes first
-        rows = json.loads(study.read_text()).get("rows", [])
-        h.append("<h2>Across seeds</h2>")
-        md.append("## Across seeds")
-        table([[r["source"], r["metric"], f"{_fmt(r['mean'])} ± {_fmt(r['std'])}", str(r["n"])] for r in rows],
-              ["source", "metric", "mean ± std", "seeds"])
-    if info["stages"]:
-        h.append("<h2>Stages</h2>")
-        md.append("## Stages")
-        total = sum(float(s.get("seconds", 0) or 0) for s in info["stages"])
-        table([[s.get("name", "?"), s.get("command", "?"), s.get("status", "?"), _fmt(s.get("seconds", "")),
-                str(s.get("output", ""))] for s in info["stages"]] + [["total", "", "", _fmt(total), ""]],
-              ["stage", "command", "status", "seconds", "output"])
-    if info["metrics"]:
-        # One summary row per result file (its headline numbers), then every field in a folded section.
-        h.append("<h2>Metrics</h2>")
-        md.append("## Metrics")
-        rows = []
-        for origin, (rel, scalars) in zip(result_origins(info["metrics"]), info["metrics"]):
-            head = {k.split(".", 1)[1]: v for k, v in scalars.items() if k.startswith("metrics.")}
-            if not head:
-                head = {k: v for k, v in scalars.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            label = str(scalars.get("name", rel))
-            if origin is not None:  # the same result name from two runs: say which directory it is from
-                label = f"{label} ({origin})"
-            rows.append([label, ", ".join(f"{k}={_fmt(v)}" for k, v in head.items())])
-        table(rows, ["result", "metrics"])
-        ceilings = ceiling_rows(info["metrics"])
-        if ceilings:
-            h.append("<h2>Generation against its ceilings</h2>")
-            md.append("## Generation against its ceilings")
-            table(ceilings, ["result", "FD", "FD of real images through the tokenizer", "class share",
-                             "class share of real images through the tokenizer", "judge on real images"])
-        h.append("<details><summary>all fields of every result file</summary>")
-        for rel, scalars in info["metrics"]:
-            h.append(f"<h3>{html.escape(rel)}</h3>")
-            h.append("<table>" + "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(_fmt(v))}</td></tr>"
-                                         for k, v in scalars.items()) + "</table>")
-        h.append("</details>")
-    curves = probe_curve_points(info["metrics"])
-    if curves:
-        pixel = [sc.get("metrics.top1") for _, sc in info["metrics"]
-                 if str(sc.get("extra.extractor", "")).startswith("pixels") and "probe" in str(sc.get("name", ""))]
-        png = _plot_probe_curves(curves, float(pixel[0]) if pixel else None, out)
-        h.append("<h2>Linear probe vs epoch</h2>")
-        md.append("## Linear probe vs epoch")
-        table([[Path(run).name, ", ".join(f"{e:g}: {t:.2f}" for e, t in pts)] for run, pts in curves.items()],
-              ["run", "epoch: top-1 (%)"])
-        if png is not None:
-            h.append(f"<figure><img src='{_b64(png)}'><figcaption>linear probe vs epoch</figcaption></figure>")
-            md.append(f"![probe vs epoch]({png.name})")
-            md.append("")
-    if plots:
-        h.append("<h2>Training curves</h2>")
-        md.append("## Training curves")
-        for rel, p in plots:
-            h.append(f"<figure><img src='{_b64(p)}'><figcaption>{html.escape(rel)}</figcaption></figure>")
-            md.append(f"![{rel}]({p.name})")
-        md.append("")
-    if info["images"]:
-        h.append("<h2>Samples, reconstructions, interpolations</h2>")
-        md.append("## Samples, reconstructions, interpolations")
-        for series, p in info["images"]:
-            uri, cropped = _b64_image(p)
-            link = Path("..") / p.relative_to(run_dir)
-            note = f" (top-left corner; <a href='{html.escape(str(link))}'>full grid</a>)" if cropped else ""
-            h.append(f"<figure><img src='{uri}' style='min-width:220px'><figcaption>{html.escape(series)}{note}"
-                     "</figcaption></figure>")
-            md.append(f"![{series}]({link})")
-        md.append("")
-    h.append("<h2>Machine and revision</h2>")
-    md.append("## Machine and revision")
-    mach = dict(info["machine"])
-    for k in ("git_revision", "unissl_version", "python"):
-        if k in info["run_info"]:
-            mach[k] = info["run_info"][k]
-    table([[k, str(v)] for k, v in mach.items()], ["", ""])
-    if info["config"]:
-        h.append("<h2>Resolved config</h2><pre>" + html.escape(info["config"]) + "</pre>")
-        md += ["## Resolved config", "```yaml", info["config"].rstrip(), "```", ""]
-    h.append("</body></html>")
+    doc = _Doc(f"unissl report: {run_dir.name}")
+    for section in _SECTIONS:
+        section(doc, run_dir, info, out)
+    doc.h.append("</body></html>")
     html_path, md_path = out / "report.html", out / "report.md"
     with atomic_file(html_path, "w") as f:
-        f.write("\n".join(h))
+        f.write("\n".join(doc.h))
     with atomic_file(md_path, "w") as f:
-        f.write("\n".join(md) + "\n")
+        f.write("\n".join(doc.md) + "\n")
     return html_path, md_path
 
 
