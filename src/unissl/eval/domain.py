@@ -24,6 +24,7 @@ from safetensors.torch import save
 from tqdm import tqdm
 
 from unissl.errors import UnisslError
+from unissl.utils.hub import resolve_pretrained, write_model_card
 from unissl.utils.io import atomic_dir, read_json, write_json
 
 
@@ -98,12 +99,14 @@ def save_classifier(model: DomainClassifier, out_dir: str | Path, extra: dict[st
     with atomic_dir(out_dir) as tmp:
         (tmp / "model.safetensors").write_bytes(save(state))
         write_json(tmp / "config.json", {**asdict(model.cfg), **({"training": extra} if extra else {})})
+        write_model_card(tmp, "unissl domain classifier (FD_domain features)", "unissl.eval.domain.load_classifier",
+                         asdict(model.cfg), metrics=(extra or {}).get("metrics"))
     return out_dir
 
 
 def load_classifier(path: str | Path) -> tuple[DomainClassifier, str]:
-    """Load a saved classifier directory; returns the model and a hash of its weights (identity)."""
-    path = Path(path)
+    """Load a saved classifier (a local directory or a hub repo id); returns the model and a hash of its weights."""
+    path = resolve_pretrained(path, "domain classifier")
     cfg_file, weights = path / "config.json", path / "model.safetensors"
     if not cfg_file.is_file() or not weights.is_file():
         raise UnisslError(f"{path} is not a domain classifier directory (needs config.json and model.safetensors); "

@@ -29,6 +29,7 @@ from torch import nn
 from unissl.errors import UnisslError
 from unissl.tokenizers.base import TokenizerBase, sha256_file
 from unissl.tokenizers.quantize import QuantizerOutput, VectorQuantizer
+from unissl.utils.hub import HubMixin, resolve_pretrained, write_model_card
 from unissl.utils.io import atomic_dir
 
 FORMAT = "unissl-vq"  # value of "format" in config.json
@@ -182,7 +183,7 @@ class VQOutput:
     usage: torch.Tensor  # scalar
 
 
-class VQTokenizer(TokenizerBase):
+class VQTokenizer(TokenizerBase, HubMixin):
     """Convolutional VQ autoencoder: ``encode`` images to ids, ``decode`` ids to images."""
 
     kind = "vq"
@@ -231,14 +232,16 @@ class VQTokenizer(TokenizerBase):
                     "grid": list(self.grid), "image_size": self.image_size, "channels": self.channels,
                     "checksum": sha256_file(tmp / WEIGHTS_FILE)}
             (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            write_model_card(tmp, "unissl VQ tokenizer", "unissl.tokenizers.VQTokenizer", meta)
         self._weights_file = directory / WEIGHTS_FILE
         self._weights_sha = str(meta["checksum"])
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> VQTokenizer:
-        """Load a tokenizer written by :meth:`save_pretrained` (eval mode, frozen)."""
-        directory = Path(directory)
+        """Load a tokenizer written by :meth:`save_pretrained` (eval mode, frozen): a local directory or a hub
+        repo id (``org/name[@revision]``)."""
+        directory = resolve_pretrained(directory, "VQ tokenizer")
         cfg_path, w_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
         if not cfg_path.is_file():
             raise UnisslError(f"{cfg_path} not found; pass a directory written by `unissl tokenizer train`")

@@ -39,13 +39,14 @@ from unissl.methods.reptok.mixer import (  # noqa: F401 - the network's names, r
     TokenMixer,
     concat_cond,
 )
+from unissl.utils.hub import HubMixin, resolve_pretrained, write_model_card
 
 if TYPE_CHECKING:
     from unissl.methods.reptok.text import CaptionBank
 
 
 # --------------------------------------------------------------------------------------------- method
-class TokenGeneratorMethod(nn.Module):
+class TokenGeneratorMethod(nn.Module, HubMixin):
     """Flow matching over (normalised) RepTok tokens; the engine's ``Method``.
 
     Batches hold ``{"z": float (B, D), "label": int64 (B,)}`` (a continuous token store). Tokens are
@@ -122,13 +123,15 @@ class TokenGeneratorMethod(nn.Module):
             (tmp / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2) + "\n")
             state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": "unissl-reptok-generator"})
+            write_model_card(tmp, "unissl RepTok token generator", "unissl.methods.reptok.generator.TokenGeneratorMethod",
+                             asdict(self.cfg))
         return out_dir
 
     @classmethod
     def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> TokenGeneratorMethod:
-        """Load a generator saved by :meth:`save_pretrained` (a run directory's ``generator/`` also works)."""
-
-        path = Path(path)
+        """Load a generator saved by :meth:`save_pretrained` (a run directory's ``generator/`` also works; a
+        hub repo id too)."""
+        path = resolve_pretrained(path, "token generator")
         if (path / "generator" / "config.json").is_file():
             path = path / "generator"
         cfg_file, weights = path / "config.json", path / "model.safetensors"

@@ -30,6 +30,7 @@ from unissl.methods.reptok.decoder import FlowDecoder, get_decoder_preset
 from unissl.methods.reptok.encoders import SSLEncoder, backbone_checksum, build_encoder
 from unissl.methods.reptok.projection import ResidualProjection, cosine_loss, token_drift
 from unissl.methods.reptok.spaces import PixelSpace, VAESpace
+from unissl.utils.hub import HubMixin, resolve_pretrained, write_model_card
 from unissl.utils.io import atomic_dir, read_json, write_json
 
 FORMAT = "unissl-reptok-tokenizer-v1"
@@ -64,7 +65,7 @@ class RepTokConfig:
             raise UnisslError(f"channels must be 1 or 3, got {self.channels}")
 
 
-class RepTokTokenizer(nn.Module):
+class RepTokTokenizer(nn.Module, HubMixin):
     """One continuous token per image: SSL encoder with a trainable [cls] + flow-matching decoder."""
 
     def __init__(self, cfg: RepTokConfig, encoder: SSLEncoder | None = None) -> None:
@@ -161,13 +162,16 @@ class RepTokTokenizer(nn.Module):
         with atomic_dir(path) as tmp:
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
             write_json(tmp / CONFIG_FILE, meta)
+            write_model_card(tmp, "unissl RepTok tokenizer (one continuous token per image)",
+                             "unissl.methods.reptok.RepTokTokenizer", meta)
         return Path(path)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
                         encoder_path: str | None = None) -> RepTokTokenizer:
-        """Load a saved tokenizer; ``encoder_path`` overrides where a pretrained backbone is reloaded from."""
-        path = Path(path)
+        """Load a saved tokenizer (a local directory or a hub repo id); ``encoder_path`` overrides where a
+        pretrained backbone is reloaded from."""
+        path = resolve_pretrained(path, "RepTok tokenizer")
         if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
             raise UnisslError(f"{path} is not a RepTok tokenizer directory (needs {CONFIG_FILE} and "
                               f"{WEIGHTS_FILE}); pass the --out directory of `unissl train reptok-tokenizer`")

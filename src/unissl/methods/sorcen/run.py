@@ -20,6 +20,7 @@ from unissl.errors import UnisslError
 from unissl.methods.sorcen.method import SorcenLossConfig, SorcenMethod, Variant
 from unissl.methods.sorcen.model import SorcenModel
 from unissl.methods.sorcen.presets import SorcenArch
+from unissl.utils.hub import resolve_pretrained
 from unissl.utils.io import read_json, write_json
 
 RUN_FILE = "sorcen.json"
@@ -37,8 +38,8 @@ def write_run_info(run_dir: str | Path, arch: SorcenArch, variant: str, loss: So
 
 
 def read_run_info(run_dir: str | Path) -> dict[str, Any]:
-    """``sorcen.json`` of a run, with ``arch`` as a :class:`SorcenArch`."""
-    run_dir = Path(run_dir)
+    """``sorcen.json`` of a run (a local run directory or a hub repo id), with ``arch`` as a :class:`SorcenArch`."""
+    run_dir = resolve_pretrained(run_dir, "Sorcen run")
     if (run_dir / "model.safetensors").is_file():  # a checkpoints/step_* directory was passed
         run_dir = run_dir.parent.parent
     path = run_dir / RUN_FILE
@@ -59,6 +60,7 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
 
 def load_method(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[SorcenMethod, dict[str, Any]]:
     """The trained method (all heads) of a run, in eval mode, and its run info."""
+    run_dir = resolve_pretrained(run_dir, "Sorcen run")
     info = read_run_info(run_dir)
     loss_fields = {f.name for f in dataclasses.fields(SorcenLossConfig)}
     loss = SorcenLossConfig(**{k: v for k, v in info.get("loss", {}).items() if k in loss_fields})
