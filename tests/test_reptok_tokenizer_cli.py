@@ -82,3 +82,17 @@ def test_missing_encoder_path_is_a_one_line_error(capsys) -> None:
     assert main(["train", "reptok-tokenizer", "--encoder", "dinov2"]) == 2
     err = capsys.readouterr().err
     assert "--encoder-path" in err and len(err.strip().splitlines()) == 1
+
+
+def test_online_psnr_is_logged_at_every_checkpoint(tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    assert main(["train", "reptok-tokenizer", "--encoder", "random", "--dataset", "digits", "--image-size", "16",
+                 "--limit", "64", "--decoder", "tiny", "--train.steps", "4", "--train.ckpt-every", "2",
+                 "--train.global-batch", "16", "--train.warmup-steps", "1", "--train.run-dir", str(run),
+                 "--online-eval", "--no-train.progress", "--no-train.tensorboard", "--train.device", "cpu"]) == 0
+    logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    online = [r for r in logs if "online/psnr" in r]
+    assert [r["step"] for r in online] == [2, 4]
+    assert all(0 < r["online/psnr"] < 100 and r["online/seconds"] > 0 for r in online)

@@ -236,3 +236,32 @@ def test_one_paper_config_serves_every_method_and_size():
     train, loss = resolved["sorcen", "vit_b"]
     assert (train["global_batch"], train["epochs"], train["base_lr"], train["amp"]) == (4096, 1600, 1.5e-4, "bf16")
     assert loss["echo_warmup_unit"] == "released" and loss["teacher_init"] == "random" and loss["decay_embeddings"]
+
+
+def test_online_knn_is_logged_at_every_checkpoint_and_matches_an_offline_knn(store):
+    """--online-eval: online/knn_top1 at each checkpoint equals a k-NN computed afterwards from that
+    checkpoint's weights on the same fixed subsets; its cost is logged beside it."""
+    from unissl.data.token_store import TokenStore
+    from unissl.eval.knn import knn_accuracy
+    from unissl.eval.online import _subset
+    from unissl.methods.sorcen.run import load_method
+
+    tokens = store / "tokens-tt"
+    assert main(["tokenize", "--tokenizer", str(store / "tok"), "--out", str(tokens), "--dataset", "digits",
+                 "--splits", "train", "test", "--no-progress"]) == 0
+    run = store / "run-online"
+    assert main(["train", "sorcen", "--tokens", str(tokens), "--train.steps", "6", "--train.ckpt-every", "3",
+                 "--train.keep-ckpts", "4", "--online-eval", "--online-eval-items", "300", "--train.run-dir", str(run),
+                 *TRAIN]) == 0
+    logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    online = [r for r in logs if "online/knn_top1" in r]
+    assert [r["step"] for r in online] == [3, 6]
+    assert all(0 <= r["online/knn_top1"] <= 100 and r["online/seconds"] > 0 and r["online/share"] > 0 for r in online)
+    method, _ = load_method(run)  # the last checkpoint
+    train, test = TokenStore(tokens, "train"), TokenStore(tokens, "test")
+    tr, te = train.__getitems__(_subset(len(train), 300, 0)), test.__getitems__(_subset(len(test), 60, 1))
+    with torch.no_grad():
+        fx = method.model.encode(tr["ids"])[:, 1:].mean(1)
+        fy = method.model.encode(te["ids"])[:, 1:].mean(1)
+    expected = knn_accuracy(fx, tr["label"], fy, te["label"], 10, 20, 0.07)["top1"]
+    assert online[-1]["online/knn_top1"] == pytest.approx(expected, abs=1e-6)

@@ -23,7 +23,7 @@ from unissl.errors import UnisslError
 from unissl.utils.io import atomic_file
 
 _STEP = re.compile(r"^(?P<series>.*?)[_-]?step[_-]?(?P<step>\d+)$")
-_CURVE_KEYS = ("loss", "acc", "psnr", "usage", "lr")
+_CURVE_KEYS = ("loss", "acc", "psnr", "usage", "lr", "knn")
 
 
 def _fmt(v: Any) -> str:

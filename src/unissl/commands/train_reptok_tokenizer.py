@@ -50,6 +50,8 @@ class Config:
                                         "per image instead of every step")
     cache_dir: str | None = arg(None, help="where that cache lives (default: <encoder-path>/reptok-cache for "
                                            "sorcen, shared by every tokenizer on that encoder; else RUN_DIR)")
+    online_eval: bool = arg(False, help="at every checkpoint, log the PSNR of a fixed batch of test images "
+                                        "(online/psnr)")
     train: TrainConfig = field(default_factory=_default_train)
 
     def __post_init__(self) -> None:
@@ -133,7 +135,14 @@ def run(cfg: Config) -> Path:
     tok, data = build(cfg)
     out = Path(cfg.out) if cfg.out else Path(cfg.train.run_dir) / "tokenizer"
     n_train = sum(p.numel() for p in tok.parameters() if p.requires_grad)
-    trainer = Trainer(tok, data, cfg.train).prepare()  # a refused resume writes nothing
+    callbacks = []
+    if cfg.online_eval:
+        from unissl.data import build_dataset
+        from unissl.eval.online import OnlineReconstruction
+
+        test = build_dataset(cfg.dataset, "test", data_dir=cfg.data_dir, image_size=tok.cfg.image_size)
+        callbacks.append(OnlineReconstruction(test))
+    trainer = Trainer(tok, data, cfg.train, callbacks=callbacks).prepare()  # a refused resume writes nothing
     if cfg.frozen_cache:
         trainer.dataset = with_frozen_cache(cfg, tok, data)
     if is_main():

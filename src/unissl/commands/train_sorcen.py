@@ -45,6 +45,9 @@ class Config:
     dataset: str | None = arg(None, help="image dataset for mage-c (digits, fashion-mnist, folder, webdataset)")
     data_dir: str | None = arg(None, help="image dataset directory (default: the dataset's standard location)")
     tokenizer: str | None = arg(None, help="mage-c: frozen VQ tokenizer (default: the one recorded in --tokens)")
+    online_eval: bool = arg(False, help="at every checkpoint, log the k-NN top-1 of the frozen encoder on fixed "
+                                        "subsets of the token store's train/test ids (online/knn_top1)")
+    online_eval_items: int = arg(5000, help="train items of the online k-NN (test: a fifth of it)")
     loss: SorcenLossConfig = field(default_factory=SorcenLossConfig)
     train: TrainConfig = field(default_factory=_default_train)
 
@@ -117,7 +120,14 @@ def run(cfg: Config) -> None:
     init_distributed(cfg.train.dist_timeout * 60)  # so that only rank 0 writes the run files under torchrun
     check_run_dir(cfg.train.run_dir, cfg)
     method, data, info = build(cfg)
-    trainer = Trainer(method, data, cfg.train).prepare()  # a refused resume writes nothing
+    callbacks = []
+    if cfg.online_eval:
+        from unissl.eval.online import OnlineKNN
+
+        if cfg.tokens is None:
+            raise UnisslError("--online-eval reads the stored ids: pass --tokens (a store with train and test splits)")
+        callbacks.append(OnlineKNN(cfg.tokens, cfg.online_eval_items, max(1, cfg.online_eval_items // 5)))
+    trainer = Trainer(method, data, cfg.train, callbacks=callbacks).prepare()  # a refused resume writes nothing
     if is_main():
         save_run_config(cfg.train.run_dir, cfg)
         write_run_info(cfg.train.run_dir, info["arch"], cfg.method, cfg.loss, len(info["classes"]), info["classes"],

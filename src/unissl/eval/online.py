@@ -1,0 +1,103 @@
+"""Online evaluation: cheap, fixed measurements logged at every checkpoint of a training run.
+
+* :class:`OnlineKNN` (Sorcen / MAGE / MAGE-C): the weighted k-NN top-1 of the frozen encoder's mean-pooled
+  features on fixed subsets of the token store's train and test splits (the stored ids, as ``unissl eval
+  knn`` reads them).
+* :class:`OnlineReconstruction` (RepTok tokenizer): the PSNR of a fixed batch of held-out images decoded
+  with a fixed noise seed.
+
+Each logs ``online/<metric>`` and ``online/seconds`` into the run's ``log.jsonl`` (so the report plots the
+curve) and keeps ``online/share``: the evaluation time as a share of the training time so far. Subsets are
+drawn once, with a fixed seed, so the curve compares the same images at every checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from unissl.engine.method import unwrap
+from unissl.engine.trainer import Callback, Trainer
+from unissl.eval.knn import knn_accuracy
+
+
+def _subset(n: int, k: int, seed: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(n, generator=g)[:min(k, n)].tolist())
+
+
+class _Timed(Callback):
+    """Runs :meth:`measure` on rank 0 after each checkpoint and logs it with its cost."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def measure(self, trainer: Trainer) -> dict[str, float]:
+        raise NotImplementedError
+
+    def on_checkpoint(self, trainer: Trainer, step: int, path: Any) -> None:
+        if not trainer.is_main:
+            return
+        start = time.perf_counter()
+        method = unwrap(trainer.model)
+        was_training = method.training
+        method.eval()
+        try:
+            with torch.no_grad():
+                metrics = self.measure(trainer)
+        finally:
+            method.train(was_training)
+        seconds = time.perf_counter() - start
+        self.seconds += seconds
+        share = self.seconds / max(trainer.elapsed, 1e-9)
+        trainer.logger.log(step, {**{f"online/{k}": v for k, v in metrics.items()}, "online/seconds": seconds,
+                                  "online/share": share})
+
+
+class OnlineKNN(_Timed):
+    """k-NN top-1 (%) of a Sorcen-family encoder on fixed subsets of a VQ token store."""
+
+    def __init__(self, store_dir: str, train_items: int = 5000, test_items: int = 1000, k: int = 20,
+                 temperature: float = 0.07, batch_size: int = 500, seed: int = 0) -> None:
+        super().__init__()
+        from unissl.data.token_store import TokenStore
+
+        train, test = TokenStore(store_dir, "train"), TokenStore(store_dir, "test")
+        self.k, self.temperature, self.batch_size = k, temperature, batch_size
+        self.train = train.__getitems__(_subset(len(train), train_items, seed))
+        self.test = test.__getitems__(_subset(len(test), test_items, seed + 1))
+        self.num_classes = int(max(self.train["label"].max(), self.test["label"].max())) + 1
+
+    def _features(self, model: Any, ids: torch.Tensor) -> torch.Tensor:
+        device = model.decoder_pos.device
+        out = [model.encode(ids[s:s + self.batch_size].to(device).long())[:, 1:].mean(1).float().cpu()
+               for s in range(0, ids.shape[0], self.batch_size)]
+        return torch.cat(out)
+
+    def measure(self, trainer: Trainer) -> dict[str, float]:
+        model = unwrap(trainer.model).model
+        tx, vx = self._features(model, self.train["ids"]), self._features(model, self.test["ids"])
+        metrics = knn_accuracy(tx, self.train["label"], vx, self.test["label"], self.num_classes, self.k,
+                               self.temperature)
+        return {"knn_top1": float(metrics["top1"])}
+
+
+class OnlineReconstruction(_Timed):
+    """PSNR (dB) of a fixed batch of held-out images through a RepTok tokenizer (fixed decoder noise)."""
+
+    def __init__(self, dataset: Any, items: int = 64, steps: int = 25, seed: int = 0) -> None:
+        super().__init__()
+        self.images = dataset.__getitems__(_subset(len(dataset), items, seed))["image"]
+        self.steps, self.seed = steps, seed
+
+    def measure(self, trainer: Trainer) -> dict[str, float]:
+        from unissl.tokenizers.method import psnr
+
+        tok = unwrap(trainer.model)
+        device = next(tok.parameters()).device
+        x = self.images.to(device)
+        gen = torch.Generator(device=device).manual_seed(self.seed)
+        rec = tok.reconstruct(x, steps=self.steps, generator=gen)
+        return {"psnr": float(psnr(rec, x).mean())}
