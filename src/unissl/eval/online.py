@@ -95,7 +95,7 @@ class OnlineReconstruction(_Timed):
     def measure(self, trainer: Trainer) -> dict[str, float]:
         from unissl.tokenizers.method import psnr
 
-        tok = unwrap(trainer.model)
+        tok: Any = unwrap(trainer.model)  # a RepTokTokenizer
         device = next(tok.parameters()).device
         x = self.images.to(device)
         gen = torch.Generator(device=device).manual_seed(self.seed)
