@@ -42,3 +42,17 @@ def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path):
     assert dry.returncode == 0 and "would run" in dry.stdout, dry.stderr
     knn = run("-m", "unissl", "eval", "knn", "--dataset", "digits", "--run-dir", str(work / "ev"))
     assert knn.returncode == 0 and (work / "ev" / "results" / "knn-pixels-digits.json").is_file(), knn.stderr
+
+
+def test_build_makes_a_wheel_and_an_sdist_that_pass_twine_check(tmp_path):
+    pytest.importorskip("build")
+    pytest.importorskip("twine")
+    dist = tmp_path / "dist"
+    built = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(ROOT)],
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-2000:]
+    files = sorted(p.name for p in dist.iterdir())
+    assert any(f.endswith(".whl") for f in files) and any(f.endswith(".tar.gz") for f in files), files
+    check = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", *map(str, dist.iterdir())],
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0 and check.stdout.count("PASSED") == 2, check.stdout + check.stderr
