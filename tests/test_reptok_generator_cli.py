@@ -166,3 +166,22 @@ def test_tokenize_writes_the_same_continuous_store_the_generator_builds(tokenize
                  "--no-train.progress", "--samples-per-class", "0"]) == 0
     assert main(["tokenize", "--tokenizer", tokenizer_dir, "--dataset", "digits", "--flip", "--out",
                  str(tmp_path / "flip")]) == 2 and not (tmp_path / "flip").exists()
+
+
+def test_online_generation_metrics_are_logged_at_every_checkpoint(tokenizer_dir, tmp_path):
+    import json
+
+    from unissl.eval.domain import DomainClassifier, DomainClassifierConfig, save_classifier
+
+    torch.manual_seed(0)
+    save_classifier(DomainClassifier(DomainClassifierConfig(image_size=8, widths=[4, 8], feature_dim=8)), tmp_path / "clf")
+    run = tmp_path / "run"
+    assert main(["train", "reptok-generator", "--tokenizer", tokenizer_dir, "--dataset", "digits", "--preset", "tiny",
+                 "--train.steps", "4", "--train.ckpt-every", "2", "--train.global-batch", "64",
+                 "--train.warmup-steps", "0", "--train.run-dir", str(run), "--no-train.tensorboard",
+                 "--no-train.progress", "--samples-per-class", "0", "--online-domain", str(tmp_path / "clf"),
+                 "--online-per-class", "3"]) == 0
+    logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    online = [r for r in logs if "online/FD_domain" in r]
+    assert [r["step"] for r in online] == [2, 4]
+    assert all(r["online/FD_domain"] >= 0 and 0 <= r["online/class_share"] <= 100 for r in online)

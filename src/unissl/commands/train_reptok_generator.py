@@ -48,6 +48,9 @@ class Config:
     text_depth: int = arg(2, help="cross-attention blocks (text conditioning)")
     samples_per_class: int = arg(8, help="guided samples per class in <run_dir>/samples.png (0: none)")
     decode_steps: int = arg(50, help="decoder Euler steps for the final sample grid")
+    online_domain: str | None = arg(None, help="domain classifier directory: at every checkpoint, log FD_domain and "
+                                               "class share of guided samples (online/FD_domain, online/class_share)")
+    online_per_class: int = arg(20, help="samples per class of the online evaluation")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         run_dir="runs/reptok_generator", steps=3000, global_batch=256, base_lr=5e-4, weight_decay=0.0,
         betas=(0.9, 0.99), warmup_steps=100, ema_decay=None, ckpt_every=1000, num_workers=0))
@@ -130,7 +133,16 @@ def run(cfg: Config) -> None:
     store = open_store(cfg, device)
     seed_everything(cfg.train.seed)
     method = build_method(cfg, store)
-    trainer = Trainer(method, store, cfg.train, run_dir).prepare()  # a refused resume writes nothing
+    callbacks = []
+    if cfg.online_domain is not None:
+        from unissl.eval.online import OnlineGeneration
+
+        if cfg.conditioning != "class" or not cfg.tokenizer:
+            raise UnisslError("--online-domain scores class-conditional samples: it needs --conditioning class and "
+                              "--tokenizer (to decode them)")
+        callbacks.append(OnlineGeneration(cfg.tokenizer, cfg.online_domain, cfg.dataset, cfg.data_dir,
+                                          n_per_class=cfg.online_per_class, device=device))
+    trainer = Trainer(method, store, cfg.train, run_dir, callbacks=callbacks).prepare()  # a refused resume writes nothing
     save_run_config(run_dir, cfg, extra={"token_store": str(store.path)})
     trainer.fit()
     if not trainer.is_main:

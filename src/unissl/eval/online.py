@@ -101,3 +101,49 @@ class OnlineReconstruction(_Timed):
         gen = torch.Generator(device=device).manual_seed(self.seed)
         rec = tok.reconstruct(x, steps=self.steps, generator=gen)
         return {"psnr": float(psnr(rec, x).mean())}
+
+
+class OnlineGeneration(_Timed):
+    """FD_domain and class share of class-conditional samples of a RepTok token generator.
+
+    ``n_per_class`` samples per class are drawn from the (EMA, when the run keeps one) generator with a fixed
+    noise seed, decoded by the RepTok tokenizer and scored by the domain classifier against the features of a
+    fixed subset of real test images (computed once).
+    """
+
+    def __init__(self, tokenizer_dir: str, domain_dir: str, dataset: str, data_dir: str | None = None,
+                 n_per_class: int = 20, reference_items: int = 2000, decode_steps: int = 25, cfg_scale: float = 1.5,
+                 device: torch.device | str = "cpu", seed: int = 0) -> None:
+        super().__init__()
+        from unissl.data import build_dataset
+        from unissl.eval.domain import DomainExtractor, load_classifier
+        from unissl.eval.frechet import gaussian_stats
+        from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
+
+        self.tokenizer = load_reptok_tokenizer(tokenizer_dir, device=device)
+        model, weights_id = load_classifier(domain_dir)
+        self.judge = DomainExtractor(model.to(device).eval(), weights_id, torch.device(device))
+        test = build_dataset(dataset, "test", data_dir=data_dir, image_size=self.tokenizer.cfg.image_size)
+        real = test.__getitems__(_subset(len(test), reference_items, seed))["image"]
+        with torch.no_grad():
+            self.reference = gaussian_stats(torch.cat([self.judge.features(real[s:s + 500]).float().cpu()
+                                                       for s in range(0, len(real), 500)]))
+        self.n_per_class, self.decode_steps, self.cfg_scale, self.seed = n_per_class, decode_steps, cfg_scale, seed
+
+    def measure(self, trainer: Trainer) -> dict[str, float]:
+        import contextlib
+
+        from unissl.eval.frechet import frechet_distance_stats, gaussian_stats
+        from unissl.methods.reptok.sampling import SamplingConfig, sample_conditions, sample_images
+
+        method: Any = unwrap(trainer.model)
+        device = next(method.parameters()).device
+        swap = trainer.ema.swapped(method) if trainer.ema is not None else contextlib.nullcontext()
+        with swap:
+            conds, labels = sample_conditions(method, self.n_per_class, device=device)
+            images = sample_images(method, self.tokenizer, conds, SamplingConfig(cfg_scale=self.cfg_scale),
+                                   self.decode_steps, generator=torch.Generator().manual_seed(self.seed))
+        feats = self.judge.features(images).float().cpu()
+        share = (self.judge.probs(images).argmax(-1).cpu() == labels.cpu()).float().mean()
+        fd = frechet_distance_stats(gaussian_stats(feats), self.reference)
+        return {"FD_domain": float(fd), "class_share": float(share) * 100.0}
