@@ -13,14 +13,22 @@ drawn once, with a fixed seed, so the curve compares the same images at every ch
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
 import torch
 
+from unissl.data import build_dataset
+from unissl.data.token_store import TokenStore
 from unissl.engine.method import unwrap
 from unissl.engine.trainer import Callback, Trainer
+from unissl.eval.domain import DomainExtractor, load_classifier
+from unissl.eval.frechet import frechet_distance_stats, gaussian_stats
 from unissl.eval.knn import knn_accuracy
+from unissl.methods.reptok.sampling import SamplingConfig, sample_conditions, sample_images
+from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
+from unissl.tokenizers.method import psnr
 
 
 def _subset(n: int, k: int, seed: int) -> list[int]:
@@ -62,8 +70,6 @@ class OnlineKNN(_Timed):
     def __init__(self, store_dir: str, train_items: int = 5000, test_items: int = 1000, k: int = 20,
                  temperature: float = 0.07, batch_size: int = 500, seed: int = 0) -> None:
         super().__init__()
-        from unissl.data.token_store import TokenStore
-
         train, test = TokenStore(store_dir, "train"), TokenStore(store_dir, "test")
         self.k, self.temperature, self.batch_size = k, temperature, batch_size
         self.train = train.__getitems__(_subset(len(train), train_items, seed))
@@ -93,8 +99,6 @@ class OnlineReconstruction(_Timed):
         self.steps, self.seed = steps, seed
 
     def measure(self, trainer: Trainer) -> dict[str, float]:
-        from unissl.tokenizers.method import psnr
-
         tok: Any = unwrap(trainer.model)  # a RepTokTokenizer
         device = next(tok.parameters()).device
         x = self.images.to(device)
@@ -115,11 +119,6 @@ class OnlineGeneration(_Timed):
                  n_per_class: int = 20, reference_items: int = 2000, decode_steps: int = 25, cfg_scale: float = 1.5,
                  device: torch.device | str = "cpu", seed: int = 0) -> None:
         super().__init__()
-        from unissl.data import build_dataset
-        from unissl.eval.domain import DomainExtractor, load_classifier
-        from unissl.eval.frechet import gaussian_stats
-        from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
-
         self.tokenizer = load_reptok_tokenizer(tokenizer_dir, device=device)
         model, weights_id = load_classifier(domain_dir)
         self.judge = DomainExtractor(model.to(device).eval(), weights_id, torch.device(device))
@@ -131,11 +130,6 @@ class OnlineGeneration(_Timed):
         self.n_per_class, self.decode_steps, self.cfg_scale, self.seed = n_per_class, decode_steps, cfg_scale, seed
 
     def measure(self, trainer: Trainer) -> dict[str, float]:
-        import contextlib
-
-        from unissl.eval.frechet import frechet_distance_stats, gaussian_stats
-        from unissl.methods.reptok.sampling import SamplingConfig, sample_conditions, sample_images
-
         method: Any = unwrap(trainer.model)
         device = next(method.parameters()).device
         swap = trainer.ema.swapped(method) if trainer.ema is not None else contextlib.nullcontext()
