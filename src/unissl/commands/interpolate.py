@@ -10,8 +10,14 @@ import numpy as np
 import torch
 
 from unissl.config import arg
+from unissl.data import build_dataset
 from unissl.engine.runtime import device_arg
 from unissl.errors import UnisslError
+from unissl.eval.features import resolve_device
+from unissl.methods.reptok.encoders import to_square
+from unissl.methods.reptok.interpolation import INTERPOLATIONS
+from unissl.methods.reptok.tokenizer import RepTokTokenizer
+from unissl.utils.images import save_grid
 
 
 @dataclass
@@ -45,7 +51,6 @@ def load_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
     """An image file -> (1, channels, size, size) in [0, 1] (centre-cropped and resized)."""
     from PIL import Image, UnidentifiedImageError
 
-    from unissl.methods.reptok.encoders import to_square
 
     path = Path(path)
     if not path.is_file():
@@ -61,16 +66,11 @@ def load_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
 
 def run(cfg: Config) -> Path:
     """Write the strip: image A, the decoded path (``points`` tokens), image B."""
-    from unissl.eval.features import resolve_device
-    from unissl.methods.reptok.interpolation import INTERPOLATIONS
-    from unissl.methods.reptok.tokenizer import RepTokTokenizer
-    from unissl.utils.images import save_grid
 
     device = resolve_device(cfg.device)
     tok = RepTokTokenizer.from_pretrained(cfg.tokenizer, device=device)
     c, s = tok.cfg.channels, tok.cfg.image_size
     if cfg.dataset is not None:
-        from unissl.data import build_dataset
 
         data = build_dataset(cfg.dataset, cfg.split, data_dir=cfg.data_dir, image_size=s)
         for i in (cfg.index_a, cfg.index_b):

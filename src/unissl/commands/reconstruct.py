@@ -12,9 +12,16 @@ import numpy as np
 import torch
 
 from unissl.config import arg, save_run_config
+from unissl.data import build_dataset
 from unissl.engine.runtime import device_arg
 from unissl.errors import UnisslError
+from unissl.eval.features import load_extractor, resolve_device
+from unissl.eval.generation import class_consistency, predict_probs
+from unissl.eval.reconstruction import reconstruction_metrics
+from unissl.eval.results import record_result
 from unissl.methods.reptok.reconstruction import reconstruct_dataset
+from unissl.methods.reptok.tokenizer import RepTokTokenizer
+from unissl.utils.images import save_grid
 from unissl.utils.io import atomic_file, write_json
 
 
@@ -43,10 +50,6 @@ class Config:
 
 def run(cfg: Config) -> dict[str, float]:
     """Reconstruct, write grid.png / pairs.npz / metrics.json under ``--out``; returns the metrics."""
-    from unissl.data import build_dataset
-    from unissl.eval.features import resolve_device
-    from unissl.methods.reptok.tokenizer import RepTokTokenizer
-    from unissl.utils.images import save_grid
 
     device = resolve_device(cfg.device)
     tok = RepTokTokenizer.from_pretrained(cfg.tokenizer, device=device)
@@ -65,10 +68,6 @@ def run(cfg: Config) -> dict[str, float]:
     with atomic_file(out / "pairs.npz", "wb") as f:
         np.savez_compressed(f, originals=(origs.numpy() * 255 + 0.5).astype(np.uint8),
                             reconstructions=(recs.numpy() * 255 + 0.5).astype(np.uint8))
-    from unissl.eval.features import load_extractor
-    from unissl.eval.generation import class_consistency, predict_probs
-    from unissl.eval.reconstruction import reconstruction_metrics
-    from unissl.eval.results import record_result
 
     extractor = load_extractor(cfg.extractor, device) if cfg.extractor else None
     metrics = reconstruction_metrics(origs, recs, extractor, "rFD", cfg.batch_size)

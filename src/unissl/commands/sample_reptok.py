@@ -18,7 +18,12 @@ import torch
 
 from unissl.config import arg
 from unissl.engine.runtime import device_arg
+from unissl.engine.trainer import resolve_device
 from unissl.errors import UnisslError
+from unissl.methods.reptok.captions import class_of_prompt, heldout_prompts
+from unissl.methods.reptok.generator import TokenGeneratorMethod
+from unissl.methods.reptok.sampling import SamplingConfig, sample_conditions, sample_images, write_samples
+from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
 
 
 @dataclass
@@ -56,11 +61,6 @@ class Config:
 
 def run(cfg: Config) -> Path:
     """Sample, decode, write the grid and the npz; returns the npz path."""
-    from unissl.engine.trainer import resolve_device
-    from unissl.methods.reptok.captions import class_of_prompt
-    from unissl.methods.reptok.generator import TokenGeneratorMethod
-    from unissl.methods.reptok.sampling import SamplingConfig, sample_conditions, sample_images, write_samples
-    from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
 
     device = resolve_device(cfg.device)
     method = TokenGeneratorMethod.from_pretrained(cfg.checkpoint, map_location=device)
@@ -76,7 +76,6 @@ def run(cfg: Config) -> Path:
     if cfg.heldout_prompts:
         if not gcfg.classes:
             raise UnisslError(f"{cfg.checkpoint} records no class names; --heldout-prompts needs them")
-        from unissl.methods.reptok.captions import heldout_prompts
 
         prompts = [p for p, _ in heldout_prompts(gcfg.classes)]
     conds, asked = sample_conditions(method, cfg.n, classes=cfg.classes, prompts=prompts, device=device,

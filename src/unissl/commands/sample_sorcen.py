@@ -13,6 +13,10 @@ from pathlib import Path
 
 from unissl.config import arg
 from unissl.engine.runtime import device_arg, resolve_device
+from unissl.methods.sorcen.maskgit import MaskGITConfig, maskgit_generate
+from unissl.methods.sorcen.run import load_method, load_run_tokenizer
+from unissl.utils.images import save_grid
+from unissl.utils.io import atomic_file
 
 
 @dataclass
@@ -42,10 +46,6 @@ def run(cfg: Config) -> None:
     import numpy as np
     import torch
 
-    from unissl.methods.sorcen.maskgit import MaskGITConfig, maskgit_generate
-    from unissl.methods.sorcen.run import load_method, load_run_tokenizer
-    from unissl.utils.images import save_grid
-    from unissl.utils.io import atomic_file
 
     device = resolve_device(cfg.device)
     method, info = load_method(cfg.checkpoint, device)

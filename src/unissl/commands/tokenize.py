@@ -9,7 +9,12 @@ from typing import Any
 
 from unissl.config import arg
 from unissl.data.continuous_store import is_reptok_tokenizer, write_continuous_store
-from unissl.engine.runtime import device_arg
+from unissl.data.datasets import DATASETS, build_dataset
+from unissl.data.token_store import TokenStore, write_token_store
+from unissl.engine.runtime import device_arg, resolve_device
+from unissl.errors import UnisslError
+from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
+from unissl.tokenizers import load_tokenizer
 
 
 @dataclass
@@ -32,7 +37,6 @@ class Config:
     progress: bool = arg(True, help="show a progress bar")
 
     def __post_init__(self) -> None:
-        from unissl.data.datasets import DATASETS
 
         if self.dataset not in DATASETS:
             raise ValueError(f"--dataset {self.dataset!r} is not one of {list(DATASETS)}")
@@ -50,11 +54,6 @@ class Config:
 
 def run(cfg: Config) -> Path:
     """Build the datasets at the tokenizer's resolution, encode them and print one summary line."""
-    from unissl.data.datasets import build_dataset
-    from unissl.data.token_store import TokenStore, write_token_store
-    from unissl.engine.runtime import resolve_device
-    from unissl.errors import UnisslError
-    from unissl.tokenizers import load_tokenizer
 
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
@@ -85,9 +84,6 @@ def run(cfg: Config) -> Path:
 
 def _continuous(cfg: Config, out: Path, device: Any) -> Path:
     """The RepTok tokenizer's continuous store: one token z (D,) per image of each split."""
-    from unissl.data.datasets import build_dataset
-    from unissl.errors import UnisslError
-    from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
 
     if cfg.flip:
         raise UnisslError("--flip is for VQ id stores; a RepTok token store holds the un-flipped images only")

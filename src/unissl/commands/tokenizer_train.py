@@ -17,10 +17,15 @@ from typing import Any, Literal
 import torch
 
 from unissl.config import arg, check_run_dir, save_run_config
-from unissl.engine import TrainConfig, Trainer, is_main
+from unissl.data import build_dataset
+from unissl.engine import TrainConfig, Trainer, init_distributed, is_main
 from unissl.errors import UnisslError
 from unissl.tokenizers.evaluate import evaluate
+from unissl.tokenizers.method import VQTokenizerMethod
 from unissl.tokenizers.vq import PRESETS as VQ_PRESETS
+from unissl.tokenizers.vq import VQTokenizer, preset
+from unissl.utils.images import save_grid
+from unissl.utils.io import write_json
 from unissl.utils.seed import seed_everything
 
 
@@ -56,7 +61,6 @@ class Config:
 
     def model_config(self):
         """The :class:`~unissl.tokenizers.vq.VQConfig`: the preset with this config's overrides."""
-        from unissl.tokenizers.vq import preset
 
         base = preset(self.preset)
         overrides: dict[str, Any] = {k: getattr(self, k) for k in
@@ -72,12 +76,6 @@ class Config:
 
 def run(cfg: Config) -> None:
     """Train, save the tokenizer, evaluate on ``eval_split``, write the eval JSON and a reconstruction grid."""
-    from unissl.data import build_dataset
-    from unissl.engine import init_distributed
-    from unissl.tokenizers.method import VQTokenizerMethod
-    from unissl.tokenizers.vq import VQTokenizer
-    from unissl.utils.images import save_grid
-    from unissl.utils.io import write_json
 
     init_distributed(cfg.train.dist_timeout * 60)
     mcfg = cfg.model_config()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from unissl.config import arg, check_run_dir, save_run_config
+from unissl.data import build_dataset
 from unissl.data.continuous_store import (
     STATS_KEY,
     default_store_path,
@@ -24,9 +25,17 @@ from unissl.data.continuous_store import (
     tokenizer_checksum,
     write_continuous_store,
 )
+from unissl.data.token_store import TokenStore
 from unissl.engine.config import TrainConfig
+from unissl.engine.trainer import Trainer, resolve_device
 from unissl.errors import UnisslError
+from unissl.eval.online import OnlineGeneration
+from unissl.methods.reptok.captions import class_captions, class_of_prompt, heldout_prompts
 from unissl.methods.reptok.generator import GENERATOR_PRESETS, GeneratorConfig, TokenGeneratorMethod
+from unissl.methods.reptok.sampling import SamplingConfig, sample_conditions, sample_images, write_samples
+from unissl.methods.reptok.text import CaptionBank, FrozenTextEncoder
+from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
+from unissl.utils.seed import seed_everything
 
 
 @dataclass
@@ -66,8 +75,6 @@ class Config:
 def build_token_store(tokenizer_dir: str, dataset: str, data_dir: str | None, out: Path, batch_size: int,
                       device: torch.device, splits: tuple[str, ...] = ("train",)) -> Path:
     """Encode ``splits`` of ``dataset`` with the RepTok tokenizer once into a continuous token store."""
-    from unissl.data import build_dataset
-    from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
 
     tok = load_reptok_tokenizer(tokenizer_dir, device=device)
     datasets = {split: build_dataset(dataset, split, data_dir=data_dir, image_size=tok.cfg.image_size)
@@ -77,7 +84,6 @@ def build_token_store(tokenizer_dir: str, dataset: str, data_dir: str | None, ou
 
 def open_store(cfg: Config, device: torch.device):
     """The training split of the token store, building it first when it is missing."""
-    from unissl.data.token_store import TokenStore
 
     path = Path(cfg.tokens) if cfg.tokens else default_store_path(cfg.tokenizer, cfg.dataset)  # type: ignore[arg-type]
     if not (path / "meta.json").is_file():
@@ -107,8 +113,6 @@ def build_method(cfg: Config, store: Any) -> TokenGeneratorMethod:
     classes = store.classes or [str(i) for i in range(int(store.labels.max()) + 1)]
     bank, text_dim, text_encoder = None, 0, ""
     if cfg.conditioning == "text":
-        from unissl.methods.reptok.captions import class_captions
-        from unissl.methods.reptok.text import CaptionBank, FrozenTextEncoder
 
         encoder = FrozenTextEncoder(cfg.text_encoder)
         bank = CaptionBank.build(encoder, class_captions(classes))  # frozen text states, computed once
@@ -124,8 +128,6 @@ def build_method(cfg: Config, store: Any) -> TokenGeneratorMethod:
 
 def run(cfg: Config) -> None:
     """Build/open the token store, train, export ``generator/`` and write a sample grid."""
-    from unissl.engine.trainer import Trainer, resolve_device
-    from unissl.utils.seed import seed_everything
 
     device = resolve_device(cfg.train.device)
     run_dir = Path(cfg.train.run_dir)
@@ -135,7 +137,6 @@ def run(cfg: Config) -> None:
     method = build_method(cfg, store)
     callbacks = []
     if cfg.online_domain is not None:
-        from unissl.eval.online import OnlineGeneration
 
         if cfg.conditioning != "class" or not cfg.tokenizer:
             raise UnisslError("--online-domain scores class-conditional samples: it needs --conditioning class and "
@@ -156,14 +157,6 @@ def run(cfg: Config) -> None:
     print(f"generator saved to {run_dir / 'generator'}")
     tokenizer = cfg.tokenizer or method.cfg.tokenizer_path
     if cfg.samples_per_class > 0 and tokenizer and Path(tokenizer).is_dir():
-        from unissl.methods.reptok.captions import class_of_prompt, heldout_prompts
-        from unissl.methods.reptok.sampling import (
-            SamplingConfig,
-            sample_conditions,
-            sample_images,
-            write_samples,
-        )
-        from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
 
         exported = TokenGeneratorMethod.from_pretrained(run_dir, map_location=device)  # the saved weights
         prompts = None if cfg.conditioning == "class" else \

@@ -14,9 +14,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from unissl.config import arg, check_run_dir, save_run_config
+from unissl.data import build_dataset
 from unissl.data.base import FirstN
-from unissl.engine import TrainConfig, is_main
+from unissl.engine import TrainConfig, Trainer, barrier, init_distributed, is_main
+from unissl.engine.runtime import resolve_device
 from unissl.errors import UnisslError
+from unissl.eval.online import OnlineReconstruction
+from unissl.methods.reptok.decoder import DECODER_PRESETS
+from unissl.methods.reptok.encoders import RANDOM_VIT_PRESETS
+from unissl.methods.reptok.frozen_cache import WithFrozenCache, build_frozen_cache, cache_key
+from unissl.methods.reptok.tokenizer import RepTokConfig, RepTokTokenizer
+from unissl.utils.seed import seed_everything
 
 
 def _default_train() -> TrainConfig:
@@ -55,8 +63,6 @@ class Config:
     train: TrainConfig = field(default_factory=_default_train)
 
     def __post_init__(self) -> None:
-        from unissl.methods.reptok.decoder import DECODER_PRESETS
-        from unissl.methods.reptok.encoders import RANDOM_VIT_PRESETS
 
         if self.decoder not in DECODER_PRESETS:
             raise UnisslError(f"--decoder {self.decoder!r}: choose one of {sorted(DECODER_PRESETS)}")
@@ -75,7 +81,6 @@ class Config:
 
 def encoder_spec(cfg: Config, image_size: int, seed: int) -> dict[str, Any]:
     """The encoder adapter's spec (see :func:`unissl.methods.reptok.encoders.build_encoder`)."""
-    from unissl.methods.reptok.encoders import RANDOM_VIT_PRESETS
 
     if cfg.encoder == "random":
         return {"kind": "random", "image_size": cfg.encoder_image_size or image_size,
@@ -87,9 +92,6 @@ def encoder_spec(cfg: Config, image_size: int, seed: int) -> dict[str, Any]:
 
 def build(cfg: Config):
     """(tokenizer, dataset) for a config; the tokenizer is built after seeding."""
-    from unissl.data import build_dataset
-    from unissl.methods.reptok.tokenizer import RepTokConfig, RepTokTokenizer
-    from unissl.utils.seed import seed_everything
 
     data = build_dataset(cfg.dataset, cfg.split, data_dir=cfg.data_dir, image_size=cfg.image_size)
     if cfg.limit is not None:
@@ -105,9 +107,6 @@ def build(cfg: Config):
 
 def with_frozen_cache(cfg: Config, tok: Any, data: Any) -> Any:
     """``data`` with the frozen encoder's per-image outputs attached (computed once on rank 0)."""
-    from unissl.engine import barrier
-    from unissl.engine.runtime import resolve_device
-    from unissl.methods.reptok.frozen_cache import WithFrozenCache, build_frozen_cache
 
     if cfg.cache_dir:
         cache_dir = Path(cfg.cache_dir)
@@ -120,7 +119,6 @@ def with_frozen_cache(cfg: Config, tok: Any, data: Any) -> Any:
         path = build_frozen_cache(tok.encoder, data, cache_dir, device=resolve_device(cfg.train.device))
     barrier()
     if path is None:
-        from unissl.methods.reptok.frozen_cache import cache_key
 
         path = cache_dir / f"frozen-{cache_key(tok.encoder, data)}.safetensors"
     return WithFrozenCache(data, path)
@@ -128,7 +126,6 @@ def with_frozen_cache(cfg: Config, tok: Any, data: Any) -> Any:
 
 def run(cfg: Config) -> Path:
     """Train, then save the tokenizer to ``--out``; returns that directory."""
-    from unissl.engine import Trainer, init_distributed
 
     init_distributed(cfg.train.dist_timeout * 60)
     check_run_dir(cfg.train.run_dir, cfg)
@@ -137,8 +134,6 @@ def run(cfg: Config) -> Path:
     n_train = sum(p.numel() for p in tok.parameters() if p.requires_grad)
     callbacks = []
     if cfg.online_eval:
-        from unissl.data import build_dataset
-        from unissl.eval.online import OnlineReconstruction
 
         test = build_dataset(cfg.dataset, "test", data_dir=cfg.data_dir, image_size=tok.cfg.image_size)
         callbacks.append(OnlineReconstruction(test))

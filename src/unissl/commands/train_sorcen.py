@@ -17,10 +17,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from unissl.config import arg, check_run_dir, save_run_config
-from unissl.engine import TrainConfig, Trainer, is_main
+from unissl.data import build_dataset
+from unissl.data.token_store import TokenStore
+from unissl.engine import TrainConfig, Trainer, init_distributed, is_main
 from unissl.errors import UnisslError
-from unissl.methods.sorcen.method import ONLINE_VARIANTS, SorcenLossConfig, Variant
+from unissl.eval.online import OnlineKNN
+from unissl.methods.sorcen.method import ONLINE_VARIANTS, SorcenLossConfig, SorcenMethod, Variant
 from unissl.methods.sorcen.presets import PRESETS as SORCEN_PRESETS
+from unissl.methods.sorcen.presets import arch_for_store
+from unissl.methods.sorcen.run import write_run_info
+from unissl.tokenizers import load_tokenizer
 from unissl.utils.seed import seed_everything
 
 
@@ -65,17 +71,12 @@ class Config:
 
 def build(cfg: Config):
     """(method, dataset, run-info fields) for a config; the method is built after seeding."""
-    from unissl.data.token_store import TokenStore
-    from unissl.methods.sorcen.method import SorcenMethod
-    from unissl.methods.sorcen.presets import arch_for_store
 
     store = TokenStore(cfg.tokens, cfg.split, flip=cfg.flip) if cfg.tokens is not None else None
     if store is not None and store.kind != "vq":
         raise UnisslError(f"token store {cfg.tokens} holds continuous tokens; Sorcen needs VQ ids")
     tokenizer_path = cfg.tokenizer or (store.tokenizer_path if store is not None else None)
     if cfg.method in ONLINE_VARIANTS:
-        from unissl.data import build_dataset
-        from unissl.tokenizers import load_tokenizer
 
         assert tokenizer_path is not None and cfg.dataset is not None  # Config.__post_init__ checked both
         tok = load_tokenizer(tokenizer_path)
@@ -103,7 +104,6 @@ def _decoder_for_samples(path: str | None):
     """The store's tokenizer, used only to decode the sample grids of the image log (None if unavailable)."""
     if not path:
         return None
-    from unissl.tokenizers import load_tokenizer
 
     try:
         return load_tokenizer(path)
@@ -114,15 +114,12 @@ def _decoder_for_samples(path: str | None):
 
 def run(cfg: Config) -> None:
     """Build the method and data, record the run, train, print the final logged values."""
-    from unissl.engine import init_distributed
-    from unissl.methods.sorcen.run import write_run_info
 
     init_distributed(cfg.train.dist_timeout * 60)  # so that only rank 0 writes the run files under torchrun
     check_run_dir(cfg.train.run_dir, cfg)
     method, data, info = build(cfg)
     callbacks = []
     if cfg.online_eval:
-        from unissl.eval.online import OnlineKNN
 
         if cfg.tokens is None:
             raise UnisslError("--online-eval reads the stored ids: pass --tokens (a store with train and test splits)")
