@@ -16,12 +16,20 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from unissl.config import from_dict, stable_hash, to_dict
 from unissl.errors import UnisslError
@@ -109,7 +117,6 @@ def _stage_output(stage: Stage, resolved: dict[str, Any]) -> str | None:
 
 def _dependencies(stage: Stage) -> list[str]:
     """Names of the stages whose outputs ``stage`` reads (its ``{stage:NAME}`` references)."""
-    import json
 
     return sorted(set(re.findall(r"\{stage:(" + _NAME + r")\}", json.dumps(stage.config))))
 
@@ -298,7 +305,6 @@ def scope_lock(directory: Path, dry_run: bool = False):
     A second pipeline on the same directory is refused with the holder's pid; a lock left by a process
     that no longer exists (a kill) is taken over.
     """
-    import os
 
     from unissl.utils.io import pid_alive
 
@@ -365,7 +371,6 @@ class _Unit:
 def _reads(stage: Stage, out: Path, seed: int, outputs: dict[str, str], earlier: list[str]) -> set[str]:
     """Earlier stages whose output ``stage`` reads: its ``{stage:NAME}`` references and any config string
     inside an earlier stage's output path (e.g. ``{out}/samples/x.npz``)."""
-    import json
 
     deps = set(_dependencies(stage))
     text = json.dumps(_substitute(copy.deepcopy(stage.config), out, seed, outputs))
@@ -376,19 +381,26 @@ def _reads(stage: Stage, out: Path, seed: int, outputs: dict[str, str], earlier:
     return deps
 
 
+def _launch(unit: _Unit, plan: _Plan, env: dict[str, str], log) -> tuple[Any, _Plan, float, Path, Any, Path]:
+    """Start ``unissl <command> --config <resolved yaml>`` for a planned stage, its output in
+    ``stages/<name>.log``; returns (process, plan, start time, config file, log file, log path)."""
+    fd, cfg_name = tempfile.mkstemp(prefix=f".{unit.stage.name}.", suffix=".yaml", dir=unit.out / "stages")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(to_dict(plan.cfg), f)
+    log_path = unit.out / "stages" / f"{unit.stage.name}.log"
+    t0 = _start_record(plan, log)
+    log_file = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "unissl", *unit.stage.command.split(), "--config", cfg_name],
+                            stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    return proc, plan, t0, Path(cfg_name), log_file, log_path
+
+
 def run_parallel(stages: list[Stage], out: str | Path, seed: int = 0, jobs: int = 2,
                  only: list[str] | None = None, force: list[str] | None = None, log=print,
                  seeds: list[int] | None = None) -> dict[str, dict[str, Any]]:
     """Like :func:`run_pipeline`, with up to ``jobs`` independent stages at once, each in its own
     ``unissl`` process with one intra-op thread (``OMP_NUM_THREADS=1``) and its output in
     ``<scope>/stages/<name>.log``. A stage starts when every stage it reads from has finished."""
-    import os
-    import subprocess
-    import sys
-    import tempfile
-
-    import yaml
-
     out = Path(out)
     units: dict[str, _Unit] = {}
     scopes: list[tuple[list[Stage], Path, int, str, dict[str, str], dict[str, str]]] = []
@@ -416,7 +428,6 @@ def run_parallel(stages: list[Stage], out: str | Path, seed: int = 0, jobs: int 
     running: dict[str, tuple[subprocess.Popen, _Plan, float, Path, Any, Path]] = {}
     pending = list(units)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    import signal
 
     def _stop(signum, frame):  # a SIGTERM (kill, a job scheduler) must not leave orphaned stage processes
         raise SystemExit(128 + signum)
@@ -440,17 +451,7 @@ def run_parallel(stages: list[Stage], out: str | Path, seed: int = 0, jobs: int 
                     if not plan.run:
                         records[key] = plan.record
                         continue
-                    fd, cfg_name = tempfile.mkstemp(prefix=f".{unit.stage.name}.", suffix=".yaml",
-                                                    dir=unit.out / "stages")
-                    with os.fdopen(fd, "w") as f:
-                        yaml.safe_dump(to_dict(plan.cfg), f)
-                    log_path = unit.out / "stages" / f"{unit.stage.name}.log"
-                    t0 = _start_record(plan, log)
-                    log_file = open(log_path, "w")
-                    proc = subprocess.Popen([sys.executable, "-m", "unissl", *unit.stage.command.split(),
-                                             "--config", cfg_name], stdout=log_file, stderr=subprocess.STDOUT,
-                                            env=env)
-                    running[key] = (proc, plan, t0, Path(cfg_name), log_file, log_path)
+                    running[key] = _launch(unit, plan, env, log)
                 for key, (proc, plan, t0, cfg_path, log_file, log_path) in list(running.items()):
                     if proc.poll() is None:
                         continue
