@@ -249,13 +249,20 @@ def test_online_knn_is_logged_at_every_checkpoint_and_matches_an_offline_knn(sto
     tokens = store / "tokens-tt"
     assert main(["tokenize", "--tokenizer", str(store / "tok"), "--out", str(tokens), "--dataset", "digits",
                  "--splits", "train", "test", "--no-progress"]) == 0
+    from unissl.eval.domain import DomainClassifier, DomainClassifierConfig, save_classifier
+
+    torch.manual_seed(0)
+    save_classifier(DomainClassifier(DomainClassifierConfig(image_size=8, widths=[4, 8], feature_dim=8)),
+                    store / "clf")
     run = store / "run-online"
     assert main(["train", "sorcen", "--tokens", str(tokens), "--train.steps", "6", "--train.ckpt-every", "3",
                  "--train.keep-ckpts", "4", "--online-eval", "--online-eval-items", "300", "--train.run-dir", str(run),
-                 *TRAIN]) == 0
+                 "--online-domain", str(store / "clf"), *TRAIN]) == 0
     logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     online = [r for r in logs if "online/knn_top1" in r]
     assert [r["step"] for r in online] == [3, 6]
+    fds = [r for r in logs if "online/FD_domain" in r]
+    assert [r["step"] for r in fds] == [3, 6] and all(r["online/FD_domain"] >= 0 for r in fds)
     assert all(0 <= r["online/knn_top1"] <= 100 and r["online/seconds"] > 0 and r["online/share"] > 0 for r in online)
     method, _ = load_method(run)  # the last checkpoint
     train, test = TokenStore(tokens, "train"), TokenStore(tokens, "test")

@@ -27,7 +27,7 @@ from unissl.data.continuous_store import (
 )
 from unissl.data.token_store import TokenStore
 from unissl.engine.config import TrainConfig
-from unissl.engine.trainer import Trainer, resolve_device
+from unissl.engine.trainer import Callback, Trainer, resolve_device
 from unissl.errors import UnisslError
 from unissl.eval.online import OnlineGeneration
 from unissl.methods.reptok.captions import class_captions, class_of_prompt, heldout_prompts
@@ -135,7 +135,7 @@ def run(cfg: Config) -> None:
     store = open_store(cfg, device)
     seed_everything(cfg.train.seed)
     method = build_method(cfg, store)
-    callbacks = []
+    callbacks: list[Callback] = []
     if cfg.online_domain is not None:
 
         if cfg.conditioning != "class" or not cfg.tokenizer:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from unissl.config import arg, check_run_dir, save_run_config
 from unissl.data import build_dataset
 from unissl.data.base import FirstN
-from unissl.engine import TrainConfig, Trainer, barrier, init_distributed, is_main
+from unissl.engine import Callback, TrainConfig, Trainer, barrier, init_distributed, is_main
 from unissl.engine.runtime import resolve_device
 from unissl.errors import UnisslError
 from unissl.eval.online import OnlineReconstruction
@@ -132,7 +132,7 @@ def run(cfg: Config) -> Path:
     tok, data = build(cfg)
     out = Path(cfg.out) if cfg.out else Path(cfg.train.run_dir) / "tokenizer"
     n_train = sum(p.numel() for p in tok.parameters() if p.requires_grad)
-    callbacks = []
+    callbacks: list[Callback] = []
     if cfg.online_eval:
 
         test = build_dataset(cfg.dataset, "test", data_dir=cfg.data_dir, image_size=tok.cfg.image_size)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from unissl.config import arg, check_run_dir, save_run_config
 from unissl.data import build_dataset
 from unissl.data.token_store import TokenStore
-from unissl.engine import TrainConfig, Trainer, init_distributed, is_main
+from unissl.engine import Callback, TrainConfig, Trainer, init_distributed, is_main
 from unissl.errors import UnisslError
 from unissl.eval.online import OnlineKNN
 from unissl.methods.sorcen.method import ONLINE_VARIANTS, SorcenLossConfig, SorcenMethod, Variant
@@ -54,6 +54,8 @@ class Config:
     online_eval: bool = arg(False, help="at every checkpoint, log the k-NN top-1 of the frozen encoder on fixed "
                                         "subsets of the token store's train/test ids (online/knn_top1)")
     online_eval_items: int = arg(5000, help="train items of the online k-NN (test: a fifth of it)")
+    online_domain: str | None = arg(None, help="domain classifier directory: at every checkpoint, also log FD_domain "
+                                               "of 200 MaskGIT samples against real test images (online/FD_domain)")
     loss: SorcenLossConfig = field(default_factory=SorcenLossConfig)
     train: TrainConfig = field(default_factory=_default_train)
 
@@ -118,12 +120,21 @@ def run(cfg: Config) -> None:
     init_distributed(cfg.train.dist_timeout * 60)  # so that only rank 0 writes the run files under torchrun
     check_run_dir(cfg.train.run_dir, cfg)
     method, data, info = build(cfg)
-    callbacks = []
+    callbacks: list[Callback] = []
     if cfg.online_eval:
 
         if cfg.tokens is None:
             raise UnisslError("--online-eval reads the stored ids: pass --tokens (a store with train and test splits)")
         callbacks.append(OnlineKNN(cfg.tokens, cfg.online_eval_items, max(1, cfg.online_eval_items // 5)))
+    if cfg.online_domain is not None:
+        from unissl.eval.online import OnlineMaskGIT
+
+        if info["tokenizer"] is None or method.online_tokenizer is None:
+            raise UnisslError("--online-domain decodes MaskGIT samples: the run needs its VQ tokenizer "
+                              "(--tokenizer, or the one recorded in --tokens)")
+        dataset = cfg.dataset or (data.meta.get("dataset") or {}).get("name") or "fashion-mnist"
+        callbacks.append(OnlineMaskGIT(cfg.online_domain, dataset, int(method.online_tokenizer.image_size),
+                                       data_dir=cfg.data_dir))
     trainer = Trainer(method, data, cfg.train, callbacks=callbacks).prepare()  # a refused resume writes nothing
     if is_main():
         save_run_config(cfg.train.run_dir, cfg)

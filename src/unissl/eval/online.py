@@ -28,6 +28,7 @@ from unissl.eval.frechet import frechet_distance_stats, gaussian_stats
 from unissl.eval.knn import knn_accuracy
 from unissl.methods.reptok.sampling import SamplingConfig, sample_conditions, sample_images
 from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
+from unissl.methods.sorcen.maskgit import MaskGITConfig, maskgit_generate
 from unissl.tokenizers.method import psnr
 
 
@@ -90,6 +91,41 @@ class OnlineKNN(_Timed):
         return {"knn_top1": float(metrics["top1"])}
 
 
+class _DomainReference:
+    """A domain classifier and the Gaussian statistics of its features on a fixed subset of real test images."""
+
+    def __init__(self, domain_dir: str, dataset: str, data_dir: str | None, image_size: int, items: int,
+                 device: torch.device | str, seed: int) -> None:
+        model, weights_id = load_classifier(domain_dir)
+        self.judge = DomainExtractor(model.to(device).eval(), weights_id, torch.device(device))
+        test = build_dataset(dataset, "test", data_dir=data_dir, image_size=image_size)
+        real = test.__getitems__(_subset(len(test), items, seed))["image"]
+        with torch.no_grad():
+            self.stats = gaussian_stats(torch.cat([self.judge.features(real[s:s + 500]).float().cpu()
+                                                   for s in range(0, len(real), 500)]))
+
+    def fd(self, images: torch.Tensor) -> float:
+        return float(frechet_distance_stats(gaussian_stats(self.judge.features(images).float().cpu()), self.stats))
+
+
+class OnlineMaskGIT(_Timed):
+    """FD_domain of unconditional MaskGIT samples of a Sorcen-family run, decoded by its VQ tokenizer."""
+
+    def __init__(self, domain_dir: str, dataset: str, image_size: int, data_dir: str | None = None,
+                 samples: int = 200, steps: int = 12, reference_items: int = 2000, device: torch.device | str = "cpu",
+                 seed: int = 0) -> None:
+        super().__init__()
+        self.reference = _DomainReference(domain_dir, dataset, data_dir, image_size, reference_items, device, seed)
+        self.samples, self.steps, self.seed = samples, steps, seed
+
+    def measure(self, trainer: Trainer) -> dict[str, float]:
+        method: Any = unwrap(trainer.model)
+        ids = maskgit_generate(method.model, self.samples, MaskGITConfig(steps=self.steps),
+                               generator=torch.Generator().manual_seed(self.seed))
+        images = method.tokenizer.decode(ids).float().clamp(0, 1)
+        return {"FD_domain": self.reference.fd(images)}
+
+
 class OnlineReconstruction(_Timed):
     """PSNR (dB) of a fixed batch of held-out images through a RepTok tokenizer (fixed decoder noise)."""
 
@@ -120,13 +156,8 @@ class OnlineGeneration(_Timed):
                  device: torch.device | str = "cpu", seed: int = 0) -> None:
         super().__init__()
         self.tokenizer = load_reptok_tokenizer(tokenizer_dir, device=device)
-        model, weights_id = load_classifier(domain_dir)
-        self.judge = DomainExtractor(model.to(device).eval(), weights_id, torch.device(device))
-        test = build_dataset(dataset, "test", data_dir=data_dir, image_size=self.tokenizer.cfg.image_size)
-        real = test.__getitems__(_subset(len(test), reference_items, seed))["image"]
-        with torch.no_grad():
-            self.reference = gaussian_stats(torch.cat([self.judge.features(real[s:s + 500]).float().cpu()
-                                                       for s in range(0, len(real), 500)]))
+        self.reference = _DomainReference(domain_dir, dataset, data_dir, self.tokenizer.cfg.image_size,
+                                          reference_items, device, seed)
         self.n_per_class, self.decode_steps, self.cfg_scale, self.seed = n_per_class, decode_steps, cfg_scale, seed
 
     def measure(self, trainer: Trainer) -> dict[str, float]:
@@ -137,7 +168,5 @@ class OnlineGeneration(_Timed):
             conds, labels = sample_conditions(method, self.n_per_class, device=device)
             images = sample_images(method, self.tokenizer, conds, SamplingConfig(cfg_scale=self.cfg_scale),
                                    self.decode_steps, generator=torch.Generator().manual_seed(self.seed))
-        feats = self.judge.features(images).float().cpu()
-        share = (self.judge.probs(images).argmax(-1).cpu() == labels.cpu()).float().mean()
-        fd = frechet_distance_stats(gaussian_stats(feats), self.reference)
-        return {"FD_domain": float(fd), "class_share": float(share) * 100.0}
+        share = (self.reference.judge.probs(images).argmax(-1).cpu() == labels.cpu()).float().mean()
+        return {"FD_domain": self.reference.fd(images), "class_share": float(share) * 100.0}
