@@ -53,9 +53,9 @@ class Config:
     tokenizer: str | None = arg(None, help="mage-c: frozen VQ tokenizer (default: the one recorded in --tokens)")
     online_eval: bool = arg(False, help="at every checkpoint, log the k-NN top-1 of the frozen encoder on fixed "
                                         "subsets of the token store's train/test ids (online/knn_top1)")
-    online_eval_items: int = arg(5000, help="train items of the online k-NN (test: a fifth of it)")
+    online_eval_items: int = arg(2000, help="train items of the online k-NN (test: a fifth of it)")
     online_domain: str | None = arg(None, help="domain classifier directory: at every checkpoint, also log FD_domain "
-                                               "of 200 MaskGIT samples against real test images (online/FD_domain)")
+                                               "of 200 MaskGIT samples (8 steps) against real test images (online/FD_domain)")
     loss: SorcenLossConfig = field(default_factory=SorcenLossConfig)
     train: TrainConfig = field(default_factory=_default_train)
 

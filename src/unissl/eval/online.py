@@ -112,7 +112,7 @@ class OnlineMaskGIT(_Timed):
     """FD_domain of unconditional MaskGIT samples of a Sorcen-family run, decoded by its VQ tokenizer."""
 
     def __init__(self, domain_dir: str, dataset: str, image_size: int, data_dir: str | None = None,
-                 samples: int = 200, steps: int = 12, reference_items: int = 2000, device: torch.device | str = "cpu",
+                 samples: int = 200, steps: int = 8, reference_items: int = 2000, device: torch.device | str = "cpu",
                  seed: int = 0) -> None:
         super().__init__()
         self.reference = _DomainReference(domain_dir, dataset, data_dir, image_size, reference_items, device, seed)
