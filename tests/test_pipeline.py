@@ -426,12 +426,14 @@ def test_sigterm_to_a_parallel_pipeline_stops_its_stage_processes(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     parent = subprocess.Popen([sys.executable, "-m", "unissl", "pipeline", "--config", str(cfg), "--jobs", "2",
                                "--no-report"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180  # a loaded machine may take a while to import and start the stage
-    while time.monotonic() < deadline and not (run / "vq" / "log.jsonl").is_file():
-        time.sleep(0.5)  # the stage's own process is training
-    assert (run / "vq" / "log.jsonl").is_file()
-    parent.send_signal(signal.SIGTERM)
-    parent.wait(timeout=60)
+    try:
+        deadline = time.monotonic() + 180  # a loaded machine may take a while to import and start the stage
+        while time.monotonic() < deadline and not (run / "vq" / "log.jsonl").is_file():
+            time.sleep(0.5)  # the stage's own process is training
+        assert (run / "vq" / "log.jsonl").is_file()
+    finally:  # a failed wait must not leave a 100000-step training behind
+        parent.send_signal(signal.SIGTERM)
+        parent.wait(timeout=60)
     time.sleep(1)
     alive = subprocess.run(["pgrep", "-f", str(run / "stages")], capture_output=True, text=True).stdout.split()
     assert alive == [] and not (run / ".pipeline.lock").exists()
