@@ -158,7 +158,7 @@ def run(cfg: Config) -> None:
     tokenizer = cfg.tokenizer or method.cfg.tokenizer_path
     if cfg.samples_per_class > 0 and tokenizer and Path(tokenizer).is_dir():
 
-        exported = TokenGeneratorMethod.from_pretrained(run_dir, map_location=device)  # the saved weights
+        exported = method.to(device).eval()  # the exported weights, already in memory (no reload from disk)
         prompts = None if cfg.conditioning == "class" else \
             [p for p, _ in heldout_prompts(method.cfg.classes)][:len(method.cfg.classes)]
         conds, asked = sample_conditions(exported, cfg.samples_per_class, prompts=prompts, device=device)

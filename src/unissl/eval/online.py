@@ -3,8 +3,11 @@
 * :class:`OnlineKNN` (Sorcen / MAGE / MAGE-C): the weighted k-NN top-1 of the frozen encoder's mean-pooled
   features on fixed subsets of the token store's train and test splits (the stored ids, as ``unissl eval
   knn`` reads them).
+* :class:`OnlineMaskGIT` (Sorcen family, with a domain classifier): FD_domain of unconditional MaskGIT samples.
 * :class:`OnlineReconstruction` (RepTok tokenizer): the PSNR of a fixed batch of held-out images decoded
   with a fixed noise seed.
+* :class:`OnlineGeneration` (RepTok generator, with a domain classifier): FD_domain and class share of guided
+  samples.
 
 Each logs ``online/<metric>`` and ``online/seconds`` into the run's ``log.jsonl`` (so the report plots the
 curve) and keeps ``online/share``: the evaluation time as a share of the training time so far. Subsets are
