@@ -6,7 +6,7 @@ a held-out 10% of train) on the frozen encoder's features of the stored train / 
 the process CPU time of the training steps only (``time.process_time`` is immune to other processes on a
 shared machine; with one thread it equals the wall-clock of an idle core); probing is not counted.
 Prints the curve (minutes, epoch, probe top-1 of the mean-pooled image tokens and of the class slot) and the
-first point where either pooling is at or above the target; ``--out`` writes it as JSON and a PNG.
+first point where either pooling is at or above the target (the last step is always probed); ``--out`` writes it as JSON and a PNG.
 
     unissl tokenize --tokenizer runs/fmnist-vq --dataset fashion-mnist --out runs/fmnist-tokens
     OMP_NUM_THREADS=1 python benchmarks/time_to_accuracy.py --tokens runs/fmnist-tokens --minutes 40 \\
@@ -114,7 +114,7 @@ def main() -> None:
         def on_step_end(self, trainer, step, logs) -> None:
             now = time.process_time()
             self.cpu += now - self.mark
-            if step % args.probe_every == 0:
+            if step % args.probe_every == 0 or step == trainer.total_steps:
                 probes = probe_top1(trainer.method.model, args.tokens, args.probe_epochs)
                 top1 = max(probes.values())
                 curve.append({"step": step, "epoch": step / spe, "minutes": self.cpu / 60, "top1": top1, **probes})

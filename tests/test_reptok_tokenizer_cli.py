@@ -84,15 +84,44 @@ def test_missing_encoder_path_is_a_one_line_error(capsys) -> None:
     assert "--encoder-path" in err and len(err.strip().splitlines()) == 1
 
 
-def test_online_psnr_is_logged_at_every_checkpoint(tmp_path):
+def test_online_psnr_and_rfd_are_logged_at_every_checkpoint(tmp_path):
+    """--online-domain: online/psnr and online/rFD_domain at each checkpoint; the last ones equal the PSNR and
+    the Frechet distance computed afterwards from the saved tokenizer on the same images and decoder noise."""
     import json
 
+    from unissl.data import build_dataset
+    from unissl.eval.domain import DomainClassifier, DomainClassifierConfig, DomainExtractor, save_classifier
+    from unissl.eval.features import features_of
+    from unissl.eval.frechet import frechet_distance_stats, gaussian_stats
+    from unissl.eval.generation import quantize_uint8
+    from unissl.eval.online import _subset
+    from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
+    from unissl.tokenizers.method import psnr
+
+    torch.manual_seed(0)
+    judge = DomainClassifier(DomainClassifierConfig(image_size=8, widths=[4, 8], feature_dim=8))
+    save_classifier(judge, tmp_path / "clf")
     run = tmp_path / "run"
     assert main(["train", "reptok-tokenizer", "--encoder", "random", "--dataset", "digits", "--image-size", "16",
                  "--limit", "64", "--decoder", "tiny", "--train.steps", "4", "--train.ckpt-every", "2",
                  "--train.global-batch", "16", "--train.warmup-steps", "1", "--train.run-dir", str(run),
-                 "--online-eval", "--no-train.progress", "--no-train.tensorboard", "--train.device", "cpu"]) == 0
+                 "--online-domain", str(tmp_path / "clf"), "--online-eval-items", "40", "--no-train.progress",
+                 "--no-train.tensorboard", "--train.device", "cpu"]) == 0
     logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     online = [r for r in logs if "online/psnr" in r]
     assert [r["step"] for r in online] == [2, 4]
-    assert all(0 < r["online/psnr"] < 100 and r["online/seconds"] > 0 for r in online)
+    assert all(0 < r["online/psnr"] < 100 and r["online/rFD_domain"] >= 0 and r["online/seconds"] > 0
+               for r in online)
+    tok = load_reptok_tokenizer(run / "tokenizer").eval()
+    test = build_dataset("digits", "test", image_size=16)
+    x = test.__getitems__(_subset(len(test), 40, 0))["image"]
+    with torch.no_grad():
+        rec = tok.reconstruct(x, steps=25, generator=torch.Generator().manual_seed(0))
+    extractor = DomainExtractor(judge.eval(), "clf", torch.device("cpu"))
+
+    def stats(images):  # the judge's features of uint8 images resized to its 8x8 input
+        return gaussian_stats(features_of(extractor, quantize_uint8(images)))
+
+    assert online[-1]["online/psnr"] == pytest.approx(float(psnr(rec, x).mean()), abs=1e-4)
+    assert online[-1]["online/rFD_domain"] == pytest.approx(frechet_distance_stats(stats(rec.clamp(0, 1)), stats(x)),
+                                                            rel=1e-4, abs=1e-6)

@@ -238,12 +238,14 @@ def test_one_paper_config_serves_every_method_and_size():
     assert loss["echo_warmup_unit"] == "released" and loss["teacher_init"] == "random" and loss["decay_embeddings"]
 
 
-def test_online_knn_is_logged_at_every_checkpoint_and_matches_an_offline_knn(store):
-    """--online-eval: online/knn_top1 at each checkpoint equals a k-NN computed afterwards from that
-    checkpoint's weights on the same fixed subsets; its cost is logged beside it."""
+def test_online_knn_and_probe_are_logged_at_every_checkpoint_and_match_offline_ones(store):
+    """--online-eval: online/knn_top1 and online/probe_top1 at each checkpoint equal a k-NN and a linear probe
+    computed afterwards from that checkpoint's weights on the same fixed subsets; their cost is logged beside
+    them."""
     from unissl.data.token_store import TokenStore
     from unissl.eval.knn import knn_accuracy
-    from unissl.eval.online import _subset
+    from unissl.eval.online import OnlineRepresentation, _subset
+    from unissl.eval.probe import linear_probe
     from unissl.methods.sorcen.run import load_method
 
     tokens = store / "tokens-tt"
@@ -272,3 +274,8 @@ def test_online_knn_is_logged_at_every_checkpoint_and_matches_an_offline_knn(sto
         fy = method.model.encode(te["ids"])[:, 1:].mean(1)
     expected = knn_accuracy(fx, tr["label"], fy, te["label"], 10, 20, 0.07)["top1"]
     assert online[-1]["online/knn_top1"] == pytest.approx(expected, abs=1e-6)
+    # The online probe is the offline protocol with the callback's short schedule, on the same features.
+    probe_cfg = OnlineRepresentation(str(tokens), 300, 60).probe
+    assert probe_cfg is not None and probe_cfg.epochs == 30
+    expected_probe = linear_probe(fx, tr["label"], fy, te["label"], 10, probe_cfg, progress=False)[0]["top1"]
+    assert online[-1]["online/probe_top1"] == pytest.approx(expected_probe, abs=1e-6)

@@ -117,7 +117,6 @@ def _stage_output(stage: Stage, resolved: dict[str, Any]) -> str | None:
 
 def _dependencies(stage: Stage) -> list[str]:
     """Names of the stages whose outputs ``stage`` reads (its ``{stage:NAME}`` references)."""
-
     return sorted(set(re.findall(r"\{stage:(" + _NAME + r")\}", json.dumps(stage.config))))
 
 

@@ -66,12 +66,10 @@ def load_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
 
 def run(cfg: Config) -> Path:
     """Write the strip: image A, the decoded path (``points`` tokens), image B."""
-
     device = resolve_device(cfg.device)
     tok = RepTokTokenizer.from_pretrained(cfg.tokenizer, device=device)
     c, s = tok.cfg.channels, tok.cfg.image_size
     if cfg.dataset is not None:
-
         data = build_dataset(cfg.dataset, cfg.split, data_dir=cfg.data_dir, image_size=s)
         for i in (cfg.index_a, cfg.index_b):
             if not 0 <= i < len(data):

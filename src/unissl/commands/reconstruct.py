@@ -50,7 +50,6 @@ class Config:
 
 def run(cfg: Config) -> dict[str, float]:
     """Reconstruct, write grid.png / pairs.npz / metrics.json under ``--out``; returns the metrics."""
-
     device = resolve_device(cfg.device)
     tok = RepTokTokenizer.from_pretrained(cfg.tokenizer, device=device)
     data = build_dataset(cfg.dataset, cfg.split, data_dir=cfg.data_dir, image_size=tok.cfg.image_size)

@@ -61,7 +61,6 @@ class Config:
 
 def run(cfg: Config) -> Path:
     """Sample, decode, write the grid and the npz; returns the npz path."""
-
     device = resolve_device(cfg.device)
     method = TokenGeneratorMethod.from_pretrained(cfg.checkpoint, map_location=device)
     gcfg = method.cfg

@@ -37,7 +37,6 @@ class Config:
     progress: bool = arg(True, help="show a progress bar")
 
     def __post_init__(self) -> None:
-
         if self.dataset not in DATASETS:
             raise ValueError(f"--dataset {self.dataset!r} is not one of {list(DATASETS)}")
         if not self.splits:
@@ -54,7 +53,6 @@ class Config:
 
 def run(cfg: Config) -> Path:
     """Build the datasets at the tokenizer's resolution, encode them and print one summary line."""
-
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise UnisslError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
@@ -84,7 +82,6 @@ def run(cfg: Config) -> Path:
 
 def _continuous(cfg: Config, out: Path, device: Any) -> Path:
     """The RepTok tokenizer's continuous store: one token z (D,) per image of each split."""
-
     if cfg.flip:
         raise UnisslError("--flip is for VQ id stores; a RepTok token store holds the un-flipped images only")
     tok = load_reptok_tokenizer(cfg.tokenizer, device=device)

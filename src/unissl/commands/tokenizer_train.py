@@ -61,7 +61,6 @@ class Config:
 
     def model_config(self):
         """The :class:`~unissl.tokenizers.vq.VQConfig`: the preset with this config's overrides."""
-
         base = preset(self.preset)
         overrides: dict[str, Any] = {k: getattr(self, k) for k in
                                      ("codebook_size", "code_dim", "ch", "quantizer", "dead_after")
@@ -76,7 +75,6 @@ class Config:
 
 def run(cfg: Config) -> None:
     """Train, save the tokenizer, evaluate on ``eval_split``, write the eval JSON and a reconstruction grid."""
-
     init_distributed(cfg.train.dist_timeout * 60)
     mcfg = cfg.model_config()
     train = build_dataset(cfg.dataset, "train", data_dir=cfg.data_dir, image_size=mcfg.image_size,

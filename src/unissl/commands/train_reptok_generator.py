@@ -84,7 +84,6 @@ def build_token_store(tokenizer_dir: str, dataset: str, data_dir: str | None, ou
 
 def open_store(cfg: Config, device: torch.device):
     """The training split of the token store, building it first when it is missing."""
-
     path = Path(cfg.tokens) if cfg.tokens else default_store_path(cfg.tokenizer, cfg.dataset)  # type: ignore[arg-type]
     if not (path / "meta.json").is_file():
         if cfg.tokenizer is None:
@@ -113,7 +112,6 @@ def build_method(cfg: Config, store: Any) -> TokenGeneratorMethod:
     classes = store.classes or [str(i) for i in range(int(store.labels.max()) + 1)]
     bank, text_dim, text_encoder = None, 0, ""
     if cfg.conditioning == "text":
-
         encoder = FrozenTextEncoder(cfg.text_encoder)
         bank = CaptionBank.build(encoder, class_captions(classes))  # frozen text states, computed once
         text_dim, text_encoder = encoder.dim, str(encoder.path)
@@ -128,7 +126,6 @@ def build_method(cfg: Config, store: Any) -> TokenGeneratorMethod:
 
 def run(cfg: Config) -> None:
     """Build/open the token store, train, export ``generator/`` and write a sample grid."""
-
     device = resolve_device(cfg.train.device)
     run_dir = Path(cfg.train.run_dir)
     check_run_dir(run_dir, cfg)
@@ -137,7 +134,6 @@ def run(cfg: Config) -> None:
     method = build_method(cfg, store)
     callbacks: list[Callback] = []
     if cfg.online_domain is not None:
-
         if cfg.conditioning != "class" or not cfg.tokenizer:
             raise UnisslError("--online-domain scores class-conditional samples: it needs --conditioning class and "
                               "--tokenizer (to decode them)")
@@ -157,7 +153,6 @@ def run(cfg: Config) -> None:
     print(f"generator saved to {run_dir / 'generator'}")
     tokenizer = cfg.tokenizer or method.cfg.tokenizer_path
     if cfg.samples_per_class > 0 and tokenizer and Path(tokenizer).is_dir():
-
         exported = method.to(device).eval()  # the exported weights, already in memory (no reload from disk)
         prompts = None if cfg.conditioning == "class" else \
             [p for p, _ in heldout_prompts(method.cfg.classes)][:len(method.cfg.classes)]

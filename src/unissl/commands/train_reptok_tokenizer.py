@@ -60,10 +60,12 @@ class Config:
                                            "sorcen, shared by every tokenizer on that encoder; else RUN_DIR)")
     online_eval: bool = arg(False, help="at every checkpoint, log the PSNR of a fixed batch of test images "
                                         "(online/psnr)")
+    online_eval_items: int = arg(64, help="test images of the online evaluation")
+    online_domain: str | None = arg(None, help="domain classifier directory: also log the rFD_domain of those "
+                                               "reconstructions (online/rFD_domain; implies --online-eval)")
     train: TrainConfig = field(default_factory=_default_train)
 
     def __post_init__(self) -> None:
-
         if self.decoder not in DECODER_PRESETS:
             raise UnisslError(f"--decoder {self.decoder!r}: choose one of {sorted(DECODER_PRESETS)}")
         if self.random_preset not in RANDOM_VIT_PRESETS:
@@ -81,7 +83,6 @@ class Config:
 
 def encoder_spec(cfg: Config, image_size: int, seed: int) -> dict[str, Any]:
     """The encoder adapter's spec (see :func:`unissl.methods.reptok.encoders.build_encoder`)."""
-
     if cfg.encoder == "random":
         return {"kind": "random", "image_size": cfg.encoder_image_size or image_size,
                 **RANDOM_VIT_PRESETS[cfg.random_preset], "seed": seed}
@@ -92,7 +93,6 @@ def encoder_spec(cfg: Config, image_size: int, seed: int) -> dict[str, Any]:
 
 def build(cfg: Config):
     """(tokenizer, dataset) for a config; the tokenizer is built after seeding."""
-
     data = build_dataset(cfg.dataset, cfg.split, data_dir=cfg.data_dir, image_size=cfg.image_size)
     if cfg.limit is not None:
         data = FirstN(data, cfg.limit)
@@ -107,7 +107,6 @@ def build(cfg: Config):
 
 def with_frozen_cache(cfg: Config, tok: Any, data: Any) -> Any:
     """``data`` with the frozen encoder's per-image outputs attached (computed once on rank 0)."""
-
     if cfg.cache_dir:
         cache_dir = Path(cfg.cache_dir)
     elif cfg.encoder == "sorcen":
@@ -119,24 +118,22 @@ def with_frozen_cache(cfg: Config, tok: Any, data: Any) -> Any:
         path = build_frozen_cache(tok.encoder, data, cache_dir, device=resolve_device(cfg.train.device))
     barrier()
     if path is None:
-
         path = cache_dir / f"frozen-{cache_key(tok.encoder, data)}.safetensors"
     return WithFrozenCache(data, path)
 
 
 def run(cfg: Config) -> Path:
     """Train, then save the tokenizer to ``--out``; returns that directory."""
-
     init_distributed(cfg.train.dist_timeout * 60)
     check_run_dir(cfg.train.run_dir, cfg)
     tok, data = build(cfg)
     out = Path(cfg.out) if cfg.out else Path(cfg.train.run_dir) / "tokenizer"
     n_train = sum(p.numel() for p in tok.parameters() if p.requires_grad)
     callbacks: list[Callback] = []
-    if cfg.online_eval:
-
+    if cfg.online_eval or cfg.online_domain is not None:
         test = build_dataset(cfg.dataset, "test", data_dir=cfg.data_dir, image_size=tok.cfg.image_size)
-        callbacks.append(OnlineReconstruction(test))
+        callbacks.append(OnlineReconstruction(test, cfg.online_eval_items, domain_dir=cfg.online_domain,
+                                              device=resolve_device(cfg.train.device)))
     trainer = Trainer(tok, data, cfg.train, callbacks=callbacks).prepare()  # a refused resume writes nothing
     if cfg.frozen_cache:
         trainer.dataset = with_frozen_cache(cfg, tok, data)

@@ -21,7 +21,7 @@ from unissl.data import build_dataset
 from unissl.data.token_store import TokenStore
 from unissl.engine import Callback, TrainConfig, Trainer, init_distributed, is_main
 from unissl.errors import UnisslError
-from unissl.eval.online import OnlineKNN
+from unissl.eval.online import OnlineMaskGIT, OnlineRepresentation
 from unissl.methods.sorcen.method import ONLINE_VARIANTS, SorcenLossConfig, SorcenMethod, Variant
 from unissl.methods.sorcen.presets import PRESETS as SORCEN_PRESETS
 from unissl.methods.sorcen.presets import arch_for_store
@@ -51,9 +51,11 @@ class Config:
     dataset: str | None = arg(None, help="image dataset for mage-c (digits, fashion-mnist, folder, webdataset)")
     data_dir: str | None = arg(None, help="image dataset directory (default: the dataset's standard location)")
     tokenizer: str | None = arg(None, help="mage-c: frozen VQ tokenizer (default: the one recorded in --tokens)")
-    online_eval: bool = arg(False, help="at every checkpoint, log the k-NN top-1 of the frozen encoder on fixed "
-                                        "subsets of the token store's train/test ids (online/knn_top1)")
-    online_eval_items: int = arg(2000, help="train items of the online k-NN (test: a fifth of it)")
+    online_eval: bool = arg(False, help="at every checkpoint, log the k-NN and linear-probe top-1 of the frozen "
+                                        "encoder on fixed subsets of the token store's train/test ids "
+                                        "(online/knn_top1, online/probe_top1)")
+    online_eval_items: int = arg(2000, help="train items of the online k-NN and probe (test: a fifth of it)")
+    online_probe_epochs: int = arg(30, help="epochs of the online linear probe over those items (0: k-NN only)")
     online_domain: str | None = arg(None, help="domain classifier directory: at every checkpoint, also log FD_domain "
                                                "of 200 MaskGIT samples (8 steps) against real test images (online/FD_domain)")
     loss: SorcenLossConfig = field(default_factory=SorcenLossConfig)
@@ -73,13 +75,11 @@ class Config:
 
 def build(cfg: Config):
     """(method, dataset, run-info fields) for a config; the method is built after seeding."""
-
     store = TokenStore(cfg.tokens, cfg.split, flip=cfg.flip) if cfg.tokens is not None else None
     if store is not None and store.kind != "vq":
         raise UnisslError(f"token store {cfg.tokens} holds continuous tokens; Sorcen needs VQ ids")
     tokenizer_path = cfg.tokenizer or (store.tokenizer_path if store is not None else None)
     if cfg.method in ONLINE_VARIANTS:
-
         assert tokenizer_path is not None and cfg.dataset is not None  # Config.__post_init__ checked both
         tok = load_tokenizer(tokenizer_path)
         if store is not None:
@@ -116,19 +116,16 @@ def _decoder_for_samples(path: str | None):
 
 def run(cfg: Config) -> None:
     """Build the method and data, record the run, train, print the final logged values."""
-
     init_distributed(cfg.train.dist_timeout * 60)  # so that only rank 0 writes the run files under torchrun
     check_run_dir(cfg.train.run_dir, cfg)
     method, data, info = build(cfg)
     callbacks: list[Callback] = []
     if cfg.online_eval:
-
         if cfg.tokens is None:
             raise UnisslError("--online-eval reads the stored ids: pass --tokens (a store with train and test splits)")
-        callbacks.append(OnlineKNN(cfg.tokens, cfg.online_eval_items, max(1, cfg.online_eval_items // 5)))
+        callbacks.append(OnlineRepresentation(cfg.tokens, cfg.online_eval_items, max(1, cfg.online_eval_items // 5),
+                                              probe_epochs=cfg.online_probe_epochs))
     if cfg.online_domain is not None:
-        from unissl.eval.online import OnlineMaskGIT
-
         if info["tokenizer"] is None or method.online_tokenizer is None:
             raise UnisslError("--online-domain decodes MaskGIT samples: the run needs its VQ tokenizer "
                               "(--tokenizer, or the one recorded in --tokens)")

@@ -1,11 +1,12 @@
 """Online evaluation: cheap, fixed measurements logged at every checkpoint of a training run.
 
-* :class:`OnlineKNN` (Sorcen / MAGE / MAGE-C): the weighted k-NN top-1 of the frozen encoder's mean-pooled
-  features on fixed subsets of the token store's train and test splits (the stored ids, as ``unissl eval
-  knn`` reads them).
+* :class:`OnlineRepresentation` (Sorcen / MAGE / MAGE-C): the weighted k-NN top-1 and a short linear probe's
+  top-1 of the frozen encoder's mean-pooled features on fixed subsets of the token store's train and test
+  splits (the stored ids, as ``unissl eval knn`` / ``linear-probe`` read them; one feature pass serves both).
 * :class:`OnlineMaskGIT` (Sorcen family, with a domain classifier): FD_domain of unconditional MaskGIT samples.
 * :class:`OnlineReconstruction` (RepTok tokenizer): the PSNR of a fixed batch of held-out images decoded
-  with a fixed noise seed.
+  with a fixed noise seed and, with a domain classifier, their rFD_domain (the Frechet distance between the
+  classifier's features of the reconstructions and of the same real images).
 * :class:`OnlineGeneration` (RepTok generator, with a domain classifier): FD_domain and class share of guided
   samples.
 
@@ -27,10 +28,14 @@ from unissl.data.token_store import TokenStore
 from unissl.engine.method import unwrap
 from unissl.engine.trainer import Callback, Trainer
 from unissl.eval.domain import DomainExtractor, load_classifier
-from unissl.eval.frechet import frechet_distance_stats, gaussian_stats
+from unissl.eval.features import features_of
+from unissl.eval.frechet import GaussianStats, frechet_distance_stats, gaussian_stats
+from unissl.eval.generation import class_consistency, quantize_uint8
 from unissl.eval.knn import knn_accuracy
+from unissl.eval.probe import ProbeConfig, linear_probe
 from unissl.methods.reptok.sampling import SamplingConfig, sample_conditions, sample_images
 from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
+from unissl.methods.sorcen.features import pooled_features
 from unissl.methods.sorcen.maskgit import MaskGITConfig, maskgit_generate
 from unissl.tokenizers.method import psnr
 
@@ -68,47 +73,70 @@ class _Timed(Callback):
                                   "online/share": share})
 
 
-class OnlineKNN(_Timed):
-    """k-NN top-1 (%) of a Sorcen-family encoder on fixed subsets of a VQ token store."""
+class OnlineRepresentation(_Timed):
+    """k-NN top-1 (%) and a short linear probe's top-1 (%) of a Sorcen-family encoder on fixed subsets of a
+    VQ token store.
 
-    def __init__(self, store_dir: str, train_items: int = 5000, test_items: int = 1000, k: int = 20,
-                 temperature: float = 0.07, batch_size: int = 500, seed: int = 0) -> None:
+    The probe is the offline protocol (:func:`unissl.eval.probe.linear_probe`: a grid of learning rates, the
+    head chosen on a held-out tenth of the train subset) with a short schedule, ``probe_epochs`` passes over
+    the subset's features; ``probe_epochs=0`` logs the k-NN only.
+    """
+
+    def __init__(self, store_dir: str, train_items: int = 2000, test_items: int = 400, k: int = 20,
+                 temperature: float = 0.07, probe_epochs: int = 30, batch_size: int = 500, seed: int = 0) -> None:
         super().__init__()
         train, test = TokenStore(store_dir, "train"), TokenStore(store_dir, "test")
         self.k, self.temperature, self.batch_size = k, temperature, batch_size
+        self.probe = ProbeConfig(lrs=[0.01, 0.1, 1.0], epochs=probe_epochs, warmup_epochs=min(3.0, probe_epochs),
+                                 batch_size=128, seed=seed) if probe_epochs > 0 else None
         self.train = train.__getitems__(_subset(len(train), train_items, seed))
         self.test = test.__getitems__(_subset(len(test), test_items, seed + 1))
         self.num_classes = int(max(self.train["label"].max(), self.test["label"].max())) + 1
 
     def _features(self, model: Any, ids: torch.Tensor) -> torch.Tensor:
-        device = model.decoder_pos.device
-        out = [model.encode(ids[s:s + self.batch_size].to(device).long())[:, 1:].mean(1).float().cpu()
-               for s in range(0, ids.shape[0], self.batch_size)]
-        return torch.cat(out)
+        return torch.cat([pooled_features(model, ids[s:s + self.batch_size]).cpu()
+                          for s in range(0, ids.shape[0], self.batch_size)])
 
     def measure(self, trainer: Trainer) -> dict[str, float]:
         model = unwrap(trainer.model).model
         tx, vx = self._features(model, self.train["ids"]), self._features(model, self.test["ids"])
-        metrics = knn_accuracy(tx, self.train["label"], vx, self.test["label"], self.num_classes, self.k,
-                               self.temperature)
-        return {"knn_top1": float(metrics["top1"])}
+        ty, vy = self.train["label"], self.test["label"]
+        out = {"knn_top1": float(knn_accuracy(tx, ty, vx, vy, self.num_classes, self.k, self.temperature)["top1"])}
+        if self.probe is not None:
+            with torch.enable_grad():  # the probe trains its heads; the encoder's features are fixed tensors
+                metrics, _ = linear_probe(tx, ty, vx, vy, self.num_classes, self.probe, progress=False)
+            out["probe_top1"] = float(metrics["top1"])
+        return out
 
 
 class _DomainReference:
-    """A domain classifier and the Gaussian statistics of its features on a fixed subset of real test images."""
+    """A domain classifier and its Gaussian statistics of a fixed set of real images.
 
-    def __init__(self, domain_dir: str, dataset: str, data_dir: str | None, image_size: int, items: int,
-                 device: torch.device | str, seed: int) -> None:
+    Images are scored as ``unissl eval generation`` scores them (:func:`features_of`: uint8-quantised, adapted
+    to the classifier's input channels and size), so an online curve and the offline number share a protocol.
+    """
+
+    def __init__(self, domain_dir: str, real: torch.Tensor, device: torch.device | str) -> None:
         model, weights_id = load_classifier(domain_dir)
-        self.judge = DomainExtractor(model.to(device).eval(), weights_id, torch.device(device))
+        self.judge = DomainExtractor(model, weights_id, torch.device(device))
+        self.stats = self.stats_of(real)
+
+    @classmethod
+    def test_split(cls, domain_dir: str, dataset: str, data_dir: str | None, image_size: int, items: int,
+                   device: torch.device | str, seed: int) -> _DomainReference:
+        """Against a fixed seeded subset of ``items`` images of the dataset's test split."""
         test = build_dataset(dataset, "test", data_dir=data_dir, image_size=image_size)
-        real = test.__getitems__(_subset(len(test), items, seed))["image"]
-        with torch.no_grad():
-            self.stats = gaussian_stats(torch.cat([self.judge.features(real[s:s + 500]).float().cpu()
-                                                   for s in range(0, len(real), 500)]))
+        return cls(domain_dir, test.__getitems__(_subset(len(test), items, seed))["image"], device)
+
+    def stats_of(self, images: torch.Tensor) -> GaussianStats:
+        return gaussian_stats(features_of(self.judge, quantize_uint8(images), batch_size=500))
 
     def fd(self, images: torch.Tensor) -> float:
-        return float(frechet_distance_stats(gaussian_stats(self.judge.features(images).float().cpu()), self.stats))
+        return float(frechet_distance_stats(self.stats_of(images), self.stats))
+
+    def class_share(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """Share (%) of ``images`` the classifier assigns to ``labels``."""
+        return 100.0 * class_consistency(self.judge, quantize_uint8(images), labels, batch_size=500)
 
 
 class OnlineMaskGIT(_Timed):
@@ -118,7 +146,8 @@ class OnlineMaskGIT(_Timed):
                  samples: int = 200, steps: int = 8, reference_items: int = 2000, device: torch.device | str = "cpu",
                  seed: int = 0) -> None:
         super().__init__()
-        self.reference = _DomainReference(domain_dir, dataset, data_dir, image_size, reference_items, device, seed)
+        self.reference = _DomainReference.test_split(domain_dir, dataset, data_dir, image_size, reference_items,
+                                                     device, seed)
         self.samples, self.steps, self.seed = samples, steps, seed
 
     def measure(self, trainer: Trainer) -> dict[str, float]:
@@ -130,20 +159,28 @@ class OnlineMaskGIT(_Timed):
 
 
 class OnlineReconstruction(_Timed):
-    """PSNR (dB) of a fixed batch of held-out images through a RepTok tokenizer (fixed decoder noise)."""
+    """PSNR (dB) of a fixed batch of held-out images through a RepTok tokenizer (fixed decoder noise) and,
+    given a domain classifier, rFD_domain: the Frechet distance between its features of the reconstructions and
+    of the same real images (a few hundred images make it a fixed-subset curve, not a paper rFID)."""
 
-    def __init__(self, dataset: Any, items: int = 64, steps: int = 25, seed: int = 0) -> None:
+    def __init__(self, dataset: Any, items: int = 64, steps: int = 25, domain_dir: str | None = None,
+                 device: torch.device | str = "cpu", seed: int = 0) -> None:
         super().__init__()
         self.images = dataset.__getitems__(_subset(len(dataset), items, seed))["image"]
         self.steps, self.seed = steps, seed
+        self.reference = _DomainReference(domain_dir, self.images, device) if domain_dir is not None else None
 
     def measure(self, trainer: Trainer) -> dict[str, float]:
         tok: Any = unwrap(trainer.model)  # a RepTokTokenizer
         device = next(tok.parameters()).device
         x = self.images.to(device)
         gen = torch.Generator(device=device).manual_seed(self.seed)
-        rec = tok.reconstruct(x, steps=self.steps, generator=gen)
-        return {"psnr": float(psnr(rec, x).mean())}
+        rec = torch.cat([tok.reconstruct(x[s:s + 128], steps=self.steps, generator=gen)
+                         for s in range(0, len(x), 128)])
+        out = {"psnr": float(psnr(rec, x).mean())}
+        if self.reference is not None:
+            out["rFD_domain"] = self.reference.fd(rec.float().clamp(0, 1))
+        return out
 
 
 class OnlineGeneration(_Timed):
@@ -159,8 +196,8 @@ class OnlineGeneration(_Timed):
                  device: torch.device | str = "cpu", seed: int = 0) -> None:
         super().__init__()
         self.tokenizer = load_reptok_tokenizer(tokenizer_dir, device=device)
-        self.reference = _DomainReference(domain_dir, dataset, data_dir, self.tokenizer.cfg.image_size,
-                                          reference_items, device, seed)
+        self.reference = _DomainReference.test_split(domain_dir, dataset, data_dir, self.tokenizer.cfg.image_size,
+                                                     reference_items, device, seed)
         self.n_per_class, self.decode_steps, self.cfg_scale, self.seed = n_per_class, decode_steps, cfg_scale, seed
 
     def measure(self, trainer: Trainer) -> dict[str, float]:
@@ -171,5 +208,4 @@ class OnlineGeneration(_Timed):
             conds, labels = sample_conditions(method, self.n_per_class, device=device)
             images = sample_images(method, self.tokenizer, conds, SamplingConfig(cfg_scale=self.cfg_scale),
                                    self.decode_steps, generator=torch.Generator().manual_seed(self.seed))
-        share = (self.reference.judge.probs(images).argmax(-1).cpu() == labels.cpu()).float().mean()
-        return {"FD_domain": self.reference.fd(images), "class_share": float(share) * 100.0}
+        return {"FD_domain": self.reference.fd(images), "class_share": self.reference.class_share(images, labels)}

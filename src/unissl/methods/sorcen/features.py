@@ -21,6 +21,24 @@ from unissl.methods.sorcen.model import SorcenModel
 from unissl.utils.io import sha256_file
 
 
+def pooled_features(model: SorcenModel, ids: torch.Tensor, pool: str = "final-norm") -> torch.Tensor:
+    """ids (B, h, w) -> (B, D) float32: the mean of the unmasked encoder's image-position outputs.
+
+    ``final-norm`` pools after the encoder's final norm; ``released`` drops that norm and applies a LayerNorm
+    (no affine) after the mean, as the released linear probe does. The model is used as it is (no mode or
+    ``requires_grad`` change), so online evaluation can call this on the model being trained.
+    """
+    device = model.decoder_pos.device
+    if pool == "released":
+        x = model.embed(model.with_class_slot(ids.to(device).long()))  # (B, 1+N, D)
+        for blk in model.blocks:
+            x = blk(x)  # no final norm
+        pooled = x[:, 1:].mean(dim=1).float()  # (B, D)
+        return F.layer_norm(pooled, pooled.shape[-1:], eps=1e-6)
+    x = model.encode(ids.to(device).long())  # (B, 1+N, D) after the final norm
+    return x[:, 1:].mean(dim=1).float()
+
+
 class SorcenFeatures:
     """``features(images) -> (B, D)`` and ``features_from_ids(ids) -> (B, D)`` of a frozen encoder."""
 
@@ -39,15 +57,7 @@ class SorcenFeatures:
     @torch.no_grad()
     def features_from_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, h, w) -> mean of the encoder's image-position outputs (B, D)."""
-        device = self.model.decoder_pos.device
-        if self.pool == "released":
-            x = self.model.embed(self.model.with_class_slot(ids.to(device).long()))  # (B, 1+N, D)
-            for blk in self.model.blocks:
-                x = blk(x)  # no final norm
-            pooled = x[:, 1:].mean(dim=1).float()  # (B, D)
-            return F.layer_norm(pooled, pooled.shape[-1:], eps=1e-6)
-        x = self.model.encode(ids.to(device).long())  # (B, 1+N, D) after the final norm
-        return x[:, 1:].mean(dim=1).float()
+        return pooled_features(self.model, ids, self.pool)
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
