@@ -55,8 +55,8 @@ def test_train_builds_store_once_then_samples(tokenizer_dir, tmp_path, capsys):
     assert (store_path / "train.z.npy").stat().st_mtime_ns == mtime
 
     out = tmp_path / "samples"
-    assert main(["sample", "reptok", "--checkpoint", str(run_dir), "--class", "3", "7", "--n", "3", "--steps", "4",
-                 "--solver", "heun", "--decode-steps", "2", "--out", str(out), "--name", "s"]) == 0
+    assert main(["sample", "reptok", "--checkpoint", str(run_dir), "--class", "3", "7", "--n", "3", "--sampling.steps", "4",
+                 "--sampling.solver", "heun", "--decode-steps", "2", "--out", str(out), "--name", "s"]) == 0
     data = np.load(out / "s.npz")
     assert data["images"].shape == (6, 1, 8, 8) and data["images"].dtype == np.uint8
     assert data["labels"].tolist() == [3, 3, 3, 7, 7, 7]
@@ -76,7 +76,7 @@ def test_text_conditional_train_and_prompt_sampling(tokenizer_dir, tmp_path):
     assert gen.cfg.conditioning == "text" and gen.captions.table.shape == (10, 10)
     out = tmp_path / "s"
     assert main(["sample", "reptok", "--checkpoint", str(run_dir), "--prompt", "a photo of a 3", "a small 7",
-                 "--n", "2", "--steps", "3", "--decode-steps", "2", "--out", str(out), "--name", "p"]) == 0
+                 "--n", "2", "--sampling.steps", "3", "--decode-steps", "2", "--out", str(out), "--name", "p"]) == 0
     data = np.load(out / "p.npz")
     assert data["images"].shape == (4, 1, 8, 8)
     assert data["labels"].tolist() == [3, 3, 7, 7] and data["prompt_index"].tolist() == [0, 0, 1, 1]
@@ -84,7 +84,7 @@ def test_text_conditional_train_and_prompt_sampling(tokenizer_dir, tmp_path):
     # zero-shot evaluation: every held-out template x class, labelled with the class each prompt names
     from unissl.methods.reptok.captions import heldout_prompts
 
-    assert main(["sample", "reptok", "--checkpoint", str(run_dir), "--heldout-prompts", "--n", "1", "--steps", "2",
+    assert main(["sample", "reptok", "--checkpoint", str(run_dir), "--heldout-prompts", "--n", "1", "--sampling.steps", "2",
                  "--decode-steps", "2", "--out", str(out)]) == 0
     held = heldout_prompts(gen.cfg.classes)
     data = np.load(out / "heldout_cfg1.5_euler2_seed0.npz")

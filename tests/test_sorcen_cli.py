@@ -39,7 +39,7 @@ def test_train_sample_and_features(store):
     assert (run / "images" / "samples_step4.png").is_file()
 
     assert main(["sample", "sorcen", "--checkpoint", str(run), "--num-samples", "5", "--batch-size", "3",
-                 "--steps", "3", "--out", str(store / "samples")]) == 0
+                 "--maskgit.steps", "3", "--out", str(store / "samples")]) == 0
     npz = np.load(store / "samples" / "samples.npz")
     assert npz["ids"].shape == (5, 4, 4) and npz["ids"].max() < 64 and npz["ids"].min() >= 0
     assert npz["images"].shape == (5, 1, 8, 8) and (store / "samples" / "samples.png").is_file()
@@ -180,7 +180,7 @@ def test_refused_training_commands_leave_every_file_byte_identical(store, capsys
         assert _snapshot(run) == before, argv
         assert _snapshot(store / "tok") == tok_before, argv
     # the refused run can still be sampled
-    assert main(["sample", "sorcen", "--checkpoint", str(run), "--num-samples", "2", "--steps", "2",
+    assert main(["sample", "sorcen", "--checkpoint", str(run), "--num-samples", "2", "--maskgit.steps", "2",
                  "--out", str(store / "s-refuse")]) == 0
 
 

@@ -9,9 +9,8 @@ for a prompt, the class named in it or -1) and, for prompts, ``prompts`` and ``p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -37,10 +36,6 @@ class Config:
     heldout_prompts: bool = arg(False, help="prompt with every held-out caption template x class (zero-shot "
                                             "evaluation of a text generator; the npz labels are the named classes)")
     n: int = arg(8, help="samples per class / prompt")
-    cfg: float = arg(1.5, help="classifier-free guidance scale (1: no guidance)")
-    cfg_interval: tuple[float, float] = arg((0.3, 0.9), help="guidance only for t in [t_min, t_max]")
-    steps: int = arg(50, help="generator ODE steps")
-    solver: Literal["euler", "heun"] = arg("euler", help="ODE solver of the generator")
     decode_steps: int = arg(50, help="decoder Euler steps")
     tokenizer: str | None = arg(None, help="RepTok tokenizer directory (default: the one the generator records)")
     out: str | None = arg(None, help="output directory (default: <checkpoint>/samples)")
@@ -48,15 +43,13 @@ class Config:
     batch_size: int = arg(500, help="samples generated per batch")
     seed: int = arg(0, help="random seed")
     device: str = device_arg()
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self) -> None:
-        if self.n <= 0 or self.steps <= 0 or self.decode_steps <= 0 or self.batch_size <= 0:
-            raise UnisslError("--n, --steps, --decode-steps and --batch-size must be positive")
+        if self.n <= 0 or self.decode_steps <= 0 or self.batch_size <= 0:
+            raise UnisslError("--n, --decode-steps and --batch-size must be positive")
         if sum([self.classes is not None, self.prompt is not None, self.heldout_prompts]) > 1:
             raise UnisslError("pass only one of --class/--classes, --prompt and --heldout-prompts")
-        lo, hi = self.cfg_interval
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise UnisslError(f"--cfg-interval must satisfy 0 <= t_min <= t_max <= 1, got {lo} {hi}")
 
 
 def run(cfg: Config) -> Path:
@@ -68,7 +61,6 @@ def run(cfg: Config) -> Path:
     if not tok_path or not Path(tok_path).is_dir():
         raise UnisslError(f"tokenizer {tok_path!r} not found; pass --tokenizer <RepTok tokenizer dir>")
     tokenizer = load_reptok_tokenizer(tok_path, device=device)
-    scfg = SamplingConfig(steps=cfg.steps, solver=cfg.solver, cfg_scale=cfg.cfg, cfg_interval=cfg.cfg_interval)
 
     extra: dict[str, np.ndarray] = {}
     prompts = cfg.prompt
@@ -86,12 +78,13 @@ def run(cfg: Config) -> Path:
         labels = asked
 
     gen = torch.Generator().manual_seed(cfg.seed)
-    imgs = sample_images(method, tokenizer, conds, scfg, cfg.decode_steps, cfg.batch_size, gen)  # (N, C, H, W)
+    imgs = sample_images(method, tokenizer, conds, cfg.sampling, cfg.decode_steps, cfg.batch_size, gen)  # (N, C, H, W)
     n = labels.shape[0]
 
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / "samples"
     kind = "heldout" if cfg.heldout_prompts else "prompt" if prompts is not None else "class"
-    name = cfg.name or f"{kind}_cfg{cfg.cfg:g}_{cfg.solver}{cfg.steps}_seed{cfg.seed}"
+    scfg = cfg.sampling
+    name = cfg.name or f"{kind}_cfg{scfg.cfg_scale:g}_{scfg.solver}{scfg.steps}_seed{cfg.seed}"
     path = write_samples(imgs, labels, out, name, nrow=cfg.n, extra=extra)
     print(f"wrote {n} samples to {out / (name + '.png')} and {path}")
     return path

@@ -8,11 +8,15 @@ run's ``sorcen.json`` (the token store's tokenizer), or ``--tokenizer``.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
+import torch
 
 from unissl.config import arg
 from unissl.engine.runtime import device_arg, resolve_device
+from unissl.errors import UnisslError
 from unissl.methods.sorcen.maskgit import MaskGITConfig, maskgit_generate
 from unissl.methods.sorcen.run import load_method, load_run_tokenizer
 from unissl.utils.images import save_grid
@@ -27,37 +31,30 @@ class Config:
     out: str | None = arg(None, help="output directory (default: <run>/samples)")
     num_samples: int = arg(64, help="images to generate")
     batch_size: int = arg(64, help="images generated per batch")
-    steps: int = arg(20, help="MaskGIT decoding steps T")
-    choice_temperature: float = arg(6.0, help="Gumbel scale on the confidence, annealed as t*(1-(t+1)/T)")
-    sample_temperature: float = arg(1.0, help="temperature of the per-position code sampling")
     tokenizer: str | None = arg(None, help="decode with this tokenizer instead of the run's")
     seed: int = arg(0, help="random seed")
     nrow: int | None = arg(None, help="images per grid row (default: square)")
     scale: int = arg(2, help="upscale the PNG grid by this factor (nearest)")
     device: str = device_arg()
+    maskgit: MaskGITConfig = field(default_factory=MaskGITConfig)
 
     def __post_init__(self) -> None:
-        if self.num_samples < 1 or self.batch_size < 1 or self.steps < 1:
-            raise ValueError("--num-samples, --batch-size and --steps must be positive")
+        if self.num_samples < 1 or self.batch_size < 1:
+            raise UnisslError("--num-samples and --batch-size must be positive")
 
 
 def run(cfg: Config) -> None:
     """Load the run, generate ``num_samples`` id maps, decode them, write PNG + NPZ."""
-    import numpy as np
-    import torch
-
-
     device = resolve_device(cfg.device)
     method, info = load_method(cfg.checkpoint, device)
     if cfg.tokenizer is not None:
         info = {**info, "tokenizer": cfg.tokenizer}
     tokenizer = load_run_tokenizer(info, device)
     gen = torch.Generator().manual_seed(cfg.seed)
-    mcfg = MaskGITConfig(cfg.steps, cfg.choice_temperature, cfg.sample_temperature)
     ids, images = [], []
     for start in range(0, cfg.num_samples, cfg.batch_size):
         n = min(cfg.batch_size, cfg.num_samples - start)
-        batch_ids = maskgit_generate(method.model, n, mcfg, generator=gen, device=device)  # (n, h, w)
+        batch_ids = maskgit_generate(method.model, n, cfg.maskgit, generator=gen, device=device)  # (n, h, w)
         with torch.no_grad():
             images.append(tokenizer.decode(batch_ids).clamp(0, 1).float().cpu())  # (n, C, H, W)
         ids.append(batch_ids.cpu())
@@ -69,5 +66,5 @@ def run(cfg: Config) -> None:
     np.savez(buf, ids=all_ids.numpy().astype(np.int64), images=all_images.numpy().astype(np.float32))
     with atomic_file(out / "samples.npz", "wb") as f:
         f.write(buf.getvalue())
-    print(f"unissl sample sorcen: {len(all_ids)} samples ({cfg.steps} steps) from {info['checkpoint']} -> "
+    print(f"unissl sample sorcen: {len(all_ids)} samples ({cfg.maskgit.steps} steps) from {info['checkpoint']} -> "
           f"{out / 'samples.png'}, {out / 'samples.npz'}")

@@ -23,7 +23,7 @@ from unissl.errors import UnisslError
 from unissl.tokenizers.evaluate import evaluate
 from unissl.tokenizers.method import VQTokenizerMethod
 from unissl.tokenizers.vq import PRESETS as VQ_PRESETS
-from unissl.tokenizers.vq import VQTokenizer, preset
+from unissl.tokenizers.vq import VQConfig, VQTokenizer, preset
 from unissl.utils.images import save_grid
 from unissl.utils.io import write_json
 from unissl.utils.seed import seed_everything
@@ -59,7 +59,7 @@ class Config:
         if self.eval_batch < 1:
             raise UnisslError(f"--eval-batch must be positive, got {self.eval_batch}")
 
-    def model_config(self):
+    def model_config(self) -> VQConfig:
         """The :class:`~unissl.tokenizers.vq.VQConfig`: the preset with this config's overrides."""
         base = preset(self.preset)
         overrides: dict[str, Any] = {k: getattr(self, k) for k in

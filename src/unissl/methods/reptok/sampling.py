@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
+from unissl.config import arg
 from unissl.errors import UnisslError
 from unissl.flow import solve
 from unissl.flow.solvers import VelocityFn
@@ -25,17 +26,18 @@ from unissl.methods.reptok.generator import Cond, TokenGeneratorMethod, concat_c
 class SamplingConfig:
     """How to integrate the generator's ODE."""
 
-    steps: int = 50
-    solver: Literal["euler", "heun"] = "euler"
-    cfg_scale: float = 1.5  # 1.0 = no guidance
-    cfg_interval: tuple[float, float] = (0.3, 0.9)  # guidance only for t_min <= t <= t_max
+    steps: int = arg(50, help="generator ODE steps")
+    solver: Literal["euler", "heun"] = arg("euler", help="ODE solver of the generator")
+    cfg_scale: float = arg(1.5, help="classifier-free guidance scale (1: no guidance)")
+    cfg_interval: tuple[float, float] = arg((0.3, 0.9), help="guidance only for t in [t_min, t_max] (RepTok's "
+                                                             "default; 0 1 guides the whole trajectory)")
 
     def __post_init__(self) -> None:
         if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+            raise UnisslError(f"sampling steps must be >= 1, got {self.steps}")
         lo, hi = self.cfg_interval
         if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"cfg_interval must satisfy 0 <= t_min <= t_max <= 1, got {self.cfg_interval}")
+            raise UnisslError(f"cfg_interval must satisfy 0 <= t_min <= t_max <= 1, got {lo} {hi}")
 
 
 class ConditionalVelocity(Protocol):

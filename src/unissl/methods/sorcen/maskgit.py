@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from unissl.config import arg
+from unissl.errors import UnisslError
 from unissl.methods.sorcen.model import SorcenModel
 from unissl.utils.noise import gumbel_noise
 
@@ -21,9 +23,13 @@ from unissl.utils.noise import gumbel_noise
 class MaskGITConfig:
     """Decoding settings (MAGE's defaults)."""
 
-    steps: int = 20  # T
-    choice_temperature: float = 6.0  # Gumbel noise scale on the confidence, annealed to 0
-    sample_temperature: float = 1.0  # temperature of the per-position code sampling
+    steps: int = arg(20, help="MaskGIT decoding steps T")
+    choice_temperature: float = arg(6.0, help="Gumbel scale on the confidence, annealed as t*(1-(t+1)/T)")
+    sample_temperature: float = arg(1.0, help="temperature of the per-position code sampling")
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise UnisslError(f"MaskGIT steps must be >= 1, got {self.steps}")
 
 
 def num_masked_after(step: int, steps: int, num_positions: int) -> int:
