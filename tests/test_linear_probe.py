@@ -90,12 +90,12 @@ def test_probe_learns_separable_data_and_not_random_labels() -> None:
     x, y = _blobs(1200, 20, 5, 1.5, seed=0)
     xt, yt = _blobs(400, 20, 5, 1.5, seed=1)
     cfg = ProbeConfig(epochs=8, batch_size=128, lrs=[0.01, 0.1, 1.0], weight_decays=[0.0, 1e-3], warmup_epochs=1)
-    metrics, res = linear_probe(x, y, xt, yt, 5, cfg, val_fraction=0.2, progress=False)
+    metrics, res = linear_probe(x, y, xt, yt, 5, dataclasses.replace(cfg, val_fraction=0.2), progress=False)
     assert metrics["top1"] > 95.0 and metrics["top5"] == 100.0
     assert len(res.grid) == 6 and res.val_top1[res.best] == max(res.val_top1)
     # labels independent of the features: chance level on the test split
     y_rand = torch.randint(0, 5, (1200,), generator=torch.Generator().manual_seed(7))
-    metrics, _ = linear_probe(x, y_rand, xt, yt, 5, cfg, val_fraction=0.2, progress=False)
+    metrics, _ = linear_probe(x, y_rand, xt, yt, 5, dataclasses.replace(cfg, val_fraction=0.2), progress=False)
     assert metrics["top1"] < 40.0
 
 

@@ -440,25 +440,25 @@ def test_sigterm_to_a_parallel_pipeline_stops_its_stage_processes(tmp_path):
 
 
 def test_a_setting_through_a_stage_and_through_flags_resolves_the_same(tmp_path) -> None:
-    """`k` and `temperature` of `eval knn` set in a pipeline stage and on the command line: the same resolved
-    config (the stage record's) and the same result."""
+    """`knn.k` and `knn.temperature` of `eval knn` set in a pipeline stage and on the command line: the same
+    resolved config (the stage record's) and the same result."""
     from unissl.commands import eval_knn
     from unissl.config import parse_config, to_dict
 
-    flags = ["--extractor", "pixels", "--dataset", "digits", "--k", "7", "--temperature", "0.2",
+    flags = ["--extractor", "pixels", "--dataset", "digits", "--knn.k", "7", "--knn.temperature", "0.2",
              "--run-dir", str(tmp_path / "cli"), "--name", "knn"]
     assert cli.main(["eval", "knn", *flags]) == 0
     spec = tmp_path / "p.yaml"
     spec.write_text(yaml.safe_dump({"out": str(tmp_path / "pipe"), "stages": [
-        {"name": "knn", "command": "eval knn", "config": {"extractor": "pixels", "dataset": "digits", "k": 7,
-                                                          "temperature": 0.2, "run_dir": "{out}/eval",
+        {"name": "knn", "command": "eval knn", "config": {"extractor": "pixels", "dataset": "digits",
+                                                          "knn": {"k": 7, "temperature": 0.2}, "run_dir": "{out}/eval",
                                                           "name": "knn"}}]}))
     assert cli.main(["pipeline", "--config", str(spec)]) == 0
     record = json.loads((tmp_path / "pipe" / "stages" / "knn.json").read_text())
     from_flags = to_dict(parse_config(eval_knn.Config, flags))
     stage = dict(record["config"])
     assert stage.pop("run_dir") == str(tmp_path / "pipe" / "eval") and from_flags.pop("run_dir") == str(tmp_path / "cli")
-    assert stage == from_flags and stage["k"] == 7 and stage["temperature"] == 0.2
+    assert stage == from_flags and stage["knn"] == {"k": 7, "temperature": 0.2}
     cli_result = json.loads((tmp_path / "cli" / "results" / "knn.json").read_text())
     stage_result = json.loads((tmp_path / "pipe" / "eval" / "results" / "knn.json").read_text())
     assert cli_result["metrics"] == stage_result["metrics"]

@@ -26,7 +26,6 @@ class Config(FeatureEvalConfig):
     seeds: list[int] = arg([0, 1, 2, 3, 4], help="seeds of the per-class subsets (at least 2 for a spread)")
     probe: ProbeConfig = field(default_factory=ProbeConfig, metadata={"help": "probe hyper-parameters"})
     min_steps: int = arg(300, help="optimizer steps at least (tiny train sets get more epochs)")
-    val_fraction: float = arg(0.1, help="share of the train split held out to select the head")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -40,7 +39,7 @@ def run(cfg: Config) -> dict[str, float]:
     """Run every (shots, seed) probe and record mean/std test top-1 per shot count."""
     data = load_train_test_features(cfg)
     table = few_shot(data["train_x"], data["train_y"], data["test_x"], data["test_y"], data["num_classes"],
-                     dataclasses.replace(cfg.probe, min_steps=cfg.min_steps), cfg.shots, cfg.seeds, cfg.val_fraction, data["device"])
+                     dataclasses.replace(cfg.probe, min_steps=cfg.min_steps), cfg.shots, cfg.seeds, data["device"])
     metrics: dict[str, float] = {}
     for k, row in table.items():
         metrics[f"{k}shot_top1"] = row["top1_mean"]  # type: ignore[assignment]

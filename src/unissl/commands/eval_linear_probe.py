@@ -11,7 +11,6 @@ from unissl.commands.eval_common import (
     print_metrics,
     result_name,
 )
-from unissl.config import arg
 from unissl.eval.probe import ProbeConfig, linear_probe
 from unissl.eval.results import record_result
 
@@ -21,19 +20,13 @@ class Config(FeatureEvalConfig):
     """Linear probe: norm + BatchNorm1d(affine=False) + Linear, best (lr, wd) head chosen on a validation slice."""
 
     probe: ProbeConfig = field(default_factory=ProbeConfig, metadata={"help": "probe hyper-parameters"})
-    val_fraction: float = arg(0.1, help="share of the train split held out to select the head")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
 
 def run(cfg: Config) -> dict[str, float]:
     """Fit the probe grid and record test top-1/top-5 of the selected head."""
     data = load_train_test_features(cfg)
     metrics, res = linear_probe(data["train_x"], data["train_y"], data["test_x"], data["test_y"],
-                                data["num_classes"], cfg.probe, cfg.val_fraction, data["device"])
+                                data["num_classes"], cfg.probe, data["device"])
     extra = {**describe(cfg, data), "best_lr": res.best_lr, "best_wd": res.best_wd,
              "optimizer": cfg.probe.optimizer, "epochs": cfg.probe.epochs, "norm": cfg.probe.norm,
              "grid_val_top1": {f"lr={lr:g},wd={wd:g}": v for (lr, wd), v in zip(res.grid, res.val_top1)}}

@@ -16,7 +16,7 @@ from unissl.commands.eval_common import (
     result_name,
 )
 from unissl.config import arg
-from unissl.eval.knn import knn_accuracy
+from unissl.eval.knn import KNNConfig, knn_accuracy
 from unissl.eval.probe import ProbeConfig, linear_probe
 from unissl.eval.results import record_result
 
@@ -28,18 +28,16 @@ class Config(FeatureEvalConfig):
     dataset: str = arg("digits", help="target dataset the frozen encoder is probed on")
     source: str = arg("", help="what the encoder was pretrained on (recorded in the result, e.g. fashion-mnist)")
     probe: ProbeConfig = field(default_factory=ProbeConfig, metadata={"help": "probe hyper-parameters"})
-    val_fraction: float = arg(0.1, help="share of the target train split held out to select the head")
-    k: int = arg(20, help="k-NN neighbours")
-    temperature: float = arg(0.07, help="k-NN vote temperature")
+    knn: KNNConfig = field(default_factory=KNNConfig)
 
 
 def run(cfg: Config) -> dict[str, float]:
     """Probe and k-NN on the target dataset; record both."""
     data = load_train_test_features(cfg)
     probe_metrics, res = linear_probe(data["train_x"], data["train_y"], data["test_x"], data["test_y"],
-                                      data["num_classes"], cfg.probe, cfg.val_fraction, data["device"])
+                                      data["num_classes"], cfg.probe, data["device"])
     knn = knn_accuracy(data["train_x"], data["train_y"], data["test_x"], data["test_y"], data["num_classes"],
-                       min(cfg.k, len(data["train_y"])), cfg.temperature)
+                       min(cfg.knn.k, len(data["train_y"])), cfg.knn.temperature)
     metrics = {"probe_top1": probe_metrics["top1"], "probe_top5": probe_metrics["top5"],
                "knn_top1": knn["top1"], "knn_top5": knn["top5"]}
     extra = {**describe(cfg, data), "source": cfg.source or "unspecified", "best_lr": res.best_lr,

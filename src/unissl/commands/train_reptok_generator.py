@@ -49,12 +49,16 @@ class Config:
     dataset: str = arg("fashion-mnist", help="dataset the tokens are computed from")
     data_dir: str | None = arg(None, help="dataset location (default: the registry's)")
     encode_batch: int = arg(256, help="images per tokenizer batch when building the store")
-    preset: str = arg("mini", help="mixer size (GENERATOR_PRESETS)", choices=GENERATOR_PRESETS)
-    conditioning: Literal["class", "text"] = arg("class", help="class labels or synthetic captions")
-    cond_dropout: float = arg(0.1, help="probability of the null condition in training (for CFG)")
+    # The generator's hyperparameters take their defaults from GeneratorConfig (defined there once).
+    preset: str = arg(GeneratorConfig.preset, help="mixer size (GENERATOR_PRESETS)", choices=GENERATOR_PRESETS)
+    conditioning: Literal["class", "text"] = arg(GeneratorConfig.conditioning,
+                                                 help="class labels or synthetic captions")
+    cond_dropout: float = arg(GeneratorConfig.cond_dropout, help="probability of the null condition in training "
+                                                                 "(for CFG)")
     text_encoder: str = arg("minilm", help="frozen text encoder: 'minilm' or a local transformers directory")
-    n_queries: int = arg(4, help="learnable query tokens attending to the text (text conditioning)")
-    text_depth: int = arg(2, help="cross-attention blocks (text conditioning)")
+    n_queries: int = arg(GeneratorConfig.n_queries, help="learnable query tokens attending to the text "
+                                                         "(text conditioning)")
+    text_depth: int = arg(GeneratorConfig.text_depth, help="cross-attention blocks (text conditioning)")
     samples_per_class: int = arg(8, help="guided samples per class in <run_dir>/samples.png (0: none)")
     decode_steps: int = arg(50, help="decoder Euler steps for the final sample grid")
     online_domain: str | None = arg(None, help="domain classifier directory: at every checkpoint, log FD_domain and "

@@ -32,10 +32,10 @@ def sample_per_class(labels: torch.Tensor, shots: int, seed: int, num_classes: i
 
 
 def few_shot(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-             num_classes: int, cfg: ProbeConfig, shots: list[int], seeds: list[int], val_fraction: float = 0.1,
+             num_classes: int, cfg: ProbeConfig, shots: list[int], seeds: list[int],
              device: torch.device | None = None) -> dict[str, dict[str, float | list[float]]]:
     """``{"5": {"top1_mean", "top1_std", "top1": [per seed], "lr": [per seed]}, ...}`` (percent)."""
-    pool, val = train_val_split(train_x.shape[0], val_fraction, cfg.seed)
+    pool, val = train_val_split(train_x.shape[0], cfg.val_fraction, cfg.seed)
     px, py, vx, vy = train_x[pool], train_y[pool], train_x[val], train_y[val]
     out: dict[str, dict[str, float | list[float]]] = {}
     bar = tqdm(total=len(shots) * len(seeds), desc="few-shot probes", leave=False)

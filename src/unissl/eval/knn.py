@@ -6,9 +6,12 @@ neighbour j votes for its label with weight ``exp(sim_j / T)`` (k = 20, T = 0.07
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
+from unissl.config import arg
 from unissl.errors import UnisslError
 from unissl.eval.probe import topk_accuracy
 
@@ -18,7 +21,7 @@ def knn_scores(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tenso
                k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
     """Class scores (N_test, C): the sum of ``exp(cos / T)`` over the k nearest train samples of each class."""
     if train_x.shape[0] < k:
-        raise UnisslError(f"kNN: k={k} is larger than the {train_x.shape[0]} train samples; lower --k")
+        raise UnisslError(f"kNN: k={k} is larger than the {train_x.shape[0]} train samples; lower --knn.k")
     if temperature <= 0:
         raise UnisslError(f"kNN: temperature must be positive, got {temperature}")
     tr = F.normalize(train_x.float(), dim=1)
@@ -30,6 +33,19 @@ def knn_scores(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tenso
         votes.scatter_add_(1, train_y[idx].long(), (sim / temperature).exp())
         out.append(votes)
     return torch.cat(out)
+
+
+@dataclass
+class KNNConfig:
+    """The weighted k-NN protocol's settings (DINO's defaults), shared by ``eval knn``, ``eval transfer`` and the
+    online evaluation."""
+
+    k: int = arg(20, help="number of neighbours")
+    temperature: float = arg(0.07, help="temperature T of the exp(sim / T) vote weights")
+
+    def __post_init__(self) -> None:
+        if self.k <= 0 or self.temperature <= 0:
+            raise ValueError(f"k-NN k and temperature must be positive, got k={self.k}, T={self.temperature}")
 
 
 def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,

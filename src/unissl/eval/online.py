@@ -31,7 +31,7 @@ from unissl.eval.domain import DomainExtractor, load_classifier
 from unissl.eval.features import features_of
 from unissl.eval.frechet import GaussianStats, frechet_distance_stats, gaussian_stats
 from unissl.eval.generation import class_consistency, quantize_uint8
-from unissl.eval.knn import knn_accuracy
+from unissl.eval.knn import KNNConfig, knn_accuracy
 from unissl.eval.probe import ProbeConfig, linear_probe
 from unissl.methods.reptok.sampling import SamplingConfig, sample_conditions, sample_images
 from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
@@ -82,11 +82,11 @@ class OnlineRepresentation(_Timed):
     the subset's features; ``probe_epochs=0`` logs the k-NN only.
     """
 
-    def __init__(self, store_dir: str, train_items: int = 2000, test_items: int = 400, k: int = 20,
-                 temperature: float = 0.07, probe_epochs: int = 30, batch_size: int = 500, seed: int = 0) -> None:
+    def __init__(self, store_dir: str, train_items: int = 2000, test_items: int = 400, knn: KNNConfig | None = None,
+                 probe_epochs: int = 30, batch_size: int = 500, seed: int = 0) -> None:
         super().__init__()
         train, test = TokenStore(store_dir, "train"), TokenStore(store_dir, "test")
-        self.k, self.temperature, self.batch_size = k, temperature, batch_size
+        self.knn, self.batch_size = knn or KNNConfig(), batch_size
         self.probe = ProbeConfig(lrs=[0.01, 0.1, 1.0], epochs=probe_epochs, warmup_epochs=min(3.0, probe_epochs),
                                  batch_size=128, seed=seed) if probe_epochs > 0 else None
         self.train = train.__getitems__(_subset(len(train), train_items, seed))
@@ -101,7 +101,8 @@ class OnlineRepresentation(_Timed):
         model = unwrap(trainer.model).model
         tx, vx = self._features(model, self.train["ids"]), self._features(model, self.test["ids"])
         ty, vy = self.train["label"], self.test["label"]
-        out = {"knn_top1": float(knn_accuracy(tx, ty, vx, vy, self.num_classes, self.k, self.temperature)["top1"])}
+        out = {"knn_top1": float(knn_accuracy(tx, ty, vx, vy, self.num_classes, self.knn.k,
+                                                self.knn.temperature)["top1"])}
         if self.probe is not None:
             with torch.enable_grad():  # the probe trains its heads; the encoder's features are fixed tensors
                 metrics, _ = linear_probe(tx, ty, vx, vy, self.num_classes, self.probe, progress=False)

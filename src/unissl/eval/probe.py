@@ -44,12 +44,15 @@ class ProbeConfig:
     norm: Norm = arg("layernorm", help="parameter-free norm before the BatchNorm: layernorm (no affine), "
                                        "standardize (train mean/std) or none")
     seed: int = arg(0, help="seed of the validation split, head init and batch order")
+    val_fraction: float = arg(0.1, help="share of the train split held out to select the head")
 
     def __post_init__(self) -> None:
         if not self.lrs or any(lr <= 0 for lr in self.lrs):
             raise ValueError(f"probe lrs must be a non-empty list of positive numbers, got {self.lrs}")
         if not self.weight_decays or any(w < 0 for w in self.weight_decays):
             raise ValueError(f"probe weight_decays must be non-negative, got {self.weight_decays}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"probe val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.epochs <= 0 or self.batch_size <= 0:
             raise ValueError(f"probe epochs and batch_size must be positive, got {self.epochs}, {self.batch_size}")
 
@@ -158,7 +161,7 @@ def fit_probes(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor
         raise UnisslError(f"linear probe: features {tuple(train_x.shape)} and labels {tuple(train_y.shape)} "
                           "do not match")
     if val_x.shape[0] == 0:
-        raise UnisslError("linear probe: the validation slice is empty; raise --val-fraction")
+        raise UnisslError("linear probe: the validation slice is empty; raise --probe.val-fraction")
     device = device or torch.device("cpu")
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -216,10 +219,10 @@ def train_val_split(num: int, val_fraction: float, seed: int = 0) -> tuple[torch
 
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                 num_classes: int, cfg: ProbeConfig, val_fraction: float = 0.1,
-                 device: torch.device | None = None, progress: bool = True) -> tuple[dict[str, float], ProbeResult]:
-    """The full protocol: split a validation slice off train, fit the grid, report test top-1/top-5."""
-    tr, va = train_val_split(train_x.shape[0], val_fraction, cfg.seed)
+                 num_classes: int, cfg: ProbeConfig, device: torch.device | None = None,
+                 progress: bool = True) -> tuple[dict[str, float], ProbeResult]:
+    """The full protocol: split ``cfg.val_fraction`` off train, fit the grid, report test top-1/top-5."""
+    tr, va = train_val_split(train_x.shape[0], cfg.val_fraction, cfg.seed)
     result = fit_probes(train_x[tr], train_y[tr], train_x[va], train_y[va], num_classes, cfg, device, progress)
     metrics = result.evaluate(test_x, test_y)
     metrics["val_top1"] = result.val_top1[result.best]

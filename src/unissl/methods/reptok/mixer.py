@@ -154,7 +154,7 @@ class GeneratorConfig:
     """Everything needed to rebuild a generator (stored as ``config.json`` next to the weights)."""
 
     token_dim: int
-    preset: str = "small"
+    preset: str = "mini"
     conditioning: Literal["class", "text"] = "class"
     num_classes: int = 10
     cond_dropout: float = 0.1  # probability of the null condition during training (CFG)
