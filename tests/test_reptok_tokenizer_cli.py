@@ -125,3 +125,24 @@ def test_online_psnr_and_rfd_are_logged_at_every_checkpoint(tmp_path):
     assert online[-1]["online/psnr"] == pytest.approx(float(psnr(rec, x).mean()), abs=1e-4)
     assert online[-1]["online/rFD_domain"] == pytest.approx(frechet_distance_stats(stats(rec.clamp(0, 1)), stats(x)),
                                                             rel=1e-4, abs=1e-6)
+
+
+def test_interpolate_reads_an_image_file_as_the_folder_dataset_does(tmp_path) -> None:
+    """`interpolate --image-a FILE` decodes a file exactly as the folder dataset decodes the same file
+    (resize of the shorter side, centre crop, grey), so a path and a dataset item give the same pixels."""
+    import numpy as np
+    from PIL import Image
+
+    from unissl.commands.interpolate import load_image
+    from unissl.data.folder import load_folder
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    path = tmp_path / "data" / "a" / "x.png"
+    Image.fromarray(rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)).save(path)  # not square, RGB
+    from_file = load_image(path, channels=1, size=16)
+    from_folder = load_folder(tmp_path / "data", "train", image_size=16, channels=1).__getitems__([0])["image"]
+    assert from_file.shape == (1, 1, 16, 16)
+    assert torch.equal(from_file, from_folder.float())
+    with pytest.raises(Exception, match="not found"):
+        load_image(tmp_path / "missing.png", 1, 16)

@@ -21,6 +21,7 @@ from unissl.errors import UnisslError
 from unissl.eval.features import load_extractor, metric_name, resolve_device
 from unissl.eval.generation import class_hits, generation_metrics, load_npz_images, share_by_label
 from unissl.eval.results import record_result
+from unissl.methods.reptok.tokenizer import DECODE_STEPS
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Config:
     device: str = device_arg()
     ceiling_tokenizer: str | None = arg(None, help="tokenizer that decoded the samples (RepTok or VQ directory): "
                                                    "also score real reference images passed through it")
-    ceiling_decode_steps: int = arg(50, help="RepTok decoder Euler steps for the ceiling's reconstructions")
+    ceiling_decode_steps: int = arg(DECODE_STEPS, help="RepTok decoder Euler steps for the ceiling's reconstructions")
     seed: int = arg(0, help="seed of the ceiling's reference subset and decoder noise")
 
     def __post_init__(self) -> None:

@@ -6,17 +6,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 
 from unissl.config import arg
 from unissl.data import build_dataset
+from unissl.data.folder import decode_image
 from unissl.engine.runtime import device_arg
 from unissl.errors import UnisslError
 from unissl.eval.features import resolve_device
-from unissl.methods.reptok.encoders import to_square
 from unissl.methods.reptok.interpolation import INTERPOLATIONS
-from unissl.methods.reptok.tokenizer import RepTokTokenizer
+from unissl.methods.reptok.tokenizer import DECODE_STEPS, RepTokTokenizer
 from unissl.utils.images import save_grid
 
 
@@ -34,7 +33,7 @@ class Config:
     index_b: int = arg(1, help="index of the second image in the dataset")
     points: int = arg(8, help="number of tokens on the path, endpoints included")
     method: Literal["slerp", "lerp"] = arg("slerp", help="interpolation")
-    steps: int = arg(50, help="ODE steps of the decoder")
+    steps: int = arg(DECODE_STEPS, help="ODE steps of the decoder")
     solver: Literal["euler", "heun"] = arg("euler", help="ODE solver")
     seed: int = arg(0, help="seed of the starting noise (the same noise for every point)")
     device: str = device_arg()
@@ -48,20 +47,13 @@ class Config:
 
 
 def load_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
-    """An image file -> (1, channels, size, size) in [0, 1] (centre-cropped and resized)."""
-    from PIL import Image, UnidentifiedImageError
-
-
+    """An image file -> (1, channels, size, size) in [0, 1], decoded as the folder dataset decodes its images
+    (shorter side resized with antialias, centre crop, grey or RGB), so a file and a dataset item match."""
     path = Path(path)
     if not path.is_file():
         raise UnisslError(f"image {path} not found")
-    try:
-        img = Image.open(path).convert("L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise UnisslError(f"{path} is not a readable image ({e})") from None
-    arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
-    x = arr[None, None] if channels == 1 else arr.permute(2, 0, 1)[None]
-    return to_square(x, size, channels=channels)
+    arr = decode_image(path, size, channels, str(path))  # uint8 (H, W, C)
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255.0
 
 
 def run(cfg: Config) -> Path:

@@ -20,7 +20,7 @@ from unissl.eval.generation import class_consistency, predict_probs
 from unissl.eval.reconstruction import reconstruction_metrics
 from unissl.eval.results import record_result
 from unissl.methods.reptok.reconstruction import reconstruct_dataset
-from unissl.methods.reptok.tokenizer import RepTokTokenizer
+from unissl.methods.reptok.tokenizer import DECODE_STEPS, RepTokTokenizer
 from unissl.utils.images import save_grid
 from unissl.utils.io import atomic_file, write_json
 
@@ -35,7 +35,7 @@ class Config:
     split: str = arg("test", help="dataset split")
     num_images: int = arg(1000, help="reconstruct the first N images of the split (metrics use all of them)")
     show: int = arg(16, help="pairs shown in the grid PNG")
-    steps: int = arg(50, help="ODE steps of the decoder")
+    steps: int = arg(DECODE_STEPS, help="ODE steps of the decoder")
     solver: Literal["euler", "heun"] = arg("euler", help="ODE solver")
     extractor: str | None = arg(None, help="feature extractor for rFD, e.g. domain:DIR (none: PSNR/SSIM only)")
     batch_size: int = arg(250, help="images per decoding batch")

@@ -22,7 +22,7 @@ from unissl.errors import UnisslError
 from unissl.methods.reptok.captions import class_of_prompt, heldout_prompts
 from unissl.methods.reptok.generator import TokenGeneratorMethod
 from unissl.methods.reptok.sampling import SamplingConfig, sample_conditions, sample_images, write_samples
-from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
+from unissl.methods.reptok.tokenizer import DECODE_STEPS, load_reptok_tokenizer
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Config:
     heldout_prompts: bool = arg(False, help="prompt with every held-out caption template x class (zero-shot "
                                             "evaluation of a text generator; the npz labels are the named classes)")
     n: int = arg(8, help="samples per class / prompt")
-    decode_steps: int = arg(50, help="decoder Euler steps")
+    decode_steps: int = arg(DECODE_STEPS, help="decoder Euler steps")
     tokenizer: str | None = arg(None, help="RepTok tokenizer directory (default: the one the generator records)")
     out: str | None = arg(None, help="output directory (default: <checkpoint>/samples)")
     name: str | None = arg(None, help="file stem (default: derived from the settings)")

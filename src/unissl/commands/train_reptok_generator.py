@@ -34,7 +34,7 @@ from unissl.methods.reptok.captions import class_captions, class_of_prompt, held
 from unissl.methods.reptok.generator import GENERATOR_PRESETS, GeneratorConfig, TokenGeneratorMethod
 from unissl.methods.reptok.sampling import SamplingConfig, sample_conditions, sample_images, write_samples
 from unissl.methods.reptok.text import CaptionBank, FrozenTextEncoder
-from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
+from unissl.methods.reptok.tokenizer import DECODE_STEPS, load_reptok_tokenizer
 from unissl.utils.seed import seed_everything
 
 
@@ -60,7 +60,7 @@ class Config:
                                                          "(text conditioning)")
     text_depth: int = arg(GeneratorConfig.text_depth, help="cross-attention blocks (text conditioning)")
     samples_per_class: int = arg(8, help="guided samples per class in <run_dir>/samples.png (0: none)")
-    decode_steps: int = arg(50, help="decoder Euler steps for the final sample grid")
+    decode_steps: int = arg(DECODE_STEPS, help="decoder Euler steps for the final sample grid")
     online_domain: str | None = arg(None, help="domain classifier directory: at every checkpoint, log FD_domain and "
                                                "class share of guided samples (online/FD_domain, online/class_share)")
     online_per_class: int = arg(20, help="samples per class of the online evaluation")

@@ -40,18 +40,21 @@ class Config:
     encoder: Literal["dinov2", "sorcen", "random"] = arg("dinov2", help="SSL encoder kind")
     encoder_path: str | None = arg(None, help="dinov2: local transformers directory; sorcen: run directory")
     encoder_image_size: int | None = arg(None, help="dinov2 input size (default 224, rounded to the patch size)")
-    random_preset: str = arg("tiny", help="random encoder size: tiny, small, base")
+    random_preset: str = arg("tiny", help="random encoder size", choices=RANDOM_VIT_PRESETS)
     dataset: str = arg("fashion-mnist", help="image dataset (digits, fashion-mnist, folder, webdataset)")
     data_dir: str | None = arg(None, help="dataset directory (default: the dataset's standard location)")
     split: str = arg("train", help="dataset split to train on")
     image_size: int | None = arg(None, help="resize the images to this size (default: the dataset's)")
     limit: int | None = arg(None, help="train on the first N images only (quick runs)")
-    cos_weight: float = arg(0.1, help="lambda: weight of the cosine regulariser 1 - cos(z, z_frozen)")
-    cls_lr_scale: float = arg(1.0, help="learning-rate multiplier of the trainable [cls] (e.g. 20 lets the token "
+    # The tokenizer's hyperparameters take their defaults from RepTokConfig (defined there once).
+    cos_weight: float = arg(RepTokConfig.cos_weight, help="lambda: weight of the cosine regulariser "
+                                                          "1 - cos(z, z_frozen)")
+    cls_lr_scale: float = arg(RepTokConfig.cls_lr_scale, help="learning-rate multiplier of the trainable [cls] (e.g. 20 lets the token "
                                         "move far enough for lambda to matter; drift is logged as drift_*)")
-    decoder: str = arg("small", help="decoder preset: tiny, small, base, paper")
-    patch_size: int = arg(4, help="decoder patch size (on pixels or latents)")
-    space: Literal["pixels", "vae"] = arg("pixels", help="decode pixels or the latents of a frozen AutoencoderKL")
+    decoder: str = arg(RepTokConfig.decoder, help="decoder preset", choices=DECODER_PRESETS)
+    patch_size: int = arg(RepTokConfig.patch_size, help="decoder patch size (on pixels or latents)")
+    space: Literal["pixels", "vae"] = arg(RepTokConfig.space, help="decode pixels or the latents of a frozen "
+                                                                   "AutoencoderKL")
     vae_path: str | None = arg(None, help="space=vae: local diffusers AutoencoderKL directory")
     out: str | None = arg(None, help="where the trained tokenizer is saved (default: RUN_DIR/tokenizer)")
     frozen_cache: bool = arg(True, help="compute the frozen encoder's token (and the Sorcen adapter's VQ ids) once "
@@ -66,10 +69,6 @@ class Config:
     train: TrainConfig = field(default_factory=_default_train)
 
     def __post_init__(self) -> None:
-        if self.decoder not in DECODER_PRESETS:
-            raise UnisslError(f"--decoder {self.decoder!r}: choose one of {sorted(DECODER_PRESETS)}")
-        if self.random_preset not in RANDOM_VIT_PRESETS:
-            raise UnisslError(f"--random-preset {self.random_preset!r}: choose one of {sorted(RANDOM_VIT_PRESETS)}")
         if self.encoder != "random" and not self.encoder_path:
             raise UnisslError(f"--encoder {self.encoder} needs --encoder-path (dinov2: a local transformers "
                               "directory with config.json and weights; sorcen: a `unissl train sorcen` run dir)")

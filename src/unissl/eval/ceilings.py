@@ -20,6 +20,7 @@ import torch
 
 from unissl.errors import UnisslError
 from unissl.eval.generation import class_hits
+from unissl.methods.reptok.tokenizer import DECODE_STEPS
 
 
 def matching_reference(reference: Any, labels: torch.Tensor | None, n: int, seed: int = 0) -> torch.Tensor:
@@ -64,7 +65,7 @@ def load_roundtrip_tokenizer(path: str | Path, device: torch.device) -> Any:
 
 
 @torch.no_grad()
-def roundtrip(tokenizer: Any, images: torch.Tensor, decode_steps: int = 50, batch_size: int = 250,
+def roundtrip(tokenizer: Any, images: torch.Tensor, decode_steps: int = DECODE_STEPS, batch_size: int = 250,
               seed: int = 0) -> torch.Tensor:
     """decode(encode(images)) for images (N, C, H, W) in [0, 1] -> (N, C, H, W) in [0, 1] on CPU."""
     from unissl.methods.reptok.tokenizer import RepTokTokenizer

@@ -37,6 +37,9 @@ FORMAT = "unissl-reptok-tokenizer-v1"
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
+DECODE_STEPS = 50  # Euler steps of the flow decoder wherever a caller does not choose (the one default)
+
+
 @dataclass
 class RepTokConfig:
     """Everything needed to rebuild a tokenizer (saved as config.json)."""
@@ -120,7 +123,7 @@ class RepTokTokenizer(nn.Module, HubMixin):
         return self.encoder(images)
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, steps: int = 50, solver: str = "euler",
+    def decode(self, z: torch.Tensor, steps: int = DECODE_STEPS, solver: str = "euler",
                generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens z (B, D) -> images (B, C, H, W) in [0, 1]: integrate from noise (t=1) to data (t=0)."""
         h = self.projection(z)  # (B, D_dec)
@@ -131,7 +134,7 @@ class RepTokTokenizer(nn.Module, HubMixin):
         return self.space.decode(x)
 
     @torch.no_grad()
-    def reconstruct(self, images: torch.Tensor, steps: int = 50, solver: str = "euler",
+    def reconstruct(self, images: torch.Tensor, steps: int = DECODE_STEPS, solver: str = "euler",
                     generator: torch.Generator | None = None) -> torch.Tensor:
         """decode(encode(images))."""
         return self.decode(self.encode(images), steps=steps, solver=solver, generator=generator)
