@@ -11,7 +11,8 @@ from unissl.errors import UnisslError
 from unissl.methods.reptok.captions import FASHION_MNIST_CLASSES, class_captions
 from unissl.methods.reptok.generator import GeneratorConfig, TokenGeneratorMethod, concat_cond
 from unissl.methods.reptok.sampling import SamplingConfig, guided_velocity, sample_tokens
-from unissl.methods.reptok.text import CaptionBank, FrozenTextEncoder, TextConditioner, text_condition
+from unissl.methods.reptok.text import CaptionBank, TextConditioner, text_condition
+from unissl.methods.reptok.text_encoder import FrozenTextEncoder
 
 torch.set_num_threads(1)
 WORDS = "a an photo of grey on black background picture image t shirt - pair trousers pullover dress coat " \

@@ -33,7 +33,8 @@ from unissl.eval.online import OnlineGeneration
 from unissl.methods.reptok.captions import class_captions, class_of_prompt, heldout_prompts
 from unissl.methods.reptok.generator import GENERATOR_PRESETS, GeneratorConfig, TokenGeneratorMethod
 from unissl.methods.reptok.sampling import SamplingConfig, sample_conditions, sample_images, write_samples
-from unissl.methods.reptok.text import CaptionBank, FrozenTextEncoder
+from unissl.methods.reptok.text import CaptionBank
+from unissl.methods.reptok.text_encoder import FrozenTextEncoder
 from unissl.methods.reptok.tokenizer import DECODE_STEPS, load_reptok_tokenizer
 from unissl.utils.seed import seed_everything
 

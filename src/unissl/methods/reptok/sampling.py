@@ -131,7 +131,8 @@ def sample_conditions(method: TokenGeneratorMethod, n: int, classes: list[str] |
     if prompts is not None:
         if gcfg.conditioning != "text":
             raise UnisslError(f"{name} is a class-conditional generator; pass classes (--class), not prompts")
-        from unissl.methods.reptok.text import FrozenTextEncoder, text_condition
+        from unissl.methods.reptok.text import text_condition
+        from unissl.methods.reptok.text_encoder import FrozenTextEncoder
 
         states, mask = FrozenTextEncoder(gcfg.text_encoder).to(device).encode(prompts)  # (P, L, H), (P, L)
         idx = torch.arange(len(prompts)).repeat_interleave(n)  # (N,)
