@@ -58,6 +58,7 @@ def test_the_readme_has_the_four_examples():
                                     for b in blocks)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(4))
 def test_readme_example_runs(runs, monkeypatch, index):
     monkeypatch.chdir(runs)

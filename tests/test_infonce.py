@@ -7,6 +7,7 @@ import os
 import socket
 import tempfile
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -89,6 +90,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_gather_keeps_gradients_across_two_gloo_ranks():
     queries, keys = _data()
     # Reference in one process: rank r scores its queries against all W*B keys (positive at r*B + i);

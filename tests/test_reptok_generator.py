@@ -189,6 +189,7 @@ def toy() -> tuple[TokenGeneratorMethod, list[float]]:
     return m.eval(), losses
 
 
+@pytest.mark.slow
 def test_euler_sampling_of_toy_gaussians_reaches_mean_and_std(toy):
     m, losses = toy
     assert sum(losses[-50:]) / 50 < 0.5 * sum(losses[:10]) / 10
@@ -200,6 +201,7 @@ def test_euler_sampling_of_toy_gaussians_reaches_mean_and_std(toy):
         assert abs(z.std(0).mean().item() - SD[c].item()) < 0.08, (c, z.std(0))
 
 
+@pytest.mark.slow
 def test_heun_agrees_with_fine_euler_and_guidance_sharpens(toy):
     m, _ = toy
     noise = torch.randn(200, 4, generator=torch.Generator().manual_seed(1))
@@ -214,6 +216,7 @@ def test_heun_agrees_with_fine_euler_and_guidance_sharpens(toy):
     assert d_guided > d_plain
 
 
+@pytest.mark.slow
 def test_loss_goes_down_on_digits_features():
     """Class-conditional flow on sklearn's 8x8 digits (64-d vectors) as stand-in tokens."""
     from sklearn.datasets import load_digits

@@ -326,6 +326,7 @@ def test_small_preset_forward_backward_on_store_shapes():
     assert torch.isfinite(out["loss"])
 
 
+@pytest.mark.slow
 def test_mage_overfits_a_fixed_batch():
     torch.manual_seed(0)
     m = SorcenMethod(PRESETS["tiny"], "mage", SorcenLossConfig(mask_min=0.5, mask_max=0.5), num_classes=2)
@@ -352,6 +353,7 @@ def test_crop_flip_shapes_and_identity():
     assert y.shape == (3, 1, 6, 6) and y.min() >= 0 and y.max() <= 1
 
 
+@pytest.mark.slow
 def test_compiled_networks_compile_once_across_mask_ratios_and_progress():
     """--train.compile: the blocks compile on the first step and stay compiled while the mask ratio and
     the progress counters change every step (compiling the whole method recompiled every step)."""

@@ -94,6 +94,7 @@ def test_concat_cond_pads_text_of_different_lengths():
     assert not c["text_mask"][:2, 3:].any() and c["text_mask"][2].all()
 
 
+@pytest.mark.slow
 def test_text_generator_trains_samples_and_roundtrips(tiny_bert, tmp_path):
     enc = FrozenTextEncoder(tiny_bert)
     classes = FASHION_MNIST_CLASSES[:3]
