@@ -290,3 +290,26 @@ def test_dataloader_stream_over_digits() -> None:
     ref = list(itertools.islice(iter(ShardedBatchSampler(len(ds), 32, seed=0)), 10))
     for batch, idx in zip(itertools.islice(iter(loader), 10), ref):
         assert torch.equal(batch["label"], ds.labels[idx])
+
+
+def test_one_image_adaptation_serves_datasets_evaluation_and_encoders() -> None:
+    """Datasets, the evaluation's extractors and the RepTok encoders adapt images through one function:
+    bilinear antialiased resize (checked against F.interpolate) and grey -> RGB / RGB -> grey (BT.601 luma)."""
+    import torch.nn.functional as F
+
+    from unissl.data.base import adapt_images, resize_images
+    from unissl.eval import features
+    from unissl.methods.reptok.encoders import to_square
+
+    x = torch.rand(4, 1, 8, 8)
+    ref = F.interpolate(x, size=(20, 20), mode="bilinear", antialias=True, align_corners=False).expand(-1, 3, -1, -1)
+    assert torch.allclose(adapt_images(x, 3, 20), ref, atol=1e-6)
+    assert features.adapt_images is adapt_images
+    assert torch.equal(to_square(x, 20, channels=3), adapt_images(x, 3, 20))
+    wide = torch.rand(2, 3, 8, 12)  # to_square crops the centre square first
+    assert torch.equal(to_square(wide, 8, channels=3), wide[:, :, :, 2:10])
+    rgb = torch.rand(2, 3, 5, 5)
+    luma = (rgb * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    assert torch.allclose(adapt_images(rgb, 1), luma)
+    u8 = (x * 255).round().to(torch.uint8)
+    assert torch.equal(adapt_images(u8, None, 20), resize_images(u8, 20))  # the datasets' uint8 path

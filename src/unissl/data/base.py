@@ -37,6 +37,19 @@ def resize_images(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.T
     return out
 
 
+def adapt_images(images: torch.Tensor, channels: int | None = None, size: int | None = None,
+                 where: str = "images") -> torch.Tensor:
+    """The one image adaptation of datasets, evaluation and encoders: match ``channels`` (grey -> RGB by
+    repetition, RGB -> grey by BT.601 luma) and resize to ``size`` x ``size`` (bilinear, antialiased), so
+    training and evaluation see the same pixels. (N, C, H, W) uint8 or float in [0, 1], dtype kept."""
+    x = images if channels is None else match_channels(images, channels, where)
+    if size is not None and x.shape[-2:] != (size, size):
+        x = resize_images(x, size)
+        if x.is_floating_point():
+            x = x.clamp(0, 1)
+    return x
+
+
 def to_float_images(x: torch.Tensor) -> torch.Tensor:
     """uint8 (values 0..255) or float (already in [0, 1]) images -> float32 in [0, 1]."""
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save
 from tqdm import tqdm
 
+from unissl.data.base import adapt_images
 from unissl.engine.runtime import resolve_device  # re-exported: the eval commands import it from here
 from unissl.errors import UnisslError
 from unissl.utils.io import atomic_file
@@ -118,26 +118,6 @@ def load_extractor(spec: str, device: str | torch.device | None = "cpu") -> Any:
         raise UnisslError(f"feature extractor {name!r}: {EXTRACTORS[name]} returned {type(extractor).__name__}, "
                           f"which lacks features()/identity()")
     return extractor
-
-
-def adapt_images(images: torch.Tensor, channels: int | None = None, size: int | None = None) -> torch.Tensor:
-    """Match channels (grey <-> RGB) and spatial size (bilinear, antialiased) to what an extractor expects."""
-    x = images
-    c = x.shape[1]
-    if channels is not None and c != channels:
-        if c == 1:
-            x = x.expand(-1, channels, -1, -1)
-        elif channels == 1 and c == 3:
-            # ITU-R BT.601 luma, the usual RGB -> grey conversion.
-            w = x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-            x = (x * w).sum(1, keepdim=True)
-        else:
-            raise UnisslError(f"cannot convert {c}-channel images to the {channels} channels the extractor expects")
-    if size is not None and (x.shape[-2] != size or x.shape[-1] != size):
-        down = x.shape[-1] > size
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=down)
-        x = x.clamp(0, 1)
-    return x
 
 
 @torch.no_grad()

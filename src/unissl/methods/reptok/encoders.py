@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from unissl.data.base import adapt_images
 from unissl.errors import UnisslError
 
 if TYPE_CHECKING:
@@ -35,23 +35,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def to_square(images: torch.Tensor, size: int, channels: int = 3) -> torch.Tensor:
-    """Centre-crop to a square, resize to ``size`` (bilinear, antialiased when shrinking), grey -> RGB.
+    """Centre-crop to a square, then the datasets' adaptation (:func:`unissl.data.base.adapt_images`:
+    bilinear antialiased resize to ``size``, grey -> RGB).
 
     ``images`` (B, C, H, W) in [0, 1] -> (B, channels, size, size).
     """
-    _, c, h, w = images.shape
+    h, w = images.shape[-2:]
     if h != w:
         s = min(h, w)
         top, left = (h - s) // 2, (w - s) // 2
         images = images[:, :, top:top + s, left:left + s]
-    if images.shape[-1] != size:
-        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
-                               antialias=images.shape[-1] > size)
-    if c == 1 and channels == 3:
-        images = images.expand(-1, 3, -1, -1)
-    elif c != channels:
-        raise UnisslError(f"the encoder expects {channels}-channel images, got {c} channels")
-    return images
+    return adapt_images(images, channels, size, where="the encoder's input")
 
 
 class SSLEncoder(nn.Module):
