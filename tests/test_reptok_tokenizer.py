@@ -303,3 +303,18 @@ def test_vae_space_with_a_tiny_autoencoder(tmp_path) -> None:
         RepTokTokenizer(RepTokConfig(encoder=dict(RANDOM_ENC), image_size=16, channels=1, space="vae",
                                      vae_path=str(tmp_path / "missing")))
     assert math.isfinite(out["loss"].detach().item())
+
+
+def test_patchify_matches_a_naive_loop_and_round_trips() -> None:
+    """One patchify for the decoder and the random ViT: row-major patches, each flattened as (C, p, p)."""
+    from unissl.layers import patchify, unpatchify
+
+    x = torch.randn(2, 3, 8, 12)
+    p = 4
+    got = patchify(x, p)  # (2, 6, 48)
+    naive = torch.stack([torch.stack([x[b, :, i * p:(i + 1) * p, j * p:(j + 1) * p].reshape(-1)
+                                      for i in range(2) for j in range(3)]) for b in range(2)])
+    assert torch.equal(got, naive)
+    assert torch.equal(unpatchify(got, p, 3, (2, 3)), x)
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        patchify(torch.randn(1, 1, 10, 10), 4)

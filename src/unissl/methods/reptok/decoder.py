@@ -21,6 +21,7 @@ from torch import nn
 from unissl.layers.adaln import AdaRMSNorm
 from unissl.layers.cosine_attention import CosineAttention
 from unissl.layers.fourier import FourierFeatures
+from unissl.layers.patch import patchify, unpatchify
 from unissl.layers.rmsnorm import RMSNorm
 from unissl.layers.rope import axial_positions
 from unissl.layers.swiglu import SwiGLU
@@ -118,17 +119,11 @@ class FlowDecoder(nn.Module):
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, N, C p p), row-major patches."""
-        b, c, _, _ = x.shape
-        p, g = self.patch_size, self.grid
-        x = x.reshape(b, c, g, p, g, p).permute(0, 2, 4, 1, 3, 5)  # (B, g, g, C, p, p)
-        return x.reshape(b, g * g, c * p * p)
+        return patchify(x, self.patch_size)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, C p p) -> (B, C, H, W), the inverse of :meth:`patchify`."""
-        b = x.shape[0]
-        p, g, c = self.patch_size, self.grid, self.channels
-        x = x.reshape(b, g, g, c, p, p).permute(0, 3, 1, 4, 2, 5)  # (B, C, g, p, g, p)
-        return x.reshape(b, c, g * p, g * p)
+        return unpatchify(x, self.patch_size, self.channels, (self.grid, self.grid))
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """``x_t`` (B, C, H, W), ``t`` (B,), ``cond`` (B, D) -> velocity (B, C, H, W)."""

@@ -26,6 +26,7 @@ from torch import nn
 
 from unissl.data.base import adapt_images
 from unissl.errors import UnisslError
+from unissl.layers.patch import patchify
 
 if TYPE_CHECKING:
     from unissl.methods.sorcen.model import SorcenModel
@@ -231,8 +232,7 @@ class RandomViT(nn.Module):
 
     def forward(self, x: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
         """x (B, 3, S, S) normalised, cls (D,) -> class output after the final norm (B, D)."""
-        b, p, g = x.shape[0], self.patch, self.grid
-        patches = x.reshape(b, 3, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, 3 * p * p)
+        b, patches = x.shape[0], patchify(x, self.patch)  # (B, N, 3 p p)
         tokens = torch.cat([cls.view(1, 1, -1).expand(b, 1, -1), self.patch_embed(patches)], dim=1)
         tokens = tokens + self.pos_embed  # (B, 1 + N, D)
         for blk in self.blocks:
