@@ -462,3 +462,13 @@ def test_a_setting_through_a_stage_and_through_flags_resolves_the_same(tmp_path)
     cli_result = json.loads((tmp_path / "cli" / "results" / "knn.json").read_text())
     stage_result = json.loads((tmp_path / "pipe" / "eval" / "results" / "knn.json").read_text())
     assert cli_result["metrics"] == stage_result["metrics"]
+
+
+def test_one_number_formatter_for_every_table() -> None:
+    """results.md, study.md and the report format numbers and escape cells through one helper."""
+    from unissl.utils.format import format_number, markdown_row, markdown_table
+
+    assert [format_number(v) for v in (72.8833, 0.000123456, 12345.6, True, 3, [0.5, 2.0], float("nan"))] == \
+        ["72.88", "0.0001235", "12346", "True", "3", "0.5, 2", "nan"]
+    assert markdown_row(["a|b", 1.0, "x\ny"]) == "| a\\|b | 1 | x y |"
+    assert markdown_table(["k", "v"], [["lr", 0.001]]) == ["| k | v |", "|---|---|", "| lr | 0.001 |"]

@@ -12,7 +12,6 @@ import base64
 import html
 import io
 import json
-import math
 import platform
 import re
 from pathlib import Path
@@ -20,20 +19,11 @@ from typing import Any
 
 from unissl.engine.logger import read_log
 from unissl.errors import UnisslError
+from unissl.utils.format import format_number, markdown_table
 from unissl.utils.io import atomic_file
 
 _STEP = re.compile(r"^(?P<series>.*?)[_-]?step[_-]?(?P<step>\d+)$")
 _CURVE_KEYS = ("loss", "acc", "psnr", "usage", "lr", "knn")
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if math.isnan(v) or math.isinf(v):
-            return str(v)
-        return f"{v:.4g}"
-    if isinstance(v, (list, tuple)):
-        return ", ".join(_fmt(x) for x in v)
-    return str(v)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -225,7 +215,7 @@ def _cell(m: dict[str, Any], key: str | None, pct: bool = False) -> str:
     """``m[key]`` formatted (as a percentage of a 0..1 share with ``pct``), '-' when absent."""
     if key is None or key not in m:
         return "-"
-    return f"{100 * m[key]:.1f}%" if pct else _fmt(m[key])
+    return f"{100 * m[key]:.1f}%" if pct else format_number(m[key])
 
 
 def ceiling_rows(found: list[tuple[str, dict[str, Any]]]) -> list[list[str]]:
@@ -270,9 +260,7 @@ class _Doc:
         for r in rows:
             self.h.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>")
         self.h.append("</table>")
-        self.md.append("| " + " | ".join(header) + " |")
-        self.md.append("|" + "---|" * len(header))
-        self.md.extend("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows)
+        self.md.extend(markdown_table(header, rows))
         self.md.append("")
 
 
@@ -282,7 +270,7 @@ def _study_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) ->
         return
     rows = json.loads(study.read_text()).get("rows", [])
     doc.section("Across seeds")  # a multi-seed pipeline: the across-seed table comes first
-    doc.table([[r["source"], r["metric"], f"{_fmt(r['mean'])} ± {_fmt(r['std'])}", str(r["n"])] for r in rows],
+    doc.table([[r["source"], r["metric"], f"{format_number(r['mean'])} ± {format_number(r['std'])}", str(r["n"])] for r in rows],
               ["source", "metric", "mean ± std", "seeds"])
 
 
@@ -291,8 +279,8 @@ def _stages_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) -
         return
     doc.section("Stages")
     total = sum(float(s.get("seconds", 0) or 0) for s in info["stages"])
-    doc.table([[s.get("name", "?"), s.get("command", "?"), s.get("status", "?"), _fmt(s.get("seconds", "")),
-                str(s.get("output", ""))] for s in info["stages"]] + [["total", "", "", _fmt(total), ""]],
+    doc.table([[s.get("name", "?"), s.get("command", "?"), s.get("status", "?"), format_number(s.get("seconds", "")),
+                str(s.get("output", ""))] for s in info["stages"]] + [["total", "", "", format_number(total), ""]],
               ["stage", "command", "status", "seconds", "output"])
 
 
@@ -309,7 +297,7 @@ def _metrics_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) 
         label = str(scalars.get("name", rel))
         if origin is not None:  # the same result name from two runs: say which directory it is from
             label = f"{label} ({origin})"
-        rows.append([label, ", ".join(f"{k}={_fmt(v)}" for k, v in head.items())])
+        rows.append([label, ", ".join(f"{k}={format_number(v)}" for k, v in head.items())])
     doc.table(rows, ["result", "metrics"])
     ceilings = ceiling_rows(info["metrics"])
     if ceilings:
@@ -319,7 +307,7 @@ def _metrics_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) 
     doc.h.append("<details><summary>all fields of every result file</summary>")
     for rel, scalars in info["metrics"]:
         doc.h.append(f"<h3>{html.escape(rel)}</h3>")
-        doc.h.append("<table>" + "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(_fmt(v))}</td></tr>"
+        doc.h.append("<table>" + "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(format_number(v))}</td></tr>"
                                          for k, v in scalars.items()) + "</table>")
     doc.h.append("</details>")
 

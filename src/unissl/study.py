@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from unissl.errors import UnisslError
+from unissl.utils.format import format_number, markdown_table
 from unissl.utils.io import atomic_file, write_json
 
 _SEED_DIR = re.compile(r"^seed(-?\d+)$")
@@ -113,16 +114,11 @@ def summarize(out: str | Path) -> dict[str, Any]:
     seeds = list(dirs)
     lines = [f"# Study summary: {out.name}", "",
              f"Seeds {seeds}; mean ± sample std over the seeds that have the metric (n).", "",
-             "| source | metric | mean ± std | n | " + " | ".join(f"seed {s}" for s in seeds) + " |",
-             "|---|---|---|---|" + "---|" * len(seeds)]
-    for r in rows:
-        cells = [_fmt(r["values"][str(s)]) if str(s) in r["values"] else "" for s in seeds]
-        lines.append(f"| {r['source']} | {r['metric']} | {_fmt(r['mean'])} ± {_fmt(r['std'])} | {r['n']} | "
-                     + " | ".join(cells) + " |")
+             *markdown_table(["source", "metric", "mean ± std", "n", *(f"seed {s}" for s in seeds)],
+                             [[r["source"], r["metric"], f"{format_number(r['mean'])} ± {format_number(r['std'])}",
+                               r["n"], *(r["values"].get(str(s), "") for s in seeds)] for r in rows])]
     with atomic_file(out / "study.md", "w") as f:
         f.write("\n".join(lines) + "\n")
     return summary
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"

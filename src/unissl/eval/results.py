@@ -18,23 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from unissl.errors import UnisslError
+from unissl.utils.format import format_number, markdown_row
 from unissl.utils.io import atomic_file, git_revision, write_json
 
 TABLE_HEADER = "| time (UTC) | evaluation | metrics | details |\n|---|---|---|---|\n"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
-def _fmt(value: Any) -> str:
-    """A compact cell text: floats with 4 significant decimals, everything else via ``str``."""
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e-2 or abs(value) >= 1e5 else f"{value:.4f}".rstrip("0").rstrip(".")
-    return str(value).replace("|", "/").replace("\n", " ")
-
-
 def _cells(d: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={_fmt(v)}" for k, v in d.items() if not isinstance(v, (dict, list))) or "-"
+    return ", ".join(f"{k}={format_number(v)}" for k, v in d.items() if not isinstance(v, (dict, list))) or "-"
 
 
 def record_result(run_dir: str | Path, name: str, metrics: dict[str, Any],
@@ -63,7 +55,7 @@ def record_result(run_dir: str | Path, name: str, metrics: dict[str, Any],
         old = "# Evaluation results\n\n" + TABLE_HEADER
     elif not old.endswith("\n"):
         old += "\n"
-    row = f"| {now.strftime('%Y-%m-%d %H:%M')} | {name} | {_cells(metrics)} | {_cells(extra or {})} |\n"
+    row = markdown_row([now.strftime('%Y-%m-%d %H:%M'), name, _cells(metrics), _cells(extra or {})]) + "\n"
     with atomic_file(table, "w") as f:
         f.write(old + row)
     return json_path
