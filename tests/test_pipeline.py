@@ -468,7 +468,8 @@ def test_one_number_formatter_for_every_table() -> None:
     """results.md, study.md and the report format numbers and escape cells through one helper."""
     from unissl.utils.format import format_number, markdown_row, markdown_table
 
-    assert [format_number(v) for v in (72.8833, 0.000123456, 12345.6, True, 3, [0.5, 2.0], float("nan"))] == \
-        ["72.88", "0.0001235", "12346", "True", "3", "0.5, 2", "nan"]
+    assert [format_number(v) for v in (72.88333, 0.000123456, 123456.7, 0.0, True, 3, [0.5, 2.0], float("nan"))] == \
+        ["72.8833", "0.0001235", "1.235e+05", "0", "True", "3", "0.5, 2", "nan"]
+    assert [format_number(v, 4) for v in (72.88333, 12345.6, [0.5, 2.25])] == ["72.88", "12346", "0.5, 2.25"]
     assert markdown_row(["a|b", 1.0, "x\ny"]) == "| a\\|b | 1 | x y |"
     assert markdown_table(["k", "v"], [["lr", 0.001]]) == ["| k | v |", "|---|---|", "| lr | 0.001 |"]

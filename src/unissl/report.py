@@ -215,7 +215,7 @@ def _cell(m: dict[str, Any], key: str | None, pct: bool = False) -> str:
     """``m[key]`` formatted (as a percentage of a 0..1 share with ``pct``), '-' when absent."""
     if key is None or key not in m:
         return "-"
-    return f"{100 * m[key]:.1f}%" if pct else format_number(m[key])
+    return f"{100 * m[key]:.1f}%" if pct else format_number(m[key], 4)
 
 
 def ceiling_rows(found: list[tuple[str, dict[str, Any]]]) -> list[list[str]]:
@@ -270,7 +270,8 @@ def _study_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) ->
         return
     rows = json.loads(study.read_text()).get("rows", [])
     doc.section("Across seeds")  # a multi-seed pipeline: the across-seed table comes first
-    doc.table([[r["source"], r["metric"], f"{format_number(r['mean'])} ± {format_number(r['std'])}", str(r["n"])] for r in rows],
+    doc.table([[r["source"], r["metric"], f"{format_number(r['mean'], 4)} ± {format_number(r['std'], 4)}", str(r["n"])]
+               for r in rows],
               ["source", "metric", "mean ± std", "seeds"])
 
 
@@ -279,8 +280,9 @@ def _stages_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) -
         return
     doc.section("Stages")
     total = sum(float(s.get("seconds", 0) or 0) for s in info["stages"])
-    doc.table([[s.get("name", "?"), s.get("command", "?"), s.get("status", "?"), format_number(s.get("seconds", "")),
-                str(s.get("output", ""))] for s in info["stages"]] + [["total", "", "", format_number(total), ""]],
+    doc.table([[s.get("name", "?"), s.get("command", "?"), s.get("status", "?"),
+                format_number(s.get("seconds", ""), 4),
+                str(s.get("output", ""))] for s in info["stages"]] + [["total", "", "", format_number(total, 4), ""]],
               ["stage", "command", "status", "seconds", "output"])
 
 
@@ -297,7 +299,7 @@ def _metrics_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) 
         label = str(scalars.get("name", rel))
         if origin is not None:  # the same result name from two runs: say which directory it is from
             label = f"{label} ({origin})"
-        rows.append([label, ", ".join(f"{k}={format_number(v)}" for k, v in head.items())])
+        rows.append([label, ", ".join(f"{k}={format_number(v, 4)}" for k, v in head.items())])
     doc.table(rows, ["result", "metrics"])
     ceilings = ceiling_rows(info["metrics"])
     if ceilings:
@@ -307,7 +309,8 @@ def _metrics_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) 
     doc.h.append("<details><summary>all fields of every result file</summary>")
     for rel, scalars in info["metrics"]:
         doc.h.append(f"<h3>{html.escape(rel)}</h3>")
-        doc.h.append("<table>" + "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(format_number(v))}</td></tr>"
+        doc.h.append("<table>" + "".join(f"<tr><td>{html.escape(k)}</td>"
+                                         f"<td>{html.escape(format_number(v, 4))}</td></tr>"
                                          for k, v in scalars.items()) + "</table>")
     doc.h.append("</details>")
 

@@ -115,8 +115,9 @@ def summarize(out: str | Path) -> dict[str, Any]:
     lines = [f"# Study summary: {out.name}", "",
              f"Seeds {seeds}; mean ± sample std over the seeds that have the metric (n).", "",
              *markdown_table(["source", "metric", "mean ± std", "n", *(f"seed {s}" for s in seeds)],
-                             [[r["source"], r["metric"], f"{format_number(r['mean'])} ± {format_number(r['std'])}",
-                               r["n"], *(r["values"].get(str(s), "") for s in seeds)] for r in rows])]
+                             [[r["source"], r["metric"], f"{format_number(r['mean'], 4)} ± {format_number(r['std'], 4)}",
+                               r["n"], *(format_number(r["values"][str(s)], 4) if str(s) in r["values"] else ""
+                                         for s in seeds)] for r in rows])]
     with atomic_file(out / "study.md", "w") as f:
         f.write("\n".join(lines) + "\n")
     return summary

@@ -10,13 +10,29 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from unissl.errors import UnisslError
+
+
+@runtime_checkable
+class ImageDataset(Protocol):
+    """The image-dataset contract (``docs/DESIGN.md``) that evaluation and caching rely on.
+
+    ``__getitems__(indices) -> {"image": float32 (B, C, H, W) in [0, 1], "label": int64 (B,)}`` and a
+    ``fingerprint()`` naming the split's content (feature caches key on it). The registry's datasets also carry
+    ``name``, ``split``, ``classes``, ``num_classes``, ``channels`` and ``image_size``.
+    """
+
+    def __len__(self) -> int: ...
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]: ...
+
+    def fingerprint(self) -> str: ...
 
 
 def resize_images(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
@@ -138,13 +154,13 @@ class InMemoryImageDataset(Dataset):
 class FirstN:
     """The first ``n`` items of a dataset that supports ``__getitems__`` (attributes are forwarded)."""
 
-    def __init__(self, dataset: Any, n: int) -> None:
+    def __init__(self, dataset: ImageDataset, n: int) -> None:
         self.dataset, self.n = dataset, min(n, len(dataset))
 
     def __len__(self) -> int:
         return self.n
 
-    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         if any(not 0 <= i < self.n for i in indices):
             raise IndexError(f"index out of range for the first {self.n} items")
         return self.dataset.__getitems__(indices)

@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 
+from unissl.data.base import ImageDataset
 from unissl.errors import UnisslError
+from unissl.eval.features import FeatureExtractor
 from unissl.eval.generation import class_hits
 from unissl.methods.reptok.tokenizer import DECODE_STEPS
 
@@ -83,7 +85,7 @@ def roundtrip(tokenizer: Any, images: torch.Tensor, decode_steps: int = DECODE_S
     return torch.cat(out)
 
 
-def judge_accuracy(classifier: Any, reference: Any, batch_size: int = 256) -> float:
+def judge_accuracy(classifier: FeatureExtractor, reference: ImageDataset, batch_size: int = 256) -> float:
     """Share (0..1) of the real reference split that the classifier assigns to its true label."""
     items = reference.__getitems__(list(range(len(reference))))
     return class_hits(classifier, items["image"], items["label"], batch_size).double().mean().item()

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save
 from tqdm import tqdm
 
-from unissl.data.base import adapt_images
+from unissl.data.base import ImageDataset, adapt_images
 from unissl.engine.runtime import resolve_device  # re-exported: the eval commands import it from here
 from unissl.errors import UnisslError
 from unissl.utils.io import atomic_file
@@ -98,7 +98,7 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return name.strip(), (rest if sep and rest else None)
 
 
-def load_extractor(spec: str, device: str | torch.device | None = "cpu") -> Any:
+def load_extractor(spec: str, device: str | torch.device | None = "cpu") -> FeatureExtractor:
     """Build an extractor from ``"name[:checkpoint]"`` via the :data:`EXTRACTORS` registry."""
     name, checkpoint = parse_spec(spec)
     if name not in EXTRACTORS:
@@ -121,7 +121,7 @@ def load_extractor(spec: str, device: str | torch.device | None = "cpu") -> Any:
 
 
 @torch.no_grad()
-def features_of(extractor: Any, images: torch.Tensor, batch_size: int = 256,
+def features_of(extractor: FeatureExtractor, images: torch.Tensor, batch_size: int = 256,
                 device: torch.device | None = None, progress: str | None = None) -> torch.Tensor:
     """Features (N, D) float32 on CPU of an in-memory image tensor (N, C, H, W) in [0, 1]."""
     device = device or getattr(extractor, "device", None) or torch.device("cpu")
@@ -136,15 +136,16 @@ def features_of(extractor: Any, images: torch.Tensor, batch_size: int = 256,
     return torch.cat(out)
 
 
-def _fetch(dataset: Any, idx: list[int]) -> dict[str, torch.Tensor]:
+def _fetch(dataset: ImageDataset, idx: list[int]) -> dict[str, torch.Tensor]:
     if hasattr(dataset, "__getitems__"):
         return dataset.__getitems__(idx)
-    items = [dataset[i] for i in idx]
+    plain: Any = dataset  # a map-style Dataset outside the contract: one item at a time
+    items = [plain[i] for i in idx]
     return {"image": torch.stack([it["image"] for it in items]),
             "label": torch.as_tensor([int(it["label"]) for it in items], dtype=torch.int64)}
 
 
-def dataset_key(dataset: Any) -> str:
+def dataset_key(dataset: ImageDataset) -> str:
     """A string identifying a dataset split: name, split and fingerprint."""
     fp = dataset.fingerprint() if hasattr(dataset, "fingerprint") else None
     if fp is None:
@@ -152,7 +153,7 @@ def dataset_key(dataset: Any) -> str:
     return f"{getattr(dataset, 'name', '?')}:{getattr(dataset, 'split', '?')}:{fp}"
 
 
-def cache_path(cache_dir: str | Path, extractor: Any, dataset: Any, suffix: str = "features") -> Path:
+def cache_path(cache_dir: str | Path, extractor: FeatureExtractor, dataset: ImageDataset, suffix: str = "features") -> Path:
     """The cache file for (extractor identity, dataset split)."""
     key = hashlib.sha256(f"{extractor.identity()}|{dataset_key(dataset)}".encode()).hexdigest()[:20]
     name = f"{getattr(dataset, 'name', 'data')}-{getattr(dataset, 'split', 'x')}-{key}.{suffix}.safetensors"
@@ -160,7 +161,7 @@ def cache_path(cache_dir: str | Path, extractor: Any, dataset: Any, suffix: str 
 
 
 @torch.no_grad()
-def extract_features(extractor: Any, dataset: Any, batch_size: int = 256, cache_dir: str | Path | None = None,
+def extract_features(extractor: FeatureExtractor, dataset: ImageDataset, batch_size: int = 256, cache_dir: str | Path | None = None,
                      device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Features (N, D) float32 and labels (N,) int64 of a whole dataset split, cached on disk.
 

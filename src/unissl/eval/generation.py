@@ -17,14 +17,14 @@ Reference statistics (mu, sigma) are cached per dataset split and extractor iden
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from unissl.data.base import ImageDataset
 from unissl.errors import UnisslError
-from unissl.eval.features import adapt_images, cache_path, extract_features, features_of
+from unissl.eval.features import FeatureExtractor, adapt_images, cache_path, extract_features, features_of
 from unissl.eval.frechet import GaussianStats, frechet_distance_stats, gaussian_stats
 
 
@@ -82,7 +82,7 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
 
 
 @torch.no_grad()
-def predict_probs(classifier: Any, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def predict_probs(classifier: FeatureExtractor, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Class probabilities (N, C) of a classifier extractor (one with ``probs(images)``)."""
     if not hasattr(classifier, "probs"):
         raise UnisslError(f"extractor {classifier.identity()} has no classifier head (probs); "
@@ -96,7 +96,7 @@ def predict_probs(classifier: Any, images: torch.Tensor, batch_size: int = 256) 
     return torch.cat(out)
 
 
-def class_hits(classifier: Any, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def class_hits(classifier: FeatureExtractor, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """(N,) bool: whether ``classifier`` assigns each of ``images`` (N, C, H, W) in [0, 1] to its label."""
     images = to_float_images(images)
     labels = torch.as_tensor(labels).long().flatten()
@@ -105,7 +105,7 @@ def class_hits(classifier: Any, images: torch.Tensor, labels: torch.Tensor, batc
     return predict_probs(classifier, images, batch_size).argmax(1) == labels
 
 
-def class_consistency(classifier: Any, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
+def class_consistency(classifier: FeatureExtractor, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
     """Share (0..1) of ``images`` (N, C, H, W) in [0, 1] that ``classifier`` assigns to ``labels`` (N,)."""
     return class_hits(classifier, images, labels, batch_size).double().mean().item()
 
@@ -171,7 +171,7 @@ def load_npz_images(path: str | Path, key: str = "images") -> tuple[torch.Tensor
         raise UnisslError(f"{path}:{key}: {e}") from None
 
 
-def reference_stats(extractor: Any, dataset: Any, batch_size: int = 256,
+def reference_stats(extractor: FeatureExtractor, dataset: ImageDataset, batch_size: int = 256,
                     cache_dir: str | Path | None = None) -> tuple[GaussianStats, torch.Tensor]:
     """(mu, sigma) of a reference split (cached per split + extractor identity) and its features.
 
@@ -188,7 +188,7 @@ def reference_stats(extractor: Any, dataset: Any, batch_size: int = 256,
     return stats, feats
 
 
-def generation_metrics(extractor: Any, images: torch.Tensor, reference: Any, metric_name: str,
+def generation_metrics(extractor: FeatureExtractor, images: torch.Tensor, reference: ImageDataset, metric_name: str,
                        batch_size: int = 256, cache_dir: str | Path | None = None, pr_k: int = 3,
                        pr_samples: int = 10000, is_splits: int = 10, seed: int = 0) -> dict[str, float]:
     """FD (named ``metric_name``), IS (if the extractor classifies) and precision/recall of ``images``.

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from unissl.data import build_dataset
+from unissl.data.base import ImageDataset
 from unissl.data.token_store import TokenStore
 from unissl.engine.method import unwrap
 from unissl.engine.trainer import Callback, Trainer
@@ -164,7 +165,7 @@ class OnlineReconstruction(_Timed):
     given a domain classifier, rFD_domain: the Frechet distance between its features of the reconstructions and
     of the same real images (a few hundred images make it a fixed-subset curve, not a paper rFID)."""
 
-    def __init__(self, dataset: Any, items: int = 64, steps: int = 25, domain_dir: str | None = None,
+    def __init__(self, dataset: ImageDataset, items: int = 64, steps: int = 25, domain_dir: str | None = None,
                  device: torch.device | str = "cpu", seed: int = 0) -> None:
         super().__init__()
         self.images = dataset.__getitems__(_subset(len(dataset), items, seed))["image"]

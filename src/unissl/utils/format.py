@@ -8,17 +8,22 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def format_number(value: Any) -> str:
-    """A compact cell text: floats with 4 significant digits (whole numbers from 1e4 on), lists joined by
-    commas, everything else via ``str``."""
+def format_number(value: Any, significant: int | None = None) -> str:
+    """A compact cell text. Floats: at most 4 decimals (4 significant digits below 0.01 and from 1e5 on), or
+    ``significant`` significant digits (the summaries' short form, whole numbers from 1e4 on); lists joined by
+    commas; everything else via ``str``."""
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             return str(value)
-        return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+        if significant is not None:
+            return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.{significant}g}"
+        if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e5):
+            return f"{value:.4g}"
+        return f"{value:.4f}".rstrip("0").rstrip(".")
     if isinstance(value, (list, tuple)):
-        return ", ".join(format_number(v) for v in value)
+        return ", ".join(format_number(v, significant) for v in value)
     return str(value)
 
 
