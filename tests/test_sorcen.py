@@ -378,3 +378,29 @@ def test_compiled_networks_compile_once_across_mask_ratios_and_progress():
         eager.on_train_step_end(step, 6)
         frames.append(counters["stats"]["unique_graphs"])
     assert frames[0] > 0 and frames[-1] == frames[0], frames  # no graph after the first step
+
+
+def test_each_variant_is_its_own_class_built_through_one_call() -> None:
+    """`SorcenMethod(arch, variant)` builds the variant's class on the shared masked-token base; only Sorcen
+    has a teacher and only Sorcen / MAGE-C a projector; copies keep the class."""
+    import copy
+
+    from unissl.methods.sorcen.method import (
+        VARIANT_CLASSES,
+        MAGECMethod,
+        MAGEMethod,
+        SorcenEchoMethod,
+    )
+
+    built = {v: SorcenMethod(PRESETS["tiny"], v) for v in VARIANT_CLASSES}
+    assert {v: type(m) for v, m in built.items()} == VARIANT_CLASSES
+    assert all(isinstance(m, SorcenMethod) and m.variant == v for v, m in built.items())
+    assert isinstance(built["sorcen"], SorcenEchoMethod) and isinstance(built["mage"], MAGEMethod)
+    assert {v for v, m in built.items() if hasattr(m, "teacher_blocks")} == {"sorcen"}
+    assert {v for v, m in built.items() if hasattr(m, "projector")} == {"sorcen", "mage-c"}
+    assert type(copy.deepcopy(built["mage-c"])) is MAGECMethod
+    assert MAGEMethod(PRESETS["tiny"], "mage").variant == "mage"
+    with pytest.raises(ValueError, match="unknown variant"):
+        SorcenMethod(PRESETS["tiny"], "simclr")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not 'sorcen'"):
+        MAGEMethod(PRESETS["tiny"], "sorcen")
