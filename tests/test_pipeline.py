@@ -473,3 +473,16 @@ def test_one_number_formatter_for_every_table() -> None:
     assert [format_number(v, 4) for v in (72.88333, 12345.6, [0.5, 2.25])] == ["72.88", "12346", "0.5, 2.25"]
     assert markdown_row(["a|b", 1.0, "x\ny"]) == "| a\\|b | 1 | x y |"
     assert markdown_table(["k", "v"], [["lr", 0.001]]) == ["| k | v |", "|---|---|", "| lr | 0.001 |"]
+
+
+def test_report_reads_records_not_file_name_guesses(tmp_path) -> None:
+    """Only results/<name>.json records (and the fixed legacy names in a directory without results/) are
+    metrics: a JSON that merely has "eval" or "metrics" in its name is not."""
+    from unissl.report import collect_metrics
+
+    _write_result(str(tmp_path / "run"), "probe", 0.5)
+    (tmp_path / "run" / "eval_notes.json").write_text(json.dumps({"top1": 99.0}))
+    (tmp_path / "run" / "my_metrics.json").write_text(json.dumps({"top1": 98.0}))
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "tokenizer_eval.json").write_text(json.dumps({"psnr": 24.0}))
+    assert [rel for rel, _ in collect_metrics(tmp_path)] == ["old/tokenizer_eval.json", "run/results/probe.json"]

@@ -258,6 +258,8 @@ def test_cli_trains_saves_and_evaluates(tmp_path, one_thread, capsys):
     assert res["images"] == 297 and res["codebook_size"] == 8 and res["grid"] == [4, 4]
     assert f"PSNR {res['psnr']:.2f} dB" in printed and 0 < res["usage"] <= 1
     assert (run / "reconstructions.png").is_file()
+    record = json.loads((run / "results" / "tokenizer_eval.json").read_text())  # what the report reads
+    assert record["metrics"]["psnr"] == res["psnr"] and record["extra"]["codebook_size"] == 8
     tok = load_tokenizer(run / "tokenizer")
     assert tok.checksum() == res["checksum"] == load_tokenizer(tmp_path / "copy").checksum()
     # the eval numbers are reproducible from the saved tokenizer (digits grey -> 3 channels for "tiny")

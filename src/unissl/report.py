@@ -37,17 +37,25 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+_FLAT_RECORDS = ("metrics.json", "tokenizer_eval.json")  # records of runs older than results/ everywhere
+
+
 def collect_metrics(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(relative path, flattened scalars) of every evaluation result and metrics file below ``run_dir``."""
+    """(relative path, flattened scalars) of every evaluation record below ``run_dir``.
+
+    Records have fixed names, nothing is guessed from other file names: ``results/<name>.json`` (what
+    :func:`unissl.eval.results.record_result` writes; every command that measures something records there)
+    and, in a directory without ``results/``, the flat ``metrics.json`` / ``tokenizer_eval.json`` that older
+    runs of ``unissl reconstruct`` / ``unissl tokenizer train`` wrote instead.
+    """
+    paths = list(run_dir.rglob("results/*.json"))
+    paths += [p for name in _FLAT_RECORDS for p in run_dir.rglob(name)
+              if not any((p.parent / "results").glob("*.json"))]
     metrics: list[tuple[str, dict[str, Any]]] = []
-    for p in sorted(run_dir.rglob("*.json")):
+    for p in sorted(paths):
         rel = p.relative_to(run_dir)
-        if rel.parts[0] == "stages" or p.name in ("run_info.json", "meta.json", "config.json"):
+        if rel.parts[0] in ("report", "stages"):
             continue
-        if not (p.parent.name == "results" or "eval" in p.stem or "metrics" in p.stem):
-            continue
-        if p.parent.name != "results" and any((p.parent / "results").glob("*.json")):
-            continue  # a flat metrics file whose numbers the directory's result file already holds
         try:
             data = json.loads(p.read_text())
         except json.JSONDecodeError:

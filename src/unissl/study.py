@@ -59,19 +59,16 @@ def seed_metrics(run_dir: Path) -> dict[MetricKey, float]:
     flat: dict[MetricKey, float] = {}
     found = collect_metrics(run_dir)
     for origin, (rel, scalars) in zip(result_origins(found), found):
-        is_result = "metrics" in {k.split(".", 1)[0] for k in scalars}
         # a result is known by its name, unless several directories record results under the same name
-        if is_result and "name" in scalars and origin is None:
-            source = str(scalars["name"])
-        elif is_result and origin is not None and Path(rel).parent.name == "results":
-            source = f"{origin} {scalars['name']}"  # e.g. "rec-l0 reptok-reconstruction"
+        if origin is None:
+            source = str(scalars.get("name", rel))
         else:
-            source = rel
+            source = f"{origin} {scalars['name']}"  # e.g. "rec-l0 reptok-reconstruction"
         for k, v in scalars.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue
-            if is_result and not k.startswith("metrics."):
-                continue  # "extra" fields of a result are settings, not measurements
+            if "metrics" in {key.split(".", 1)[0] for key in scalars} and not k.startswith("metrics."):
+                continue  # "extra" fields of a result are settings, not measurements (a flat file has none)
             if k.removeprefix("metrics.") in _SETTINGS:
                 continue
             flat[MetricKey(source, k.removeprefix("metrics."))] = float(v)

@@ -20,6 +20,7 @@ from unissl.config import arg, check_run_dir, save_run_config
 from unissl.data import build_dataset
 from unissl.engine import TrainConfig, Trainer, init_distributed, is_main
 from unissl.errors import UnisslError
+from unissl.eval.results import record_result
 from unissl.tokenizers.evaluate import evaluate
 from unissl.tokenizers.method import VQTokenizerMethod
 from unissl.tokenizers.vq import PRESETS as VQ_PRESETS
@@ -109,6 +110,9 @@ def run(cfg: Config) -> None:
               "grid": list(tok.grid), "preset": cfg.preset, "checksum": tok.checksum(),
               "tokenizer": str((run_dir / "tokenizer").resolve())}
     write_json(run_dir / "tokenizer_eval.json", report)
+    # the record the report and the study read (results/tokenizer_eval.json)
+    record_result(run_dir, "tokenizer_eval", {k: v for k, v in res.items() if isinstance(v, (int, float))},
+                  {k: v for k, v in report.items() if k not in res})
     print(f"unissl tokenizer train: {cfg.eval_split} PSNR {res['psnr']:.2f} dB, codebook usage "
           f"{100 * res['usage']:.1f}% ({tok.codebook_size} codes), perplexity {res['perplexity']:.1f} over "
           f"{res['images']} images; tokenizer -> {run_dir / 'tokenizer'}"
