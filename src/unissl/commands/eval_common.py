@@ -11,6 +11,7 @@ from unissl.config import arg
 from unissl.engine.runtime import device_arg
 from unissl.errors import UnisslError
 from unissl.eval.features import extract_features, load_extractor, parse_spec, resolve_device
+from unissl.eval.results import record_result
 
 
 @dataclass
@@ -86,3 +87,13 @@ def print_metrics(title: str, metrics: dict[str, Any], path: Path) -> None:
         print(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
     print(f"  -> {path}")
 
+
+
+def record(cfg: FeatureEvalConfig, data: dict[str, Any], kind: str, metrics: dict[str, Any],
+           extra: dict[str, Any], title: str) -> dict[str, Any]:
+    """The end of every feature evaluation: record ``metrics`` with :func:`describe` + ``extra`` under
+    ``cfg.name`` (default ``<kind>-<extractor>-<dataset>``), print them under ``title``; returns ``metrics``."""
+    name = cfg.name or result_name(kind, cfg.extractor, cfg.dataset)
+    path = record_result(cfg.run_dir, name, metrics, {**describe(cfg, data), **extra})
+    print_metrics(title, metrics, path)
+    return metrics

@@ -5,17 +5,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from unissl.commands.eval_common import (
-    FeatureEvalConfig,
-    describe,
-    load_train_test_features,
-    print_metrics,
-    result_name,
-)
+from unissl.commands.eval_common import FeatureEvalConfig, load_train_test_features, record
 from unissl.config import arg
 from unissl.eval.few_shot import few_shot
 from unissl.eval.probe import ProbeConfig
-from unissl.eval.results import record_result
 
 
 @dataclass
@@ -44,8 +37,5 @@ def run(cfg: Config) -> dict[str, float]:
     for k, row in table.items():
         metrics[f"{k}shot_top1"] = row["top1_mean"]  # type: ignore[assignment]
         metrics[f"{k}shot_std"] = row["top1_std"]  # type: ignore[assignment]
-    extra = {**describe(cfg, data), "seeds": cfg.seeds, "per_seed": table}
-    name = cfg.name or result_name("few_shot", cfg.extractor, cfg.dataset)
-    path = record_result(cfg.run_dir, name, metrics, extra)
-    print_metrics(f"few-shot ({cfg.extractor} on {cfg.dataset}; {len(cfg.seeds)} seeds)", metrics, path)
-    return metrics
+    return record(cfg, data, "few_shot", metrics, {"seeds": cfg.seeds, "per_seed": table},
+                  f"few-shot ({cfg.extractor} on {cfg.dataset}; {len(cfg.seeds)} seeds)")

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from unissl.commands.eval_common import (
-    FeatureEvalConfig,
-    describe,
-    load_train_test_features,
-    print_metrics,
-    result_name,
-)
+from unissl.commands.eval_common import FeatureEvalConfig, load_train_test_features, record
 from unissl.eval.probe import ProbeConfig, linear_probe
-from unissl.eval.results import record_result
 
 
 @dataclass
@@ -27,11 +20,8 @@ def run(cfg: Config) -> dict[str, float]:
     data = load_train_test_features(cfg)
     metrics, res = linear_probe(data["train_x"], data["train_y"], data["test_x"], data["test_y"],
                                 data["num_classes"], cfg.probe, data["device"])
-    extra = {**describe(cfg, data), "best_lr": res.best_lr, "best_wd": res.best_wd,
+    extra = {"best_lr": res.best_lr, "best_wd": res.best_wd,
              "optimizer": cfg.probe.optimizer, "epochs": cfg.probe.epochs, "norm": cfg.probe.norm,
              "grid_val_top1": {f"lr={lr:g},wd={wd:g}": v for (lr, wd), v in zip(res.grid, res.val_top1)}}
-    name = cfg.name or result_name("linear_probe", cfg.extractor, cfg.dataset)
-    path = record_result(cfg.run_dir, name, metrics, extra)
-    print_metrics(f"linear probe ({cfg.extractor} on {cfg.dataset}; lr={res.best_lr:g}, wd={res.best_wd:g})",
-                  metrics, path)
-    return metrics
+    return record(cfg, data, "linear_probe", metrics, extra,
+                  f"linear probe ({cfg.extractor} on {cfg.dataset}; lr={res.best_lr:g}, wd={res.best_wd:g})")

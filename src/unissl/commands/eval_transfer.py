@@ -8,17 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from unissl.commands.eval_common import (
-    FeatureEvalConfig,
-    describe,
-    load_train_test_features,
-    print_metrics,
-    result_name,
-)
+from unissl.commands.eval_common import FeatureEvalConfig, load_train_test_features, record
 from unissl.config import arg
 from unissl.eval.knn import KNNConfig, knn_accuracy
 from unissl.eval.probe import ProbeConfig, linear_probe
-from unissl.eval.results import record_result
 
 
 @dataclass
@@ -40,11 +33,8 @@ def run(cfg: Config) -> dict[str, float]:
                        min(cfg.knn.k, len(data["train_y"])), cfg.knn.temperature)
     metrics = {"probe_top1": probe_metrics["top1"], "probe_top5": probe_metrics["top5"],
                "knn_top1": knn["top1"], "knn_top5": knn["top5"]}
-    extra = {**describe(cfg, data), "source": cfg.source or "unspecified", "best_lr": res.best_lr,
+    extra = {"source": cfg.source or "unspecified", "best_lr": res.best_lr,
              "input_size": getattr(data["extractor"], "input_size", None),
              "input_channels": getattr(data["extractor"], "input_channels", None)}
-    name = cfg.name or result_name("transfer", cfg.extractor, cfg.dataset)
-    path = record_result(cfg.run_dir, name, metrics, extra)
-    print_metrics(f"transfer ({cfg.extractor}{' from ' + cfg.source if cfg.source else ''} -> {cfg.dataset})",
-                  metrics, path)
-    return metrics
+    return record(cfg, data, "transfer", metrics, extra,
+                  f"transfer ({cfg.extractor}{' from ' + cfg.source if cfg.source else ''} -> {cfg.dataset})")
