@@ -18,6 +18,7 @@ facade does not cover; every loader reads weights without executing code and fai
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -53,14 +54,16 @@ class SorcenEncoder:
         return self.extractor.features(x).cpu()
 
     @torch.no_grad()
-    def sample(self, n: int = 16, steps: int = 20, seed: int = 0) -> torch.Tensor:
-        """``n`` unconditional MaskGIT samples decoded by the run's VQ tokenizer: (n, C, H, W) in [0, 1]."""
+    def sample(self, n: int = 16, steps: int | None = None, seed: int = 0) -> torch.Tensor:
+        """``n`` unconditional MaskGIT samples decoded by the run's VQ tokenizer: (n, C, H, W) in [0, 1]
+        (``steps`` defaults to :class:`MaskGITConfig`'s)."""
         from unissl.methods.sorcen.maskgit import MaskGITConfig, maskgit_generate
 
-        if n <= 0 or steps <= 0:
-            raise UnisslError(f"n and steps must be positive, got n={n}, steps={steps}")
+        if n <= 0:
+            raise UnisslError(f"n must be positive, got n={n}")
+        mcfg = MaskGITConfig() if steps is None else MaskGITConfig(steps=steps)
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        ids = maskgit_generate(self.model, n, MaskGITConfig(steps=steps), generator=gen, device=self.device)
+        ids = maskgit_generate(self.model, n, mcfg, generator=gen, device=self.device)
         return self.tokenizer.decode(ids).float().clamp(0, 1).cpu()
 
 
@@ -85,14 +88,16 @@ class RepTok:
         return self.tokenizer.encode(self._images(images)).cpu()
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, steps: int = 50, seed: int = 0) -> torch.Tensor:
-        """Images (B, C, H, W) in [0, 1] from tokens (B, D) (``steps`` Euler steps of the flow decoder)."""
+    def decode(self, z: torch.Tensor, steps: int | None = None, seed: int = 0) -> torch.Tensor:
+        """Images (B, C, H, W) in [0, 1] from tokens (B, D) (``steps`` Euler steps of the flow decoder,
+        default ``DECODE_STEPS``)."""
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        return self.tokenizer.decode(z.to(self.device), steps=steps, generator=gen).float().clamp(0, 1).cpu()
+        return self.tokenizer.decode(z.to(self.device), steps=_decode_steps(steps), generator=gen) \
+            .float().clamp(0, 1).cpu()
 
     @torch.no_grad()
     def interpolate(self, a: torch.Tensor, b: torch.Tensor, points: int = 8, method: str = "slerp",
-                    steps: int = 50, seed: int = 0) -> torch.Tensor:
+                    steps: int | None = None, seed: int = 0) -> torch.Tensor:
         """Decoded images (points, C, H, W) along the path between the tokens of images ``a`` and ``b``."""
         from unissl.methods.reptok.interpolation import INTERPOLATIONS
 
@@ -102,7 +107,7 @@ class RepTok:
         path = INTERPOLATIONS[method](z[0], z[1], torch.linspace(0, 1, points, device=self.device))
         gen = torch.Generator(device=self.device).manual_seed(seed)
         noise = torch.randn((1, *self.tokenizer.space.shape), generator=gen, device=self.device)
-        return self.tokenizer.decode(path, steps=steps, noise=noise.expand(points, -1, -1, -1).contiguous()) \
+        return self.tokenizer.decode(path, steps=_decode_steps(steps), noise=noise.expand(points, -1, -1, -1).contiguous()) \
             .float().clamp(0, 1).cpu()
 
 
@@ -124,8 +129,11 @@ class Generator:
 
     @torch.no_grad()
     def sample(self, classes: list[str | int] | None = None, prompts: list[str] | None = None, n: int = 4,
-               cfg: float = 1.5, steps: int = 50, decode_steps: int = 50, seed: int = 0) -> torch.Tensor:
-        """``n`` images per class (names or indices) or per prompt: (len * n, C, H, W) in [0, 1]."""
+               cfg: float | None = None, steps: int | None = None, decode_steps: int | None = None,
+               seed: int = 0) -> torch.Tensor:
+        """``n`` images per class (names or indices) or per prompt: (len * n, C, H, W) in [0, 1]. ``cfg``
+        (guidance scale) and ``steps`` (generator ODE steps) default to :class:`SamplingConfig`'s,
+        ``decode_steps`` to ``DECODE_STEPS``."""
         from unissl.methods.reptok.sampling import (
             SamplingConfig,
             decode_tokens,
@@ -135,9 +143,12 @@ class Generator:
 
         cond, _ = sample_conditions(self.method, n, classes=[str(c) for c in classes] if classes else None,
                                     prompts=prompts, device=self.device)
-        z = sample_tokens(self.method, cond, SamplingConfig(steps=steps, cfg_scale=cfg),
+        scfg = SamplingConfig()
+        scfg = dataclasses.replace(scfg, steps=scfg.steps if steps is None else steps,
+                                   cfg_scale=scfg.cfg_scale if cfg is None else cfg)
+        z = sample_tokens(self.method, cond, scfg,
                           generator=torch.Generator().manual_seed(seed))
-        return decode_tokens(self.tokenizer, z, steps=decode_steps)
+        return decode_tokens(self.tokenizer, z, steps=_decode_steps(decode_steps))
 
 
 def load_sorcen(run: str | Path, device: str | torch.device = "auto") -> SorcenEncoder:
@@ -154,6 +165,13 @@ def load_generator(run: str | Path, tokenizer: str | Path | None = None,
                    device: str | torch.device = "auto") -> Generator:
     """A :class:`Generator` from a `unissl train reptok-generator` run (its tokenizer from the run's record)."""
     return Generator(run, tokenizer, device)
+
+
+def _decode_steps(steps: int | None) -> int:
+    """``steps``, or the RepTok decoder's one default (imported here: ``import unissl`` stays light)."""
+    from unissl.methods.reptok.tokenizer import DECODE_STEPS
+
+    return DECODE_STEPS if steps is None else steps
 
 
 __all__ = ["Generator", "RepTok", "SorcenEncoder", "load_generator", "load_reptok", "load_sorcen"]
