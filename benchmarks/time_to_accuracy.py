@@ -75,9 +75,36 @@ def plot_curve(curve: list[dict[str, float]], target: float, path: Path, title: 
     plt.close(fig)
 
 
+def plot_compare(paths: list[str], target: float, out: Path) -> None:
+    """Several curves (the JSONs ``--out`` wrote) side by side: best pooling against epochs and CPU minutes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
+    for p in paths:
+        run = json.loads(Path(p).read_text())
+        curve, name = run["curve"], run["args"]["method"]
+        for ax, x in zip(axes, ("epoch", "minutes")):
+            ax.plot([c[x] for c in curve], [c["top1"] for c in curve], marker="o", label=name)
+    for ax, label in zip(axes, ("epoch", "training CPU minutes (1 thread)")):
+        ax.axhline(target, color="gray", linestyle="--", label=f"pixel probe {target}%")
+        ax.set_xlabel(label)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("linear probe top-1 (%), best pooling")
+    fig.suptitle("Fashion-MNIST, preset small, batch 64, 8-epoch cosine schedule", fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tokens", required=True, help="Fashion-MNIST token store (train and test splits)")
+    ap.add_argument("--compare", nargs="+", default=None, metavar="JSON",
+                    help="only plot these curves (from --out) side by side into --out (a PNG)")
+    ap.add_argument("--tokens", default=None, help="Fashion-MNIST token store (train and test splits)")
     ap.add_argument("--method", default="sorcen", choices=["sorcen", "mage"])
     ap.add_argument("--preset", default="small")
     ap.add_argument("--batch", type=int, default=64)
@@ -90,6 +117,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="write the curve as JSON here")
     args = ap.parse_args()
+    if args.compare:
+        if not args.out:
+            ap.error("--compare needs --out FILE.png")
+        plot_compare(args.compare, args.target, Path(args.out))
+        print(f"wrote {args.out}")
+        return
+    if args.tokens is None:
+        ap.error("--tokens is required (unless --compare)")
     torch.set_num_threads(args.threads)
 
     from unissl.data.token_store import TokenStore
