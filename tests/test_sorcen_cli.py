@@ -279,3 +279,10 @@ def test_online_knn_and_probe_are_logged_at_every_checkpoint_and_match_offline_o
     assert probe_cfg is not None and probe_cfg.epochs == 30
     expected_probe = linear_probe(fx, tr["label"], fy, te["label"], 10, probe_cfg, progress=False)[0]["top1"]
     assert online[-1]["online/probe_top1"] == pytest.approx(expected_probe, abs=1e-6)
+    # Online evaluation does not change the training: the same run without it ends with the same weights.
+    plain = store / "run-plain"
+    assert main(["train", "sorcen", "--tokens", str(tokens), "--train.steps", "6", "--train.ckpt-every", "3",
+                 "--train.keep-ckpts", "4", "--train.run-dir", str(plain), *TRAIN]) == 0
+    other, _ = load_method(plain)
+    ref = method.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in other.state_dict().items())

@@ -62,8 +62,12 @@ class _Timed(Callback):
         method = unwrap(trainer.model)
         was_training = method.training
         method.eval()
+        # The measurement may draw random numbers (the probe seeds its heads, samplers draw noise): it runs on
+        # forked RNG states, so a run trains the same with and without online evaluation (and DDP ranks,
+        # of which only rank 0 measures, keep identical RNG streams).
+        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         try:
-            with torch.no_grad():
+            with torch.random.fork_rng(devices=cuda), torch.no_grad():
                 metrics = self.measure(trainer)
         finally:
             method.train(was_training)
