@@ -399,7 +399,8 @@ def test_each_variant_is_its_own_class_built_through_one_call() -> None:
     assert {v for v, m in built.items() if hasattr(m, "teacher_blocks")} == {"sorcen"}
     assert {v for v, m in built.items() if hasattr(m, "projector")} == {"sorcen", "mage-c"}
     assert type(copy.deepcopy(built["mage-c"])) is MAGECMethod
-    assert MAGEMethod(PRESETS["tiny"], "mage").variant == "mage"
+    assert MAGEMethod(PRESETS["tiny"], "mage").variant == "mage" and MAGEMethod(PRESETS["tiny"]).variant == "mage"
+    assert type(SorcenMethod(PRESETS["tiny"])) is SorcenEchoMethod
     with pytest.raises(ValueError, match="unknown variant"):
         SorcenMethod(PRESETS["tiny"], "simclr")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not 'sorcen'"):

@@ -128,18 +128,19 @@ class SorcenMethod(nn.Module):
     echo_live: torch.Tensor  # buffer
     variant: ClassVar[str] = ""
 
-    def __new__(cls, arch: SorcenArch | None = None, variant: Variant = "sorcen", *args: Any,
+    def __new__(cls, arch: SorcenArch | None = None, variant: Variant | None = None, *args: Any,
                 **kwargs: Any) -> SorcenMethod:
         if cls is SorcenMethod:
+            variant = variant or "sorcen"
             if variant not in VARIANT_CLASSES:
                 raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANT_CLASSES)}")
             cls = VARIANT_CLASSES[variant]
         return super().__new__(cls)
 
-    def __init__(self, arch: SorcenArch, variant: Variant = "sorcen", loss: SorcenLossConfig | None = None,
+    def __init__(self, arch: SorcenArch, variant: Variant | None = None, loss: SorcenLossConfig | None = None,
                  num_classes: int = 0, tokenizer: Tokenizer | None = None, steps_per_epoch: int = 0) -> None:
         super().__init__()
-        if variant != self.variant:
+        if variant is not None and variant != self.variant:
             raise ValueError(f"{type(self).__name__} is the {self.variant!r} variant, not {variant!r}")
         self.arch = arch
         self.cfg = loss or SorcenLossConfig()
