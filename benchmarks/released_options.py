@@ -8,7 +8,9 @@ mean of the image tokens. Training CPU time is reported too (process time, 1 thr
 difference below the study's seed spread (about 0.4 probe, 0.3 kNN points) is noise.
 
     OMP_NUM_THREADS=1 python benchmarks/released_options.py --tokens runs/fmnist-study/tokens \\
-        --out runs/released-options/a.json --only baseline teacher_init
+        --out runs/released-options/a.json --only baseline teacher_init [--seed 1]
+
+The numbers of docs/fidelity.md are in docs/figures/released_options.json.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def run_one(name: str, tokens: str, steps: int, seed: int) -> dict[str, float]:
 
     store = TokenStore(tokens, "train")
     torch.manual_seed(seed)
-    loss = SorcenLossConfig(echo_warmup_unit="released", momentum=0.99, **OPTIONS[name])  # type: ignore[arg-type]
+    settings: dict[str, object] = {"teacher_projector_grad": False, **OPTIONS[name]}  # the study's setting + one
+    loss = SorcenLossConfig(echo_warmup_unit="released", momentum=0.99, **settings)  # type: ignore[arg-type]
     spe = len(store) // 64
     method = SorcenMethod(arch_for_store("small", store.codebook_size, store.grid), "sorcen", loss,
                           num_classes=store.num_classes, steps_per_epoch=spe)

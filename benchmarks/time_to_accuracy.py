@@ -135,7 +135,8 @@ def main() -> None:
     store = TokenStore(args.tokens, "train")
     arch = arch_for_store(args.preset, store.codebook_size, store.grid)
     torch.manual_seed(0)
-    loss = SorcenLossConfig(echo_warmup_unit="released", momentum=0.99)
+    # the setting of docs/results.md (before teacher_projector_grad became the default)
+    loss = SorcenLossConfig(echo_warmup_unit="released", momentum=0.99, teacher_projector_grad=False)
     spe = len(store) // args.batch
     method = SorcenMethod(arch, args.method, loss, num_classes=store.num_classes, steps_per_epoch=spe)
     curve: list[dict[str, float]] = []

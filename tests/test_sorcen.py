@@ -257,7 +257,8 @@ def test_class_embedding_override_replaces_the_class_slot():
 # ------------------------------------------------------------------ EMA teacher
 def test_teacher_ema_and_momentum_schedule():
     torch.manual_seed(0)
-    m = SorcenMethod(PRESETS["tiny"], "sorcen")
+    assert SorcenLossConfig().teacher_projector_grad  # the released behaviour is the default (measured)
+    m = SorcenMethod(PRESETS["tiny"], "sorcen", SorcenLossConfig(teacher_projector_grad=False))
     assert m.momentum_at(0, 100) == pytest.approx(0.996)
     assert m.momentum_at(50, 100) == pytest.approx(0.998)
     assert m.momentum_at(100, 100) == pytest.approx(1.0)
