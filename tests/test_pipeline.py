@@ -486,3 +486,9 @@ def test_report_reads_records_not_file_name_guesses(tmp_path) -> None:
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "tokenizer_eval.json").write_text(json.dumps({"psnr": 24.0}))
     assert [rel for rel, _ in collect_metrics(tmp_path)] == ["old/tokenizer_eval.json", "run/results/probe.json"]
+    # a new run keeps the legacy flat file beside its record: the record is read, once
+    (tmp_path / "new" / "results").mkdir(parents=True)
+    for f in (tmp_path / "new" / "tokenizer_eval.json", tmp_path / "new" / "results" / "tokenizer_eval.json"):
+        f.write_text(json.dumps({"name": "tokenizer_eval", "metrics": {"psnr": 25.0}}))
+    assert [rel for rel, _ in collect_metrics(tmp_path)] == ["new/results/tokenizer_eval.json",
+                                                             "old/tokenizer_eval.json", "run/results/probe.json"]

@@ -50,7 +50,7 @@ def collect_metrics(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
     """
     paths = list(run_dir.rglob("results/*.json"))
     paths += [p for name in _FLAT_RECORDS for p in run_dir.rglob(name)
-              if not any((p.parent / "results").glob("*.json"))]
+              if p.parent.name != "results" and not any((p.parent / "results").glob("*.json"))]
     metrics: list[tuple[str, dict[str, Any]]] = []
     for p in sorted(paths):
         rel = p.relative_to(run_dir)
