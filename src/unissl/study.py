@@ -64,11 +64,12 @@ def seed_metrics(run_dir: Path) -> dict[MetricKey, float]:
             source = str(scalars.get("name", rel))
         else:
             source = f"{origin} {scalars['name']}"  # e.g. "rec-l0 reptok-reconstruction"
+        is_record = any(k.startswith("metrics.") for k in scalars)  # a flat legacy file has no "metrics" part
         for k, v in scalars.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue
-            if "metrics" in {key.split(".", 1)[0] for key in scalars} and not k.startswith("metrics."):
-                continue  # "extra" fields of a result are settings, not measurements (a flat file has none)
+            if is_record and not k.startswith("metrics."):
+                continue  # "extra" fields of a result are settings, not measurements
             if k.removeprefix("metrics.") in _SETTINGS:
                 continue
             flat[MetricKey(source, k.removeprefix("metrics."))] = float(v)

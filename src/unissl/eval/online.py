@@ -198,13 +198,14 @@ class OnlineGeneration(_Timed):
     """
 
     def __init__(self, tokenizer_dir: str, domain_dir: str, dataset: str, data_dir: str | None = None,
-                 n_per_class: int = 20, reference_items: int = 2000, decode_steps: int = 25, cfg_scale: float = 1.5,
-                 device: torch.device | str = "cpu", seed: int = 0) -> None:
+                 n_per_class: int = 20, reference_items: int = 2000, decode_steps: int = 25,
+                 sampling: SamplingConfig | None = None, device: torch.device | str = "cpu", seed: int = 0) -> None:
         super().__init__()
         self.tokenizer = load_reptok_tokenizer(tokenizer_dir, device=device)
         self.reference = _DomainReference.test_split(domain_dir, dataset, data_dir, self.tokenizer.cfg.image_size,
                                                      reference_items, device, seed)
-        self.n_per_class, self.decode_steps, self.cfg_scale, self.seed = n_per_class, decode_steps, cfg_scale, seed
+        self.sampling = sampling or SamplingConfig()  # the guidance of `sample reptok` unless told otherwise
+        self.n_per_class, self.decode_steps, self.seed = n_per_class, decode_steps, seed
 
     def measure(self, trainer: Trainer) -> dict[str, float]:
         method: Any = unwrap(trainer.model)
@@ -212,6 +213,6 @@ class OnlineGeneration(_Timed):
         swap = trainer.ema.swapped(method) if trainer.ema is not None else contextlib.nullcontext()
         with swap:
             conds, labels = sample_conditions(method, self.n_per_class, device=device)
-            images = sample_images(method, self.tokenizer, conds, SamplingConfig(cfg_scale=self.cfg_scale),
+            images = sample_images(method, self.tokenizer, conds, self.sampling,
                                    self.decode_steps, generator=torch.Generator().manual_seed(self.seed))
         return {"FD_domain": self.reference.fd(images), "class_share": self.reference.class_share(images, labels)}
