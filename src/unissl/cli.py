@@ -80,13 +80,14 @@ def _resolve(argv: list[str]) -> tuple[str, Command, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``unissl`` executable."""
-    from unissl.config import parse_config
+    from unissl.config import check_outputs, parse_config
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         prog, cmd, rest = _resolve(argv)
         module = importlib.import_module(cmd.module)
         cfg = parse_config(module.Config, rest, prog=prog)
+        check_outputs(cfg)  # an output path that can never be written: one line before any work
         module.run(cfg)
     except UnisslError as e:
         print(f"unissl: error: {e}", file=sys.stderr)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import types
 import typing
@@ -34,16 +33,20 @@ _NONE = object()
 
 
 def arg(default: Any = dataclasses.MISSING, help: str = "", positional: bool = False,
-        choices: Iterable[Any] | None = None, **kw: Any) -> Any:
+        choices: Iterable[Any] | None = None, output: Literal["dir", "file"] | None = None, **kw: Any) -> Any:
     """A dataclass field with help text (mutable defaults are wrapped in a factory).
 
     ``positional=True`` makes the field a positional command-line argument instead of a ``--flag``.
     ``choices`` restricts a value to the keys of a registry (e.g. ``choices=PRESETS``), checked on the command
     line and in YAML alike: the registry stays the one list of names, where a ``Literal`` would copy it.
+    ``output`` marks a path the command writes (a ``dir`` or a ``file``): the CLI checks that it can be written
+    before the command starts (:func:`output_paths`).
     """
     meta: dict[str, Any] = {"help": help, "positional": positional}
     if choices is not None:
         meta["choices"] = tuple(choices)
+    if output is not None:
+        meta["output"] = output
     if isinstance(default, (list, dict, set)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta, **kw)
@@ -326,6 +329,29 @@ def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None =
         raise UnisslError(f"invalid configuration: {e}") from e
 
 
+def output_paths(cfg: Any, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(flag, path, kind) of every field marked ``arg(output=...)`` in ``cfg`` and its nested configs
+    (fields left ``None`` are skipped: the command derives their default from another path)."""
+    found = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            found += output_paths(value, f"{prefix}{f.name}.")
+        elif f.metadata.get("output") and value is not None:
+            flag = f.name if f.metadata.get("positional") else f"--{prefix}{f.name}".replace("_", "-")
+            found.append((flag, str(value), f.metadata["output"]))
+    return found
+
+
+def check_outputs(cfg: Any) -> None:
+    """One line, before any work, for an output path of ``cfg`` that can never be written (a read-only or
+    virtual file system, a file in the way, no permission)."""
+    from unissl.utils.io import check_writable
+
+    for flag, path, kind in output_paths(cfg):
+        check_writable(path, flag, kind)
+
+
 def check_run_dir(run_dir: str | Path, cfg: Any) -> None:
     """Refuse, before anything is written, a run directory that belongs to something else.
 
@@ -335,16 +361,10 @@ def check_run_dir(run_dir: str | Path, cfg: Any) -> None:
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UnisslError(f"run directory {run_dir} is a file; choose another --train.run-dir")
+    from unissl.utils.io import check_writable
+
+    check_writable(run_dir, "--train.run-dir")
     if not run_dir.is_dir():
-        parent = run_dir.parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        if not parent.is_dir():
-            raise UnisslError(f"run directory {run_dir} cannot be created: {parent} is a file; choose another "
-                              f"--train.run-dir")
-        if not os.access(parent, os.W_OK):
-            raise UnisslError(f"run directory {run_dir} cannot be created: {parent} is not writable; choose "
-                              f"another --train.run-dir")
         return
     info_path = run_dir / "run_info.json"
     if not info_path.is_file():

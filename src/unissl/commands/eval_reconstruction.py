@@ -22,7 +22,7 @@ class Config:
 
     pairs: str = arg(help="npz with 'originals' and 'reconstructions' (N,C,H,W) float [0,1] or uint8")
     extractor: str | None = arg(None, help="domain:DIR or inception:WEIGHTS for rFD (none: PSNR/SSIM only)")
-    run_dir: str = arg("runs/eval", help="directory receiving results/<name>.json and results.md")
+    run_dir: str = arg("runs/eval", output="dir", help="directory receiving results/<name>.json and results.md")
     name: str | None = arg(None, help="result name (default: reconstruction-<pairs file stem>)")
     batch_size: int = arg(256, help="images per feature batch")
     device: str = device_arg()

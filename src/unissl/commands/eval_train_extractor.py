@@ -18,7 +18,7 @@ from unissl.eval.results import record_result
 class Config:
     """Train a small CNN classifier on a dataset; saved as config.json + model.safetensors."""
 
-    out: str = arg("runs/eval/domain_classifier", help="output directory of the classifier")
+    out: str = arg("runs/eval/domain_classifier", output="dir", help="output directory of the classifier")
     dataset: str = arg("fashion-mnist", help="dataset the classifier is trained on")
     data_dir: str | None = arg(None, help="dataset location (default: the dataset's own default)")
     image_size: int | None = arg(None, help="resize images to this side (must match what it will evaluate)")
@@ -33,7 +33,7 @@ class Config:
     augment: bool = arg(True, help="random translations by up to 2 pixels")
     seed: int = arg(0, help="seed")
     device: str = device_arg()
-    run_dir: str | None = arg(None, help="also record the accuracy in this run directory's results table")
+    run_dir: str | None = arg(None, output="dir", help="also record the accuracy in this run directory's results table")
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size <= 0 or not self.widths:

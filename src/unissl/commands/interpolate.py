@@ -37,7 +37,7 @@ class Config:
     solver: Literal["euler", "heun"] = arg("euler", help="ODE solver")
     seed: int = arg(0, help="seed of the starting noise (the same noise for every point)")
     device: str = device_arg()
-    out: str = arg("interpolation.png", help="output strip PNG")
+    out: str = arg("interpolation.png", output="file", help="output strip PNG")
 
     def __post_init__(self) -> None:
         if self.points < 2:

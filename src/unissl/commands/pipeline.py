@@ -15,7 +15,7 @@ from unissl.errors import UnisslError
 class Config:
     """Run a pipeline of unissl stages, skipping finished ones and resuming an interrupted one."""
 
-    out: str = arg("runs/pipeline", help="run directory of the pipeline (stages write below it)")
+    out: str = arg("runs/pipeline", output="dir", help="run directory of the pipeline (stages write below it)")
     seed: int = arg(0, help="substituted for {seed} in stage configs")
     seeds: list[int] = arg([], help="a multi-seed study: per-seed stages run once per seed into <out>/seed<s>, "
                                     "stages marked `shared: true` once into <out>; ends with <out>/study.md")

@@ -41,7 +41,7 @@ class Config:
     batch_size: int = arg(250, help="images per decoding batch")
     seed: int = arg(0, help="seed of the decoder's starting noise")
     device: str = device_arg()
-    out: str = arg("runs/reconstruct", help="output directory: grid.png, pairs.npz, metrics.json")
+    out: str = arg("runs/reconstruct", output="dir", help="output directory: grid.png, pairs.npz, metrics.json")
 
     def __post_init__(self) -> None:
         if self.num_images <= 0 or self.steps <= 0 or self.batch_size <= 0 or self.show < 0:

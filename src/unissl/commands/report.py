@@ -11,7 +11,7 @@ from unissl.config import arg
 class Config:
     """Write report/report.html and report/report.md inside a run directory."""
 
-    run_dir: str = arg(positional=True, help="the run directory to report on (e.g. runs/digits-quick)")
+    run_dir: str = arg(positional=True, output="dir", help="the run directory to report on (e.g. runs/digits-quick)")
 
 
 def run(cfg: Config) -> None:

@@ -23,6 +23,7 @@ from unissl.methods.reptok.captions import class_of_prompt, heldout_prompts
 from unissl.methods.reptok.generator import TokenGeneratorMethod
 from unissl.methods.reptok.sampling import SamplingConfig, sample_conditions, sample_images, write_samples
 from unissl.methods.reptok.tokenizer import DECODE_STEPS, load_reptok_tokenizer
+from unissl.utils.io import check_writable
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Config:
     n: int = arg(8, help="samples per class / prompt")
     decode_steps: int = arg(DECODE_STEPS, help="decoder Euler steps")
     tokenizer: str | None = arg(None, help="RepTok tokenizer directory (default: the one the generator records)")
-    out: str | None = arg(None, help="output directory (default: <checkpoint>/samples)")
+    out: str | None = arg(None, output="dir", help="output directory (default: <checkpoint>/samples)")
     name: str | None = arg(None, help="file stem (default: derived from the settings)")
     batch_size: int = arg(500, help="samples generated per batch")
     seed: int = arg(0, help="random seed")
@@ -61,6 +62,8 @@ def run(cfg: Config) -> Path:
     if not tok_path or not Path(tok_path).is_dir():
         raise UnisslError(f"tokenizer {tok_path!r} not found; pass --tokenizer <RepTok tokenizer dir>")
     tokenizer = load_reptok_tokenizer(tok_path, device=device)
+    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / "samples"
+    check_writable(out, "--out")  # the default lies in the checkpoint directory, which may be read-only
 
     extra: dict[str, np.ndarray] = {}
     prompts = cfg.prompt
@@ -81,7 +84,6 @@ def run(cfg: Config) -> Path:
     imgs = sample_images(method, tokenizer, conds, cfg.sampling, cfg.decode_steps, cfg.batch_size, gen)  # (N, C, H, W)
     n = labels.shape[0]
 
-    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint) / "samples"
     kind = "heldout" if cfg.heldout_prompts else "prompt" if prompts is not None else "class"
     scfg = cfg.sampling
     name = cfg.name or f"{kind}_cfg{scfg.cfg_scale:g}_{scfg.solver}{scfg.steps}_seed{cfg.seed}"

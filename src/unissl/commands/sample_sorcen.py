@@ -20,7 +20,7 @@ from unissl.errors import UnisslError
 from unissl.methods.sorcen.maskgit import MaskGITConfig, maskgit_generate
 from unissl.methods.sorcen.run import load_method, load_run_tokenizer
 from unissl.utils.images import save_grid
-from unissl.utils.io import atomic_file
+from unissl.utils.io import atomic_file, check_writable
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Config:
     """Generate images with MaskGIT decoding (cosine schedule, annealed Gumbel confidence)."""
 
     checkpoint: str = arg(help="run directory of `unissl train sorcen` (or one of its checkpoints/step_* dirs)")
-    out: str | None = arg(None, help="output directory (default: <run>/samples)")
+    out: str | None = arg(None, output="dir", help="output directory (default: <run>/samples)")
     num_samples: int = arg(64, help="images to generate")
     batch_size: int = arg(64, help="images generated per batch")
     tokenizer: str | None = arg(None, help="decode with this tokenizer instead of the run's")
@@ -50,6 +50,8 @@ def run(cfg: Config) -> None:
     if cfg.tokenizer is not None:
         info = {**info, "tokenizer": cfg.tokenizer}
     tokenizer = load_run_tokenizer(info, device)
+    out = Path(cfg.out) if cfg.out else Path(info["run_dir"]) / "samples"
+    check_writable(out, "--out")  # the default lies in the run directory, which may be read-only (a hub cache)
     gen = torch.Generator().manual_seed(cfg.seed)
     ids, images = [], []
     for start in range(0, cfg.num_samples, cfg.batch_size):
@@ -59,7 +61,6 @@ def run(cfg: Config) -> None:
             images.append(tokenizer.decode(batch_ids).clamp(0, 1).float().cpu())  # (n, C, H, W)
         ids.append(batch_ids.cpu())
     all_ids, all_images = torch.cat(ids), torch.cat(images)
-    out = Path(cfg.out) if cfg.out else Path(info["run_dir"]) / "samples"
     out.mkdir(parents=True, exist_ok=True)
     save_grid(all_images, out / "samples.png", nrow=cfg.nrow, scale=cfg.scale)
     buf = io.BytesIO()

@@ -24,7 +24,7 @@ class Config:
 
     tokenizer: str = arg(help="tokenizer directory (from `unissl tokenizer train` or `unissl train reptok-tokenizer`) "
                               "or a taming .ckpt file")
-    out: str = arg(help="output token-store directory (written atomically)")
+    out: str = arg(output="dir", help="output token-store directory (written atomically)")
     dataset: str = arg("fashion-mnist", help="dataset name (digits, fashion-mnist, folder, webdataset)")
     data_dir: str | None = arg(None, help="dataset directory; unset: the dataset's standard location")
     splits: list[str] = arg(["train", "test"], help="splits to encode")

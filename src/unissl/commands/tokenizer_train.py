@@ -53,7 +53,7 @@ class Config:
     dead_after: int | None = arg(None, help="override: restart codes unused for this many steps (0: never)")
     eval_split: str = arg("test", help="split on which PSNR and codebook usage are measured after training")
     eval_batch: int = arg(500, help="batch size of the evaluation pass")
-    out: str | None = arg(None, help="also save the trained tokenizer to this directory")
+    out: str | None = arg(None, output="dir", help="also save the trained tokenizer to this directory")
     train: TrainConfig = field(default_factory=_default_train)
 
     def __post_init__(self) -> None:

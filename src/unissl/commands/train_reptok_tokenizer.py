@@ -51,15 +51,20 @@ class Config:
                                                           "1 - cos(z, z_frozen)")
     cls_lr_scale: float = arg(RepTokConfig.cls_lr_scale, help="learning-rate multiplier of the trainable [cls] (e.g. 20 lets the token "
                                         "move far enough for lambda to matter; drift is logged as drift_*)")
+    new_registers: int = arg(RepTokConfig.new_registers, help="learned register tokens beside the token "
+                             "(CompVis/RepTok: nr_new_reg 2); see --register-target")
+    register_target: Literal["only_nonreg", "all"] = arg(RepTokConfig.register_target, help="only_nonreg: the "
+                                                         "registers are dropped before the decoder (released config: "
+                                                         "no effect on the token); all: they are extra condition tokens")
     decoder: str = arg(RepTokConfig.decoder, help="decoder preset", choices=DECODER_PRESETS)
     patch_size: int = arg(RepTokConfig.patch_size, help="decoder patch size (on pixels or latents)")
     space: Literal["pixels", "vae"] = arg(RepTokConfig.space, help="decode pixels or the latents of a frozen "
                                                                    "AutoencoderKL")
     vae_path: str | None = arg(None, help="space=vae: local diffusers AutoencoderKL directory")
-    out: str | None = arg(None, help="where the trained tokenizer is saved (default: RUN_DIR/tokenizer)")
+    out: str | None = arg(None, output="dir", help="where the trained tokenizer is saved (default: RUN_DIR/tokenizer)")
     frozen_cache: bool = arg(True, help="compute the frozen encoder's token (and the Sorcen adapter's VQ ids) once "
                                         "per image instead of every step")
-    cache_dir: str | None = arg(None, help="where that cache lives (default: <encoder-path>/reptok-cache for "
+    cache_dir: str | None = arg(None, output="dir", help="where that cache lives (default: <encoder-path>/reptok-cache for "
                                            "sorcen, shared by every tokenizer on that encoder; else RUN_DIR)")
     online_eval: bool = arg(False, help="at every checkpoint, log the PSNR of a fixed batch of test images "
                                         "(online/psnr)")
@@ -100,6 +105,7 @@ def build(cfg: Config):
     tcfg = RepTokConfig(encoder=encoder_spec(cfg, size, cfg.train.seed), image_size=size, channels=channels,
                         decoder=cfg.decoder, patch_size=cfg.patch_size, space=cfg.space, vae_path=cfg.vae_path,
                         cos_weight=cfg.cos_weight, cls_lr_scale=cfg.cls_lr_scale,
+                        new_registers=cfg.new_registers, register_target=cfg.register_target,
                         extra={"dataset": cfg.dataset, "split": cfg.split, "limit": cfg.limit})
     return RepTokTokenizer(tcfg), data
 

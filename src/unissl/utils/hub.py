@@ -40,6 +40,10 @@ def resolve_pretrained(name: str | os.PathLike, what: str = "model") -> Path:
     Raises :class:`UnisslError` (one line, naming ``name``) when the repo is neither cached nor downloadable.
     """
     if not is_repo_id(name):
+        if Path(name).is_file():
+            from unissl.utils.weights import refuse_file
+
+            raise refuse_file(Path(name), what, f"pass the {what}'s directory (it holds config and weights together)")
         return Path(name)
     repo_id, _, revision = str(name).partition("@")
     try:

@@ -7,6 +7,7 @@ POSIX within one filesystem).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -28,15 +29,45 @@ def _umask() -> int:
 
 
 def _ensure_parent(path: Path) -> None:
-    """Create ``path``'s parent, or one line naming what is in the way (a file, no permission)."""
+    """Create ``path``'s parent, or one line naming what is in the way (a file, no permission, a read-only
+    or virtual file system)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise UnisslError(f"cannot write {path}: a parent of it is a file; choose another output path") from None
-    except PermissionError:
-        raise UnisslError(f"cannot write {path}: permission denied; choose a writable output path") from None
+    except OSError as e:  # EACCES / EPERM, EROFS, ENOENT under /proc
+        raise UnisslError(f"cannot write {path}: {e.strerror or e}; choose a writable output path") from None
     if not os.access(path.parent, os.W_OK):
         raise UnisslError(f"cannot write {path}: {path.parent} is not writable; choose a writable output path")
+
+
+def check_writable(path: str | os.PathLike, flag: str, kind: str = "dir") -> None:
+    """Refuse, before any work, an output ``path`` that can never be written; writes nothing that stays.
+
+    ``kind`` is ``dir`` (a directory that will be created or filled) or ``file`` (a file written in its
+    parent). The deepest existing directory on the way is probed by creating and removing an empty temporary
+    directory in it, because ``os.access`` says yes on read-only mounts and virtual file systems (``/proc``,
+    ``/sys``) where every write fails. ``flag`` names the option to change in the one-line error.
+    """
+    path = Path(path)
+    if kind == "dir" and path.exists() and not path.is_dir():
+        raise UnisslError(f"{flag} {path} is a file, not a directory; choose another {flag}")
+    if kind == "file" and path.is_dir():
+        raise UnisslError(f"{flag} {path} is a directory; pass a file path")
+    probe_in = path if (kind == "dir" and path.is_dir()) else path.parent
+    while not probe_in.exists() and probe_in != probe_in.parent:
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        raise UnisslError(f"{flag} {path} cannot be created: {probe_in} is a file; choose another {flag}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".unissl-write-check.", dir=probe_in))
+    except OSError as e:
+        why = {errno.EROFS: "is on a read-only file system", errno.EACCES: "is not writable (permission denied)",
+               errno.EPERM: "does not allow new files (a virtual file system?)",
+               errno.ENOENT: "does not allow new files (a virtual file system?)",
+               errno.ENOSPC: "is on a full disk", errno.EDQUOT: "is over its disk quota"}.get(
+                   e.errno or 0, f"cannot be written ({e.strerror or e})")
+        raise UnisslError(f"{flag} {path} cannot be written: {probe_in} {why}; choose another {flag}") from None
 
 
 @contextlib.contextmanager

@@ -43,8 +43,8 @@ def read_torch_weights(path: str | Path, fix: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Unsupported global" in str(e):  # a real pickle that would construct Python objects
-            raise UnisslError(f"{path} is not a weights-only file: it pickles Python objects, which unissl never "
-                              f"unpickles; re-save only its tensors with torch.save, or {fix}") from None
+            raise UnisslError(f"{path} is not a plain weights file: it pickles Python objects, which unissl will "
+                              f"not execute; re-save only its tensors with torch.save, or {fix}") from None
         raise UnisslError(f"{path} is corrupt or not a torch weights file ({_first_line(e)[:100]}); {fix}") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, TypeError) as e:
         raise UnisslError(f"{path} is corrupt or not a torch weights file ({type(e).__name__}: "
@@ -65,6 +65,46 @@ def load_pretrained_dir(load: Callable[[], T], path: str | Path, what: str, fix:
         if type(e).__name__ in ("SafetensorError", "HeaderTooLarge", "HFValidationError"):
             raise UnisslError(f"cannot load the {what} in {path} ({_first_line(e)[:160]}); {fix}") from None
         raise
+
+
+def weights_file_kind(path: str | Path) -> str:
+    """What a file holds, read without executing anything: ``code-pickle`` (a pickle that
+    ``torch.load(weights_only=True)`` refuses because it would construct Python objects), ``torch-weights``
+    (a pickle of tensors and plain containers), ``safetensors``, ``corrupt`` (a torch / safetensors file that
+    does not load) or ``other``."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:2] == b"PK" or head[:1] == b"\x80":  # torch.save's zip archive, or a legacy / raw pickle stream
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+            return "torch-weights"
+        except pickle.UnpicklingError as e:
+            return "code-pickle" if "Unsupported global" in str(e) else "corrupt"
+        except Exception:  # noqa: BLE001 - a damaged file of either kind
+            return "corrupt"
+    if len(head) >= 9 and head[8:9] == b"{":  # safetensors: u64 header length, then a JSON header
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt"):
+                return "safetensors"
+        except Exception:  # noqa: BLE001
+            return "corrupt"
+    return "other"
+
+
+def refuse_file(path: str | Path, what: str, fix: str) -> UnisslError:
+    """The one-line error for a file given where ``what`` (a directory: a run, a saved model) is expected;
+    a pickle that would run code is named as such and is never unpickled."""
+    kind = weights_file_kind(path)
+    if kind == "code-pickle":
+        return UnisslError(f"{what} {path} is not a plain weights file: it pickles Python objects, which unissl "
+                           f"will not execute; {fix}")
+    detail = {"torch-weights": "bare torch weights without the config of their model",
+              "safetensors": "bare safetensors weights without the config of their model",
+              "corrupt": "a damaged or truncated weights file"}.get(kind, "a file")
+    return UnisslError(f"{what} {path} is {detail}, not a directory; {fix}")
 
 
 def _first_line(e: BaseException) -> str:

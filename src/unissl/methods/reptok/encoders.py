@@ -123,12 +123,21 @@ class Dinov2Encoder(SSLEncoder):
 
     def __init__(self, path: str | Path, image_size: int | None = None) -> None:
         path = Path(path)
+        if path.is_file():
+            from unissl.utils.weights import refuse_file
+
+            raise refuse_file(path, "DINOv2 encoder path", "pass a local transformers directory (config.json + "
+                              "model.safetensors, e.g. facebook/dinov2-with-registers-base) with --encoder-path")
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
             raise UnisslError(f"DINOv2 directory {path} has no config.json; download the weights elsewhere "
                               "(e.g. facebook/dinov2-with-registers-base) and pass the local directory with "
                               "--encoder-path, or save a model there with save_pretrained")
-        model_type = json.loads(cfg_file.read_text()).get("model_type", "dinov2")
+        try:
+            model_type = json.loads(cfg_file.read_text()).get("model_type", "dinov2")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            raise UnisslError(f"{cfg_file} is not a valid transformers config ({type(e).__name__}); download the "
+                              f"DINOv2 directory again") from None
         try:
             from transformers import Dinov2Model, Dinov2WithRegistersModel
         except ImportError as e:  # pragma: no cover - depends on the environment
@@ -174,6 +183,11 @@ class SorcenEncoder(SSLEncoder):
         if not path.exists():
             raise UnisslError(f"Sorcen run directory {path} not found; train one with `unissl train sorcen` "
                               "and pass its run directory with --encoder-path")
+        if path.is_file():
+            from unissl.utils.weights import refuse_file
+
+            raise refuse_file(path, "Sorcen encoder path", "pass the run directory of `unissl train sorcen` "
+                              "with --encoder-path")
         try:
             from unissl.methods.sorcen import load_sorcen
         except ImportError as e:
