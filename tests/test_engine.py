@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -333,7 +334,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(UnisslError) as info:
         fit_toy(run, nan_at=8, steps=20, ckpt_every=3)
     msg = str(info.value)
-    assert "loss became nan at step 8" in msg and "step_0000006" in msg and "lower the learning rate" in msg
+    assert "loss became nan at step 8" in msg and "step_0000006" in msg
+    assert "--train.resume --train.on-nonfinite skip" in msg and "--train.base-lr 0.8" in msg  # base-lr: 1.6
     assert [p.name for p in list_checkpoints(run)] == ["step_0000003", "step_0000006"]
     ck = load_checkpoint(run)
     assert ck.trainer_state["step"] == 6
@@ -361,7 +363,8 @@ def test_nonfinite_weights_are_never_checkpointed_and_the_named_checkpoint_resum
     with pytest.raises(UnisslError) as info:
         Trainer(Overflow(), ToyDataset(40), cfg).fit()
     msg = str(info.value)
-    assert "non-finite by step 4" in msg and "step_0000002" in msg and "lower the learning rate" in msg
+    assert "non-finite by step 4" in msg and "step_0000002" in msg
+    assert "resume at a lower learning rate: --train.resume --train.base-lr 0.8" in msg
     assert [p.name for p in list_checkpoints(run)] == ["step_0000002"]
     ck = load_checkpoint(run)
     assert all(torch.isfinite(v).all() for v in ck.model.values() if v.is_floating_point())
@@ -505,3 +508,73 @@ def test_wandb_mirrors_every_record_offline(tmp_path, monkeypatch) -> None:
     with pytest.raises(UnisslError, match=r"pip install 'unissl\[wandb\]'"):
         fit_toy(tmp_path / "run2", wandb=True)
     assert not (tmp_path / "run2").exists()
+
+
+def _toy_cli(argv: list[str]) -> dict:
+    """What `python tests/helpers/train_toy.py ARGV` does, in-process: parse, build, fit."""
+    from helpers.toy import ToyConfig, build
+
+    from unissl.config import parse_config
+
+    cfg = parse_config(ToyConfig, argv)
+    method, data = build(cfg)
+    logs = Trainer(method, data, cfg.train).fit()
+    return {"logs": logs, "method": method, "cfg": cfg}
+
+
+def _advice(message: str) -> list[str]:
+    """The command-line flags the error's advice names (after its last `:`), as argv tokens."""
+    import re
+    import shlex
+
+    tail = message.rsplit("to continue", 1)[-1]
+    flags = re.findall(r"--train\.[a-z-]+(?: (?!--)[\w.+-]+)?", tail.split("(")[0].split(";")[0])
+    return [tok for f in flags for tok in shlex.split(f)]
+
+
+def test_nan_advice_resumes_past_the_diverged_step(tmp_path: Path) -> None:
+    """A corrupt record (an infinite target) makes every batch that holds it non-finite. Before the fix the
+    message advised `--train.base-lr` (ignored: the run sets --train.lr) and a resume replays the same data
+    order, so following it diverged again at the same step. Now the printed flags continue the run from the
+    named checkpoint past that step; exactly the batches holding the record are skipped (closed form from the
+    sampler), and the weights stay finite."""
+    from unissl.data.sampler import ShardedBatchSampler
+
+    run = tmp_path / "nan"
+    argv = ["--train.run-dir", str(run), "--poison", "13", "--train.steps", "20", "--train.ckpt-every", "2",
+            "--train.lr", "0.05", "--train.log-every", "1"]
+    with pytest.raises(UnisslError) as info:
+        _toy_cli(argv)
+    msg = str(info.value)
+    batches = list(itertools.islice(iter(ShardedBatchSampler(40, 8, seed=0)), 20))  # the run's data order
+    holding = [i + 1 for i, b in enumerate(batches) if 13 in b]  # 1-based steps whose batch holds the record
+    first = holding[0]
+    assert f"loss became inf at step {first}" in msg or f"loss became nan at step {first}" in msg, msg
+    assert "--train.base-lr" not in msg  # the run sets --train.lr: that is the flag that lowers its rate
+    flags = _advice(msg)
+    assert "--train.resume" in flags, msg
+    out = _toy_cli(argv + flags)  # resumes from the last good checkpoint named in the message
+    assert out["logs"]["step"] == 20 and math.isfinite(out["logs"]["loss"])
+    assert all(torch.isfinite(p).all() for p in out["method"].parameters())
+    ck = load_checkpoint(run)
+    assert ck.trainer_state["step"] == 20 and ck.trainer_state["skipped_steps"] == len(holding)
+    records = read_log(run / "log.jsonl")
+    assert max(r["step"] for r in records) == 20
+    assert all(math.isfinite(r["loss"]) for r in records if "loss" in r)
+    assert [r["step"] for r in records if r.get("skipped_steps", 0) > 0][0] == first
+
+
+def test_lower_lr_advice_names_the_flag_that_sets_the_rate() -> None:
+    """`--train.lr` overrides `--train.base-lr`: the advice to lower the rate names the one this run uses."""
+    assert TrainConfig(lr=0.004).lower_lr_flag() == "--train.lr 0.002"
+    assert TrainConfig(base_lr=1.5e-4).lower_lr_flag() == "--train.base-lr 7.5e-05"
+
+
+def test_skipping_stops_after_max_skips_with_the_lower_rate_advice(tmp_path: Path) -> None:
+    """A divergence that persists (every step non-finite) is not hidden by skipping: after max_skips in a row
+    the run stops, names the last good checkpoint and the flag that lowers this run's rate."""
+    with pytest.raises(UnisslError) as info:
+        fit_toy(tmp_path / "persist", nan_at=5, steps=20, ckpt_every=2, lr=0.05, on_nonfinite="skip", max_skips=3)
+    msg = str(info.value)
+    assert "loss became nan at step 8" in msg and "step_0000006" in msg and "--train.lr 0.025" in msg, msg
+    assert [p.name for p in list_checkpoints(tmp_path / "persist")][-1] == "step_0000006"  # skipped steps change nothing

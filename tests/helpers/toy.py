@@ -12,13 +12,17 @@ from unissl.engine import TrainConfig
 
 
 class ToyDataset:
-    """``n`` fixed samples ``{"x": (D,), "y": ()}`` with ``y = x @ w + 0.1 * noise`` (seeded)."""
+    """``n`` fixed samples ``{"x": (D,), "y": ()}`` with ``y = x @ w + 0.1 * noise`` (seeded); ``poison`` is
+    the index of a sample whose target is infinite (a corrupt record: every batch holding it has a
+    non-finite loss)."""
 
-    def __init__(self, n: int = 64, dim: int = 8, seed: int = 123) -> None:
+    def __init__(self, n: int = 64, dim: int = 8, seed: int = 123, poison: int = -1) -> None:
         g = torch.Generator().manual_seed(seed)
         self.x = torch.randn(n, dim, generator=g)
         w = torch.randn(dim, generator=g)
         self.y = self.x @ w + 0.1 * torch.randn(n, generator=g)
+        if poison >= 0:
+            self.y[poison] = float("inf")
 
     def __len__(self) -> int:
         return len(self.x)
@@ -70,6 +74,7 @@ class ToyConfig:
     n: int = arg(40, help="dataset size")
     noise: float = arg(0.0, help="input noise std")
     sleep: float = arg(0.0, help="seconds to sleep after every step (to be killable mid-run)")
+    poison: int = arg(-1, help="index of a sample with an infinite target (-1: none)")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=20, global_batch=8, base_lr=0.05 * 256 / 8, weight_decay=0.01, warmup_steps=3, ckpt_every=5,
         log_every=1, num_workers=0, tensorboard=False, progress=False, device="cpu"))
@@ -78,4 +83,4 @@ class ToyConfig:
 def build(cfg: ToyConfig) -> tuple[ToyMethod, ToyDataset]:
     """The seeded method and the dataset of a toy run."""
     torch.manual_seed(cfg.train.seed)
-    return ToyMethod(noise=cfg.noise), ToyDataset(cfg.n)
+    return ToyMethod(noise=cfg.noise), ToyDataset(cfg.n, poison=cfg.poison)

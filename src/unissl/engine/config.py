@@ -20,7 +20,7 @@ from unissl.errors import UnisslError
 class TrainConfig:
     """Optimisation, checkpointing and logging settings shared by every training command."""
 
-    run_dir: str = arg("runs/default", help="run directory (checkpoints, logs, images)")
+    run_dir: str = arg("runs/default", output="dir", help="run directory (checkpoints, logs, images)")
     steps: int = arg(1000, help="optimizer steps (ignored when --train.epochs is set)")
     epochs: float | None = arg(None, help="train for this many passes over the dataset instead of --train.steps")
     global_batch: int = arg(256, help="samples per optimizer step over all processes and accumulation steps")
@@ -33,6 +33,10 @@ class TrainConfig:
     warmup_steps: int = arg(0, help="linear warm-up steps (ignored when --train.warmup-epochs is set)")
     warmup_epochs: float | None = arg(None, help="linear warm-up length in epochs")
     clip_grad: float | None = arg(1.0, help="clip the global gradient norm to this value (none: no clipping)")
+    on_nonfinite: Literal["stop", "skip"] = arg("stop", help="a step whose loss or gradient norm is NaN/Inf: stop "
+                                                "(the last checkpoint stays the good state) or skip it (no update; "
+                                                "the batch is consumed, the schedule moves on)")
+    max_skips: int = arg(10, help="with --train.on-nonfinite skip: stop after this many non-finite steps in a row")
     ema_decay: float | None = arg(None, help="keep an exponential moving average of the weights with this decay")
     ema_warmup: bool = arg(True, help="warm the EMA decay up as min(decay, (1+n)/(10+n)) so that the shadow "
                                       "forgets the initial weights; without it a run whose decay^steps leaves "
@@ -91,6 +95,7 @@ class TrainConfig:
         positive("num_workers", self.num_workers, allow_zero=True)
         positive("threads", self.threads, allow_none=True)
         positive("dist_timeout", self.dist_timeout)
+        positive("max_skips", self.max_skips)
         if self.global_batch % self.grad_accum:
             raise UnisslError(f"train.global_batch={self.global_batch} is not divisible by "
                               f"train.grad_accum={self.grad_accum}")
@@ -100,6 +105,13 @@ class TrainConfig:
             raise UnisslError(f"train.ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.min_lr > self.peak_lr():
             raise UnisslError(f"train.min_lr={self.min_lr} is above the peak lr {self.peak_lr():g}; lower it")
+
+    def lower_lr_flag(self, factor: float = 0.5) -> str:
+        """The flag that lowers this run's peak learning rate by ``factor``: ``--train.lr`` when the run sets it
+        (it overrides ``--train.base-lr``), else ``--train.base-lr``."""
+        if self.lr is not None:
+            return f"--train.lr {self.lr * factor:.3g}"
+        return f"--train.base-lr {self.base_lr * factor:.3g}"
 
     def peak_lr(self) -> float:
         """The peak learning rate: ``lr`` if given, else ``base_lr * global_batch / 256`` (linear scaling)."""

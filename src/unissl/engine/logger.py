@@ -148,21 +148,24 @@ class ScalarWindow:
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
         self.steps = 0
         self.start = time.perf_counter()
 
     def add(self, scalars: dict[str, torch.Tensor]) -> None:
-        """Accumulate one step's scalar tensors."""
+        """Accumulate one step's scalar tensors (a skipped step adds none: each key is averaged over the
+        steps that logged it)."""
         for k, v in scalars.items():
             self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+            self.counts[k] = self.counts.get(k, 0) + 1
         self.steps += 1
 
     def pop(self, samples_per_step: int) -> dict[str, float]:
         """The window's means (all-reduced) and ``samples_per_s``; starts a new window."""
         keys = sorted(self.sums)
-        means = all_reduce_mean(torch.stack([self.sums[k] for k in keys]) / self.steps).tolist()
+        means = all_reduce_mean(torch.stack([self.sums[k] / self.counts[k] for k in keys])).tolist() if keys else []
         now = time.perf_counter()
         out = dict(zip(keys, means))
         out["samples_per_s"] = samples_per_step * self.steps / max(now - self.start, 1e-9)
-        self.sums, self.steps, self.start = {}, 0, now
+        self.sums, self.counts, self.steps, self.start = {}, {}, 0, now
         return out

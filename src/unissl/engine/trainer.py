@@ -151,6 +151,8 @@ class Trainer:
         self.elapsed = 0.0  # training seconds, summed over resumed sessions
         self.cpu_elapsed = 0.0  # this process's CPU seconds in training (immune to other processes' load)
         self.last_checkpoint: Path | None = None
+        self.skips_in_row = 0  # non-finite steps skipped in a row (on_nonfinite=skip)
+        self.skipped_steps = 0  # ... in the whole run (saved with checkpoints)
         wandb = {"project": cfg.wandb_project, "mode": cfg.wandb_mode,
                  "config": {"train": to_dict(cfg), "method": type(unwrap(method)).__name__}} if cfg.wandb else None
         self.logger = RunLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.tensorboard, wandb=wandb)
@@ -179,16 +181,15 @@ class Trainer:
         the last good checkpoint instead, so the one it points to can be resumed at a lower learning rate.
         """
         if not self._state_is_finite():
-            where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
-                     else "no checkpoint was written yet")
             raise UnisslError(f"weights or optimizer state became non-finite by step {self.step} (the loss was "
-                              f"still finite); nothing was saved; {where}; lower the learning rate "
-                              f"(--train.base-lr), keep --train.clip-grad on, then --train.resume")
+                              f"still finite); nothing was saved; {self._where()}; to continue, resume at a lower "
+                              f"learning rate: --train.resume {self.cfg.lower_lr_flag()}"
+                              + ("" if self.cfg.clip_grad else " --train.clip-grad 1.0"))
         sampler_state = self.sampler.state_dict()
         # The live sampler runs ahead of training (DataLoader prefetch): record the consumed position.
         sampler_state["epoch"], sampler_state["step_in_epoch"] = divmod(self.step, self.sampler.steps_per_epoch)
         state = {"step": self.step, "total_steps": self.total_steps, "elapsed": self.elapsed,
-                 "cpu_elapsed": self.cpu_elapsed,
+                 "cpu_elapsed": self.cpu_elapsed, "skipped_steps": self.skipped_steps,
                  "optimizer": self.optimizer.state_dict(), "sampler": sampler_state,
                  "rng": dist.all_gather_object(capture_rng_state()),  # collective: one state per rank
                  "world_size": self.world_size, "global_batch": self.cfg.global_batch}
@@ -240,6 +241,7 @@ class Trainer:
         self.step = int(state["step"])
         self.elapsed = float(state.get("elapsed", 0.0))
         self.cpu_elapsed = float(state.get("cpu_elapsed", 0.0))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         self.last_checkpoint = ck.path
         return state
 
@@ -283,24 +285,50 @@ class Trainer:
             torch.distributed.all_reduce(flags)
             flags[0] /= self.world_size
         loss, stop_flag, norm = flags.tolist()
-        for what, value in (("loss", loss), ("gradient norm", norm)):
-            if not math.isfinite(value):  # nothing was applied: the last checkpoint stays the good state
-                where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
-                         else "no checkpoint was written yet")
-                raise UnisslError(f"{what} became {value} at step {self.step + 1}; {where}; lower the learning rate "
-                                  f"(--train.base-lr), keep --train.clip-grad on, or check the data, then --train.resume")
-        if self.cfg.clip_grad is not None:
-            torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.clip_grad, grad_norm)
-        self.optimizer.step()
+        bad = next(((what, v) for what, v in (("loss", loss), ("gradient norm", norm)) if not math.isfinite(v)), None)
+        if bad is not None:  # nothing is applied: the weights and the last checkpoint stay good
+            self._nonfinite_step(*bad, logs)
+        else:
+            self.skips_in_row = 0
+            if self.cfg.clip_grad is not None:
+                torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.clip_grad, grad_norm)
+            self.optimizer.step()
+            logs["grad_norm"] = grad_norm.detach().float().to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         on_end = hook(self.method, "on_train_step_end")
         if on_end is not None:
             on_end(self.step, self.total_steps)
-        if self.ema is not None:
+        if self.ema is not None and bad is None:
             self.ema.update(self.method)
-        logs["grad_norm"] = grad_norm.detach().float().to(self.device)
         return stop_flag > 0
+
+    def _where(self) -> str:
+        return (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+                else "no checkpoint was written yet")
+
+    def _nonfinite_step(self, what: str, value: float, logs: dict[str, torch.Tensor]) -> None:
+        """A step whose loss or gradient norm is NaN/Inf: with ``on_nonfinite=skip`` it becomes a step without
+        an update (its logs are dropped, the batch stays consumed); otherwise, or after ``max_skips`` in a
+        row, the run stops with the flags that continue it from the last good checkpoint."""
+        step = self.step + 1
+        lr = float(self.lr_values[self.step])
+        if self.cfg.on_nonfinite == "skip" and self.skips_in_row < self.cfg.max_skips:
+            self.skips_in_row += 1
+            self.skipped_steps += 1
+            logs.clear()  # a NaN would poison the window's means; the count is logged as skipped_steps
+            if self.is_main:
+                print(f"[train] step {step}: {what} became {value} (lr {lr:.3g}); skipped, no update "
+                      f"({self.skips_in_row} in a row, {self.skipped_steps} in all)", flush=True)
+            return
+        if self.cfg.on_nonfinite == "skip":
+            advice = (f"{self.cfg.max_skips} steps in a row were not finite, so skipping batches does not help: "
+                      f"resume at a lower learning rate: --train.resume --train.on-nonfinite skip "
+                      f"{self.cfg.lower_lr_flag()}")
+        else:
+            advice = ("to continue past it: --train.resume --train.on-nonfinite skip (skips the steps whose loss "
+                      f"or gradient is not finite); if it diverges again, also {self.cfg.lower_lr_flag()}")
+        raise UnisslError(f"{what} became {value} at step {step} (lr {lr:.3g}); {self._where()}; {advice}")
 
     @torch.no_grad()
     def _log_images(self, batch: dict[str, Any]) -> None:
@@ -390,10 +418,11 @@ class Trainer:
                     logs: dict[str, float] = {}
                     if self.step % self.cfg.log_every == 0 or self.step == self.total_steps or stop_now:
                         logs = {"lr": lr, **window.pop(self.cfg.global_batch),
+                                **({"skipped_steps": float(self.skipped_steps)} if self.skipped_steps else {}),
                                 "epoch": self.step / self.steps_per_epoch, "elapsed": self.elapsed,
                                 "cpu_elapsed": self.cpu_elapsed}
                         self.logger.log(self.step, logs)
-                        bar.set_postfix(loss=f"{logs['loss']:.4g}", lr=f"{lr:.3g}")
+                        bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4g}", lr=f"{lr:.3g}")
                         final = {"step": float(self.step), **logs}
                     bar.update(1)
                     for cb in self.callbacks:
