@@ -95,6 +95,42 @@ def test_cosine_attention_against_naive() -> None:
     assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_fused_rotary_attention_matches_the_sliced_reference_with_gradients() -> None:
+    """The table form (one gather + two fused ops on q and k together, tables cached across calls) against
+    the plain slice / rotate / concatenate reference (``forward_sliced``): outputs and every gradient agree."""
+    from unissl.layers.rope import apply_rotary_tables, rotary_permutation, rotary_tables
+
+    torch.manual_seed(0)
+    theta = torch.randn(4, 6, 8)  # (H, N, d), width 32: 16 rotated channels, 16 passed
+    x = torch.randn(2, 4, 9, 32)  # (B, H, 3 prefix + 6, E)
+    cos, sin = rotary_tables(theta, 32, n_prefix=3)
+    got = apply_rotary_tables(x, cos, sin, rotary_permutation(32, 8))
+    ref = torch.cat([x[:, :, :3], apply_rotary(x[:, :, 3:], theta)], dim=2)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+
+    attn = CosineAttention(64, 32, rope=True, zero_init_out=False)
+    with torch.no_grad():
+        attn.scale.copy_(torch.tensor([3.0, 7.0]))
+    pos = axial_positions(3, 3)
+    x = torch.randn(2, 10, 64, requires_grad=True)
+
+    w = torch.randn(2, 10, 64)
+    for _ in range(2):  # the second call reads the cached tables
+        out = attn(x, pos, n_prefix=1)
+        grads = torch.autograd.grad((out * w).sum(), [x, attn.scale, attn.qkv.weight])
+        ref = attn.forward_sliced(x, pos, n_prefix=1)
+        ref_grads = torch.autograd.grad((ref * w).sum(), [x, attn.scale, attn.qkv.weight])
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+    # other positions (or another prefix length) rebuild the tables instead of reusing stale ones
+    pos2 = axial_positions(3, 3) * 0.5
+    a = attn(x, pos2, n_prefix=1)
+    attn.rope._tables = None
+    torch.testing.assert_close(a, attn(x, pos2, n_prefix=1), rtol=0, atol=0)
+    assert not torch.allclose(a, attn(x, pos, n_prefix=1))
+
+
 # ---------------------------------------------------------------- projection and cosine loss
 def test_projection_starts_as_the_padded_token_and_cosine_loss_reference() -> None:
     proj = ResidualProjection(5, 8)
@@ -318,3 +354,69 @@ def test_patchify_matches_a_naive_loop_and_round_trips() -> None:
     assert torch.equal(unpatchify(got, p, 3, (2, 3)), x)
     with pytest.raises(ValueError, match="multiple of the patch size"):
         patchify(torch.randn(1, 1, 10, 10), 4)
+
+
+def _perturb(tok: RepTokTokenizer) -> RepTokTokenizer:
+    """Move every trainable weight off its (partly zero) init, so that every path is exercised."""
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in tok.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return tok
+
+
+def test_new_registers_released_config_leaves_the_condition_unchanged(tmp_path) -> None:
+    """CompVis/RepTok's `nr_new_reg: 2, new_target_key: only_nonreg`: the registers go through the token-wise
+    projection beside z and are dropped, so the decoder sees exactly what it sees without them; they get no
+    gradient, every other weight starts identical, and the option round-trips through save/load."""
+    plain = _perturb(tiny_tokenizer())
+    reg = tiny_tokenizer(new_registers=2)
+    assert reg.new_registers is not None and reg.new_registers.shape == (2, 32)
+    reg.load_state_dict({**plain.state_dict(), "new_registers": reg.new_registers.detach()})
+    z = torch.randn(3, 32)
+    torch.testing.assert_close(reg.condition(z), plain.condition(z), rtol=0, atol=0)
+    # the released computation, literally: project [registers; z] token by token, keep the non-register slot
+    literal = reg.projection(torch.cat([reg.new_registers.expand(3, -1, -1), z[:, None]], dim=1))[:, 2]
+    torch.testing.assert_close(reg.condition(z), literal, rtol=0, atol=1e-6)
+    images = torch.rand(2, 1, 16, 16)
+    torch.manual_seed(5)
+    a = plain({"image": images})
+    torch.manual_seed(5)
+    b = reg({"image": images})
+    assert torch.equal(a["loss"], b["loss"])
+    b["loss"].backward()
+    assert reg.new_registers.grad is None
+    # the same seed builds every other module with the same weights (the registers are created last)
+    fresh_plain, fresh_reg = tiny_tokenizer(), tiny_tokenizer(new_registers=2)
+    other = {k: v for k, v in fresh_reg.state_dict().items() if k != "new_registers"}
+    assert all(torch.equal(v, fresh_plain.state_dict()[k]) for k, v in other.items())
+    reg.save_pretrained(tmp_path / "reg")
+    back = RepTokTokenizer.from_pretrained(tmp_path / "reg")
+    assert back.cfg.new_registers == 2 and torch.equal(back.new_registers, reg.new_registers)
+
+
+def test_new_registers_all_are_extra_condition_tokens() -> None:
+    """`register_target: all` keeps the projected registers as image-independent in-context tokens before z:
+    the decoder's velocity equals a naive run with those K = 3 prefix tokens, the registers get a gradient,
+    and a decoder over a (B, 1, D) condition equals the (B, D) form."""
+    tok = _perturb(tiny_tokenizer(new_registers=2, register_target="all"))
+    z = torch.randn(2, 32)
+    h = tok.condition(z)
+    assert h.shape == (2, 3, tok.decoder.width)
+    torch.testing.assert_close(h[:, :2], tok.projection(tok.new_registers).expand(2, -1, -1))
+    torch.testing.assert_close(h[:, 2], tok.projection(z))
+    dec = tok.decoder
+    x_t, t = torch.randn(2, 1, 16, 16), torch.rand(2)
+    v = dec(x_t, t, h)
+    x = torch.cat([h, dec.patch_in(dec.patchify(x_t))], dim=1)  # naive: the blocks with 3 prefix tokens
+    temb = dec.time(t)
+    for block in dec.blocks:
+        x = block(x, temb, dec.pos, n_prefix=3)
+    torch.testing.assert_close(v, dec.unpatchify(dec.patch_out(dec.out_norm(x[:, 3:]))))
+    torch.testing.assert_close(dec(x_t, t, h[:, 2]), dec(x_t, t, h[:, 2:]))
+    out = tok({"image": torch.rand(2, 1, 16, 16)})
+    out["loss"].backward()
+    assert tok.new_registers.grad is not None and tok.new_registers.grad.abs().sum() > 0
+    with pytest.raises(UnisslError, match="register_target"):
+        RepTokConfig(encoder=dict(RANDOM_ENC), image_size=16, channels=1, register_target="some")

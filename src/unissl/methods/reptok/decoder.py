@@ -5,7 +5,8 @@ Reading order: presets -> time embedding -> block -> :class:`FlowDecoder`.
 
 * The input ``x_t`` (B, C, H, W) is cut into p x p patches and linearly embedded (N = HW / p^2 tokens).
 * The condition ``h`` (B, D) (the projected token, see :mod:`.projection`) is **prepended** as one extra
-  token; it takes part in every attention layer and is dropped before unpatchify.
+  token (with ``register_target='all'`` the projected registers come before it); it takes part in every
+  attention layer and is dropped before unpatchify.
 * The flow time enters only through adaptive RMSNorm (scale, shift, gate from a time embedding).
 * Blocks: cosine attention with 2-D axial RoPE on the patch tokens, SwiGLU MLP; every residual branch's
   output projection and the final projection start at zero, so the untrained network predicts v = 0.
@@ -126,13 +127,15 @@ class FlowDecoder(nn.Module):
         return unpatchify(x, self.patch_size, self.channels, (self.grid, self.grid))
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """``x_t`` (B, C, H, W), ``t`` (B,), ``cond`` (B, D) -> velocity (B, C, H, W)."""
+        """``x_t`` (B, C, H, W), ``t`` (B,), ``cond`` (B, D) or (B, K, D) condition tokens -> velocity (B, C, H, W)."""
         tokens = self.patch_in(self.patchify(x_t))  # (B, N, D)
-        x = torch.cat([cond[:, None, :].to(tokens.dtype), tokens], dim=1)  # (B, 1 + N, D)
+        cond = cond[:, None, :] if cond.dim() == 2 else cond  # (B, K, D)
+        k = cond.shape[1]
+        x = torch.cat([cond.to(tokens.dtype), tokens], dim=1)  # (B, K + N, D)
         temb = self.time(t)  # (B, T)
         for block in self.blocks:
-            x = block(x, temb, self.pos, n_prefix=1)
-        x = self.patch_out(self.out_norm(x[:, 1:]))  # drop the condition token: (B, N, C p p)
+            x = block(x, temb, self.pos, n_prefix=k)
+        x = self.patch_out(self.out_norm(x[:, k:]))  # drop the condition tokens: (B, N, C p p)
         return self.unpatchify(x)
 
     def config(self) -> dict:

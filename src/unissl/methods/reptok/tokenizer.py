@@ -55,6 +55,11 @@ class RepTokConfig:
     cls_lr_scale: float = 1.0  # learning-rate multiplier of the trainable [cls] (lets the token move)
     time_mean: float = 0.0  # logit-normal time sampler
     time_std: float = 1.0
+    # CompVis/RepTok's `nr_new_reg` / `new_target_key`: learned register tokens put beside z, through the same
+    # token-wise projection. `only_nonreg` (the released config) drops them before the decoder, so they never
+    # change the condition; `all` keeps them as extra in-context condition tokens (image-independent).
+    new_registers: int = 0
+    register_target: Literal["only_nonreg", "all"] = "only_nonreg"
     extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance (dataset, ...)
 
     def __post_init__(self) -> None:
@@ -66,6 +71,10 @@ class RepTokConfig:
             raise UnisslError("space='vae' needs vae_path (a local diffusers AutoencoderKL directory)")
         if self.channels not in (1, 3):
             raise UnisslError(f"channels must be 1 or 3, got {self.channels}")
+        if self.new_registers < 0:
+            raise UnisslError(f"new_registers must be >= 0, got {self.new_registers}")
+        if self.register_target not in ("only_nonreg", "all"):
+            raise UnisslError(f"register_target must be 'only_nonreg' or 'all', got {self.register_target!r}")
 
 
 class RepTokTokenizer(nn.Module, HubMixin):
@@ -85,6 +94,22 @@ class RepTokTokenizer(nn.Module, HubMixin):
         self.projection = ResidualProjection(self.encoder.dim, self.decoder.width)
         self.path = LinearPath(data_at=0.0)  # x_t = (1 - t) x + t eps; sample from t=1 to t=0
         self.time_sampler = LogitNormalTime(cfg.time_mean, cfg.time_std)
+        # Created last, so that a run with registers starts every other module from the same weights.
+        self.new_registers = (nn.Parameter(torch.randn(cfg.new_registers, self.encoder.dim))  # (R, D_z)
+                              if cfg.new_registers else None)
+
+    def condition(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder's in-context condition of tokens z (B, D_z): (B, D_dec), or (B, R + 1, D_dec) with
+        ``register_target='all'`` (the projected registers first, as in the released code).
+
+        With ``only_nonreg`` the registers would pass the token-wise projection and be dropped, so the result
+        is ``projection(z)`` alone (computed without them; they get no gradient).
+        """
+        h = self.projection(z)  # (B, D_dec)
+        if self.new_registers is None or self.cfg.register_target == "only_nonreg":
+            return h
+        reg = self.projection(self.new_registers)  # (R, D_dec): the same token-wise map
+        return torch.cat([reg.unsqueeze(0).expand(z.shape[0], -1, -1), h[:, None]], dim=1)  # (B, R + 1, D_dec)
 
     # ---------------------------------------------------------------- training
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -105,7 +130,7 @@ class RepTokTokenizer(nn.Module, HubMixin):
         x = self.space.encode(images)  # (B, c, h, w)
         t = self.time_sampler.sample(x.shape[0], device=x.device)  # (B,)
         ps = self.path.sample(x, t)
-        v = self.decoder(ps.x_t, t, self.projection(z))  # (B, c, h, w)
+        v = self.decoder(ps.x_t, t, self.condition(z))  # (B, c, h, w)
         mse = (v.float() - ps.target.float()).pow(2).mean()
         loss = mse + self.cfg.cos_weight * l_cos
         return {"loss": loss, "flow_mse": mse.detach(), "cos_loss": l_cos.detach(),
@@ -126,7 +151,7 @@ class RepTokTokenizer(nn.Module, HubMixin):
     def decode(self, z: torch.Tensor, steps: int = DECODE_STEPS, solver: str = "euler",
                generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens z (B, D) -> images (B, C, H, W) in [0, 1]: integrate from noise (t=1) to data (t=0)."""
-        h = self.projection(z)  # (B, D_dec)
+        h = self.condition(z)  # (B, D_dec) or (B, R + 1, D_dec)
         if noise is None:
             noise = torch.randn((z.shape[0], *self.space.shape), generator=generator, device=z.device)
         x = solve(solver, lambda x_t, t: self.decoder(x_t, t, h), noise, self.path.noise_at,
