@@ -16,8 +16,6 @@ Rounds interleave the kinds (peak, then one timed block of each kind, repeated),
 load hits every kind alike; median and min over rounds are printed.
 
     OMP_NUM_THREADS=1 python benchmarks/mfu.py                  # 1 thread (the fair setting on 2 cores)
-    # the RepTok decoder's attention fused vs its unfused reference path, interleaved in one run:
-    OMP_NUM_THREADS=1 python benchmarks/mfu.py --kinds reptok-tokenizer-cached reptok-tokenizer-cached-unfused
     python benchmarks/mfu.py --threads 2 --kinds sorcen mage    # a subset, 2 threads
     python benchmarks/mfu.py --amp bf16                         # CPU bf16 autocast rows
 """
@@ -126,17 +124,6 @@ def _generator(tmp: Path):
         {"global_batch": b, "ema_decay": 0.998, "weight_decay": 0.0, "betas": (0.9, 0.99)}
 
 
-def _unfused_attention(built: tuple[torch.nn.Module, dict[str, torch.Tensor], dict[str, Any]]):
-    """The same step with the decoder's attention on its unfused reference path (``forward_sliced``: q and k
-    one by one, RoPE by slicing and concatenation, angles recomputed per call): the "before" row."""
-    from unissl.layers.cosine_attention import CosineAttention
-
-    for m in built[0].modules():
-        if isinstance(m, CosineAttention):
-            m.forward = m.forward_sliced  # type: ignore[method-assign]
-    return built
-
-
 KINDS: dict[str, Callable[[Path], tuple[torch.nn.Module, dict[str, torch.Tensor], dict[str, Any]]]] = {
     "sorcen": lambda tmp: _sorcen("sorcen", tmp),
     "mage": lambda tmp: _sorcen("mage", tmp),
@@ -144,7 +131,6 @@ KINDS: dict[str, Callable[[Path], tuple[torch.nn.Module, dict[str, torch.Tensor]
     "vq-tokenizer": _vq,
     "reptok-tokenizer": lambda tmp: _reptok(tmp, cached=False),
     "reptok-tokenizer-cached": lambda tmp: _reptok(tmp, cached=True),
-    "reptok-tokenizer-cached-unfused": lambda tmp: _unfused_attention(_reptok(tmp, cached=True)),
     "generator": _generator,
 }
 

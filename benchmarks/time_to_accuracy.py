@@ -1,21 +1,33 @@
-"""CPU minutes for a Sorcen `small` encoder on Fashion-MNIST to reach the pixel linear probe (84.6%).
+"""CPU minutes for a Sorcen (or MAGE / MAGE-C) encoder on Fashion-MNIST to reach the pixel linear probe (84.6%).
 
-Trains Sorcen (or MAGE) on the stored 7x7 ids with the engine and, every ``--probe-every`` steps, runs the
-project's linear probe (the same protocol as ``unissl eval linear-probe``: 9 learning rates, head chosen on
-a held-out 10% of train) on the frozen encoder's features of the stored train / test ids. Training time is
-the process CPU time of the training steps only (``time.process_time`` is immune to other processes on a
-shared machine; with one thread it equals the wall-clock of an idle core); probing is not counted.
-Prints the curve (minutes, epoch, probe top-1 of the mean-pooled image tokens and of the class slot) and the
-first point where either pooling is at or above the target (the last step is always probed); ``--out`` writes it as JSON and a PNG.
+Trains any ``unissl train sorcen`` configuration with the engine (``--config`` YAML, then any of the
+command's flags after ``--``) and, every ``--probe-every`` steps and at the last step, runs the project's linear
+probe (the protocol of ``unissl eval linear-probe``: 9 learning rates, head chosen on a held-out 10% of train)
+on the frozen encoder's features of the stored train / test ids. Training time is the process CPU time of the
+training steps only (``time.process_time`` is immune to other processes on a shared machine; with one thread
+it equals the wall-clock of an idle core); probing is not counted.
+
+Three poolings are probed: ``mean`` (the image tokens after the final norm: the ``sorcen`` extractor that
+``unissl eval linear-probe`` and the study use), ``cls`` (the class slot) and ``released`` (the released linear
+probe's pooling, the ``sorcen-released`` extractor). The target is met when the ``mean`` pooling reaches it
+(``--hit-pool best`` counts any). Prints the curve (minutes, epoch, both probes)
+and the first point at or above the target; ``--out`` writes it as JSON and a PNG.
 
     unissl tokenize --tokenizer runs/fmnist-vq --dataset fashion-mnist --out runs/fmnist-tokens
-    OMP_NUM_THREADS=1 python benchmarks/time_to_accuracy.py --tokens runs/fmnist-tokens --minutes 40 \\
-        --out runs/time-to-accuracy/sorcen.json
+    # the fast setting (configs/sorcen/fmnist-fast.yaml), 15 CPU minutes:
+    OMP_NUM_THREADS=1 python benchmarks/time_to_accuracy.py --tokens runs/fmnist-tokens \\
+        --config configs/sorcen/fmnist-fast.yaml --minutes 15 --out runs/time-to-accuracy/fast.json
+    # the setting of docs/results.md (no --config), with any flag of `unissl train sorcen` after --:
+    OMP_NUM_THREADS=1 python benchmarks/time_to_accuracy.py --tokens runs/fmnist-tokens --epochs 8 --minutes 60 \\
+        --out runs/time-to-accuracy/sorcen-8ep.json -- --train.lr 0.002
+    # architecture overrides on the preset (the sweep of benchmarks/sweep.py uses them):
+    ... --arch dim=128,depth=6,heads=4
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -23,36 +35,103 @@ from pathlib import Path
 
 import torch
 
+PIXEL_PROBE = 84.6  # linear probe on raw Fashion-MNIST pixels (docs/results.md: 84.56%)
+
+# The documented setting of docs/results.md's 8-epoch curves, used when no --config is given.
+LEGACY = ["--method", "sorcen", "--preset", "small",
+          "--loss.echo-warmup-unit", "released", "--loss.momentum", "0.99", "--loss.teacher-projector-grad", "false",
+          "--train.epochs", "10", "--train.global-batch", "64", "--train.lr", "0.001", "--train.warmup-steps", "50",
+          "--train.min-lr", "1e-5", "--train.weight-decay", "0.05", "--train.betas", "0.9", "0.95",
+          "--train.clip-grad", "3.0"]
+
+
+POOLS = ("mean", "cls", "released")
+
 
 def probe_top1(model, store_dir: str, epochs: int) -> dict[str, float]:
-    """Linear-probe test top-1 (%) of ``model``'s frozen features of the stored ids, for two poolings:
-    ``mean`` (mean of the image tokens after the final norm, the ``sorcen`` extractor) and ``cls`` (the
-    class slot)."""
+    """Linear-probe test top-1 (%) of ``model``'s frozen features of the stored ids, for three poolings:
+    ``mean`` (:func:`pooled_features` after the final norm: the ``sorcen`` extractor), ``cls`` (the class slot)
+    and ``released`` (the released linear probe's pooling: the final norm dropped, LayerNorm after the mean:
+    the ``sorcen-released`` extractor)."""
     from unissl.data.token_store import TokenStore
     from unissl.eval.probe import ProbeConfig, linear_probe
+    from unissl.methods.sorcen.features import pooled_features
 
     def feats(split: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         store = TokenStore(store_dir, split)
-        out: dict[str, list[torch.Tensor]] = {"mean": [], "cls": []}
+        out: dict[str, list[torch.Tensor]] = {pool: [] for pool in POOLS}
         labels = []
         with torch.no_grad():
             for s in range(0, len(store), 1000):
                 b = store.__getitems__(list(range(s, min(s + 1000, len(store)))))
-                h = model.encode(b["ids"]).float()  # (B, 1 + N, D)
-                out["mean"].append(h[:, 1:].mean(1))
+                h = model.encode(b["ids"].long()).float()  # (B, 1 + N, D) after the final norm
+                out["mean"].append(h[:, 1:].mean(1))  # = pooled_features(model, ids)
                 out["cls"].append(h[:, 0])
+                out["released"].append(pooled_features(model, b["ids"], "released"))
                 labels.append(b["label"])
         return {k: torch.cat(v) for k, v in out.items()}, torch.cat(labels)
 
     model.eval()
-    (tx, ty), (vx, vy) = feats("train"), feats("test")
-    model.train()
+    try:
+        (tx, ty), (vx, vy) = feats("train"), feats("test")
+    finally:
+        model.train()
     result = {}
-    for pool in ("mean", "cls"):
+    for pool in POOLS:
         metrics, _ = linear_probe(tx[pool], ty, vx[pool], vy, int(ty.max()) + 1, ProbeConfig(epochs=epochs),
                                   progress=False)
         result[pool] = float(metrics["top1"])
     return result
+
+
+def parse_arch(text: str | None) -> dict[str, int]:
+    """``dim=128,depth=6`` -> {"dim": 128, "depth": 6} (fields of :class:`SorcenArch`)."""
+    if not text:
+        return {}
+    from unissl.methods.sorcen.presets import SorcenArch
+
+    names = {f.name for f in dataclasses.fields(SorcenArch)} - {"codebook_size", "grid"}
+    out = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        if key not in names or not value:
+            raise SystemExit(f"--arch: {part!r} is not NAME=VALUE with NAME one of {sorted(names)}")
+        out[key] = float(value) if key in ("mlp_ratio", "dropout") else int(value)
+    return out
+
+
+def build_config(args: argparse.Namespace, extra: list[str]):
+    """The ``unissl train sorcen`` Config: --config (or the documented setting), the shortcut flags, then ``extra``."""
+    from unissl.commands.train_sorcen import Config
+    from unissl.config import parse_config
+
+    argv = ["--config", args.config] if args.config else list(LEGACY)
+    for flag, value in (("--method", args.method), ("--preset", args.preset), ("--train.global-batch", args.batch),
+                        ("--train.lr", args.lr), ("--train.epochs", args.epochs)):
+        if value is not None:
+            argv += [flag, str(value)]
+    argv += ["--tokens", args.tokens, *extra]
+    return parse_config(Config, argv, prog="time_to_accuracy")
+
+
+def time_steps(method, data, batch: int, steps: int = 12, skip: int = 3) -> float:
+    """CPU ms of one training step (forward, backward, AdamW, the step-end hook) of a copy of ``method`` on
+    real batches; the first ``skip`` steps are not counted."""
+    import copy
+
+    m = copy.deepcopy(method).train()
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+    start = 0.0
+    for i in range(steps + skip):
+        if i == skip:
+            start = time.process_time()
+        b = data.__getitems__(list(range(i * batch, (i + 1) * batch)))
+        out = m(b)
+        out["loss"].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        m.on_train_step_end(i + 1, 10**6)
+    return 1e3 * (time.process_time() - start) / steps
 
 
 def plot_curve(curve: list[dict[str, float]], target: float, path: Path, title: str) -> None:
@@ -63,7 +142,7 @@ def plot_curve(curve: list[dict[str, float]], target: float, path: Path, title: 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for pool in ("mean", "cls"):
+    for pool in POOLS:
         ax.plot([c["minutes"] for c in curve], [c[pool] for c in curve], marker="o", label=f"{pool} pooling")
     ax.axhline(target, color="gray", linestyle="--", label=f"pixel probe {target}%")
     ax.set_xlabel("training CPU minutes (1 thread)")
@@ -75,8 +154,9 @@ def plot_curve(curve: list[dict[str, float]], target: float, path: Path, title: 
     plt.close(fig)
 
 
-def plot_compare(paths: list[str], target: float, out: Path) -> None:
-    """Several curves (the JSONs ``--out`` wrote) side by side: best pooling against epochs and CPU minutes."""
+def plot_compare(paths: list[str], target: float, out: Path, pool: str = "top1") -> None:
+    """Several curves (the JSONs ``--out`` wrote) side by side against epochs and CPU minutes; ``pool`` is
+    ``top1`` (best pooling), ``mean`` or ``cls``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,15 +165,15 @@ def plot_compare(paths: list[str], target: float, out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
     for p in paths:
         run = json.loads(Path(p).read_text())
-        curve, name = run["curve"], run["args"]["method"]
+        curve, name = run["curve"], run.get("label") or run["args"]["method"]
         for ax, x in zip(axes, ("epoch", "minutes")):
-            ax.plot([c[x] for c in curve], [c["top1"] for c in curve], marker="o", label=name)
+            ax.plot([c[x] for c in curve], [c[pool] for c in curve], marker="o", label=name)
     for ax, label in zip(axes, ("epoch", "training CPU minutes (1 thread)")):
         ax.axhline(target, color="gray", linestyle="--", label=f"pixel probe {target}%")
         ax.set_xlabel(label)
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel("linear probe top-1 (%), best pooling")
-    fig.suptitle("Fashion-MNIST, preset small, batch 64, 8-epoch cosine schedule", fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel(f"linear probe top-1 (%), {'best pooling' if pool == 'top1' else pool + ' pooling'}")
+    fig.suptitle("Fashion-MNIST, Sorcen family on 7x7 VQ ids", fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
@@ -101,48 +181,70 @@ def plot_compare(paths: list[str], target: float, out: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog="Flags after `--` are `unissl train sorcen` flags (e.g. -- --train.lr 0.002).")
     ap.add_argument("--compare", nargs="+", default=None, metavar="JSON",
                     help="only plot these curves (from --out) side by side into --out (a PNG)")
+    ap.add_argument("--compare-pool", default="top1", choices=["top1", *POOLS])
     ap.add_argument("--tokens", default=None, help="Fashion-MNIST token store (train and test splits)")
-    ap.add_argument("--method", default="sorcen", choices=["sorcen", "mage"])
-    ap.add_argument("--preset", default="small")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--epochs", type=float, default=10.0, help="length of the schedule (cosine horizon)")
+    ap.add_argument("--config", default=None, help="a `unissl train sorcen` YAML (default: docs/results.md's setting)")
+    ap.add_argument("--method", default=None, choices=["sorcen", "mage", "mage-c", "mage-aug"])
+    ap.add_argument("--preset", default=None)
+    ap.add_argument("--arch", default=None, help="override preset fields, e.g. dim=128,depth=6,heads=4")
+    ap.add_argument("--batch", type=int, default=None, help="shortcut for --train.global-batch")
+    ap.add_argument("--lr", type=float, default=None, help="shortcut for --train.lr")
+    ap.add_argument("--epochs", type=float, default=None, help="shortcut for --train.epochs (the cosine horizon)")
     ap.add_argument("--minutes", type=float, default=40.0, help="stop after this much training CPU time")
-    ap.add_argument("--probe-every", type=int, default=937, help="steps between probes (937 = one epoch)")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="fit the schedule to this many CPU minutes: time a few steps first, set the cosine "
+                         "horizon (--train.epochs) so that it ends at the budget, stop at 1.1x the budget")
+    ap.add_argument("--probe-every", type=int, default=0, help="steps between probes (0: only the last step)")
     ap.add_argument("--probe-epochs", type=int, default=90)
-    ap.add_argument("--target", type=float, default=84.6, help="pixel linear probe on Fashion-MNIST (%)")
+    ap.add_argument("--target", type=float, default=PIXEL_PROBE, help="pixel linear probe on Fashion-MNIST (%%)")
+    ap.add_argument("--hit-pool", default="mean", choices=["mean", "best"],
+                    help="which pooling must reach the target: mean (the study's extractor) or the best of both")
+    ap.add_argument("--no-stop", action="store_true", help="keep training after the target is reached")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=None, help="write the curve as JSON here")
-    args = ap.parse_args()
+    ap.add_argument("--label", default=None, help="name of this curve in tables and plots")
+    ap.add_argument("--out", default=None, help="write the curve as JSON here (and a PNG beside it)")
+    args, extra = ap.parse_known_args()
+    if extra and extra[0] == "--":
+        extra = extra[1:]
     if args.compare:
         if not args.out:
             ap.error("--compare needs --out FILE.png")
-        plot_compare(args.compare, args.target, Path(args.out))
+        plot_compare(args.compare, args.target, Path(args.out), args.compare_pool)
         print(f"wrote {args.out}")
         return
     if args.tokens is None:
         ap.error("--tokens is required (unless --compare)")
     torch.set_num_threads(args.threads)
 
-    from unissl.data.token_store import TokenStore
-    from unissl.engine import Callback, TrainConfig, Trainer
-    from unissl.methods.sorcen.method import SorcenLossConfig, SorcenMethod
-    from unissl.methods.sorcen.presets import arch_for_store
+    from unissl.commands import train_sorcen
+    from unissl.config import to_dict
+    from unissl.engine import Callback, Trainer
+    from unissl.methods.sorcen import presets
 
-    store = TokenStore(args.tokens, "train")
-    arch = arch_for_store(args.preset, store.codebook_size, store.grid)
-    torch.manual_seed(0)
-    # the setting of docs/results.md (before teacher_projector_grad became the default)
-    loss = SorcenLossConfig(echo_warmup_unit="released", momentum=0.99, teacher_projector_grad=False)
-    spe = len(store) // args.batch
-    method = SorcenMethod(arch, args.method, loss, num_classes=store.num_classes, steps_per_epoch=spe)
+    cfg = build_config(args, extra)
+    arch_over = parse_arch(args.arch)
+    if arch_over:  # a preset with these fields replaced, registered under a temporary name
+        name = f"{cfg.preset}+{args.arch}"
+        presets.PRESETS[name] = dataclasses.replace(presets.get_preset(cfg.preset), **arch_over)
+        cfg.preset = name
+    method, data, info = train_sorcen.build(cfg)
+    spe = cfg.train.steps_per_epoch(len(data))
+    if args.budget:
+        ms = time_steps(method, data, cfg.train.global_batch)
+        cfg.train = dataclasses.replace(cfg.train, epochs=round(args.budget * 60e3 / ms / spe, 3))
+        args.minutes = 1.1 * args.budget
+        print(f"budget {args.budget:g} CPU min at {ms:.0f} ms/step (timed): {cfg.train.epochs:g} epochs", flush=True)
+        method, data, info = train_sorcen.build(cfg)  # the same seeded initial weights, untouched by the timing
+    label = args.label or f"{cfg.method} {cfg.preset}, batch {cfg.train.global_batch}, lr {cfg.train.peak_lr():g}"
     curve: list[dict[str, float]] = []
+    hit_key = "mean" if args.hit_pool == "mean" else "top1"
 
     class Clock(Callback):
-        """Counts training CPU time; probes every ``probe_every`` steps (probe time excluded)."""
+        """Counts training CPU time; probes every ``probe_every`` steps and at the end (probe time excluded)."""
 
         def __init__(self) -> None:
             self.cpu, self.mark = 0.0, time.process_time()
@@ -150,34 +252,47 @@ def main() -> None:
         def on_step_end(self, trainer, step, logs) -> None:
             now = time.process_time()
             self.cpu += now - self.mark
-            if step % args.probe_every == 0 or step == trainer.total_steps:
+            over = self.cpu / 60 >= args.minutes
+            if (args.probe_every and step % args.probe_every == 0) or step == trainer.total_steps or over:
                 probes = probe_top1(trainer.method.model, args.tokens, args.probe_epochs)
-                top1 = max(probes.values())
-                curve.append({"step": step, "epoch": step / spe, "minutes": self.cpu / 60, "top1": top1, **probes})
-                print(f"step {step:6d}  epoch {step / spe:5.2f}  train CPU {self.cpu / 60:6.1f} min  "
-                      f"probe top-1 mean {probes['mean']:.2f}%  cls {probes['cls']:.2f}%", flush=True)
-                if self.cpu / 60 >= args.minutes or top1 >= args.target:
+                point = {"step": step, "epoch": step / spe, "minutes": self.cpu / 60, "top1": max(probes.values()),
+                         **probes}
+                curve.append(point)
+                print(f"step {step:6d}  epoch {step / spe:5.2f}  train CPU {self.cpu / 60:6.2f} min  "
+                      f"probe top-1 mean {probes['mean']:.2f}%  cls {probes['cls']:.2f}%  "
+                      f"released {probes['released']:.2f}%", flush=True)
+                if over or (point[hit_key] >= args.target and not args.no_stop):
                     trainer.step = trainer.total_steps  # stop: the loop ends after this step
             self.mark = time.process_time()
 
     with tempfile.TemporaryDirectory() as d:
-        cfg = TrainConfig(run_dir=str(Path(d) / "run"), epochs=args.epochs, global_batch=args.batch, lr=args.lr,
-                          warmup_steps=50, min_lr=1e-5, weight_decay=0.05, betas=(0.9, 0.95), clip_grad=3.0,
-                          num_workers=0, ckpt_every=10**9, log_every=100, tensorboard=False, progress=False,
-                          threads=args.threads, image_every=0)
-        Trainer(method, store, cfg, callbacks=[Clock()]).fit()
-    hit = next((c for c in curve if c["top1"] >= args.target), None)
-    print(f"{args.method} {args.preset}, batch {args.batch}, lr {args.lr}, 1 thread: "
-          + (f"reached {args.target}% after {hit['minutes']:.1f} CPU minutes (epoch {hit['epoch']:.2f})" if hit else
-             f"did not reach {args.target}% within {curve[-1]['minutes'] if curve else 0:.1f} CPU minutes "
-             f"(best {max((c['top1'] for c in curve), default=0):.2f}%)"))
+        cfg.train = dataclasses.replace(cfg.train, run_dir=str(Path(d) / "run"), ckpt_every=10**9, log_every=100,
+                                        tensorboard=False, progress=False, threads=args.threads, image_every=0,
+                                        resume=False, resume_from=None, num_workers=0)
+        trainer = Trainer(method, data, cfg.train, callbacks=[Clock()])
+        total = trainer.total_steps
+        trainer.fit()
+    hit = next((c for c in curve if c[hit_key] >= args.target), None)
+    last = curve[-1] if curve else {"minutes": 0.0, "step": 0}
+    ms_per_step = 60e3 * last["minutes"] / max(int(last["step"]), 1)
+    print(f"{label}, 1 thread, {ms_per_step:.0f} ms/step ({ms_per_step * spe / 60e3:.2f} CPU min/epoch): "
+          + (f"reached {args.target}% ({args.hit_pool} pooling) after {hit['minutes']:.1f} CPU minutes "
+             f"(epoch {hit['epoch']:.2f})" if hit else
+             f"did not reach {args.target}% within {last['minutes']:.1f} CPU minutes "
+             f"(best mean {max((c['mean'] for c in curve), default=0):.2f}%, "
+             f"cls {max((c['cls'] for c in curve), default=0):.2f}%, "
+             f"released {max((c.get('released', 0) for c in curve), default=0):.2f}%)"))
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"args": vars(args), "curve": curve, "hit": hit}, indent=1))
+        cfg_dict = to_dict(cfg)
+        cfg_dict["train"]["run_dir"] = None
+        out.write_text(json.dumps({"args": {**vars(args), "method": cfg.method, "extra": extra}, "label": label,
+                                   "config": cfg_dict, "arch": dataclasses.asdict(info["arch"]),
+                                   "steps_per_epoch": spe, "total_steps": total, "ms_per_step": ms_per_step,
+                                   "curve": curve, "hit": hit}, indent=1, default=str))
         if curve:
-            plot_curve(curve, args.target, out.with_suffix(".png"),
-                       f"{args.method} {args.preset}, batch {args.batch}, lr {args.lr}, Fashion-MNIST")
+            plot_curve(curve, args.target, out.with_suffix(".png"), label)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unissl.layers.rope import AxialRoPE2D, apply_rotary, apply_rotary_tables
+from unissl.layers.rope import AxialRoPE2D, apply_rotary
 
 
 class CosineAttention(nn.Module):
@@ -34,25 +34,8 @@ class CosineAttention(nn.Module):
     def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None, n_prefix: int = 0) -> torch.Tensor:
         """``x`` (B, N, D); ``pos`` (N - n_prefix, 2) positions of the non-prefix tokens -> (B, N, D)."""
         b, n, d = x.shape
-        qkv = self.qkv(x).view(b, n, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, N, E)
-        s = self.scale.clamp(min=1e-4).sqrt()[:, None, None]  # (H, 1, 1): the temperature split over q and k
-        # q and k together: one normalisation, one temperature product and one rotation for both
-        qk = F.normalize(qkv[:2], dim=-1, eps=1e-6)  # (2, B, H, N, E)
-        if self.rope is not None and pos is not None:
-            cos, sin, perm = self.rope.tables(pos, self.head_dim, n_prefix)  # (H, N, E) x2, (E,)
-            qk = apply_rotary_tables(qk, cos * s, sin * s, perm)
-        else:
-            qk = qk * s
-        y = F.scaled_dot_product_attention(qk[0], qk[1], qkv[2], scale=1.0)  # (B, H, N, E)
-        return self.out(y.transpose(1, 2).reshape(b, n, d))
-
-    def forward_sliced(self, x: torch.Tensor, pos: torch.Tensor | None = None, n_prefix: int = 0) -> torch.Tensor:
-        """The unfused reference of :meth:`forward` (same result): q and k normalised one by one, the prefix
-        sliced off, the rest rotated by :func:`apply_rotary` and concatenated back, angles recomputed every
-        call. Kept for the tests and for the before/after row of ``benchmarks/mfu.py``."""
-        b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, N, E)
-        s = self.scale.clamp(min=1e-4).sqrt()[None, :, None, None]
+        s = self.scale.clamp(min=1e-4).sqrt()[None, :, None, None]  # split the temperature over q and k
         q = F.normalize(q, dim=-1, eps=1e-6) * s
         k = F.normalize(k, dim=-1, eps=1e-6) * s
         if self.rope is not None and pos is not None:

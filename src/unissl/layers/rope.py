@@ -40,34 +40,6 @@ def apply_rotary(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return torch.cat([y1.to(x.dtype), y2.to(x.dtype), rest], dim=-1)
 
 
-def rotary_tables(theta: torch.Tensor, width: int, n_prefix: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rotation of :func:`apply_rotary` as two per-channel tables over all tokens, prefix included.
-
-    ``theta`` (H, N, d) -> ``cos``, ``sin`` (H, n_prefix + N, width) such that
-    ``apply_rotary_tables(x, cos, sin, rotary_permutation(width, d))`` equals rotating the last N tokens of
-    ``x`` with :func:`apply_rotary` and leaving the first ``n_prefix`` (and every channel past 2 d) as they
-    are: there ``cos = 1`` and ``sin = 0``.
-    """
-    h, n, d = theta.shape
-    cos = torch.ones(h, n_prefix + n, width, dtype=theta.dtype, device=theta.device)
-    sin = torch.zeros_like(cos)
-    c, s = theta.cos(), theta.sin()
-    cos[:, n_prefix:, :d], cos[:, n_prefix:, d:2 * d] = c, c
-    sin[:, n_prefix:, :d], sin[:, n_prefix:, d:2 * d] = -s, s
-    return cos, sin
-
-
-def rotary_permutation(width: int, d: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Channel order that pairs each rotated channel with its partner: [d..2d-1, 0..d-1, 2d..width-1]."""
-    return torch.cat([torch.arange(d, 2 * d), torch.arange(d), torch.arange(2 * d, width)]).to(device)
-
-
-def apply_rotary_tables(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """``x * cos + x[..., perm] * sin``: :func:`apply_rotary` as one gather and two fused element-wise ops
-    (no slicing and no concatenation of the activations). ``x`` (..., N, E), tables broadcastable to it."""
-    return torch.addcmul(x * cos, x.index_select(-1, perm), sin)
-
-
 class AxialRoPE2D(nn.Module):
     """Rotary angles for 2-D positions; ``head_dim`` must be a multiple of 8."""
     freqs: torch.Tensor  # buffer
@@ -87,16 +59,3 @@ class AxialRoPE2D(nn.Module):
         th_y = pos[None, :, 0:1] * f[:, None, :]  # (H, N, k)
         th_x = pos[None, :, 1:2] * f[:, None, :]  # (H, N, k)
         return torch.cat([th_y, th_x], dim=-1)  # (H, N, 2k)
-
-    def tables(self, pos: torch.Tensor, width: int, n_prefix: int = 0
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(cos, sin, perm) of :func:`rotary_tables` for positions ``pos`` (N, 2), cached: the angles depend
-        only on the positions and the fixed frequencies, so every step after the first reuses them."""
-        key = (pos.data_ptr(), pos._version, tuple(pos.shape), pos.dtype, pos.device, width, n_prefix)
-        cached = getattr(self, "_tables", None)
-        if cached is None or cached[0] != key:
-            theta = self.forward(pos)  # (H, N, d)
-            cos, sin = rotary_tables(theta, width, n_prefix)
-            cached = (key, (cos, sin, rotary_permutation(width, theta.shape[-1], pos.device)))
-            self._tables = cached
-        return cached[1]
