@@ -202,7 +202,7 @@ def main() -> None:
     ap.add_argument("--probe-epochs", type=int, default=90)
     ap.add_argument("--target", type=float, default=PIXEL_PROBE, help="pixel linear probe on Fashion-MNIST (%%)")
     ap.add_argument("--hit-pool", default="mean", choices=["mean", "best"],
-                    help="which pooling must reach the target: mean (the study's extractor) or the best of both")
+                    help="which pooling must reach the target: mean (the study's extractor) or the best of the three")
     ap.add_argument("--no-stop", action="store_true", help="keep training after the target is reached")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--label", default=None, help="name of this curve in tables and plots")
