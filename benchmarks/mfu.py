@@ -18,6 +18,7 @@ load hits every kind alike; median and min over rounds are printed.
     OMP_NUM_THREADS=1 python benchmarks/mfu.py                  # 1 thread (the fair setting on 2 cores)
     python benchmarks/mfu.py --threads 2 --kinds sorcen mage    # a subset, 2 threads
     python benchmarks/mfu.py --amp bf16                         # CPU bf16 autocast rows
+    OMP_NUM_THREADS=1 python benchmarks/mfu.py --kinds reptok-tokenizer-cached --profile   # where the time goes
 """
 
 from __future__ import annotations
@@ -168,6 +169,20 @@ def build_kind(name: str, tmp: Path, amp: str) -> Kind:
     return Kind(name, step, flops, attn)
 
 
+def op_shares(step: Callable[[], None], steps: int = 3) -> tuple[list[tuple[str, float]], float]:
+    """Self CPU time per operator over ``steps`` steps (torch.profiler), as shares of the total, largest first;
+    and the total in ms per step. Self time, so a composite op does not count its children twice."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    rows = [(e.key, float(e.self_cpu_time_total)) for e in prof.key_averages()]
+    total = sum(t for _, t in rows)
+    rows.sort(key=lambda r: -r[1])
+    return [(name, t / total) for name, t in rows], total / steps / 1e3
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
@@ -175,6 +190,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per kind per round")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--amp", choices=["fp32", "bf16"], default="fp32", help="bf16: CPU autocast rows")
+    ap.add_argument("--profile", action="store_true",
+                    help="after timing, print each kind's top operators by self CPU time (torch.profiler)")
+    ap.add_argument("--top", type=int, default=10, help="operators shown per kind with --profile")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as d:
@@ -188,6 +206,7 @@ def main() -> None:
                 for _ in range(args.steps):
                     k.step()
                 k.times.append((time.perf_counter() - t) / args.steps)
+        profiles = {k.name: op_shares(k.step, args.steps) for k in kinds} if args.profile else {}
     peak = statistics.median(peaks)
     print(f"threads {args.threads}, amp {args.amp}, rounds {args.rounds} x {args.steps} steps; fp32 matmul peak "
           f"{peak / 1e9:.1f} GFLOP/s (median; min {min(peaks) / 1e9:.1f}, max {max(peaks) / 1e9:.1f})")
@@ -200,6 +219,12 @@ def main() -> None:
         print(f"{k.name:<26}{k.flops / 1e9:>11.3f}{100 * k.attn_flops / max(k.flops, 1):>8.1f}{1e3 * med:>13.1f}"
               f"{1e3 * best:>8.1f}{k.flops / med / 1e9:>13.1f}{100 * k.flops / med / peak:>8.1f}%"
               f"{100 * k.flops / best / peak:>8.1f}%")
+    for name, (shares, ms) in profiles.items():
+        matmul = sum(f for op, f in shares if op in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"))
+        print(f"\n{name}: {ms:.1f} ms per profiled step (profiler overhead included); matmuls (mm, addmm, bmm) "
+              f"{100 * matmul:.1f}% of self CPU time")
+        for op, f in shares[: args.top]:
+            print(f"  {op:<48}{100 * f:>6.1f}%")
 
 
 if __name__ == "__main__":
