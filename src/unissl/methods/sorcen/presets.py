@@ -46,21 +46,21 @@ class SorcenArch:
         return self.grid[0] * self.grid[1]
 
 
+# The `small` preset, named so that `fmnist` can derive from it (its comment is in PRESETS).
+_SMALL = SorcenArch(codebook_size=512, grid=(7, 7), dim=96, depth=4, heads=4, decoder_dim=96, decoder_depth=2,
+                    decoder_heads=4, dropout=0.0, proj_hidden=256, proj_dim=96, pred_hidden=256)
+
 PRESETS: dict[str, SorcenArch] = {
     # Unit tests: a few thousand parameters.
     "tiny": SorcenArch(codebook_size=16, grid=(4, 4), dim=32, depth=2, heads=2, decoder_dim=32,
                        decoder_depth=1, decoder_heads=2, proj_hidden=64, proj_dim=32, pred_hidden=64),
     # CPU runs on Fashion-MNIST / digits token stores (minutes on two cores). No dropout: the runs are
     # short (about one epoch), and on CPU the dropout masks cost a third of the step time.
-    "small": SorcenArch(codebook_size=512, grid=(7, 7), dim=96, depth=4, heads=4, decoder_dim=96,
-                        decoder_depth=2, decoder_heads=4, dropout=0.0, proj_hidden=256, proj_dim=96,
-                        pred_hidden=256),
+    "small": _SMALL,
     # 28 x 28 images (7 x 7 ids) within a CPU budget: `small` with a one-block decoder. Chosen by measurement
     # (benchmarks/sweeps/, docs/results.md): the step is 10% cheaper and the probe is no worse per epoch, so
     # more epochs fit 15 CPU minutes; deeper (6) or wider (128) encoders lose at that budget.
-    "fmnist": SorcenArch(codebook_size=512, grid=(7, 7), dim=96, depth=4, heads=4, decoder_dim=96,
-                         decoder_depth=1, decoder_heads=4, dropout=0.0, proj_hidden=256, proj_dim=96,
-                         pred_hidden=256),
+    "fmnist": dataclasses.replace(_SMALL, decoder_depth=1),
     # MAGE / Sorcen ViT-B: encoder 12 x 768 (12 heads), decoder 8 x 768 (16 heads).
     "vit_b": SorcenArch(codebook_size=1024, grid=(16, 16), dim=768, depth=12, heads=12, decoder_dim=768,
                         decoder_depth=8, decoder_heads=16),
