@@ -316,6 +316,39 @@ def test_shipped_pipeline_configs_validate(tmp_path, capsys, name):
     assert out.count("would run") >= len(stages)  # every stage (once per seed in a study)
 
 
+def test_a_parallel_study_launches_one_encoder_row_on_every_seed_before_the_next(tmp_path):
+    """--jobs N with seeds: shared stages first, then each training stage with everything descending from it,
+    seed by seed, in file order; a stage reading nothing per-seed is a row of its own. A study cut short
+    then holds whole rows (an encoder evaluated on every seed) rather than seed 0 of everything."""
+    from unissl.pipeline import _units
+
+    stages = parse_stages([
+        {"name": "tokens", "command": "eval knn", "shared": True, "output_key": "run_dir",
+         "config": {"extractor": "pixels", "dataset": "digits", "run_dir": "{out}/tokens"}},
+        {"name": "pixels", "command": "eval knn", "output_key": "run_dir",
+         "config": {"extractor": "pixels", "dataset": "digits", "run_dir": "{out}/px"}},
+        {"name": "enc-a", "command": "eval knn", "output_key": "run_dir",
+         "config": {"extractor": "pixels", "dataset": "digits", "run_dir": "{stage:tokens}/../a{seed}"}},
+        {"name": "enc-b", "command": "eval knn", "output_key": "run_dir",
+         "config": {"extractor": "pixels", "dataset": "digits", "run_dir": "{stage:tokens}/../b{seed}"}},
+        {"name": "probe-a", "command": "eval knn", "output_key": "run_dir",
+         "config": {"extractor": "pixels", "dataset": "digits", "run_dir": "{stage:enc-a}/probe"}},
+        {"name": "fd-a", "command": "eval knn", "output_key": "run_dir",
+         "config": {"extractor": "pixels", "dataset": "digits", "run_dir": "{stage:probe-a}/fd"}},
+        {"name": "probe-b", "command": "eval knn", "output_key": "run_dir",
+         "config": {"extractor": "pixels", "dataset": "digits", "run_dir": "{stage:enc-b}/probe"}},
+    ])
+    units = _units(stages, tmp_path, 0, [0, 1])
+    assert list(units) == [
+        "tokens", "seed0/pixels", "seed1/pixels",
+        "seed0/enc-a", "seed0/probe-a", "seed0/fd-a", "seed1/enc-a", "seed1/probe-a", "seed1/fd-a",
+        "seed0/enc-b", "seed0/probe-b", "seed1/enc-b", "seed1/probe-b"]
+    assert "seed1/probe-a" in units["seed1/fd-a"].deps and units["seed1/enc-a"].deps == {"tokens"}
+    # without seeds: the same rule in one scope
+    assert list(_units(stages, tmp_path / "one", 0, None)) == [
+        "tokens", "pixels", "enc-a", "probe-a", "fd-a", "enc-b", "probe-b"]
+
+
 @pytest.mark.slow
 def test_parallel_stages_run_in_their_own_processes_and_wait_for_what_they_read(tmp_path):
     """--jobs 2: two independent evaluations start together (each a `unissl` process, one thread, its

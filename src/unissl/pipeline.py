@@ -394,13 +394,32 @@ def _launch(unit: _Unit, plan: _Plan, env: dict[str, str], log) -> tuple[Any, _P
     return proc, plan, t0, Path(cfg_name), log_file, log_path
 
 
-def run_parallel(stages: list[Stage], out: str | Path, seed: int = 0, jobs: int = 2,
-                 only: list[str] | None = None, force: list[str] | None = None, log=print,
-                 seeds: list[int] | None = None) -> dict[str, dict[str, Any]]:
-    """Like :func:`run_pipeline`, with up to ``jobs`` independent stages at once, each in its own
-    ``unissl`` process with one intra-op thread (``OMP_NUM_THREADS=1``) and its output in
-    ``<scope>/stages/<name>.log``. A stage starts when every stage it reads from has finished."""
-    out = Path(out)
+def _row_first(units: dict[str, _Unit], key: str, order: list[str]) -> tuple[int, int, int]:
+    """Launch priority of a unit in a multi-seed study: shared stages first, then one row at a time.
+
+    A unit's row is the earliest stage (in file order) it descends from within its own scope, shared stages
+    aside (every stage reads the shared tokens), so
+    `probe-sorcen`, `samples-sorcen` and `fd-sorcen` share `sorcen`'s row. Rows go in file order, seeds
+    within a row, so a study stopped part-way holds complete rows (an encoder on every seed with all of its
+    evaluations) instead of every encoder trained on seed 0 and none evaluated on seed 2."""
+    seen: dict[str, int] = {}
+
+    def row(k: str) -> int:
+        if k not in seen:
+            unit = units[k]
+            own = [d for d in unit.deps if units[d].out == unit.out and not units[d].stage.shared]
+            seen[k] = min([order.index(unit.stage.name)] + [row(d) for d in own])
+        return seen[k]
+
+    unit = units[key]
+    if unit.stage.shared:
+        return (-1, 0, order.index(unit.stage.name))
+    return (row(key), unit.seed, order.index(unit.stage.name))
+
+
+def _units(stages: list[Stage], out: Path, seed: int, seeds: list[int] | None) -> dict[str, _Unit]:
+    """Every stage in every scope (the root, and each seed's directory in a study) as a schedulable unit,
+    in launch order (see :func:`_row_first`)."""
     units: dict[str, _Unit] = {}
     scopes: list[tuple[list[Stage], Path, int, str, dict[str, str], dict[str, str]]] = []
     if not seeds:
@@ -423,6 +442,18 @@ def run_parallel(stages: list[Stage], out: str | Path, seed: int = 0, jobs: int 
             units[prefix + stage.name] = _Unit(prefix + stage.name, stage, scope_out, scope_seed, outputs,
                                                produced_by, dict(names), {names[d] for d in reads if d in names})
             earlier.append(stage.name)
+    return {k: units[k] for k in sorted(units, key=lambda k: _row_first(units, k, [s.name for s in stages]))}
+
+
+def run_parallel(stages: list[Stage], out: str | Path, seed: int = 0, jobs: int = 2,
+                 only: list[str] | None = None, force: list[str] | None = None, log=print,
+                 seeds: list[int] | None = None) -> dict[str, dict[str, Any]]:
+    """Like :func:`run_pipeline`, with up to ``jobs`` independent stages at once, each in its own
+    ``unissl`` process with one intra-op thread (``OMP_NUM_THREADS=1``) and its output in
+    ``<scope>/stages/<name>.log``. A stage starts when every stage it reads from has finished; among the
+    ready ones, a study finishes one encoder's row on every seed before the next (:func:`_row_first`)."""
+    out = Path(out)
+    units = _units(stages, out, seed, seeds)
     records: dict[str, dict[str, Any]] = {}
     running: dict[str, tuple[subprocess.Popen, _Plan, float, Path, Any, Path]] = {}
     pending = list(units)

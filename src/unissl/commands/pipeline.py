@@ -25,7 +25,8 @@ class Config:
     dry_run: bool = arg(False, help="print what would run and stop")
     report: bool = arg(True, help="write the HTML/Markdown report at the end")
     jobs: int = arg(1, help="run up to this many independent stages at once, each in its own process with one "
-                            "intra-op thread (stage output in <scope>/stages/<name>.log)")
+                            "intra-op thread (stage output in <scope>/stages/<name>.log); a study "
+                            "finishes one encoder's row on every seed before starting the next")
 
     def __post_init__(self) -> None:
         if not self.stages:
