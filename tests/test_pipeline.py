@@ -344,6 +344,13 @@ def test_a_parallel_study_launches_one_encoder_row_on_every_seed_before_the_next
         "seed0/enc-a", "seed0/probe-a", "seed0/fd-a", "seed1/enc-a", "seed1/probe-a", "seed1/fd-a",
         "seed0/enc-b", "seed0/probe-b", "seed1/enc-b", "seed1/probe-b"]
     assert "seed1/probe-a" in units["seed1/fd-a"].deps and units["seed1/enc-a"].deps == {"tokens"}
+    # the interleaved log names the seed of each stage
+    from unissl.pipeline import _keyed
+
+    lines: list[str] = []
+    _keyed(lines.append, "seed1/probe-a")("[pipeline] probe-a: done in 1.0 s")
+    _keyed(lines.append, "tokens")("[pipeline] tokens: done in 1.0 s")
+    assert lines == ["[pipeline] seed1/probe-a: done in 1.0 s", "[pipeline] tokens: done in 1.0 s"]
     # without seeds: the same rule in one scope
     assert list(_units(stages, tmp_path / "one", 0, None)) == [
         "tokens", "pixels", "enc-a", "probe-a", "fd-a", "enc-b", "probe-b"]

@@ -445,6 +445,14 @@ def _units(stages: list[Stage], out: Path, seed: int, seeds: list[int] | None) -
     return {k: units[k] for k in sorted(units, key=lambda k: _row_first(units, k, [s.name for s in stages]))}
 
 
+def _keyed(log, key: str):
+    """``log`` with the stage named by its unit key (``seed1/probe-sorcen``): parallel seeds interleave."""
+    scope = key.rpartition("/")[0]
+    if not scope:
+        return log
+    return lambda message: log(message.replace("[pipeline] ", f"[pipeline] {scope}/", 1))
+
+
 def run_parallel(stages: list[Stage], out: str | Path, seed: int = 0, jobs: int = 2,
                  only: list[str] | None = None, force: list[str] | None = None, log=print,
                  seeds: list[int] | None = None) -> dict[str, dict[str, Any]]:
@@ -477,11 +485,11 @@ def run_parallel(stages: list[Stage], out: str | Path, seed: int = 0, jobs: int 
                     pending.remove(key)
                     scope_records = {name: records[k] for name, k in unit.names.items() if k in records}
                     plan = _plan_stage(unit.stage, unit.out, unit.seed, unit.outputs, scope_records,
-                                       unit.produced_by, only, force, False, log)
+                                       unit.produced_by, only, force, False, _keyed(log, key))
                     if not plan.run:
                         records[key] = plan.record
                         continue
-                    running[key] = _launch(unit, plan, env, log)
+                    running[key] = _launch(unit, plan, env, _keyed(log, key))
                 for key, (proc, plan, t0, cfg_path, log_file, log_path) in list(running.items()):
                     if proc.poll() is None:
                         continue
@@ -491,7 +499,7 @@ def run_parallel(stages: list[Stage], out: str | Path, seed: int = 0, jobs: int 
                     if proc.returncode != 0:
                         raise UnisslError(f"pipeline: stage {key} failed (exit {proc.returncode}): "
                                           f"{_last_line(log_path)}; its log is {log_path}")
-                    _finish_record(plan, t0, log)
+                    _finish_record(plan, t0, _keyed(log, key))
                     records[key] = plan.record
                 if running:
                     time.sleep(0.2)
