@@ -11,6 +11,8 @@ FLOP convention: forward + backward, 2 FLOPs per multiply-add, counted by
 attention call adds its analytic term: 4 B H L S d forward (QK^T and AV), x3 with the backward.
 Not counted: element-wise ops (norms, activations, softmax, losses), the optimizer and EMA updates,
 embedding lookups and the echo's top-k; they cost time, so they lower the MFU, which is the point.
+The peak is MKL's sgemm, not the core's: on the measuring CPU oneDNN's 3x3 convolutions ran at 2.2x the
+512 x 512 matmul (docs/results.md), so the conv-heavy vq-tokenizer row can read above 100%.
 
 Rounds interleave the kinds (peak, then one timed block of each kind, repeated), so a change of machine
 load hits every kind alike; median and min over rounds are printed.
