@@ -13,6 +13,7 @@ import collections
 import io
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
@@ -76,10 +77,13 @@ def _snapshot(root: Path) -> dict[Path, bytes]:
 
 def _one_line_error(capsys, argv: list[str]) -> str:
     capsys.readouterr()
-    assert main(argv) == 2, argv
+    with warnings.catch_warnings(record=True) as held:  # a warning would be a second line on a user's stderr
+        warnings.simplefilter("always")
+        assert main(argv) == 2, argv
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("unissl: error:"), (argv, err)
+    assert not held, (argv, [str(w.message) for w in held])
     return err[0]
 
 
@@ -141,7 +145,10 @@ def test_cut_torch_files_are_one_line_for_convert_taming_and_inception(world, tm
         assert str(bad) in err and "corrupt or not a torch weights file" in err, err
         assert not out.exists()
     capsys.readouterr()
-    assert _convert([str(bad), str(out)]) == 2
+    with warnings.catch_warnings(record=True) as held:
+        warnings.simplefilter("always")
+        assert _convert([str(bad), str(out)]) == 2
+    assert not held, [str(w.message) for w in held]
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0] and "corrupt" in err[0], err
     assert not out.exists()

@@ -9,6 +9,7 @@ traceback, and a pickle that would run code is refused.
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -39,8 +40,15 @@ def read_torch_weights(path: str | Path, fix: str) -> Any:
     path = Path(path)
     if not path.is_file():
         raise UnisslError(f"{path} not found; {fix}")
+    # torch warns about the bytes it is reading (e.g. "pickle protocol 150") before it fails on them: held back,
+    # and shown only when the load succeeds, so a damaged file is still exactly one line on stderr
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings(record=True) as held:
+            warnings.simplefilter("always")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        for w in held:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return state
     except pickle.UnpicklingError as e:
         if "Unsupported global" in str(e):  # a real pickle that would construct Python objects
             raise UnisslError(f"{path} is not a plain weights file: it pickles Python objects, which unissl will "
