@@ -322,21 +322,14 @@ def test_a_parallel_study_launches_one_encoder_row_on_every_seed_before_the_next
     then holds whole rows (an encoder evaluated on every seed) rather than seed 0 of everything."""
     from unissl.pipeline import _units
 
+    def knn(name: str, run_dir: str, **extra) -> dict:  # any command will do: only the paths are read
+        return {"name": name, "command": "eval knn", "output_key": "run_dir", **extra,
+                "config": {"extractor": "pixels", "dataset": "digits", "run_dir": run_dir}}
+
     stages = parse_stages([
-        {"name": "tokens", "command": "eval knn", "shared": True, "output_key": "run_dir",
-         "config": {"extractor": "pixels", "dataset": "digits", "run_dir": "{out}/tokens"}},
-        {"name": "pixels", "command": "eval knn", "output_key": "run_dir",
-         "config": {"extractor": "pixels", "dataset": "digits", "run_dir": "{out}/px"}},
-        {"name": "enc-a", "command": "eval knn", "output_key": "run_dir",
-         "config": {"extractor": "pixels", "dataset": "digits", "run_dir": "{stage:tokens}/../a{seed}"}},
-        {"name": "enc-b", "command": "eval knn", "output_key": "run_dir",
-         "config": {"extractor": "pixels", "dataset": "digits", "run_dir": "{stage:tokens}/../b{seed}"}},
-        {"name": "probe-a", "command": "eval knn", "output_key": "run_dir",
-         "config": {"extractor": "pixels", "dataset": "digits", "run_dir": "{stage:enc-a}/probe"}},
-        {"name": "fd-a", "command": "eval knn", "output_key": "run_dir",
-         "config": {"extractor": "pixels", "dataset": "digits", "run_dir": "{stage:probe-a}/fd"}},
-        {"name": "probe-b", "command": "eval knn", "output_key": "run_dir",
-         "config": {"extractor": "pixels", "dataset": "digits", "run_dir": "{stage:enc-b}/probe"}},
+        knn("tokens", "{out}/tokens", shared=True), knn("pixels", "{out}/px"),
+        knn("enc-a", "{stage:tokens}/../a{seed}"), knn("enc-b", "{stage:tokens}/../b{seed}"),
+        knn("probe-a", "{stage:enc-a}/probe"), knn("fd-a", "{stage:probe-a}/fd"), knn("probe-b", "{stage:enc-b}/probe"),
     ])
     units = _units(stages, tmp_path, 0, [0, 1])
     assert list(units) == [
