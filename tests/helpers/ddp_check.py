@@ -98,6 +98,9 @@ def main() -> None:
     (out_dir / f"nan_rank{rank}.txt").write_text(message)
     if rank == 0:
         (out_dir / "gather.json").write_text(json.dumps({"world": world, **errors}))
+    # both ranks reach here before the group is torn down: a rank that exits while the other still has gloo
+    # work in flight was seen to abort in C++ teardown ("terminate called without an active exception")
+    torch_dist.barrier()
     torch_dist.destroy_process_group()
 
 
