@@ -40,7 +40,7 @@ def run_one(name: str, tokens: str, steps: int, seed: int) -> dict[str, float]:
     from unissl.eval.knn import knn_accuracy
     from unissl.eval.probe import ProbeConfig, linear_probe
     from unissl.methods.sorcen.features import pooled_features
-    from unissl.methods.sorcen.method import SorcenLossConfig, SorcenMethod
+    from unissl.methods.sorcen.method import SorcenLossConfig, build_method
     from unissl.methods.sorcen.presets import arch_for_store
 
     store = TokenStore(tokens, "train")
@@ -48,7 +48,7 @@ def run_one(name: str, tokens: str, steps: int, seed: int) -> dict[str, float]:
     settings: dict[str, object] = {"teacher_projector_grad": False, **OPTIONS[name]}  # the study's setting + one
     loss = SorcenLossConfig(echo_warmup_unit="released", momentum=0.99, **settings)  # type: ignore[arg-type]
     spe = len(store) // 64
-    method = SorcenMethod(arch_for_store("small", store.codebook_size, store.grid), "sorcen", loss,
+    method = build_method(arch_for_store("small", store.codebook_size, store.grid), "sorcen", loss,
                           num_classes=store.num_classes, steps_per_epoch=spe)
     start = time.process_time()
     with tempfile.TemporaryDirectory() as d:

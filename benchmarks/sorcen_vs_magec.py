@@ -28,7 +28,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from unissl.methods.sorcen.method import SorcenMethod
+from unissl.methods.sorcen.method import MaskedTokenMethod, build_method
 from unissl.methods.sorcen.presets import PRESETS, SorcenArch
 from unissl.tokenizers.taming import TamingConfig, TamingVQGAN
 
@@ -57,7 +57,7 @@ def method_step_flops(arch: SorcenArch, variant: str, batch: int = 2, tok_cfg: T
     """Forward + backward FLOPs per image of one training step of ``variant`` (meta tensors)."""
     with torch.device("meta"):
         tok = TamingVQGAN(tok_cfg) if tok_cfg is not None else None
-        method = SorcenMethod(arch, variant, tokenizer=tok)
+        method = build_method(arch, variant, tokenizer=tok)
     method.on_train_step_end(500, 1000)  # past the echo warm-up: the echo is sampled from the logits
     if variant == "mage-c":
         res = tok_cfg.resolution
@@ -89,7 +89,7 @@ def bench_tokenizer(target_ratio: float) -> tuple[TamingConfig, float]:
     return best[1], best[2]
 
 
-def time_steps(methods: dict[str, tuple[SorcenMethod, dict[str, torch.Tensor]]], steps: int, warmup: int,
+def time_steps(methods: dict[str, tuple[MaskedTokenMethod, dict[str, torch.Tensor]]], steps: int, warmup: int,
                device: torch.device) -> dict[str, list[float]]:
     """Seconds per optimizer step for each method, measured alternately."""
     opts = {name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95))
@@ -145,8 +145,8 @@ def main() -> None:
     flops = {"sorcen": method_step_flops(arch, "sorcen"), "mage-c": method_step_flops(arch, "mage-c", tok_cfg=tok_cfg)}
 
     tok = TamingVQGAN(tok_cfg).to(device).eval().requires_grad_(False)
-    sorcen = SorcenMethod(arch, "sorcen").to(device).train()
-    magec = SorcenMethod(arch, "mage-c", tokenizer=tok).to(device).train()
+    sorcen = build_method(arch, "sorcen").to(device).train()
+    magec = build_method(arch, "mage-c", tokenizer=tok).to(device).train()
     ids = torch.randint(0, arch.codebook_size, (args.batch, *arch.grid), device=device)
     images = torch.rand(args.batch, 3, tok_cfg.resolution, tok_cfg.resolution, device=device)
     print("FLOPs: forward + backward, 2 per multiply-add, counted on meta tensors (attention included)")

@@ -79,12 +79,12 @@ def model_tokens_per_second(batch: int = 256, grid: tuple[int, int] = (7, 7), co
     if steps <= 0:
         return None, "skipped (--model-steps 0)"
     try:
-        from unissl.methods.sorcen.method import SorcenMethod
+        from unissl.methods.sorcen.method import build_method
         from unissl.methods.sorcen.presets import arch_for_store
     except ImportError as e:
         return None, f"unissl.methods.sorcen unavailable ({e})"
     try:
-        method = SorcenMethod(arch_for_store("small", codebook_size, grid), "sorcen", num_classes=10)
+        method = build_method(arch_for_store("small", codebook_size, grid), "sorcen", num_classes=10)
         method.train()
         opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-4)
         g = torch.Generator().manual_seed(0)

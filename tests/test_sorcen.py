@@ -18,7 +18,7 @@ from unissl.methods.sorcen.masking import (
     sample_window_side,
     window_mask,
 )
-from unissl.methods.sorcen.method import SorcenLossConfig, SorcenMethod
+from unissl.methods.sorcen.method import SorcenLossConfig, build_method
 from unissl.methods.sorcen.model import SorcenModel, SpecialIds
 from unissl.methods.sorcen.presets import PRESETS, arch_for_store
 
@@ -95,7 +95,7 @@ def test_sorcen_uses_echo_after_warmup(monkeypatch):
     calls = []
     real = method_mod.sample_echo
     monkeypatch.setattr(method_mod, "sample_echo", lambda *a, **k: calls.append(1) or real(*a, **k))
-    m = SorcenMethod(PRESETS["tiny"], "sorcen", SorcenLossConfig(echo_warmup=0.1))
+    m = build_method(PRESETS["tiny"], "sorcen", SorcenLossConfig(echo_warmup=0.1))
     ids = torch.randint(0, 16, (4, 4, 4))
     m({"ids": ids})
     assert m.in_echo_warmup() and not calls  # ground truth during the warm-up
@@ -109,7 +109,7 @@ def test_echo_warmup_units():
     ids = torch.randint(0, 16, (4, 4, 4))
 
     def warm(unit, value, step, total=1000, spe=100):
-        m = SorcenMethod(PRESETS["tiny"], "sorcen", SorcenLossConfig(echo_warmup=value, echo_warmup_unit=unit),
+        m = build_method(PRESETS["tiny"], "sorcen", SorcenLossConfig(echo_warmup=value, echo_warmup_unit=unit),
                          steps_per_epoch=spe)
         m.on_train_step_end(step, total)
         return m.in_echo_warmup()
@@ -121,9 +121,9 @@ def test_echo_warmup_units():
     assert warm("released", 0.0, 1099) and not warm("released", 0.0, 1100)
     assert warm("released", 0.0, 1099, total=1100)  # a run of 11 epochs never samples echoes
     with pytest.raises(ValueError, match="steps_per_epoch"):
-        SorcenMethod(PRESETS["tiny"], "sorcen", SorcenLossConfig(echo_warmup_unit="released"))
+        build_method(PRESETS["tiny"], "sorcen", SorcenLossConfig(echo_warmup_unit="released"))
     # accuracy: ground truth until the running masked top-1 reaches the threshold, then latched on
-    m = SorcenMethod(PRESETS["tiny"], "sorcen", SorcenLossConfig(echo_warmup=0.05, echo_warmup_unit="accuracy"))
+    m = build_method(PRESETS["tiny"], "sorcen", SorcenLossConfig(echo_warmup=0.05, echo_warmup_unit="accuracy"))
     m({"ids": ids})
     m._last_top1 = torch.tensor(0.4)
     m.on_train_step_end(1, 100)  # running mean 0.1 * 0.4 = 0.04 < 0.05
@@ -137,12 +137,12 @@ def test_echo_warmup_units():
 
 def test_released_teacher_options_and_epoch_momentum():
     torch.manual_seed(0)
-    copy_ = SorcenMethod(PRESETS["tiny"], "sorcen")
+    copy_ = build_method(PRESETS["tiny"], "sorcen")
     assert all(torch.equal(a, b) for a, b in zip(copy_.model.blocks.parameters(), copy_.teacher_blocks.parameters()))
     torch.manual_seed(0)
     cfg = SorcenLossConfig(teacher_init="random", teacher_projector_grad=True, momentum_schedule="epoch",
                            momentum_epochs=1600)
-    rel = SorcenMethod(PRESETS["tiny"], "sorcen", cfg, steps_per_epoch=10)
+    rel = build_method(PRESETS["tiny"], "sorcen", cfg, steps_per_epoch=10)
     differ = [not torch.equal(a, b) for a, b in zip(rel.model.blocks.parameters(), rel.teacher_blocks.parameters())
               if a.ndim > 1]
     assert all(differ)  # every weight matrix has its own init
@@ -173,8 +173,8 @@ def test_uniformity_released_pooling_and_diagonal():
 def test_released_weight_decay_groups_decay_embeddings():
     from unissl.engine.optim import no_decay_names
 
-    default = no_decay_names(SorcenMethod(PRESETS["tiny"], "sorcen"))
-    released = no_decay_names(SorcenMethod(PRESETS["tiny"], "sorcen", SorcenLossConfig(decay_embeddings=True)))
+    default = no_decay_names(build_method(PRESETS["tiny"], "sorcen"))
+    released = no_decay_names(build_method(PRESETS["tiny"], "sorcen", SorcenLossConfig(decay_embeddings=True)))
     assert {"model.embed.word.weight", "model.embed.position.weight", "model.decoder_pos"} <= default
     assert not {"model.embed.word.weight", "model.embed.position.weight", "model.decoder_pos"} & released
     assert all(name.endswith(("bias", "weight")) for name in released) and released < default
@@ -258,7 +258,7 @@ def test_class_embedding_override_replaces_the_class_slot():
 def test_teacher_ema_and_momentum_schedule():
     torch.manual_seed(0)
     assert SorcenLossConfig().teacher_projector_grad  # the released behaviour is the default (measured)
-    m = SorcenMethod(PRESETS["tiny"], "sorcen", SorcenLossConfig(teacher_projector_grad=False))
+    m = build_method(PRESETS["tiny"], "sorcen", SorcenLossConfig(teacher_projector_grad=False))
     assert m.momentum_at(0, 100) == pytest.approx(0.996)
     assert m.momentum_at(50, 100) == pytest.approx(0.998)
     assert m.momentum_at(100, 100) == pytest.approx(1.0)
@@ -287,7 +287,7 @@ def _tiny_tokenizer():
 def test_tiny_forward_backward_without_nan(variant):
     torch.manual_seed(0)
     tok = _tiny_tokenizer() if variant in ("mage-c", "mage-aug") else None
-    m = SorcenMethod(PRESETS["tiny"], variant, num_classes=3, tokenizer=tok)
+    m = build_method(PRESETS["tiny"], variant, num_classes=3, tokenizer=tok)
     batch = {"label": torch.randint(0, 3, (6,))}
     if tok is not None:
         batch["image"] = torch.rand(6, 1, 12, 12)
@@ -313,7 +313,7 @@ def test_tiny_forward_backward_without_nan(variant):
 def test_every_preset_builds(name):
     arch = PRESETS[name]
     with torch.device("meta"):
-        m = SorcenMethod(arch, "sorcen", num_classes=10)
+        m = build_method(arch, "sorcen", num_classes=10)
     assert m.model.embed.word.weight.shape == (arch.codebook_size + 2, arch.dim)
     assert len(m.model.blocks) == arch.depth and len(m.teacher_blocks) == arch.depth
     assert m.model.decoder_pos.shape == (1, 1 + arch.num_positions, arch.decoder_dim)
@@ -321,7 +321,7 @@ def test_every_preset_builds(name):
 
 def test_small_preset_forward_backward_on_store_shapes():
     arch = arch_for_store("small", 512, (7, 7))
-    m = SorcenMethod(arch, "sorcen", num_classes=10)
+    m = build_method(arch, "sorcen", num_classes=10)
     out = m({"ids": torch.randint(0, 512, (8, 7, 7)), "label": torch.randint(0, 10, (8,))})
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
@@ -330,7 +330,7 @@ def test_small_preset_forward_backward_on_store_shapes():
 @pytest.mark.slow
 def test_mage_overfits_a_fixed_batch():
     torch.manual_seed(0)
-    m = SorcenMethod(PRESETS["tiny"], "mage", SorcenLossConfig(mask_min=0.5, mask_max=0.5), num_classes=2)
+    m = build_method(PRESETS["tiny"], "mage", SorcenLossConfig(mask_min=0.5, mask_max=0.5), num_classes=2)
     ids = (torch.arange(16).view(1, 4, 4) + torch.tensor([0, 5]).view(2, 1, 1)) % 16  # two fixed maps
     batch = {"ids": ids.repeat(8, 1, 1), "label": torch.tensor([0, 1]).repeat(8)}
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
@@ -362,8 +362,8 @@ def test_compiled_networks_compile_once_across_mask_ratios_and_progress():
 
     torch._dynamo.reset()
     torch.manual_seed(0)
-    m = SorcenMethod(PRESETS["tiny"], "sorcen", SorcenLossConfig(echo_warmup=0.5))
-    eager = SorcenMethod(PRESETS["tiny"], "sorcen", SorcenLossConfig(echo_warmup=0.5))
+    m = build_method(PRESETS["tiny"], "sorcen", SorcenLossConfig(echo_warmup=0.5))
+    eager = build_method(PRESETS["tiny"], "sorcen", SorcenLossConfig(echo_warmup=0.5))
     eager.load_state_dict(m.state_dict())
     m.compile_networks(backend="eager")  # dynamo's graph capture and guards without the C++ toolchain
     ids = torch.randint(0, 16, (4, 4, 4))
@@ -382,27 +382,25 @@ def test_compiled_networks_compile_once_across_mask_ratios_and_progress():
 
 
 def test_each_variant_is_its_own_class_built_through_one_call() -> None:
-    """`SorcenMethod(arch, variant)` builds the variant's class on the shared masked-token base; only Sorcen
-    has a teacher and only Sorcen / MAGE-C a projector; copies keep the class."""
+    """`build_method(arch, variant)` builds the variant's class from the registry, each on the shared masked-token
+    base; only Sorcen has a teacher and only Sorcen / MAGE-C a projector; copies keep the class."""
     import copy
 
     from unissl.methods.sorcen.method import (
-        VARIANT_CLASSES,
+        VARIANTS,
         MAGECMethod,
         MAGEMethod,
-        SorcenEchoMethod,
+        MaskedTokenMethod,
+        SorcenMethod,
     )
 
-    built = {v: SorcenMethod(PRESETS["tiny"], v) for v in VARIANT_CLASSES}
-    assert {v: type(m) for v, m in built.items()} == VARIANT_CLASSES
-    assert all(isinstance(m, SorcenMethod) and m.variant == v for v, m in built.items())
-    assert isinstance(built["sorcen"], SorcenEchoMethod) and isinstance(built["mage"], MAGEMethod)
+    built = {v: build_method(PRESETS["tiny"], v) for v in VARIANTS}
+    assert {v: type(m) for v, m in built.items()} == VARIANTS
+    assert all(isinstance(m, MaskedTokenMethod) and m.variant == v for v, m in built.items())
+    assert type(built["sorcen"]) is SorcenMethod and type(built["mage"]) is MAGEMethod
     assert {v for v, m in built.items() if hasattr(m, "teacher_blocks")} == {"sorcen"}
     assert {v for v, m in built.items() if hasattr(m, "projector")} == {"sorcen", "mage-c"}
     assert type(copy.deepcopy(built["mage-c"])) is MAGECMethod
-    assert MAGEMethod(PRESETS["tiny"], "mage").variant == "mage" and MAGEMethod(PRESETS["tiny"]).variant == "mage"
-    assert type(SorcenMethod(PRESETS["tiny"])) is SorcenEchoMethod
+    assert type(SorcenMethod(PRESETS["tiny"])) is SorcenMethod and type(build_method(PRESETS["tiny"])) is SorcenMethod
     with pytest.raises(ValueError, match="unknown variant"):
-        SorcenMethod(PRESETS["tiny"], "simclr")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="not 'sorcen'"):
-        MAGEMethod(PRESETS["tiny"], "sorcen")
+        build_method(PRESETS["tiny"], "simclr")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from unissl.methods.sorcen.convert import convert_official_state_dict, infer_arch, official_key_shapes
-from unissl.methods.sorcen.method import SorcenMethod
+from unissl.methods.sorcen.method import build_method
 from unissl.methods.sorcen.presets import PRESETS, SorcenArch
 
 ARCH = SorcenArch(codebook_size=16, grid=(4, 4), dim=32, depth=2, heads=2, decoder_dim=24, decoder_depth=2,
@@ -75,7 +75,7 @@ def test_converted_weights_reproduce_the_official_forward(sorcen):
     sd = synthetic_official(ARCH, sorcen)
     converted, report = convert_official_state_dict({"model": sd}, ARCH)
     assert report.variant == ("sorcen" if sorcen else "mage")
-    method = SorcenMethod(ARCH, report.variant)
+    method = build_method(ARCH, report.variant)
     method.load_state_dict(converted, strict=True)  # every tensor of ours is covered
     model = method.model.eval()
     g = torch.Generator().manual_seed(1)
@@ -108,7 +108,7 @@ def test_vit_b_key_and_shape_sets():
     assert infer_arch(state) == arch
     converted, report = convert_official_state_dict(state)
     with torch.device("meta"):
-        ours = SorcenMethod(arch, "sorcen").state_dict()
+        ours = build_method(arch, "sorcen").state_dict()
     ours_shapes = {n: tuple(t.shape) for n, t in ours.items()}
     assert {n: tuple(t.shape) for n, t in converted.items()} == ours_shapes
 
@@ -129,7 +129,7 @@ def test_vit_b_parameter_count_matches_mage_vit_b():
                  ("patch_embed", "cls_token", "pos_embed", "mask_token", "decoder_pos_embed", "decoder_pred"))
     assert unused == 1_577_472
     with torch.device("meta"):
-        model = SorcenMethod(arch, "mage").model
+        model = build_method(arch, "mage").model
     ours = sum(p.numel() for p in model.parameters())
     assert ours == 146_474_217 - unused - 999 * d - 1001 == 144_128_512
 

@@ -22,7 +22,7 @@ from unissl.data.token_store import TokenStore
 from unissl.engine import Callback, TrainConfig, Trainer, init_distributed, is_main
 from unissl.errors import UnisslError
 from unissl.eval.online import OnlineMaskGIT, OnlineRepresentation
-from unissl.methods.sorcen.method import ONLINE_VARIANTS, SorcenLossConfig, SorcenMethod, Variant
+from unissl.methods.sorcen.method import ONLINE_VARIANTS, SorcenLossConfig, Variant, build_method
 from unissl.methods.sorcen.presets import PRESETS as SORCEN_PRESETS
 from unissl.methods.sorcen.presets import arch_for_store
 from unissl.methods.sorcen.run import write_run_info
@@ -97,7 +97,7 @@ def build(cfg: Config):
         arch = arch_for_store(cfg.preset, store.codebook_size, store.grid)
         classes = list(store.classes)
     seed_everything(cfg.train.seed)
-    method = SorcenMethod(arch, cfg.method, cfg.loss, num_classes=len(classes), tokenizer=tok,
+    method = build_method(arch, cfg.method, cfg.loss, num_classes=len(classes), tokenizer=tok,
                           steps_per_epoch=cfg.train.steps_per_epoch(len(data)))
     return method, data, {"arch": arch, "classes": classes, "tokenizer": tokenizer_path}
 

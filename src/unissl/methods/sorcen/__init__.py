@@ -22,10 +22,20 @@ Interfaces for other packages:
 """
 
 from unissl.methods.sorcen.maskgit import MaskGITConfig, maskgit_generate
-from unissl.methods.sorcen.method import SorcenLossConfig, SorcenMethod
+from unissl.methods.sorcen.method import (
+    VARIANTS,
+    MAGEAugMethod,
+    MAGECMethod,
+    MAGEMethod,
+    MaskedTokenMethod,
+    SorcenLossConfig,
+    SorcenMethod,
+    build_method,
+)
 from unissl.methods.sorcen.model import SorcenModel, SpecialIds
 from unissl.methods.sorcen.presets import PRESETS, SorcenArch, arch_for_store, get_preset
 from unissl.methods.sorcen.run import load_method, load_sorcen
 
-__all__ = ["PRESETS", "MaskGITConfig", "SorcenArch", "SorcenLossConfig", "SorcenMethod", "SorcenModel",
-           "SpecialIds", "arch_for_store", "get_preset", "load_method", "load_sorcen", "maskgit_generate"]
+__all__ = ["PRESETS", "VARIANTS", "MAGEAugMethod", "MAGECMethod", "MAGEMethod", "MaskGITConfig", "MaskedTokenMethod",
+           "SorcenArch", "SorcenLossConfig", "SorcenMethod", "SorcenModel", "SpecialIds", "arch_for_store",
+           "build_method", "get_preset", "load_method", "load_sorcen", "maskgit_generate"]

@@ -73,7 +73,7 @@ class ConversionReport:
 
 def convert_official_state_dict(state: dict[str, torch.Tensor], arch: SorcenArch | None = None
                                 ) -> tuple[dict[str, torch.Tensor], ConversionReport]:
-    """Map an official MAGE / Sorcen state dict onto :class:`~.method.SorcenMethod`'s names.
+    """Map an official MAGE / Sorcen state dict onto :class:`~.method.MaskedTokenMethod`'s names.
 
     ``arch`` is needed for the head counts (not stored in weights); by default it is inferred from the
     widths and depths (see :func:`infer_arch`). Returns (state dict, report); every key of a ``mage``
@@ -205,11 +205,11 @@ def write_converted_run(state: dict[str, torch.Tensor], arch: SorcenArch, run_di
                         tokenizer: str | None = None) -> ConversionReport:
     """Convert and write a run directory (``sorcen.json`` + ``checkpoints/step_0000000``)."""
     from unissl.engine.checkpoint import save_checkpoint
-    from unissl.methods.sorcen.method import SorcenLossConfig, SorcenMethod
+    from unissl.methods.sorcen.method import SorcenLossConfig, build_method
     from unissl.methods.sorcen.run import write_run_info
 
     converted, report = convert_official_state_dict(state, arch)
-    method = SorcenMethod(arch, report.variant)  # no probe: the official classifier is an MLP, not kept
+    method = build_method(arch, report.variant)  # no probe: the official classifier is an MLP, not kept
     full = method.state_dict()
     full.update(converted)
     try:

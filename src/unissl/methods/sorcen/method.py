@@ -1,17 +1,17 @@
 """Sorcen and its baselines: one masked-token base, a class per variant, over the same encoder-decoder.
 
-:class:`SorcenMethod` holds what every variant shares (the encoder-decoder, masking, the token loss, the
-online probe, progress buffers, the optional frozen tokenizer and the engine hooks); ``SorcenMethod(arch,
-variant, ...)`` builds the variant's class (:data:`VARIANT_CLASSES`):
+:class:`MaskedTokenMethod` holds what every variant shares (the encoder-decoder, masking, the token loss, the
+online probe, progress buffers, the optional frozen tokenizer and the engine hooks); each variant is its own
+class, registered by name in :data:`VARIANTS` (``build_method(arch, variant, ...)`` builds one by name):
 
-* ``sorcen`` (:class:`SorcenEchoMethod`): masked token reconstruction + Echo Contrast (generated positive, EMA teacher, InfoNCE)
-  + a uniformity term, on precomputed ids (``batch["ids"]`` (B, h, w)).
+* ``sorcen`` (:class:`SorcenMethod`): masked token reconstruction + Echo Contrast (generated positive, EMA
+  teacher, InfoNCE) + a uniformity term, on precomputed ids (``batch["ids"]`` (B, h, w)).
 * ``mage`` (:class:`MAGEMethod`): masked token reconstruction only, on precomputed ids.
-* ``mage-c`` (:class:`MAGECMethod`): reconstruction of two augmented crops tokenized *online* by a frozen VQ tokenizer
-  (``batch["image"]`` (B, C, H, W)) + SimCLR's NT-Xent between the crops' pooled features
+* ``mage-c`` (:class:`MAGECMethod`): reconstruction of two augmented crops tokenized *online* by a frozen VQ
+  tokenizer (``batch["image"]`` (B, C, H, W)) + SimCLR's NT-Xent between the crops' pooled features
   (``loss.contrast_weight 0`` is the "two crops, no contrast" ablation).
-* ``mage-aug`` (:class:`MAGEAugMethod`): masked token reconstruction of ONE RandomResizedCrop + flip view per image, tokenized
-  online: the recipe behind MAGE's published numbers (no contrast).
+* ``mage-aug`` (:class:`MAGEAugMethod`): masked token reconstruction of ONE RandomResizedCrop + flip view per
+  image, tokenized online: the recipe behind MAGE's published numbers (no contrast).
 
 Where the released Sorcen code (LEASE) differs from the paper's text, options reproduce it: the echo
 warm-up horizon (``echo_warmup_unit``, the released ``epoch <= 10`` rule is ``released``), the teacher's
@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn as nn
@@ -115,12 +115,10 @@ class SorcenLossConfig:
         return self.echo_warmup_unit in ("epochs", "released") or self.momentum_schedule == "epoch"
 
 
-class SorcenMethod(nn.Module):
+class MaskedTokenMethod(nn.Module):
     """The masked-token base of the Sorcen family (engine ``Method`` protocol); ``model`` is the
-    encoder-decoder to keep.
-
-    ``SorcenMethod(arch, variant, ...)`` returns an instance of the variant's class (:data:`VARIANT_CLASSES`),
-    so one call builds any of them; a subclass implements :meth:`forward` and adds its own modules.
+    encoder-decoder to keep. Not trained itself: a variant (:data:`VARIANTS`) implements :meth:`forward` and
+    adds its own modules in :meth:`build_variant_modules`.
     """
     step: torch.Tensor  # buffer
     total_steps: torch.Tensor  # buffer
@@ -128,20 +126,9 @@ class SorcenMethod(nn.Module):
     echo_live: torch.Tensor  # buffer
     variant: ClassVar[str] = ""
 
-    def __new__(cls, arch: SorcenArch | None = None, variant: Variant | None = None, *args: Any,
-                **kwargs: Any) -> SorcenMethod:
-        if cls is SorcenMethod:
-            variant = variant or "sorcen"
-            if variant not in VARIANT_CLASSES:
-                raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANT_CLASSES)}")
-            cls = VARIANT_CLASSES[variant]
-        return super().__new__(cls)
-
-    def __init__(self, arch: SorcenArch, variant: Variant | None = None, loss: SorcenLossConfig | None = None,
-                 num_classes: int = 0, tokenizer: Tokenizer | None = None, steps_per_epoch: int = 0) -> None:
+    def __init__(self, arch: SorcenArch, loss: SorcenLossConfig | None = None, num_classes: int = 0,
+                 tokenizer: Tokenizer | None = None, steps_per_epoch: int = 0) -> None:
         super().__init__()
-        if variant is not None and variant != self.variant:
-            raise ValueError(f"{type(self).__name__} is the {self.variant!r} variant, not {variant!r}")
         self.arch = arch
         self.cfg = loss or SorcenLossConfig()
         self.steps_per_epoch = steps_per_epoch
@@ -223,7 +210,7 @@ class SorcenMethod(nn.Module):
         ids = maskgit_generate(self.model, num_samples, MaskGITConfig(steps=steps))  # (n, h, w)
         return {"samples": self.tokenizer.decode(ids).float().clamp(0, 1)}
 
-    def train(self, mode: bool = True) -> SorcenMethod:
+    def train(self, mode: bool = True) -> MaskedTokenMethod:
         super().train(mode)
         if isinstance(self.online_tokenizer, nn.Module):
             self.online_tokenizer.eval()  # the frozen tokenizer always runs in inference mode
@@ -282,7 +269,7 @@ class SorcenMethod(nn.Module):
         return tok
 
 
-class MAGEMethod(SorcenMethod):
+class MAGEMethod(MaskedTokenMethod):
     """MAGE: masked token reconstruction of the precomputed ids (``batch["ids"]`` (B, h, w))."""
 
     variant = "mage"
@@ -293,7 +280,7 @@ class MAGEMethod(SorcenMethod):
         return out
 
 
-class MAGEAugMethod(SorcenMethod):
+class MAGEAugMethod(MaskedTokenMethod):
     """MAGE's published recipe: one RandomResizedCrop + flip view per image, tokenized online."""
 
     variant = "mage-aug"
@@ -309,7 +296,7 @@ class MAGEAugMethod(SorcenMethod):
         return out
 
 
-class MAGECMethod(SorcenMethod):
+class MAGECMethod(MaskedTokenMethod):
     """MAGE-C: two augmented crops tokenized online, their reconstruction + SimCLR's NT-Xent between the crops'
     pooled features (``loss.contrast_weight 0`` is the "two crops, no contrast" ablation)."""
 
@@ -337,7 +324,7 @@ class MAGECMethod(SorcenMethod):
         return out
 
 
-class SorcenEchoMethod(SorcenMethod):
+class SorcenMethod(MaskedTokenMethod):
     """Sorcen: masked token reconstruction + Echo Contrast (an echo sampled from the model's own predictions,
     encoded by an EMA teacher, as the InfoNCE positive) + a uniformity term, on precomputed ids."""
 
@@ -439,5 +426,16 @@ class SorcenEchoMethod(SorcenMethod):
             return self.teacher_projector(t)  # (B, P)
 
 
-VARIANT_CLASSES: dict[str, type[SorcenMethod]] = {
-    "sorcen": SorcenEchoMethod, "mage": MAGEMethod, "mage-c": MAGECMethod, "mage-aug": MAGEAugMethod}
+VARIANTS: dict[str, type[MaskedTokenMethod]] = {
+    "sorcen": SorcenMethod, "mage": MAGEMethod, "mage-c": MAGECMethod, "mage-aug": MAGEAugMethod}
+"""The Sorcen family by variant name (``train sorcen --method``, ``sorcen.json``'s ``variant``)."""
+
+
+def build_method(arch: SorcenArch, variant: str = "sorcen", loss: SorcenLossConfig | None = None,
+                 num_classes: int = 0, tokenizer: Tokenizer | None = None,
+                 steps_per_epoch: int = 0) -> MaskedTokenMethod:
+    """The method of ``variant`` (a key of :data:`VARIANTS`); the other arguments go to its constructor."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
+    return VARIANTS[variant](arch, loss, num_classes=num_classes, tokenizer=tokenizer,
+                             steps_per_epoch=steps_per_epoch)

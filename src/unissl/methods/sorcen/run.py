@@ -17,7 +17,7 @@ import torch
 from unissl.engine.checkpoint import load_checkpoint
 from unissl.engine.method import load_saved_state
 from unissl.errors import UnisslError
-from unissl.methods.sorcen.method import SorcenLossConfig, SorcenMethod, Variant
+from unissl.methods.sorcen.method import MaskedTokenMethod, SorcenLossConfig, Variant, build_method
 from unissl.methods.sorcen.model import SorcenModel
 from unissl.methods.sorcen.presets import SorcenArch
 from unissl.utils.hub import resolve_pretrained
@@ -58,7 +58,7 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
     return info
 
 
-def load_method(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[SorcenMethod, dict[str, Any]]:
+def load_method(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[MaskedTokenMethod, dict[str, Any]]:
     """The trained method (all heads) of a run, in eval mode, and its run info."""
     run_dir = resolve_pretrained(run_dir, "Sorcen run")
     info = read_run_info(run_dir)
@@ -66,7 +66,7 @@ def load_method(run_dir: str | Path, device: torch.device | str = "cpu") -> tupl
     loss = SorcenLossConfig(**{k: v for k, v in info.get("loss", {}).items() if k in loss_fields})
     # The online variants' tokenizer is not part of the weights (frozen_state_prefixes): built without it.
     variant: Variant = info["variant"]
-    method = SorcenMethod(info["arch"], variant, loss, num_classes=int(info.get("num_classes", 0)),
+    method = build_method(info["arch"], variant, loss, num_classes=int(info.get("num_classes", 0)),
                           steps_per_epoch=1)  # progress counters are not needed to evaluate or sample
     ck = load_checkpoint(run_dir, with_trainer_state=False)  # a run directory or a step directory
     try:
