@@ -56,7 +56,7 @@ def write_continuous_store(out: str | Path, tokenizer: Any, tokenizer_dir: str |
     The datasets must already be at the tokenizer's image size and channels; the store's meta records the
     tokenizer (path, weights sha256), the classes, each split's dataset fingerprint and the train statistics.
     """
-    from tqdm.auto import tqdm
+    from unissl.utils.progress import progress as progress_bar
 
     arrays: dict[str, np.ndarray] = {}
     labels: dict[str, np.ndarray] = {}
@@ -68,7 +68,7 @@ def write_continuous_store(out: str | Path, tokenizer: Any, tokenizer_dir: str |
                               f"{tokenizer.cfg.channels}; use the dataset it was trained on")
         classes = list(ds.classes)
         zs, ys = [], []
-        for start in tqdm(range(0, len(ds), batch_size), desc=f"encode {split}", unit="batch", disable=not progress):
+        for start in progress_bar(range(0, len(ds), batch_size), desc=f"encode {split}", unit="batch", disable=not progress):
             batch = ds.__getitems__(list(range(start, min(start + batch_size, len(ds)))))
             zs.append(tokenizer.encode(batch["image"].to(device)).float().cpu())  # (B, D)
             ys.append(batch["label"])

@@ -90,7 +90,7 @@ def write_token_store(out_dir: str | os.PathLike, tokenizer: Tokenizer, dataset_
     images in DataLoader worker processes. The directory appears only when every split is written (an
     exception leaves no output). Returns ``out_dir``.
     """
-    from tqdm.auto import tqdm
+    from unissl.utils.progress import progress as progress_bar
 
     if not dataset_splits:
         raise UnisslError("write_token_store: no splits given; pass at least one split")
@@ -123,7 +123,7 @@ def write_token_store(out_dir: str | os.PathLike, tokenizer: Tokenizer, dataset_
             with torch.no_grad():
                 batches = _ordered_batches(ds, batch_size, num_workers)
                 start = 0
-                for batch in tqdm(batches, total=-(-n // batch_size), desc=f"tokenize {split}", disable=not progress,
+                for batch in progress_bar(batches, total=-(-n // batch_size), desc=f"tokenize {split}", disable=not progress,
                                   unit="batch"):
                     images, lab = batch["image"], batch["label"]  # (B, C, H, W), (B,)
                     stop = start + len(images)

@@ -35,7 +35,7 @@ from unissl.engine.dist import (
 )
 from unissl.engine.ema import EMA
 from unissl.engine.logger import RunLogger, ScalarWindow, read_log
-from unissl.engine.method import Method, hook, load_saved_state, saved_state, unwrap
+from unissl.engine.method import Method, load_saved_state, saved_state, unwrap
 from unissl.engine.optim import build_optimizer, no_decay_names, param_groups
 from unissl.engine.runtime import resolve_device, split_batch, to_device
 from unissl.engine.schedule import cosine_schedule, cosine_value, lr_schedule
@@ -44,7 +44,7 @@ from unissl.engine.trainer import Callback, Trainer
 __all__ = [
     "EMA", "Callback", "Checkpoint", "Method", "RunLogger", "ScalarWindow", "TrainConfig", "Trainer",
     "all_gather_no_grad", "all_gather_with_grad", "all_reduce_mean", "barrier", "build_optimizer",
-    "cosine_schedule", "cosine_value", "dist", "get_rank", "get_world_size", "hook", "init_distributed",
+    "cosine_schedule", "cosine_value", "dist", "get_rank", "get_world_size", "init_distributed",
     "is_main", "latest_checkpoint", "list_checkpoints", "load_checkpoint", "load_saved_state", "load_weights",
     "lr_schedule",
     "no_decay_names", "param_groups", "read_log", "resolve_checkpoint", "resolve_device", "save_checkpoint", "saved_state",

@@ -7,38 +7,36 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from unissl.engine.method import hook
+from unissl.engine.method import Method
 
 
-def no_decay_names(method: nn.Module) -> set[str]:
+def no_decay_names(method: Method) -> set[str]:
     """Names of the trainable parameters that get no weight decay.
 
     Biases and norm weights (every parameter with ``ndim <= 1``), ``nn.Embedding`` weights (found by
-    identity, so a weight tied to an output head is covered too; not when the method's optional
-    ``decays_embeddings()`` hook returns True) and the names listed by the method's optional
-    ``no_weight_decay()`` hook (positional embeddings, class/mask tokens, ...).
+    identity, so a weight tied to an output head is covered too; not when the method's
+    :meth:`~Method.decays_embeddings` returns True) and the names listed by its
+    :meth:`~Method.no_weight_decay` (positional embeddings, class/mask tokens, ...).
     """
     named = dict(method.named_parameters())
-    extra = set(hook(method, "no_weight_decay")() if hook(method, "no_weight_decay") else ())
+    extra = set(method.no_weight_decay())
     unknown = extra - set(named)
     if unknown:
         raise ValueError(f"{type(method).__name__}.no_weight_decay() names unknown parameters {sorted(unknown)}")
-    decays_embeddings = hook(method, "decays_embeddings")
     embedding_ids = ({id(m.weight) for m in method.modules() if isinstance(m, nn.Embedding)}
-                     if not (decays_embeddings is not None and decays_embeddings()) else set())
+                     if not method.decays_embeddings() else set())
     return {name for name, p in named.items()
             if p.requires_grad and (p.ndim <= 1 or id(p) in embedding_ids or name in extra)}
 
 
-def param_groups(method: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(method: Method, weight_decay: float) -> list[dict]:
     """AdamW groups over the trainable parameters: ``decay`` and ``no_decay`` (empty groups dropped).
 
-    A method's optional ``lr_scales() -> {name: factor}`` hook puts those parameters in groups of their own
+    The method's :meth:`~Method.lr_scales` (``{name: factor}``) puts those parameters in groups of their own
     with ``lr_scale`` (the trainer sets each group's lr to ``scheduled lr * lr_scale``).
     """
     skip = no_decay_names(method)
-    scales_fn = hook(method, "lr_scales")
-    scales: dict[str, float] = dict(scales_fn()) if scales_fn is not None else {}
+    scales: dict[str, float] = dict(method.lr_scales())
     named = dict(method.named_parameters())
     unknown = set(scales) - {n for n, p in named.items() if p.requires_grad}
     if unknown:

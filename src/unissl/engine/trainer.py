@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from unissl.config import to_dict
 from unissl.engine import dist
@@ -44,6 +43,7 @@ from unissl.engine.runtime import StopRequest, ignore_stop_signals, resolve_devi
 from unissl.engine.schedule import lr_schedule
 from unissl.errors import UnisslError
 from unissl.utils.io import git_revision, read_json, write_json
+from unissl.utils.progress import progress
 from unissl.utils.seed import seed_everything
 
 
@@ -395,7 +395,7 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train to ``total_steps`` (resuming if asked); returns the last logged values."""
         data = self._start()
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.is_main and self.cfg.progress),
+        bar = progress(total=self.total_steps, initial=self.step, disable=not (self.is_main and self.cfg.progress),
                    dynamic_ncols=True, desc=self.run_dir.name)
         window = ScalarWindow()
         session_start, elapsed0 = time.perf_counter(), self.elapsed

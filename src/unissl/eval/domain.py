@@ -21,11 +21,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save
-from tqdm import tqdm
 
 from unissl.errors import UnisslError
 from unissl.utils.hub import resolve_pretrained, write_model_card
 from unissl.utils.io import atomic_dir, read_json, write_json
+from unissl.utils.progress import progress
 
 
 @dataclass
@@ -180,7 +180,7 @@ def train_classifier(dataset: Any, cfg: DomainClassifierConfig, epochs: int = 3,
     n = len(dataset)
     steps = epochs * math.ceil(n / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    bar = tqdm(total=steps, desc="train domain classifier", leave=False)
+    bar = progress(total=steps, desc="train domain classifier", leave=False)
     for _ in range(epochs):
         model.train()
         for x, y in _batches(dataset, torch.randperm(n, generator=gen), batch_size):

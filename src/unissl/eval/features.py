@@ -25,12 +25,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from safetensors.torch import load_file, save
-from tqdm import tqdm
 
 from unissl.data.base import ImageDataset, adapt_images
 from unissl.engine.runtime import resolve_device  # re-exported: the eval commands import it from here
 from unissl.errors import UnisslError
 from unissl.utils.io import atomic_file
+from unissl.utils.progress import progress as progress_bar
+from unissl.utils.progress import progress_write
 
 
 @runtime_checkable
@@ -126,7 +127,7 @@ def features_of(extractor: FeatureExtractor, images: torch.Tensor, batch_size: i
     """Features (N, D) float32 on CPU of an in-memory image tensor (N, C, H, W) in [0, 1]."""
     device = device or getattr(extractor, "device", None) or torch.device("cpu")
     out = []
-    for i in tqdm(range(0, images.shape[0], batch_size), desc=progress, disable=progress is None,
+    for i in progress_bar(range(0, images.shape[0], batch_size), desc=progress, disable=progress is None,
                   leave=False):
         x = adapt_images(images[i:i + batch_size].to(device).float(),
                          getattr(extractor, "input_channels", None), getattr(extractor, "input_size", None))
@@ -174,9 +175,9 @@ def extract_features(extractor: FeatureExtractor, dataset: ImageDataset, batch_s
             data = load_file(str(path))
             if data["features"].shape[0] == len(dataset) == data["labels"].shape[0]:
                 return data["features"], data["labels"]
-            tqdm.write(f"unissl: feature cache {path} does not match the dataset size; recomputing")
+            progress_write(f"unissl: feature cache {path} does not match the dataset size; recomputing")
         except Exception as e:  # a corrupt cache is recomputed, never trusted
-            tqdm.write(f"unissl: ignoring unreadable feature cache {path} ({e})")
+            progress_write(f"unissl: ignoring unreadable feature cache {path} ({e})")
     n = len(dataset)
     if n == 0:
         raise UnisslError(f"dataset {dataset_key(dataset)} is empty")
@@ -193,7 +194,7 @@ def extract_features(extractor: FeatureExtractor, dataset: ImageDataset, batch_s
     device = device or getattr(extractor, "device", None) or torch.device("cpu")
     feats, labels = [], []
     desc = f"features {getattr(dataset, 'name', '')}:{getattr(dataset, 'split', '')}"
-    for start in tqdm(range(0, n, batch_size), total=math.ceil(n / batch_size), desc=desc, leave=False):
+    for start in progress_bar(range(0, n, batch_size), total=math.ceil(n / batch_size), desc=desc, leave=False):
         batch = _fetch(dataset, list(range(start, min(n, start + batch_size))))
         x = adapt_images(batch["image"].to(device).float(), getattr(extractor, "input_channels", None),
                          getattr(extractor, "input_size", None))

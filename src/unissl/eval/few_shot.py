@@ -13,10 +13,10 @@ import dataclasses
 import statistics
 
 import torch
-from tqdm import tqdm
 
 from unissl.errors import UnisslError
 from unissl.eval.probe import ProbeConfig, fit_probes, train_val_split
+from unissl.utils.progress import progress
 
 
 def sample_per_class(labels: torch.Tensor, shots: int, seed: int, num_classes: int) -> torch.Tensor:
@@ -38,7 +38,7 @@ def few_shot(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
     pool, val = train_val_split(train_x.shape[0], cfg.val_fraction, cfg.seed)
     px, py, vx, vy = train_x[pool], train_y[pool], train_x[val], train_y[val]
     out: dict[str, dict[str, float | list[float]]] = {}
-    bar = tqdm(total=len(shots) * len(seeds), desc="few-shot probes", leave=False)
+    bar = progress(total=len(shots) * len(seeds), desc="few-shot probes", leave=False)
     for k in shots:
         accs, lrs = [], []
         for seed in seeds:

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from unissl.data.base import ImageDataset
 from unissl.errors import UnisslError
 from unissl.eval.features import FeatureExtractor, adapt_images, cache_path, extract_features, features_of
 from unissl.eval.frechet import GaussianStats, frechet_distance_stats, gaussian_stats
+from unissl.utils.progress import progress
 
 
 def inception_score(probs: torch.Tensor, splits: int = 10) -> tuple[float, float]:
@@ -214,7 +214,7 @@ def generation_metrics(extractor: FeatureExtractor, images: torch.Tensor, refere
     def subset(x: torch.Tensor) -> torch.Tensor:
         return x if x.shape[0] <= pr_samples else x[torch.randperm(x.shape[0], generator=g)[:pr_samples]]
 
-    with tqdm(total=1, desc="precision/recall", leave=False):
+    with progress(total=1, desc="precision/recall", leave=False):
         metrics["precision"], metrics["recall"] = precision_recall(subset(ref_feats), subset(fake_feats), pr_k)
     metrics["num_samples"] = float(images.shape[0])
     return metrics

@@ -18,11 +18,11 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from unissl.config import arg
 from unissl.engine.schedule import cosine_value
 from unissl.errors import UnisslError
+from unissl.utils.progress import progress as progress_bar
 
 Norm = Literal["layernorm", "standardize", "none"]
 
@@ -180,7 +180,7 @@ def fit_probes(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor
     bufs = [torch.zeros_like(probe.weight), torch.zeros_like(probe.bias)]
     x_all, y_all = train_x.float(), train_y.long()
     step = 0
-    bar = tqdm(total=total, desc=f"probe x{len(grid)} heads", disable=not progress, leave=False)
+    bar = progress_bar(total=total, desc=f"probe x{len(grid)} heads", disable=not progress, leave=False)
     for _ in range(epochs):
         probe.train()
         perm = torch.randperm(n, generator=gen)

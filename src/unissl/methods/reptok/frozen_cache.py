@@ -36,14 +36,14 @@ def cache_key(encoder: Any, dataset: Any) -> str:
 def build_frozen_cache(encoder: Any, dataset: Any, cache_dir: str | Path, batch_size: int = 256,
                        device: torch.device | str = "cpu") -> Path:
     """Compute (or reuse) ``<cache_dir>/<key>.safetensors`` with ``z_frozen`` (N, D) and ``frozen_input``."""
-    from tqdm.auto import tqdm
+    from unissl.utils.progress import progress
 
     path = Path(cache_dir) / f"frozen-{cache_key(encoder, dataset)}.safetensors"
     if path.is_file():
         return path
     encoder = encoder.to(device)
     zs, prepared = [], []
-    for start in tqdm(range(0, len(dataset), batch_size), desc="frozen encoder (once)", unit="batch"):
+    for start in progress(range(0, len(dataset), batch_size), desc="frozen encoder (once)", unit="batch"):
         images = dataset.__getitems__(list(range(start, min(start + batch_size, len(dataset)))))["image"].to(device)
         x = encoder.prepare(images)
         zs.append((encoder.frozen(images) if x is None else encoder.encode_prepared(x, encoder.cls_init)).float().cpu())
