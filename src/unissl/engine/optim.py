@@ -58,7 +58,7 @@ def param_groups(method: Method, weight_decay: float) -> list[dict]:
     return groups
 
 
-def build_optimizer(method: nn.Module, lr: float, weight_decay: float, betas: Sequence[float] = (0.9, 0.95),
+def build_optimizer(method: Method, lr: float, weight_decay: float, betas: Sequence[float] = (0.9, 0.95),
                     eps: float = 1e-8) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups`; ``lr`` is the initial value (the trainer sets it every step)."""
     kw = {}

@@ -37,7 +37,7 @@ from unissl.engine.checkpoint import (
 from unissl.engine.config import TrainConfig
 from unissl.engine.ema import EMA
 from unissl.engine.logger import RunLogger, ScalarWindow, read_log
-from unissl.engine.method import hook, load_saved_state, saved_state, unwrap
+from unissl.engine.method import Method, load_saved_state, saved_state, unwrap
 from unissl.engine.optim import build_optimizer
 from unissl.engine.runtime import StopRequest, ignore_stop_signals, resolve_device, split_batch, to_device
 from unissl.engine.schedule import lr_schedule
@@ -81,7 +81,7 @@ class Trainer:
     """Train ``method`` on ``dataset`` according to ``cfg``; see the module docstring for one step.
 
     Args:
-        method: an ``nn.Module`` following the :class:`~unissl.engine.method.Method` protocol. Build it
+        method: a :class:`~unissl.engine.method.Method` (``TypeError`` otherwise). Build it
             after ``seed_everything(cfg.seed)`` (DDP also broadcasts rank 0's initial weights).
         dataset: a map-style dataset with ``__len__`` and ``__getitems__(indices) -> dict of stacked tensors``.
         cfg: the training settings.
@@ -89,10 +89,12 @@ class Trainer:
         callbacks: :class:`Callback` objects.
     """
 
-    def __init__(self, method: nn.Module, dataset: Any, cfg: TrainConfig, run_dir: str | Path | None = None,
+    def __init__(self, method: Method, dataset: Any, cfg: TrainConfig, run_dir: str | Path | None = None,
                  callbacks: Sequence[Callback] | None = None) -> None:
         from unissl.data.sampler import ShardedBatchSampler
 
+        if not isinstance(method, Method):
+            raise TypeError(f"Trainer needs a unissl.engine.Method, got {type(method).__name__}")
         self.cfg = cfg
         self.run_dir = Path(run_dir if run_dir is not None else cfg.run_dir)
         self.callbacks = list(callbacks or [])
@@ -129,12 +131,9 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast use TF32
             torch.backends.cudnn.allow_tf32 = True
         if cfg.compile:
-            # A method that knows its networks compiles them (hook ``compile_networks``), so that Python
-            # state read in its forward (mask ratios, progress) never guards a graph; others compile whole.
-            compile_networks = hook(self.method, "compile_networks")
-            if compile_networks is not None:
-                compile_networks()
-            else:
+            # A method that knows its networks compiles them (``compile_networks``), so that Python state
+            # read in its forward (mask ratios, progress) never guards a graph; others compile whole.
+            if self.method.compile_networks() is None:
                 self.model = torch.compile(self.model)  # type: ignore[assignment]
         self.optimizer = build_optimizer(self.method, cfg.peak_lr(), cfg.weight_decay, cfg.betas)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -296,9 +295,7 @@ class Trainer:
             logs["grad_norm"] = grad_norm.detach().float().to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        on_end = hook(self.method, "on_train_step_end")
-        if on_end is not None:
-            on_end(self.step, self.total_steps)
+        self.method.on_train_step_end(self.step, self.total_steps)
         if self.ema is not None and bad is None:
             self.ema.update(self.method)
         return stop_flag > 0
@@ -332,12 +329,11 @@ class Trainer:
 
     @torch.no_grad()
     def _log_images(self, batch: dict[str, Any]) -> None:
-        fn = hook(self.method, "log_images")
-        if fn is None or not self.is_main:
+        if not self.is_main:
             return
         self.method.eval()
         try:
-            self.logger.images(self.step, fn(batch))
+            self.logger.images(self.step, self.method.log_images(batch))
         finally:
             self.method.train()
 

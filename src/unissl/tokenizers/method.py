@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unissl.engine.method import Method
 from unissl.tokenizers.vq import VQTokenizer
 
 
@@ -21,7 +22,7 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -10.0 * torch.log10(mse.clamp_min(1e-10))
 
 
-class VQTokenizerMethod(nn.Module):
+class VQTokenizerMethod(Method):
     """Wraps a :class:`VQTokenizer` for the trainer: ``forward(batch) -> {"loss", ...}``."""
 
     def __init__(self, tokenizer: VQTokenizer) -> None:

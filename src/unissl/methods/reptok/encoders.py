@@ -11,8 +11,9 @@ is exactly the original encoder (all other weights are shared and never change),
 ``z_frozen`` of the cosine regulariser without holding a second copy of the network.
 
 Kinds (:data:`ENCODERS`): ``dinov2`` (transformers Dinov2Model / Dinov2WithRegistersModel from a local
-directory), ``sorcen`` (image -> frozen VQ tokenizer -> frozen Sorcen encoder), ``random`` (a randomly
-initialised small ViT over pixel patches, the paper's ablation).
+directory, or a facebookresearch/dinov2 torch-hub ``.pth`` state dict), ``sorcen`` (image -> frozen VQ
+tokenizer -> frozen Sorcen encoder), ``random`` (a randomly initialised small ViT over pixel patches, the
+paper's ablation).
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ class SSLEncoder(nn.Module):
 
 # ---------------------------------------------------------------- DINOv2 (transformers)
 class Dinov2Encoder(SSLEncoder):
-    """DINOv2 (with registers when the config has them) from a local transformers directory.
+    """DINOv2 (with registers when it has them) from a local transformers directory or a torch-hub state dict
+    (``dinov2_vitb14_reg4_pretrain.pth``, the format CompVis/RepTok loads; :mod:`.dinov2_hub`).
 
     z is the class token after the final LayerNorm (``pooler_output``). Inputs are resized to
     ``image_size`` (a multiple of the patch size; default 224, the paper's) and ImageNet-normalised.
@@ -123,11 +125,35 @@ class Dinov2Encoder(SSLEncoder):
 
     def __init__(self, path: str | Path, image_size: int | None = None) -> None:
         path = Path(path)
-        if path.is_file():
-            from unissl.utils.weights import refuse_file
+        backbone = self._load_hub_file(path) if path.is_file() else self._load_directory(path)
+        super().__init__(backbone.embeddings.cls_token)
+        self.backbone = backbone
+        self.freeze_backbone()
+        self.path = str(path)
+        patch, native = backbone.config.patch_size, backbone.config.image_size  # ints (or pairs) in the config
+        self.patch = int(patch if isinstance(patch, int) else patch[0])
+        size = image_size or min(224, int(native if isinstance(native, int) else native[0]))
+        self.image_size = max(self.patch, round(size / self.patch) * self.patch)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-            raise refuse_file(path, "DINOv2 encoder path", "pass a local transformers directory (config.json + "
+    @staticmethod
+    def _load_hub_file(path: Path) -> Any:
+        """A torch-hub state dict (``dinov2_vitb14_reg4_pretrain.pth``), read weights-only; any other file is
+        named for what it is (a code pickle is never unpickled)."""
+        from unissl.utils.weights import refuse_file, weights_file_kind
+
+        if weights_file_kind(path) != "torch-weights":
+            raise refuse_file(path, "DINOv2 encoder path", "pass a DINOv2 torch-hub state dict (e.g. "
+                              "dinov2_vitb14_reg4_pretrain.pth) or a local transformers directory (config.json + "
                               "model.safetensors, e.g. facebook/dinov2-with-registers-base) with --encoder-path")
+        from unissl.methods.reptok.dinov2_hub import load_hub_dinov2
+
+        return load_hub_dinov2(path)
+
+    @staticmethod
+    def _load_directory(path: Path) -> Any:
+        """A transformers Dinov2Model / Dinov2WithRegistersModel saved with ``save_pretrained``."""
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
             raise UnisslError(f"DINOv2 directory {path} has no config.json; download the weights elsewhere "
@@ -145,18 +171,8 @@ class Dinov2Encoder(SSLEncoder):
         cls_ = Dinov2WithRegistersModel if model_type == "dinov2_with_registers" else Dinov2Model
         from unissl.utils.weights import load_pretrained_dir
 
-        backbone = load_pretrained_dir(lambda: cls_.from_pretrained(str(path), local_files_only=True), path, "DINOv2",
-                                       "pass a complete local transformers directory (config.json + weights)")
-        super().__init__(backbone.embeddings.cls_token)
-        self.backbone = backbone
-        self.freeze_backbone()
-        self.path = str(path)
-        patch, native = backbone.config.patch_size, backbone.config.image_size  # ints (or pairs) in the config
-        self.patch = int(patch if isinstance(patch, int) else patch[0])
-        size = image_size or min(224, int(native if isinstance(native, int) else native[0]))
-        self.image_size = max(self.patch, round(size / self.patch) * self.patch)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        return load_pretrained_dir(lambda: cls_.from_pretrained(str(path), local_files_only=True), path, "DINOv2",
+                                   "pass a complete local transformers directory (config.json + weights)")
 
     def encode_with(self, images: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
         x = (to_square(images, self.image_size) - self.mean) / self.std  # (B, 3, S, S)

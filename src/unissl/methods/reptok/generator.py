@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unissl.engine.method import Method
 from unissl.errors import UnisslError
 from unissl.flow import LinearPath, UniformTime
 from unissl.methods.reptok.mixer import (  # noqa: F401 - the network's names, re-exported for their users
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 
 
 # --------------------------------------------------------------------------------------------- method
-class TokenGeneratorMethod(nn.Module, HubMixin):
+class TokenGeneratorMethod(Method, HubMixin):
     """Flow matching over (normalised) RepTok tokens; the engine's ``Method``.
 
     Batches hold ``{"z": float (B, D), "label": int64 (B,)}`` (a continuous token store). Tokens are

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from unissl.engine.method import load_saved_state, saved_state
+from unissl.engine.method import Method, load_saved_state, saved_state
 from unissl.errors import UnisslError
 from unissl.flow import LinearPath, LogitNormalTime, solve
 from unissl.methods.reptok.decoder import FlowDecoder, get_decoder_preset
@@ -77,7 +77,7 @@ class RepTokConfig:
             raise UnisslError(f"register_target must be 'only_nonreg' or 'all', got {self.register_target!r}")
 
 
-class RepTokTokenizer(nn.Module, HubMixin):
+class RepTokTokenizer(Method, HubMixin):
     """One continuous token per image: SSL encoder with a trainable [cls] + flow-matching decoder."""
 
     def __init__(self, cfg: RepTokConfig, encoder: SSLEncoder | None = None) -> None:

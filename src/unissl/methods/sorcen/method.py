@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unissl.config import arg
+from unissl.engine.method import Method
 from unissl.engine.schedule import cosine_value
 from unissl.layers.heads import ProjectionHead
 from unissl.layers.vit import init_vit_weights
@@ -115,8 +116,8 @@ class SorcenLossConfig:
         return self.echo_warmup_unit in ("epochs", "released") or self.momentum_schedule == "epoch"
 
 
-class MaskedTokenMethod(nn.Module):
-    """The masked-token base of the Sorcen family (engine ``Method`` protocol); ``model`` is the
+class MaskedTokenMethod(Method):
+    """The masked-token base of the Sorcen family (an engine :class:`Method`); ``model`` is the
     encoder-decoder to keep. Not trained itself: a variant (:data:`VARIANTS`) implements :meth:`forward` and
     adds its own modules in :meth:`build_variant_modules`.
     """
