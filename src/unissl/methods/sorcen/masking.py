@@ -50,10 +50,17 @@ def masking_counts(num_positions: int, ratio: float, drop_ratio: float = 0.5) ->
 
 
 def random_masking(batch: int, num_positions: int, ratio: float, drop_ratio: float = 0.5,
-                   device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> TokenMasking:
-    """Rank positions by uniform noise; mask the first ceil(N*ratio), drop the first ceil(N*drop_ratio)."""
+                   device: torch.device | str = "cpu", generator: torch.Generator | None = None,
+                   noise: torch.Tensor | None = None) -> TokenMasking:
+    """Rank positions by uniform noise; mask the first ceil(N*ratio), drop the first ceil(N*drop_ratio).
+
+    ``noise`` (B, N) replaces the uniform draw (to replay a recorded one, e.g. the released code's).
+    """
     num_masked, num_dropped = masking_counts(num_positions, ratio, drop_ratio)
-    noise = torch.rand(batch, num_positions, device=device, generator=generator)  # (B, N)
+    if noise is None:
+        noise = torch.rand(batch, num_positions, device=device, generator=generator)  # (B, N)
+    elif tuple(noise.shape) != (batch, num_positions):
+        raise ValueError(f"noise must be ({batch}, {num_positions}), got {tuple(noise.shape)}")
     order = noise.argsort(dim=1)  # (B, N): positions, lowest noise first
     rank = order.argsort(dim=1)  # (B, N): rank of every position
     token_mask = rank < num_masked  # (B, N)
@@ -62,15 +69,24 @@ def random_masking(batch: int, num_positions: int, ratio: float, drop_ratio: flo
     return TokenMasking(token_mask=token_mask, drop_mask=drop_mask, keep_index=keep_index)
 
 
-def window_mask(ids: torch.Tensor, side: int, mask_id: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def window_mask(ids: torch.Tensor, side: int, mask_id: int, generator: torch.Generator | None = None,
+                corners: torch.Tensor | None = None) -> torch.Tensor:
     """Keep one ``side`` x ``side`` window per sample at a random position; every id outside -> ``mask_id``.
 
     ``ids`` is (B, h, w); the window is clipped to the grid (``side`` larger than h or w keeps that axis).
+    ``corners`` (B, 2) int (top row, left column) replaces the uniform draw of the window positions.
     """
     b, h, w = ids.shape
     sh, sw = min(side, h), min(side, w)
-    top = torch.randint(0, h - sh + 1, (b, 1, 1), generator=generator).to(ids.device)  # (B, 1, 1)
-    left = torch.randint(0, w - sw + 1, (b, 1, 1), generator=generator).to(ids.device)  # (B, 1, 1)
+    if corners is None:
+        top = torch.randint(0, h - sh + 1, (b, 1, 1), generator=generator).to(ids.device)  # (B, 1, 1)
+        left = torch.randint(0, w - sw + 1, (b, 1, 1), generator=generator).to(ids.device)  # (B, 1, 1)
+    else:
+        if tuple(corners.shape) != (b, 2) or int(corners.min()) < 0 or \
+                int(corners[:, 0].max()) > h - sh or int(corners[:, 1].max()) > w - sw:
+            raise ValueError(f"corners must be ({b}, 2) with top <= {h - sh} and left <= {w - sw}")
+        top = corners[:, 0].view(b, 1, 1).to(ids.device)  # (B, 1, 1)
+        left = corners[:, 1].view(b, 1, 1).to(ids.device)  # (B, 1, 1)
     rows = torch.arange(h, device=ids.device).view(1, h, 1)
     cols = torch.arange(w, device=ids.device).view(1, 1, w)
     inside = (rows >= top) & (rows < top + sh) & (cols >= left) & (cols < left + sw)  # (B, h, w)

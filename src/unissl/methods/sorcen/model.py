@@ -69,12 +69,16 @@ class TokenEmbedding(nn.Module):
 
 
 class TiedCodeHead(nn.Module):
-    """Linear -> GELU -> LayerNorm, then logits = h @ E[:K]^T + b with E the detached word embeddings."""
+    """Linear -> GELU -> LayerNorm, then logits = h @ E[:K]^T + b with E the detached word embeddings.
+
+    The LayerNorm's eps is 1e-5 (``nn.LayerNorm``'s default), as in MAGE's and LEASE's ``MlmLayer``; every other
+    norm of the model uses 1e-6. eps is not saved, so models saved with the former 1e-6 load unchanged.
+    """
 
     def __init__(self, in_dim: int, emb_dim: int, codebook_size: int) -> None:
         super().__init__()
         self.fc = nn.Linear(in_dim, emb_dim)
-        self.norm = nn.LayerNorm(emb_dim, eps=1e-6)
+        self.norm = nn.LayerNorm(emb_dim, eps=1e-5)
         self.bias = nn.Parameter(torch.zeros(codebook_size))
 
     def forward(self, x: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:

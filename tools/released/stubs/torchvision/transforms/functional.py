@@ -1,0 +1,1 @@
+"""Empty ``torchvision.transforms.functional``: imported by the releases, never called by the fixture writers."""
