@@ -159,10 +159,10 @@ def test_report_tells_same_named_results_apart(tmp_path):
     _write_result(str(tmp_path / "eval"), "unique", 0.75)
     assert cli.main(["report", str(tmp_path)]) == 0
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "| reptok-reconstruction (rec) | top1=0.5 |" in md
-    assert "| reptok-reconstruction (rec-random) | top1=0.25 |" in md
-    assert "| reptok-reconstruction (other) | PSNR=13.5 |" in md
-    assert "| unique | top1=0.75 |" in md  # a name that occurs once keeps its plain label
+    assert "| reptok-reconstruction (rec) | top1 | 0.5 | higher is better |" in md
+    assert "| reptok-reconstruction (rec-random) | top1 | 0.25 | higher is better |" in md
+    assert "| reptok-reconstruction (other) | PSNR | 13.5 | higher is better | reconstruction fidelity" in md
+    assert "| unique | top1 | 0.75 |" in md  # a name that occurs once keeps its plain label
 
 
 def test_report_puts_generation_beside_its_ceilings(tmp_path):

@@ -19,6 +19,7 @@ from typing import Any
 
 from unissl.engine.logger import read_log
 from unissl.errors import UnisslError
+from unissl.findings import derive_findings, metric_meaning
 from unissl.utils.format import format_number, markdown_table
 from unissl.utils.io import atomic_file
 
@@ -134,19 +135,22 @@ def _plot_logs(logs: list[tuple[str, list[dict[str, Any]]]], out_dir: Path) -> l
                        and any(c in k for c in _CURVE_KEYS)})
         if not keys:
             continue
-        fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.6), squeeze=False)
+        keys = keys[:4]  # at most four panels, so that each stays legible at the page's width
+        fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 2.8), squeeze=False)
         for ax, k in zip(axes[0], keys):
             pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.2)
-            ax.set_title(k, fontsize=9)
-            ax.set_xlabel("step", fontsize=8)
-            ax.tick_params(labelsize=7)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.5)
+            higher, _ = metric_meaning(k)
+            hint = "" if higher is None or k == "lr" else (" (higher is better)" if higher else " (lower is better)")
+            ax.set_title(k + hint, fontsize=11)
+            ax.set_xlabel("step", fontsize=10)
+            ax.tick_params(labelsize=9)
             ax.grid(alpha=0.3)
-        fig.suptitle(str(Path(rel).parent), fontsize=9)
+        fig.suptitle(str(Path(rel).parent), fontsize=11)
         fig.tight_layout()
         name = re.sub(r"[^A-Za-z0-9]+", "_", str(Path(rel).parent)).strip("_") or "run"
         path = out_dir / f"curves_{name}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=90)
         plt.close(fig)
         plots.append((rel, path))
     return plots
@@ -272,6 +276,127 @@ class _Doc:
         self.md.append("")
 
 
+def _findings_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) -> None:
+    """The verdict first: one sentence per result beside its reference; also ``findings.json`` beside the report."""
+    findings = derive_findings(info["metrics"], run_dir)
+    info["findings"] = findings
+    with atomic_file(out / "findings.json", "w") as f:
+        f.write(json.dumps([x.to_dict() for x in findings], indent=1) + "\n")
+    if not findings:
+        return
+    doc.section("Findings")
+    doc.h.append("<ul class='findings'>")
+    for x in findings:
+        ok = x.reference_value is None or ((x.value >= x.reference_value) == x.higher_is_better)
+        mark = "<span style='color:#1a7f37'>&#9650;</span>" if ok else "<span style='color:#b42318'>&#9660;</span>"
+        doc.h.append(f"<li>{mark} {html.escape(x.sentence)} <code>{html.escape(x.id)}</code></li>")
+        doc.md.append(f"- {x.sentence} (`{x.id}`)")
+    doc.h.append("</ul><p style='font-size:12px;color:#555'>&#9650; at or past its reference, &#9660; short of it. "
+                 "The same findings are in <code>findings.json</code> beside this page.</p>")
+    doc.md.append("")
+
+
+def _class_names(info: dict[str, Any], samples: Path, labels: list[int]) -> dict[int, str]:
+    """Class index -> name for a samples file: from the generation record that scored it (its per-class keys
+    come in label order), else Fashion-MNIST's names when the labels fit, else 'class k'."""
+    for _, sc in info["metrics"]:
+        if str(sc.get("extra.samples", "")).endswith(str(samples.name)):
+            names = [k.split(".", 2)[2] for k in sc if k.startswith("extra.class_consistency_per_class.")]
+            present = sorted(set(labels))
+            if len(names) == len(present):
+                return dict(zip(present, names))
+    return {c: f"class {c}" for c in labels}
+
+
+def _labelled_grid(images: Any, row_labels: list[str], path: Path, title: str, per_row: int = 8) -> Path:
+    """A matplotlib figure: one row of images per label, the label written left of its row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = len(row_labels)
+    fig, axes = plt.subplots(rows, per_row, figsize=(1.0 * per_row + 2.6, 1.0 * rows + 0.5), squeeze=False)
+    for r in range(rows):
+        for c in range(per_row):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for side in ax.spines.values():
+                side.set_visible(False)
+            if c < len(images[r]):
+                img = images[r][c]  # (C, H, W) uint8
+                ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=255)
+        axes[r][0].set_ylabel(row_labels[r], rotation=0, ha="right", va="center", fontsize=11)
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def _reconstruction_pairs_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) -> None:
+    """Each ``pairs.npz`` (``unissl reconstruct``): originals in the top row, their reconstructions below."""
+    import numpy as np
+
+    files = sorted(p for p in run_dir.rglob("pairs.npz") if "report" not in p.parts)
+    if not files:
+        return
+    doc.section("Reconstructions beside their originals")
+    for p in files:
+        with np.load(p) as z:
+            origs, recs = z["originals"][:10], z["reconstructions"][:10]
+        rel = p.parent.relative_to(run_dir)
+        png = _labelled_grid([origs, recs], ["original", "reconstruction"],
+                             out / f"pairs_{re.sub(r'[^A-Za-z0-9]+', '_', str(rel))}.png",
+                             f"{rel}: test images (top) and their reconstructions from one token (below)", len(origs))
+        doc.h.append(f"<figure><img src='{_b64(png)}'><figcaption>{html.escape(str(rel))}: each column is one test "
+                     "image and its reconstruction</figcaption></figure>")
+        doc.md.append(f"![{rel}]({png.name})")
+    doc.md.append("")
+
+
+def _labelled_samples_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) -> None:
+    """Every samples file with labels (``unissl sample reptok``): one row per asked class or prompt."""
+    import numpy as np
+
+    files = sorted(p for p in run_dir.rglob("*.npz") if "report" not in p.parts and p.name != "pairs.npz")
+    shown = False
+    for p in files:
+        try:
+            with np.load(p) as z:
+                if "images" not in z.files or "labels" not in z.files:
+                    continue
+                images, labels = z["images"], z["labels"]
+                prompts = z["prompts"] if "prompts" in z.files else None
+                index = z["prompt_index"] if "prompt_index" in z.files else None
+        except (OSError, ValueError):
+            continue
+        if images.ndim != 4:
+            continue
+        if prompts is not None and index is not None:
+            keys = list(dict.fromkeys(int(i) for i in index))[:12]
+            rows = [images[index == k][:8] for k in keys]
+            names = [f"\u201c{prompts[k]}\u201d" for k in keys]
+            title = f"{p.stem}: one row per prompt (caption templates never seen in training)"
+        else:
+            keys = list(dict.fromkeys(int(i) for i in labels))[:12]
+            rows = [images[labels == k][:8] for k in keys]
+            cls = _class_names(info, p, keys)
+            names = [cls[k] for k in keys]
+            title = f"{p.stem}: one row per asked class"
+        if not shown:
+            doc.section("Samples, labelled by what was asked")
+            shown = True
+        rel = p.relative_to(run_dir)
+        png = _labelled_grid(rows, names, out / f"samples_{re.sub(r'[^A-Za-z0-9]+', '_', str(rel))}.png", title,
+                             max(len(r) for r in rows))
+        doc.h.append(f"<figure><img src='{_b64(png)}'><figcaption>{html.escape(str(rel))}</figcaption></figure>")
+        doc.md.append(f"![{rel}]({png.name})")
+    if shown:
+        doc.md.append("")
+
+
 def _study_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) -> None:
     study = run_dir / "study.json"
     if not study.is_file():
@@ -307,13 +432,20 @@ def _metrics_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) 
         label = str(scalars.get("name", rel))
         if origin is not None:  # the same result name from two runs: say which directory it is from
             label = f"{label} ({origin})"
-        rows.append([label, ", ".join(f"{k}={format_number(v, 4)}" for k, v in head.items())])
-    doc.table(rows, ["result", "metrics"])
+        for k, v in head.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            higher, meaning = metric_meaning(k)
+            direction = "-" if higher is None else ("higher is better" if higher else "lower is better")
+            rows.append([label, k, format_number(v, 4), direction, meaning])
+            label = ""  # the result's name once, on its first metric
+    doc.table(rows, ["result", "metric", "value", "direction", "meaning"])
     ceilings = ceiling_rows(info["metrics"])
     if ceilings:
         doc.section("Generation against its ceilings")
-        doc.table(ceilings, ["result", "FD", "FD of real images through the tokenizer", "class share",
-                             "class share of real images through the tokenizer", "judge on real images"])
+        doc.table(ceilings, ["result", "FD (lower is better)", "FD of real images through the tokenizer (ceiling)",
+                             "class share (higher is better)", "class share of real images through the tokenizer "
+                             "(ceiling)", "judge on real images"])
     doc.h.append("<details><summary>all fields of every result file</summary>")
     for rel, scalars in info["metrics"]:
         doc.h.append(f"<h3>{html.escape(rel)}</h3>")
@@ -353,12 +485,16 @@ def _training_curves_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out
 def _images_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) -> None:
     if not info["images"]:
         return
-    doc.section("Samples, reconstructions, interpolations")
+    doc.section("Other images (the last step of each series)")
     for series, p in info["images"]:
+        if p.with_suffix(".npz").is_file() or (p.parent / "pairs.npz").is_file():
+            continue  # shown above, labelled
         uri, cropped = _b64_image(p)
         link = Path("..") / p.relative_to(run_dir)
         note = f" (top-left corner; <a href='{html.escape(str(link))}'>full grid</a>)" if cropped else ""
-        doc.h.append(f"<figure><img src='{uri}' style='min-width:220px'><figcaption>{html.escape(series)}{note}"
+        m = _STEP.match(p.stem)
+        when = f", step {int(m.group('step'))}" if m else ""
+        doc.h.append(f"<figure><img src='{uri}' style='min-width:220px'><figcaption>{html.escape(series)}{when}{note}"
                      "</figcaption></figure>")
         doc.md.append(f"![{series}]({link})")
     doc.md.append("")
@@ -379,8 +515,9 @@ def _config_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) -
         doc.md.extend(["## Resolved config", "```yaml", info["config"].rstrip(), "```", ""])
 
 
-_SECTIONS = (_study_section, _stages_section, _metrics_section, _probe_curve_section, _training_curves_section,
-             _images_section, _machine_section, _config_section)
+_SECTIONS = (_findings_section, _study_section, _metrics_section, _reconstruction_pairs_section,
+             _labelled_samples_section, _probe_curve_section, _training_curves_section, _images_section,
+             _stages_section, _machine_section, _config_section)
 
 
 def write_report(run_dir: str | Path) -> tuple[Path, Path]:

@@ -45,7 +45,7 @@ class TrainConfig:
     keep_ckpts: int = arg(3, help="number of most recent checkpoints to keep")
     log_every: int = arg(10, help="write a log line every this many steps")
     image_every: int | None = arg(None, help="call the method's log_images every this many steps "
-                                               "(none: at checkpoints, 0: never)")
+                                               "(none: at checkpoints; either way also at the last step; 0: never)")
     seed: int = arg(0, help="random seed (offset by the rank for per-process randomness)")
     resume: bool = arg(False, help="continue from the latest checkpoint in the run directory if there is one")
     resume_from: str | None = arg(None, help="continue from this checkpoint directory (or run directory)")

@@ -425,7 +425,8 @@ class Trainer:
                         cb.on_step_end(self, self.step, logs)
                     at_ckpt = self.step % self.cfg.ckpt_every == 0
                     every = self.cfg.image_every  # None: with checkpoints; 0: never
-                    if (every is None and at_ckpt) or (every and self.step % every == 0):
+                    last = self.step == self.total_steps  # the final step's images, whatever the period
+                    if (every is None and at_ckpt) or (every and self.step % every == 0) or (every != 0 and last):
                         self._log_images(batch)
                     if at_ckpt or stop_now:
                         self.save()

@@ -52,6 +52,7 @@ EXTRACTORS: dict[str, str] = {
     "pixels": "unissl.eval.features:load_pixels",
     "sorcen": "unissl.methods.sorcen.features:load_extractor",
     "sorcen-released": "unissl.methods.sorcen.features:load_released_extractor",
+    "sorcen-blocks": "unissl.methods.sorcen.features:load_blocks_extractor",
     "reptok": "unissl.methods.reptok.features:load_extractor",
     "domain": "unissl.eval.domain:load_extractor",
     "inception": "unissl.eval.inception:load_extractor",

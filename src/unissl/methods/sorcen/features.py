@@ -5,7 +5,9 @@ returns a :class:`SorcenFeatures`: images are tokenized by the run's VQ tokenize
 masking, and the image-position outputs (class slot excluded) after the final norm are averaged.
 ``sorcen-released:RUN`` (:func:`load_released_extractor`) pools as the released linear probe does: the
 encoder's final norm is dropped, and a LayerNorm (no affine: the probe's BatchNorm + Linear absorb it)
-follows the mean of the image positions.
+follows the mean of the image positions. ``sorcen-blocks:RUN`` (:func:`load_blocks_extractor`) concatenates
+that mean over every encoder block (each block's output through the final norm), as DINO's linear evaluation
+concatenates its last blocks (docs/fidelity.md: the fast CPU setting).
 """
 
 from __future__ import annotations
@@ -20,15 +22,26 @@ from unissl.errors import UnisslError
 from unissl.methods.sorcen.model import SorcenModel
 from unissl.utils.io import sha256_file
 
+POOLS = ("final-norm", "released", "blocks")
+
 
 def pooled_features(model: SorcenModel, ids: torch.Tensor, pool: str = "final-norm") -> torch.Tensor:
     """ids (B, h, w) -> (B, D) float32: the mean of the unmasked encoder's image-position outputs.
 
     ``final-norm`` pools after the encoder's final norm; ``released`` drops that norm and applies a LayerNorm
-    (no affine) after the mean, as the released linear probe does. The model is used as it is (no mode or
-    ``requires_grad`` change), so online evaluation can call this on the model being trained.
+    (no affine) after the mean, as the released linear probe does; ``blocks`` returns (B, depth * D): the
+    ``final-norm`` mean of every block's output, first block first (the last D columns equal ``final-norm``).
+    The model is used as it is (no mode or ``requires_grad`` change), so online evaluation can call this on
+    the model being trained.
     """
     device = model.decoder_pos.device
+    if pool == "blocks":
+        x = model.embed(model.with_class_slot(ids.to(device).long()))  # (B, 1+N, D)
+        means = []
+        for blk in model.blocks:
+            x = blk(x)
+            means.append(model.norm(x)[:, 1:].mean(dim=1).float())  # (B, D)
+        return torch.cat(means, dim=1)  # (B, depth * D)
     if pool == "released":
         x = model.embed(model.with_class_slot(ids.to(device).long()))  # (B, 1+N, D)
         for blk in model.blocks:
@@ -44,8 +57,8 @@ class SorcenFeatures:
 
     def __init__(self, model: SorcenModel, tokenizer: Any, name: str = "sorcen",
                  pool: str = "final-norm") -> None:
-        if pool not in ("final-norm", "released"):
-            raise ValueError(f"pool must be 'final-norm' or 'released', got {pool!r}")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
         self.pool = pool
         self.store_path: str | None = None  # the run's token store (set by load_extractor)
         self.model = model.eval().requires_grad_(False)
@@ -111,7 +124,7 @@ def load_extractor(checkpoint: str, device: torch.device | str = "cpu", pool: st
     method, info = load_method(checkpoint, device)
     tokenizer = load_run_tokenizer(info, device)
     ck = Path(info["checkpoint"])
-    tag = "mean-image" if pool == "final-norm" else "released-prenorm-ln"
+    tag = {"final-norm": "mean-image", "released": "released-prenorm-ln", "blocks": "mean-image-every-block"}[pool]
     name = f"sorcen({info['variant']},{ck.name},w={sha256_file(ck / 'model.safetensors')[:16]},pool={tag})"
     ext = SorcenFeatures(method.model, tokenizer, name, pool=pool)
     ext.store_path = info.get("tokens")
@@ -121,3 +134,8 @@ def load_extractor(checkpoint: str, device: torch.device | str = "cpu", pool: st
 def load_released_extractor(checkpoint: str, device: torch.device | str = "cpu") -> SorcenFeatures:
     """``sorcen-released``: the released linear probe's pooling (pre-norm mean + LayerNorm)."""
     return load_extractor(checkpoint, device, pool="released")
+
+
+def load_blocks_extractor(checkpoint: str, device: torch.device | str = "cpu") -> SorcenFeatures:
+    """``sorcen-blocks``: the image-position mean of every encoder block, concatenated (B, depth * D)."""
+    return load_extractor(checkpoint, device, pool="blocks")

@@ -1,0 +1,204 @@
+"""What a run's numbers mean: the findings of a report and the meaning of every metric.
+
+:func:`derive_findings` reads the evaluation records that :func:`unissl.report.collect_metrics` found and
+states one finding per result that has a reference: the value, the reference (the raw-pixel line for a frozen
+encoder, the judge on real images for a reconstruction, real images through the same tokenizer for samples),
+whether it is better or worse, and what that means. ``unissl report`` writes them first in ``report.html`` and
+as ``findings.json`` beside it (a list of :class:`Finding` dicts, values in percent).
+
+:func:`metric_meaning` gives every metric name its direction (higher or lower is better) and a one-line meaning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Record = tuple[str, dict[str, Any]]  # (relative path, flattened scalars) as collect_metrics returns them
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One result beside its reference, in percent where it is a share or an accuracy."""
+
+    id: str  # stable name, e.g. "sorcen_probe_vs_pixels"
+    value: float
+    reference_value: float | None
+    higher_is_better: bool
+    sentence: str  # the value, the reference, better or worse, and what it means
+    reference: str = ""  # what the reference is
+    source: str = ""  # the result file the value comes from
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# (prefix or exact key, higher_is_better, meaning); the first match wins, so exact keys come first.
+_MEANINGS: tuple[tuple[str, bool | None, str], ...] = (
+    ("top1", True, "test images labelled correctly (%)"),
+    ("top5", True, "test images whose label is among the 5 best guesses (%)"),
+    ("test_top1", True, "the judge (domain classifier) on real test images: accuracy (%)"),
+    ("judge_accuracy", True, "the judge on real test images: share labelled correctly"),
+    ("class_agreement", True, "reconstructions the judge puts in the class it gives the original"),
+    ("ceiling_class_consistency", True, "real test images through the same tokenizer, judged as their class: "
+                                        "the most a generator can reach"),
+    ("class_consistency", True, "samples the judge assigns to the class (or prompt's class) they were asked for"),
+    ("ceiling_FD", False, "FD of real test images through the same tokenizer: the best FD a generator can reach"),
+    ("FD", False, "Fréchet distance to real test images in the judge's feature space (0: same statistics)"),
+    ("FID", False, "Fréchet distance in Inception features (0: same statistics)"),
+    ("rFD", False, "Fréchet distance of the reconstructions to their originals in the judge's features"),
+    ("psnr", True, "reconstruction fidelity to the original pixels (dB)"),
+    ("ssim", True, "structural similarity of reconstruction and original (1: identical)"),
+    ("mse", False, "mean squared pixel error of the reconstructions"),
+    ("usage", True, "share of the codebook used on the test images"),
+    ("perplexity", True, "effective number of codes used (higher: the codes are spread more evenly)"),
+    ("precision", True, "samples that fall on the real data's manifold"),
+    ("recall", True, "real data covered by the samples"),
+    ("shot", True, "few-shot accuracy of a linear head on k labelled images per class (%)"),
+    ("loss", False, "training loss (of the named term)"),
+    ("lr", None, "learning rate of the schedule"),
+    ("knn", True, "k-NN accuracy of the features on held-out ids (%)"),
+    ("acc", True, "accuracy (%)"),
+    ("train_seconds", False, "wall seconds of training"),
+    ("seconds", False, "wall seconds"),
+)
+
+
+def metric_meaning(key: str) -> tuple[bool | None, str]:
+    """(higher_is_better or None when it has no direction, one-line meaning) of a metric name."""
+    name = key.split(".")[-1].lower()
+    for prefix, higher, meaning in _MEANINGS:
+        if name == prefix.lower():
+            return higher, meaning
+    for prefix, higher, meaning in _MEANINGS:
+        if name.startswith(prefix.lower()) or (prefix == "shot" and prefix in name):
+            return higher, meaning
+    return None, ""
+
+
+def _pct(v: float) -> float:
+    """A share in 0..1 as percent; percents stay."""
+    return 100.0 * v if abs(v) <= 1.0 else v
+
+
+def _kind(scalars: dict[str, Any]) -> str:
+    if "extra.best_lr" in scalars and "metrics.top1" in scalars:
+        return "probe"
+    if "extra.k" in scalars and "metrics.top1" in scalars:
+        return "knn"
+    if "metrics.class_agreement" in scalars:
+        return "reconstruction"
+    if "metrics.class_consistency" in scalars:
+        return "generation"
+    if "metrics.test_top1" in scalars and str(scalars.get("name", "")).startswith("domain_classifier"):
+        return "judge"
+    return ""
+
+
+def _is_text_samples(scalars: dict[str, Any], run_dir: Path | None) -> bool:
+    """Whether a generation record scored text-prompted samples (its npz holds the prompts)."""
+    path = scalars.get("extra.samples")
+    if isinstance(path, str):
+        p = Path(path)
+        if not p.is_absolute() and run_dir is not None and not p.is_file():
+            p = run_dir / p
+        if p.is_file():
+            import numpy as np
+
+            with np.load(p) as z:
+                return "prompts" in z.files
+    return "text" in str(scalars.get("name", "")) or "prompt" in str(scalars.get("name", ""))
+
+
+def _compare(value: float, ref: float, higher: bool, unit: str = " points") -> tuple[str, bool]:
+    diff = value - ref
+    better = diff > 0 if higher else diff < 0
+    if abs(diff) < 0.005:
+        return "level with", True
+    return f"{abs(diff):.2f}{unit} {'above' if diff > 0 else 'below'}", better
+
+
+def derive_findings(found: list[Record], run_dir: Path | None = None) -> list[Finding]:
+    """The findings of a run directory's evaluation records (see the module docstring)."""
+    by_kind: dict[str, list[Record]] = {}
+    for rel, scalars in found:
+        by_kind.setdefault(_kind(scalars), []).append((rel, scalars))
+    out: list[Finding] = []
+
+    judge = next((float(sc["metrics.test_top1"]) for _, sc in by_kind.get("judge", [])), None)
+    if judge is None:
+        judge = next((_pct(float(sc["metrics.judge_accuracy"])) for _, sc in found if "metrics.judge_accuracy" in sc),
+                     None)
+    judge_text = f"; the judge itself labels {judge:.1f}% of real test images correctly" if judge is not None else ""
+
+    for kind, what in (("probe", "linear probe"), ("knn", "k-NN")):
+        rows = by_kind.get(kind, [])
+        pixel = next((sc for _, sc in rows if str(sc.get("extra.extractor", "")) == "pixels"), None)
+        if pixel is None:
+            continue
+        ref = float(pixel["metrics.top1"])
+        encoders = [(rel, sc) for rel, sc in rows if str(sc.get("extra.extractor", "")) != "pixels"]
+        for i, (rel, sc) in enumerate(encoders):
+            value, extractor = float(sc["metrics.top1"]), str(sc.get("extra.extractor", ""))
+            family = extractor.split(":", 1)[0]
+            first = i == 0 and family.startswith("sorcen")
+            fid = (f"sorcen_{'probe' if kind == 'probe' else 'knn'}_vs_pixels" if first
+                   else f"{sc.get('name', rel)}_vs_pixels".replace("-", "_"))
+            rel_text, better = _compare(value, ref, True)
+            meaning = ("the frozen features separate the classes better than the raw pixels do: the encoder "
+                       "learned something a linear classifier can use" if better else
+                       "the frozen features do not yet separate the classes as well as the raw pixels: at this "
+                       "training length the encoder has not passed the pixel line")
+            pooling = {"sorcen-blocks": " (every block's mean, concatenated)", "sorcen": " (last block's mean)",
+                       "sorcen-released": " (the released pooling)"}.get(family, "")
+            out.append(Finding(
+                fid, round(value, 2), round(ref, 2), True,
+                f"{family}{pooling} {what}: {value:.2f}% vs {ref:.2f}% on raw pixels, {rel_text} the pixel line "
+                f"({'better' if better else 'worse'}): {meaning}.",
+                reference=f"raw pixels, same {what}", source=rel))
+
+    for rel, sc in by_kind.get("reconstruction", []):
+        value = _pct(float(sc["metrics.class_agreement"]))
+        ref = judge
+        sentence = (f"RepTok reconstructions keep their original's class {value:.1f}% of the time"
+                    + (f" against {ref:.1f}% for the judge on real images" if ref is not None else "")
+                    + (f" ({'better' if ref is not None and value >= ref else 'worse'}): " if ref is not None else ": ")
+                    + ("one continuous token carries the class of most images" if value >= 80 else
+                       "the single token loses the class of many images (tops are confused most)")
+                    + (f"; PSNR {float(sc['metrics.psnr']):.1f} dB" if "metrics.psnr" in sc else "") + ".")
+        out.append(Finding("reptok_reconstruction_class_agreement", round(value, 2),
+                           None if ref is None else round(ref, 2), True, sentence,
+                           reference="the judge's accuracy on real test images", source=rel))
+
+    for rel, sc in by_kind.get("generation", []):
+        text = _is_text_samples(sc, run_dir)
+        value = _pct(float(sc["metrics.class_consistency"]))
+        ceiling = sc.get("metrics.ceiling_class_consistency")
+        ref = _pct(float(ceiling)) if isinstance(ceiling, (int, float)) else judge
+        ref_name = ("real test images through the same tokenizer (the ceiling)" if isinstance(ceiling, (int, float))
+                    else "the judge on real images")
+        what = ("Samples from caption templates never seen in training" if text
+                else "Class-conditional samples")
+        rel_text, better = _compare(value, ref, True) if ref is not None else ("", True)
+        fd = next((k for k in sc if k.startswith("metrics.FD") and "ceiling" not in k), None)
+        fd_text = ""
+        if fd is not None and f"metrics.ceiling_{fd.split('.', 1)[1]}" in sc:
+            fd_text = (f"; {fd.split('.', 1)[1]} {float(sc[fd]):.2f} against the ceiling's "
+                       f"{float(sc['metrics.ceiling_' + fd.split('.', 1)[1]]):.2f} (lower is better)")
+        meaning = ("the generator follows " + ("the prompt" if text else "the asked class")
+                   + (" about as well as the tokenizer allows" if better or (ref is not None and ref - value < 5)
+                      else " less often than the tokenizer would allow"))
+        sentence = (f"{what} are judged the asked class {value:.1f}% of the time"
+                    + (f", {rel_text} {ref:.1f}% for {ref_name}" if ref is not None else "")
+                    + f"{judge_text}{fd_text}: {meaning}.")
+        fid = "text_prompt_class_share" if text else "class_conditional_class_share"
+        if any(f.id == fid for f in out):
+            fid = f"{fid}_{sc.get('name', rel)}".replace("-", "_")
+        out.append(Finding(fid, round(value, 2), None if ref is None else round(ref, 2), True, sentence,
+                           reference=ref_name, source=rel))
+    return out
+
+
+__all__ = ["Finding", "derive_findings", "metric_meaning"]
