@@ -62,8 +62,21 @@ def activate(repo: str, root: str | os.PathLike[str] | None = None) -> Path:
     if not hasattr(np, "float"):
         np.float = float  # type: ignore[attr-defined]  # MAGE's util/pos_embed.py
 
+    class Kept(torch.nn.Module):
+        """What torch.compile(module) returns, run eagerly: the module sits under ``_orig_mod`` as in
+        torch's OptimizedModule, so state-dict keys read as in the release's checkpoints (``mixer._orig_mod.N``)."""
+
+        def __init__(self, mod: torch.nn.Module) -> None:
+            super().__init__()
+            self._orig_mod = mod
+
+        def forward(self, *args, **kwargs):
+            return self._orig_mod(*args, **kwargs)
+
     def keep_module(fn=None, **_kwargs):  # RepTok compiles its mixer and DINOv2: run them eagerly
-        return (lambda f: f) if fn is None else fn
+        if fn is None:  # used as @torch.compile(...)
+            return lambda f: f
+        return Kept(fn) if isinstance(fn, torch.nn.Module) else fn  # functions / bound methods stay as they are
 
     torch.compile = keep_module  # type: ignore[assignment]
     return src

@@ -16,11 +16,18 @@ import torch
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def time_grid(t_start: float, t_end: float, steps: int) -> torch.Tensor:
-    """``steps + 1`` equally spaced times from ``t_start`` to ``t_end`` (float64 to avoid drift)."""
+def time_grid(t_start: float, t_end: float, steps: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``steps + 1`` equally spaced times from ``t_start`` to ``t_end`` (float64 by default, to avoid drift;
+    ``torch.float32`` gives ``torch.linspace``'s float32 values, the grid CompVis/RepTok's generator samples on)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    return torch.linspace(float(t_start), float(t_end), steps + 1, dtype=torch.float64)
+    return torch.linspace(float(t_start), float(t_end), steps + 1, dtype=dtype)
+
+
+def _grid(t_start: float, t_end: float, steps: int, dtype: torch.dtype) -> tuple[list[float], list[float]]:
+    """The grid's times and its step sizes, each difference taken in the grid's dtype (as the release does)."""
+    grid = time_grid(t_start, t_end, steps, dtype)
+    return grid.tolist(), (grid[1:] - grid[:-1]).tolist()
 
 
 def _t(x: torch.Tensor, t: float) -> torch.Tensor:
@@ -28,31 +35,30 @@ def _t(x: torch.Tensor, t: float) -> torch.Tensor:
 
 
 def euler(velocity_fn: VelocityFn, x: torch.Tensor, t_start: float, t_end: float, steps: int,
-          return_trajectory: bool = False) -> torch.Tensor:
+          return_trajectory: bool = False, grid_dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Explicit Euler (first order, one velocity call per step).
 
     Returns the final state (B, ...) or, with ``return_trajectory``, all ``steps + 1`` states stacked
-    into (steps + 1, B, ...).
+    into (steps + 1, B, ...). ``grid_dtype``: see :func:`time_grid`.
     """
-    grid = time_grid(t_start, t_end, steps).tolist()
+    grid, dts = _grid(t_start, t_end, steps, grid_dtype)
     traj = [x]
-    for t0, t1 in zip(grid[:-1], grid[1:]):
-        x = x + (t1 - t0) * velocity_fn(x, _t(x, t0))
+    for t0, h in zip(grid[:-1], dts):
+        x = x + h * velocity_fn(x, _t(x, t0))
         if return_trajectory:
             traj.append(x)
     return torch.stack(traj) if return_trajectory else x
 
 
 def heun(velocity_fn: VelocityFn, x: torch.Tensor, t_start: float, t_end: float, steps: int,
-         return_trajectory: bool = False) -> torch.Tensor:
+         return_trajectory: bool = False, grid_dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Heun's method (explicit trapezoid; second order, two velocity calls per step).
 
     Same arguments and return value as :func:`euler`.
     """
-    grid = time_grid(t_start, t_end, steps).tolist()
+    grid, dts = _grid(t_start, t_end, steps, grid_dtype)
     traj = [x]
-    for t0, t1 in zip(grid[:-1], grid[1:]):
-        h = t1 - t0
+    for t0, t1, h in zip(grid[:-1], grid[1:], dts):
         v0 = velocity_fn(x, _t(x, t0))
         x_pred = x + h * v0  # Euler predictor
         v1 = velocity_fn(x_pred, _t(x, t1))
@@ -66,8 +72,9 @@ SOLVERS: dict[str, Callable[..., torch.Tensor]] = {"euler": euler, "heun": heun}
 
 
 def solve(solver: str, velocity_fn: VelocityFn, x: torch.Tensor, t_start: float, t_end: float,
-          steps: int, return_trajectory: bool = False) -> torch.Tensor:
+          steps: int, return_trajectory: bool = False, grid_dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Dispatch to a solver by name (``"euler"`` or ``"heun"``)."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
-    return SOLVERS[solver](velocity_fn, x, t_start, t_end, steps, return_trajectory=return_trajectory)
+    return SOLVERS[solver](velocity_fn, x, t_start, t_end, steps, return_trajectory=return_trajectory,
+                           grid_dtype=grid_dtype)

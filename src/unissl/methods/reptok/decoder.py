@@ -7,7 +7,10 @@ Reading order: presets -> time embedding -> block -> :class:`FlowDecoder`.
 * The condition ``h`` (B, D) (the projected token, see :mod:`.projection`) is **prepended** as one extra
   token (with ``register_target='all'`` the projected registers come before it); it takes part in every
   attention layer and is dropped before unpatchify.
-* The flow time enters only through adaptive RMSNorm (scale, shift, gate from a time embedding).
+* The flow time enters only through adaptive RMSNorm (scale, shift, gate from a time embedding; the released
+  presets use CompVis/RepTok's scale-only form, no shift or gate).
+* ``shared_in_proj`` (the released presets): after the patch embedding, the condition token(s) and the patch
+  tokens go through one shared bias-free Linear, as the release's ``mid_merge.proj`` does.
 * Blocks: cosine attention with 2-D axial RoPE on the patch tokens, SwiGLU MLP; every residual branch's
   output projection and the final projection start at zero, so the untrained network predicts v = 0.
 """
@@ -19,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from unissl.layers.adaln import AdaRMSNorm
+from unissl.layers.adaln import AdaRMSNorm, Modulation
 from unissl.layers.cosine_attention import CosineAttention
 from unissl.layers.fourier import FourierFeatures
 from unissl.layers.patch import patchify, unpatchify
@@ -38,15 +41,24 @@ class DecoderPreset:
     ff_mult: int = 3  # SwiGLU hidden = ff_mult * width
     time_dim: int = 256  # width of the time embedding / mapping network
     mapping_depth: int = 2  # SwiGLU blocks in the time mapping network
+    modulation: Modulation = "scale_shift_gate"  # adaptive RMSNorm form; "scale": the release's scale-only
+    shared_in_proj: bool = False  # condition + patch tokens through one shared Linear (the release's mid_merge.proj)
 
 
-# The paper's decoder: width 1152, depth 28, head dim 72 (16 heads); the others fit a CPU.
+# The paper's decoder: width 1152, depth 28, head dim 72 (16 heads); the others fit a CPU. `released-xl` is
+# CompVis/RepTok's decoder exactly (configs/model/reptok.yaml: mapping width 1024, scale-only adaptive norm,
+# the shared Linear after the patch merge); `released-tiny` is the same architecture at a CPU test size (the
+# golden fixtures of tests/test_released_reptok.py are written by the released code at this size).
 DECODER_PRESETS: dict[str, DecoderPreset] = {
     "tiny": DecoderPreset(width=64, depth=2, head_dim=16, time_dim=64, mapping_depth=1),
     "compact": DecoderPreset(width=128, depth=2, head_dim=32, time_dim=64, mapping_depth=1),  # CPU, tokens <= 128-d
     "small": DecoderPreset(width=128, depth=4, head_dim=32, time_dim=128, mapping_depth=1),
     "base": DecoderPreset(width=384, depth=12, head_dim=64, time_dim=256),
     "paper": DecoderPreset(width=1152, depth=28, head_dim=72, time_dim=256),
+    "released-xl": DecoderPreset(width=1152, depth=28, head_dim=72, time_dim=1024, mapping_depth=2,
+                                 modulation="scale", shared_in_proj=True),
+    "released-tiny": DecoderPreset(width=64, depth=2, head_dim=16, time_dim=32, mapping_depth=2,
+                                   modulation="scale", shared_in_proj=True),
 }
 
 
@@ -79,20 +91,22 @@ class TimeEmbedding(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    """Adaptive-RMSNorm pre-norm block: gated cosine attention, then a gated SwiGLU MLP."""
+    """Adaptive-RMSNorm pre-norm block: (gated) cosine attention, then a (gated) SwiGLU MLP."""
 
     def __init__(self, p: DecoderPreset) -> None:
         super().__init__()
-        self.norm1 = AdaRMSNorm(p.width, p.time_dim)
+        self.norm1 = AdaRMSNorm(p.width, p.time_dim, modulation=p.modulation)
         self.attn = CosineAttention(p.width, p.head_dim, rope=True, zero_init_out=True)
-        self.norm2 = AdaRMSNorm(p.width, p.time_dim)
+        self.norm2 = AdaRMSNorm(p.width, p.time_dim, modulation=p.modulation)
         self.mlp = SwiGLU(p.width, p.ff_mult * p.width, zero_init_out=True)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, pos: torch.Tensor, n_prefix: int) -> torch.Tensor:
-        y, gate = self.norm1(x, temb)  # (B, N, D), (B, 1, D)
-        x = x + gate * self.attn(y, pos, n_prefix)
+        y, gate = self.norm1(x, temb)  # (B, N, D), (B, 1, D) or None (scale-only)
+        a = self.attn(y, pos, n_prefix)
+        x = x + (a if gate is None else gate * a)
         y, gate = self.norm2(x, temb)
-        return x + gate * self.mlp(y)
+        m = self.mlp(y)
+        return x + (m if gate is None else gate * m)
 
 
 class FlowDecoder(nn.Module):
@@ -106,6 +120,8 @@ class FlowDecoder(nn.Module):
         self.grid = size // patch_size
         d = preset.width
         self.patch_in = nn.Linear(channels * patch_size**2, d, bias=False)
+        # The release's mid_merge.proj: one Linear over [condition tokens, patch tokens] (default init).
+        self.in_proj = nn.Linear(d, d, bias=False) if preset.shared_in_proj else None
         self.time = TimeEmbedding(preset.time_dim, preset.mapping_depth)
         self.blocks = nn.ModuleList([DecoderBlock(preset) for _ in range(preset.depth)])
         self.out_norm = RMSNorm(d)
@@ -132,6 +148,8 @@ class FlowDecoder(nn.Module):
         cond = cond[:, None, :] if cond.dim() == 2 else cond  # (B, K, D)
         k = cond.shape[1]
         x = torch.cat([cond.to(tokens.dtype), tokens], dim=1)  # (B, K + N, D)
+        if self.in_proj is not None:
+            x = self.in_proj(x)  # the same Linear for the condition and the patch tokens
         temb = self.time(t)  # (B, T)
         for block in self.blocks:
             x = block(x, temb, self.pos, n_prefix=k)

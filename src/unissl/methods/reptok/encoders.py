@@ -18,11 +18,13 @@ paper's ablation).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from unissl.data.base import adapt_images
@@ -48,6 +50,24 @@ def to_square(images: torch.Tensor, size: int, channels: int = 3) -> torch.Tenso
         top, left = (h - s) // 2, (w - s) // 2
         images = images[:, :, top:top + s, left:left + s]
     return adapt_images(images, channels, size, where="the encoder's input")
+
+
+def released_resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """CompVis/RepTok's ``better_resize``: centre crop to a square (torchvision's offsets, ``round((H - s) / 2)``),
+    average-pool by the integer factor ``s // size`` when it exceeds 1, then bilinear resize **without**
+    antialiasing. Grey images are repeated to RGB.
+
+    ``images`` (B, C, H, W) -> (B, 3, size, size) (any value range: every step is an affine average).
+    """
+    h, w = images.shape[-2:]
+    s = min(h, w)
+    top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
+    x = images[:, :, top:top + s, left:left + s]
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if s // size > 1:
+        x = F.avg_pool2d(x, s // size)
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
 
 
 class SSLEncoder(nn.Module):
@@ -117,13 +137,22 @@ class Dinov2Encoder(SSLEncoder):
 
     z is the class token after the final LayerNorm (``pooler_output``). Inputs are resized to
     ``image_size`` (a multiple of the patch size; default 224, the paper's) and ImageNet-normalised.
+    ``resize="released"`` resizes as CompVis/RepTok does (:func:`released_resize`: no antialiasing) instead of
+    the datasets' antialiased resize; ``dtype="bfloat16"`` runs the backbone under bf16 autocast, as the release
+    encodes (the token is returned in float32).
     """
     mean: torch.Tensor  # buffer
     std: torch.Tensor  # buffer
 
     kind = "dinov2"
 
-    def __init__(self, path: str | Path, image_size: int | None = None) -> None:
+    def __init__(self, path: str | Path, image_size: int | None = None,
+                 resize: Literal["antialias", "released"] = "antialias",
+                 dtype: Literal["float32", "bfloat16"] = "float32") -> None:
+        if resize not in ("antialias", "released"):
+            raise UnisslError(f"DINOv2 resize must be 'antialias' or 'released', got {resize!r}")
+        if dtype not in ("float32", "bfloat16"):
+            raise UnisslError(f"DINOv2 dtype must be 'float32' or 'bfloat16', got {dtype!r}")
         path = Path(path)
         backbone = self._load_hub_file(path) if path.is_file() else self._load_directory(path)
         super().__init__(backbone.embeddings.cls_token)
@@ -136,6 +165,7 @@ class Dinov2Encoder(SSLEncoder):
         self.image_size = max(self.patch, round(size / self.patch) * self.patch)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.resize, self.dtype = resize, dtype
 
     @staticmethod
     def _load_hub_file(path: Path) -> Any:
@@ -175,13 +205,24 @@ class Dinov2Encoder(SSLEncoder):
                                    "pass a complete local transformers directory (config.json + weights)")
 
     def encode_with(self, images: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
-        x = (to_square(images, self.image_size) - self.mean) / self.std  # (B, 3, S, S)
+        square = (released_resize(images, self.image_size) if self.resize == "released"
+                  else to_square(images, self.image_size))
+        x = (square - self.mean) / self.std  # (B, 3, S, S)
         # Run the frozen model with its cls_token parameter swapped for `cls` (differentiable in `cls`).
-        out = torch.func.functional_call(self.backbone, {"embeddings.cls_token": cls.view(1, 1, -1)}, (x,))
-        return out.pooler_output  # (B, D): class token after the final LayerNorm
+        # bf16: autocast as the release encodes; float32 leaves any autocast of the caller (training amp) alone
+        amp = (torch.autocast(x.device.type, dtype=torch.bfloat16) if self.dtype == "bfloat16"
+               else contextlib.nullcontext())
+        with amp:
+            out = torch.func.functional_call(self.backbone, {"embeddings.cls_token": cls.view(1, 1, -1)}, (x,))
+        return out.pooler_output.float()  # (B, D): class token after the final LayerNorm
 
     def spec(self) -> dict[str, Any]:
-        return {"kind": self.kind, "path": self.path, "image_size": self.image_size}
+        spec: dict[str, Any] = {"kind": self.kind, "path": self.path, "image_size": self.image_size}
+        if self.resize != "antialias":  # only when set, so the configs of existing tokenizers stay as they were
+            spec["resize"] = self.resize
+        if self.dtype != "float32":
+            spec["dtype"] = self.dtype
+        return spec
 
 
 # ---------------------------------------------------------------- Sorcen (unissl)

@@ -37,6 +37,10 @@ class MixerPreset:
     depth: int
     slot_expansion: int = 3  # hidden size of the token-mixing MLP = n_slots * slot_expansion
     channel_expansion: float = 4.0  # hidden size of the channel MLP = width * channel_expansion
+    time_scale: float = 1000.0  # t in [0, 1] is multiplied by this before the sinusoidal features (release: 1)
+    # The time grid sampling uses by default (SamplingConfig.time_grid "model"): "float32" is the release's
+    # torch.linspace grid, on which the guidance interval is tested (t = 0.29999998 falls outside [0.3, 0.9]).
+    time_grid: Literal["float64", "float32"] = "float64"
 
 
 GENERATOR_PRESETS: dict[str, MixerPreset] = {
@@ -45,6 +49,9 @@ GENERATOR_PRESETS: dict[str, MixerPreset] = {
     "small": MixerPreset(width=512, depth=6),
     "base": MixerPreset(width=768, depth=12),
     "paper": MixerPreset(width=1536, depth=28),  # RepTok's ImageNet generator
+    # CompVis/RepTok's MLPMixer1D exactly: t enters its TimestepEmbedder unscaled, sampling on the float32 grid.
+    "released-xl": MixerPreset(width=1536, depth=28, time_scale=1.0, time_grid="float32"),
+    "released-tiny": MixerPreset(width=64, depth=2, time_scale=1.0, time_grid="float32"),  # golden-test size
 }
 
 
@@ -187,7 +194,7 @@ class TokenGenerator(nn.Module):
         super().__init__()
         d = cfg.token_dim
         self.pos = nn.Parameter(torch.zeros(1, 1, d))  # learned position of the noisy-token slot
-        self.time_embed = TimestepEmbedding(d)
+        self.time_embed = TimestepEmbedding(d, t_scale=GENERATOR_PRESETS[cfg.preset].time_scale)
         self.conditioner: ClassConditioner | TextConditioner
         if cfg.conditioning == "class":
             self.conditioner = ClassConditioner(cfg.num_classes, d)

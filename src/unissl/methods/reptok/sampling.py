@@ -16,10 +16,10 @@ from typing import Any, Literal, Protocol
 import torch
 
 from unissl.config import arg
-from unissl.errors import UnisslError
+from unissl.errors import ConfigError, UnisslError
 from unissl.flow import solve
 from unissl.flow.solvers import VelocityFn
-from unissl.methods.reptok.generator import Cond, TokenGeneratorMethod, concat_cond
+from unissl.methods.reptok.generator import GENERATOR_PRESETS, Cond, TokenGeneratorMethod, concat_cond
 
 
 @dataclass
@@ -31,13 +31,16 @@ class SamplingConfig:
     cfg_scale: float = arg(1.5, help="classifier-free guidance scale (1: no guidance)")
     cfg_interval: tuple[float, float] = arg((0.3, 0.9), help="guidance only for t in [t_min, t_max] (RepTok's "
                                                              "default; 0 1 guides the whole trajectory)")
+    time_grid: Literal["model", "float64", "float32"] = arg(
+        "model", help="the ODE's time grid: float32 is the release's torch.linspace grid (its t=0.29999998 falls "
+                      "outside [0.3, 0.9]); model: the generator preset's (float32 for the released presets)")
 
     def __post_init__(self) -> None:
         if self.steps < 1:
-            raise UnisslError(f"sampling steps must be >= 1, got {self.steps}")
+            raise ConfigError("steps", f"must be >= 1, got {self.steps}")
         lo, hi = self.cfg_interval
         if not 0.0 <= lo <= hi <= 1.0:
-            raise UnisslError(f"cfg_interval must satisfy 0 <= t_min <= t_max <= 1, got {lo} {hi}")
+            raise ConfigError("cfg_interval", f"must satisfy 0 <= t_min <= t_max <= 1, got {lo} {hi}")
 
 
 class ConditionalVelocity(Protocol):
@@ -49,13 +52,14 @@ def guided_velocity(velocity: ConditionalVelocity, cond: Cond, null_cond: Cond, 
     """A ``velocity_fn(x, t)`` for the solvers with CFG ``scale`` applied only for t in ``interval``.
 
     ``t`` is the solver's (B,) time (equal across the batch). With ``scale == 1`` or ``t`` outside the
-    interval this is exactly the conditional velocity (one network call).
+    interval this is exactly the conditional velocity (one network call). The bounds are compared with ``t``
+    in ``t``'s dtype, as the release compares its float32 grid time with Python floats.
     """
     t_min, t_max = interval
 
     def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        t_now = float(t.reshape(-1)[0])
-        if scale == 1.0 or not (t_min <= t_now <= t_max):
+        t_now = t.reshape(-1)[0]  # 0-dim, in the solver's dtype
+        if scale == 1.0 or bool(t_now < t_min) or bool(t_now > t_max):
             return velocity(x, t, cond)
         v = velocity(torch.cat([x, x]), torch.cat([t, t]), concat_cond(cond, null_cond))  # (2B, D)
         v_c, v_u = v.chunk(2)
@@ -77,7 +81,9 @@ def sample_tokens(method: TokenGeneratorMethod, cond: Cond, cfg: SamplingConfig 
     if noise is None:
         noise = torch.randn(n, method.cfg.token_dim, generator=generator, device="cpu").to(dev)
     fn = guided_velocity(method.velocity, cond, method.null_condition(cond), cfg.cfg_scale, cfg.cfg_interval)
-    z = solve(cfg.solver, fn, noise, t_start=0.0, t_end=1.0, steps=cfg.steps)  # noise at 0 -> data at 1
+    grid = cfg.time_grid if cfg.time_grid != "model" else GENERATOR_PRESETS[method.cfg.preset].time_grid
+    z = solve(cfg.solver, fn, noise, t_start=0.0, t_end=1.0, steps=cfg.steps,  # noise at 0 -> data at 1
+              grid_dtype=torch.float32 if grid == "float32" else torch.float64)
     return method.denormalize(z)
 
 
