@@ -256,6 +256,11 @@ def test_normalisation_is_undone():
 
 def test_save_and_load_roundtrip(tmp_path):
     m = _method(classes=["a", "b"], tokenizer_path="/x")
+    # a saved generator holds its tokenizer: one that is not there is refused before anything is written
+    with pytest.raises(UnisslError, match="/x is not a RepTok tokenizer directory"):
+        m.save_pretrained(tmp_path / "gen")
+    assert not (tmp_path / "gen").exists()
+    m = _method(classes=["a", "b"])
     _randomize(m.net)
     m.z_mean.normal_()
     m.save_pretrained(tmp_path / "gen")
@@ -264,7 +269,7 @@ def test_save_and_load_roundtrip(tmp_path):
     z, t, y = torch.randn(3, 16), torch.rand(3), torch.tensor([0, 1, 2])
     torch.testing.assert_close(m2.velocity(z, t, {"label": y}), m.velocity(z, t, {"label": y}))
     torch.testing.assert_close(m2.z_mean, m.z_mean)
-    with pytest.raises(UnisslError, match="no trained generator"):
+    with pytest.raises(UnisslError, match="is not a token generator directory"):
         TokenGeneratorMethod.from_pretrained(tmp_path)
 
 

@@ -107,7 +107,7 @@ def test_cli_errors_are_one_line(tokenizer_dir, tmp_path, capsys):
     assert "--tokenizer" in capsys.readouterr().err
     assert main(["sample", "reptok", "--checkpoint", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "no trained generator" in err and err.count("\n") == 1
+    assert "is not a token generator directory" in err and err.count("\n") == 1
 
 
 def test_exported_ema_of_a_short_run_is_its_trained_weights_not_its_init(tokenizer_dir, tmp_path):

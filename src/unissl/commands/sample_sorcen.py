@@ -18,7 +18,7 @@ from unissl.config import arg
 from unissl.engine.runtime import device_arg, resolve_device
 from unissl.errors import UnisslError
 from unissl.methods.sorcen.maskgit import MaskGITConfig, maskgit_generate
-from unissl.methods.sorcen.run import load_method, load_run_tokenizer
+from unissl.methods.sorcen.run import load_model, load_run_tokenizer
 from unissl.utils.images import save_grid
 from unissl.utils.io import atomic_file, check_writable
 
@@ -46,7 +46,7 @@ class Config:
 def run(cfg: Config) -> None:
     """Load the run, generate ``num_samples`` id maps, decode them, write PNG + NPZ."""
     device = resolve_device(cfg.device)
-    method, info = load_method(cfg.checkpoint, device)
+    model, info = load_model(cfg.checkpoint, device)
     if cfg.tokenizer is not None:
         info = {**info, "tokenizer": cfg.tokenizer}
     tokenizer = load_run_tokenizer(info, device)
@@ -56,7 +56,7 @@ def run(cfg: Config) -> None:
     ids, images = [], []
     for start in range(0, cfg.num_samples, cfg.batch_size):
         n = min(cfg.batch_size, cfg.num_samples - start)
-        batch_ids = maskgit_generate(method.model, n, cfg.maskgit, generator=gen, device=device)  # (n, h, w)
+        batch_ids = maskgit_generate(model, n, cfg.maskgit, generator=gen, device=device)  # (n, h, w)
         with torch.no_grad():
             images.append(tokenizer.decode(batch_ids).clamp(0, 1).float().cpu())  # (n, C, H, W)
         ids.append(batch_ids.cpu())

@@ -6,12 +6,12 @@ in a space that separates the dataset's classes (penultimate layer) and class pr
 Inception Score and for class consistency of conditional samples. Its numbers are reported as
 ``FD_domain``, never FID: they are only comparable between runs that use the same classifier.
 
-Saved as a directory: ``config.json`` (architecture, classes, dataset fingerprint) + ``model.safetensors``.
+Saved as a directory (:class:`unissl.utils.hub.PretrainedMixin`): ``config.json`` (architecture, classes, dataset
+fingerprint) + ``model.safetensors`` + a model card.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,11 +20,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import save
 
 from unissl.errors import UnisslError
-from unissl.utils.hub import resolve_pretrained, write_model_card
-from unissl.utils.io import atomic_dir, read_json, write_json
+from unissl.utils.hub import CONFIG_FILE, WEIGHTS_FILE, PretrainedMixin
+from unissl.utils.io import sha256_file
 from unissl.utils.progress import progress
 
 
@@ -41,12 +40,20 @@ class DomainClassifierConfig:
     dataset: str = ""  # "name:split:fingerprint" of the training data
 
 
-class DomainClassifier(nn.Module):
+class DomainClassifier(nn.Module, PretrainedMixin):
     """Stages of (conv3x3-BN-ReLU x2, 2x2 max pool) -> global average pool -> Linear-ReLU (features) -> Linear."""
+
+    FORMAT = "unissl-domain-classifier"
+    OLD_FORMATS = (None,)  # version 0: the config's fields at the top level of config.json, no "format"
+    WHAT = "domain classifier"
+    MADE_BY = "`unissl eval train-extractor --dataset NAME --out DIR`"
+    CARD_TITLE = "unissl domain classifier (FD_domain features)"
 
     def __init__(self, cfg: DomainClassifierConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.training_info: dict[str, Any] | None = None  # provenance written into config.json
+        self.weights_digest = ""  # sha256 (16 hex digits) of the weights file it was loaded from
         layers: list[nn.Module] = []
         cin = cfg.channels
         for i, w in enumerate(cfg.widths):
@@ -67,6 +74,38 @@ class DomainClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> logits (B, num_classes)."""
         return self.head(self.features(x))
+
+    # ---------------------------------------------------------------- persistence (utils/hub.py)
+    def pretrained_config(self) -> dict[str, Any]:
+        return asdict(self.cfg)
+
+    def pretrained_extra(self) -> dict[str, Any]:
+        return {"training": self.training_info} if self.training_info else {}
+
+    @classmethod
+    def build_pretrained(cls, meta: dict[str, Any], state: dict[str, torch.Tensor], directory: Path,
+                         **kwargs: Any) -> DomainClassifier:
+        cfg_file, weights = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        raw = meta.get("config")
+        if not isinstance(raw, dict):
+            raise UnisslError(f"{cfg_file} has no config; retrain it with `unissl eval train-extractor`")
+        known = set(DomainClassifierConfig.__dataclass_fields__)
+        try:
+            model = cls(DomainClassifierConfig(**{k: v for k, v in raw.items() if k in known}))
+            model.load_state_dict(state)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise UnisslError(f"{weights} does not match {cfg_file} ({str(e).splitlines()[0]}); retrain it with "
+                              f"`unissl eval train-extractor`") from None
+        model.weights_digest = sha256_file(weights)[:16]
+        return model
+
+    @classmethod
+    def read_version0(cls, directory: Path, meta: dict[str, Any], **kwargs: Any) -> DomainClassifier:
+        """Version 0 kept the config's fields at the top level of config.json."""
+        from unissl.utils.weights import read_safetensors
+
+        state = read_safetensors(directory / WEIGHTS_FILE, "retrain it with `unissl eval train-extractor`")
+        return cls.build_pretrained({"config": {k: v for k, v in meta.items() if k != "training"}}, state, directory)
 
 
 class DomainExtractor:
@@ -93,38 +132,16 @@ class DomainExtractor:
 
 
 def save_classifier(model: DomainClassifier, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` into ``out_dir`` atomically (replacing it)."""
-    out_dir = Path(out_dir)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_dir(out_dir) as tmp:
-        (tmp / "model.safetensors").write_bytes(save(state))
-        write_json(tmp / "config.json", {**asdict(model.cfg), **({"training": extra} if extra else {})})
-        write_model_card(tmp, "unissl domain classifier (FD_domain features)", "unissl.eval.domain.load_classifier",
-                         asdict(model.cfg), metrics=(extra or {}).get("metrics"))
-    return out_dir
+    """Write the saved classifier (utils/hub.py's convention) into ``out_dir`` atomically (replacing it);
+    ``extra`` (training provenance and ``metrics``) goes into ``config.json`` and the model card."""
+    model.training_info = extra
+    return model.save_pretrained(out_dir, metrics=(extra or {}).get("metrics"))
 
 
 def load_classifier(path: str | Path) -> tuple[DomainClassifier, str]:
     """Load a saved classifier (a local directory or a hub repo id); returns the model and a hash of its weights."""
-    path = resolve_pretrained(path, "domain classifier")
-    cfg_file, weights = path / "config.json", path / "model.safetensors"
-    if not cfg_file.is_file() or not weights.is_file():
-        raise UnisslError(f"{path} is not a domain classifier directory (needs config.json and model.safetensors); "
-                          "train one with `unissl eval train-extractor --dataset NAME --out DIR`")
-    raw = read_json(cfg_file)
-    raw.pop("training", None)
-    known = set(DomainClassifierConfig.__dataclass_fields__)
-    cfg = DomainClassifierConfig(**{k: v for k, v in raw.items() if k in known})
-    model = DomainClassifier(cfg)
-    from unissl.utils.weights import read_safetensors
-
-    state = read_safetensors(weights, "retrain it with `unissl eval train-extractor`")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise UnisslError(f"{weights} does not match {cfg_file} ({str(e).splitlines()[0]})") from None
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-    return model.eval(), digest
+    model = DomainClassifier.from_pretrained(path)
+    return model, model.weights_digest
 
 
 def load_extractor(checkpoint: str | None, device: torch.device) -> DomainExtractor:

@@ -239,12 +239,29 @@ class TamingVQGAN(TokenizerBase):
         z_q = self.quantize.embedding(ids).permute(0, 3, 1, 2)  # (B, D, h, w)
         return self.decoder(z_q)
 
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """A directory ``load_tokenizer`` reads: ``config.json`` (``"format": "taming-vqgan"``, the config,
+        ``"checkpoint": "model.safetensors"``) and the weights as safetensors (how a saved Sorcen encoder
+        keeps the MAGE VQGAN its ids come from)."""
+        from safetensors.torch import save_file
+
+        from unissl.utils.io import atomic_dir, write_json
+
+        directory = Path(directory)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with atomic_dir(directory) as tmp:
+            save_file(state, str(tmp / "model.safetensors"))
+            write_json(tmp / "config.json", {"format": TAMING_FORMAT, "format_version": 1,
+                                             "checkpoint": "model.safetensors", "config": self.config_dict()})
+        return directory
+
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A weights-only ``torch.load`` of a taming checkpoint, unwrapped from ``{"state_dict": ...}``."""
-    from unissl.utils.weights import read_torch_weights
+    from unissl.utils.weights import read_safetensors, read_torch_weights
 
-    obj = read_torch_weights(path, "download MAGE's vqgan_jax_strongaug.ckpt again or pass the right path")
+    fix = "download MAGE's vqgan_jax_strongaug.ckpt again or pass the right path"
+    obj: Any = read_safetensors(path, fix) if path.suffix == ".safetensors" else read_torch_weights(path, fix)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -16,21 +16,18 @@ not available offline). Named presets live in :data:`PRESETS`.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
 from unissl.errors import UnisslError
 from unissl.tokenizers.base import TokenizerBase, sha256_file
 from unissl.tokenizers.quantize import QuantizerOutput, VectorQuantizer
-from unissl.utils.hub import HubMixin, resolve_pretrained, write_model_card
-from unissl.utils.io import atomic_dir
+from unissl.utils.hub import PretrainedMixin
 
 FORMAT = "unissl-vq"  # value of "format" in config.json
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
@@ -183,7 +180,7 @@ class VQOutput:
     usage: torch.Tensor  # scalar
 
 
-class VQTokenizer(TokenizerBase, HubMixin):
+class VQTokenizer(TokenizerBase, PretrainedMixin):
     """Convolutional VQ autoencoder: ``encode`` images to ids, ``decode`` ids to images."""
 
     kind = "vq"
@@ -221,44 +218,31 @@ class VQTokenizer(TokenizerBase, HubMixin):
     def _decode(self, ids: torch.Tensor) -> torch.Tensor:
         return (self.decoder(self.quantizer.lookup(ids)) + 1.0) / 2.0
 
-    # ----------------------------------------------------------- persistence
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` into ``directory`` atomically (replacing it)."""
-        directory = Path(directory)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with atomic_dir(directory) as tmp:
-            save_file(state, str(tmp / WEIGHTS_FILE))
-            meta = {"format": FORMAT, "config": self.config_dict(), "codebook_size": self.codebook_size,
-                    "grid": list(self.grid), "image_size": self.image_size, "channels": self.channels,
-                    "checksum": sha256_file(tmp / WEIGHTS_FILE)}
-            (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-            write_model_card(tmp, "unissl VQ tokenizer", "unissl.tokenizers.VQTokenizer", meta)
+    # ----------------------------------------------------------- persistence (utils/hub.py's convention)
+    FORMAT = FORMAT
+    WHAT = "VQ tokenizer"
+    MADE_BY = "`unissl tokenizer train`"
+    CARD_TITLE = "unissl VQ tokenizer"
+
+    def pretrained_config(self) -> dict[str, Any]:
+        return self.config_dict()
+
+    def pretrained_extra(self) -> dict[str, Any]:
+        return {"codebook_size": self.codebook_size, "grid": list(self.grid), "image_size": self.image_size,
+                "channels": self.channels}
+
+    def saved_to(self, directory: Path, checksum: str) -> None:
         self._weights_file = directory / WEIGHTS_FILE
-        self._weights_sha = str(meta["checksum"])
-        return directory
+        self._weights_sha = checksum
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> VQTokenizer:
-        """Load a tokenizer written by :meth:`save_pretrained` (eval mode, frozen): a local directory or a hub
-        repo id (``org/name[@revision]``)."""
-        directory = resolve_pretrained(directory, "VQ tokenizer")
+    def build_pretrained(cls, meta: dict[str, Any], state: dict[str, torch.Tensor], directory: Path,
+                         **kwargs: Any) -> VQTokenizer:
         cfg_path, w_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        if not cfg_path.is_file():
-            raise UnisslError(f"{cfg_path} not found; pass a directory written by `unissl tokenizer train`")
-        try:
-            meta = json.loads(cfg_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UnisslError(f"{cfg_path} is not valid JSON ({e}); re-save the tokenizer") from e
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise UnisslError(f"{cfg_path}: not a unissl VQ tokenizer (format {meta.get('format') if isinstance(meta, dict) else None!r}, "
-                              f"expected {FORMAT!r})")
         try:
             cfg = VQConfig(**meta["config"])
         except (TypeError, ValueError, KeyError) as e:
             raise UnisslError(f"{cfg_path}: invalid tokenizer config ({e}); re-save the tokenizer") from e
-        from unissl.utils.weights import read_safetensors
-
-        state = read_safetensors(w_path, "the tokenizer directory is incomplete or damaged: re-save or retrain it")
         model = cls(cfg)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -266,4 +250,13 @@ class VQTokenizer(TokenizerBase, HubMixin):
                               f"unexpected {sorted(unexpected)[:4]}); re-save the tokenizer")
         model._weights_file = w_path
         model._weights_sha = sha256_file(w_path)
-        return model.to(device).eval().requires_grad_(False)
+        return model.requires_grad_(False)
+
+    @classmethod
+    def read_version0(cls, directory: Path, meta: dict[str, Any], **kwargs: Any) -> VQTokenizer:
+        """Version 0 had the same layout (the config under ``config``), without ``format_version``."""
+        from unissl.utils.weights import read_safetensors
+
+        state = read_safetensors(directory / WEIGHTS_FILE, "the tokenizer directory is incomplete or damaged: "
+                                 "re-save or retrain it")
+        return cls.build_pretrained(meta, state, directory)

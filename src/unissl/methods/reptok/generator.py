@@ -16,10 +16,10 @@ classifier-free guidance) or text (:class:`unissl.methods.reptok.text.TextCondit
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -40,14 +40,14 @@ from unissl.methods.reptok.mixer import (  # noqa: F401 - the network's names, r
     TokenMixer,
     concat_cond,
 )
-from unissl.utils.hub import HubMixin, resolve_pretrained, write_model_card
+from unissl.utils.hub import CONFIG_FILE, WEIGHTS_FILE, PretrainedMixin
 
 if TYPE_CHECKING:
     from unissl.methods.reptok.text import CaptionBank
 
 
 # --------------------------------------------------------------------------------------------- method
-class TokenGeneratorMethod(Method, HubMixin):
+class TokenGeneratorMethod(Method, PretrainedMixin):
     """Flow matching over (normalised) RepTok tokens; the engine's ``Method``.
 
     Batches hold ``{"z": float (B, D), "label": int64 (B,)}`` (a continuous token store). Tokens are
@@ -112,46 +112,75 @@ class TokenGeneratorMethod(Method, HubMixin):
             names |= {"net.conditioner.queries", "net.conditioner.null_context"}
         return names
 
-    # -- persistence (config.json + model.safetensors; loading executes no code)
-    def save_pretrained(self, out_dir: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (weights, normalisation, caption bank)."""
-        from safetensors.torch import save_file
+    # -- persistence (utils/hub.py's convention; loading executes no code)
+    FORMAT = "unissl-reptok-generator"
+    OLD_FORMATS = (None,)  # version 0: config.json held the GeneratorConfig fields alone
+    WHAT = "token generator"
+    MADE_BY = "`unissl train reptok-generator` (its run directory or the generator/ inside it)"
+    CARD_TITLE = "unissl RepTok token generator"
+    WEIGHTS_METADATA = {"format": "unissl-reptok-generator"}
 
-        from unissl.utils.io import atomic_dir
+    def pretrained_config(self) -> dict[str, Any]:
+        cfg = asdict(self.cfg)
+        cfg["tokenizer_path"] = ""  # where it lives is config.json's "frozen" entry, never a training path
+        return cfg
 
-        out_dir = Path(out_dir)
-        with atomic_dir(out_dir) as tmp:
-            (tmp / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2) + "\n")
-            state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "unissl-reptok-generator"})
-            write_model_card(tmp, "unissl RepTok token generator", "unissl.methods.reptok.generator.TokenGeneratorMethod",
-                             asdict(self.cfg))
-        return out_dir
+    def save_frozen_parts(self, directory: Path) -> dict[str, Any]:
+        """The RepTok tokenizer whose tokens it models, inside the saved generator (``tokenizer/``), or its hub
+        id plus checksum when it was loaded from the hub: a saved generator samples images on its own."""
+        source = self.cfg.tokenizer_path
+        if not source:
+            return {}
+        from unissl.methods.reptok.tokenizer import RepTokTokenizer
+
+        return {"tokenizer": RepTokTokenizer.embed(source, directory / "tokenizer")}
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> TokenGeneratorMethod:
-        """Load a generator saved by :meth:`save_pretrained` (a run directory's ``generator/`` also works; a
-        hub repo id too)."""
-        path = resolve_pretrained(path, "token generator")
-        if (path / "generator" / "config.json").is_file():
-            path = path / "generator"
-        cfg_file, weights = path / "config.json", path / "model.safetensors"
-        if not cfg_file.is_file() or not weights.is_file():
-            raise UnisslError(f"{path} holds no trained generator (config.json + model.safetensors); pass the "
-                              f"run directory of `unissl train reptok-generator`")
-        try:
-            cfg = GeneratorConfig(**json.loads(cfg_file.read_text()))
-        except (TypeError, json.JSONDecodeError) as e:
-            raise UnisslError(f"{cfg_file} is not a valid generator config ({e}); re-export the generator") from e
-        from unissl.utils.weights import read_safetensors
+    def find_saved(cls, directory: Path) -> Path:
+        """A run directory of ``unissl train reptok-generator`` holds the saved generator in ``generator/``."""
+        return directory / "generator" if (directory / "generator" / CONFIG_FILE).is_file() else directory
 
-        state = read_safetensors(weights, "re-export the generator (it is written at the end of `unissl train "
-                                          "reptok-generator`) or retrain it", device=str(map_location))
+    @classmethod
+    def build_pretrained(cls, meta: dict[str, Any], state: dict[str, torch.Tensor], directory: Path,
+                         **kwargs: Any) -> TokenGeneratorMethod:
+        from unissl.utils.hub import frozen_dir
+
+        raw = meta.get("config")
+        try:
+            cfg = GeneratorConfig(**raw) if isinstance(raw, dict) else None
+        except TypeError as e:
+            raise UnisslError(f"{directory / CONFIG_FILE} is not a valid generator config ({e}); re-export the "
+                              f"generator") from None
+        if cfg is None:
+            raise UnisslError(f"{directory / CONFIG_FILE} has no generator config; re-export the generator")
+        cfg.tokenizer_path = frozen_dir(directory, meta, "tokenizer") or ""
         bank = None
         if cfg.conditioning == "text":
             from unissl.methods.reptok.text import CaptionBank
 
             bank = CaptionBank.from_state(state, prefix="captions.")
         method = cls(cfg, caption_bank=bank)
-        method.load_state_dict(state)
-        return method.to(map_location).eval()
+        try:
+            method.load_state_dict(state)
+        except RuntimeError as e:
+            raise UnisslError(f"{directory / WEIGHTS_FILE} does not match its config ({str(e).splitlines()[0]}); "
+                              f"re-export the generator") from None
+        return method
+
+    @classmethod
+    def read_version0(cls, directory: Path, meta: dict[str, Any], **kwargs: Any) -> TokenGeneratorMethod:
+        """Version 0: config.json held the config's fields; ``tokenizer_path`` is where training found it."""
+        from unissl.utils.weights import read_safetensors
+
+        state = read_safetensors(directory / WEIGHTS_FILE, "re-export the generator (it is written at the end of "
+                                 "`unissl train reptok-generator`) or retrain it")
+        method = cls.build_pretrained({"config": meta}, state, directory)
+        method.cfg.tokenizer_path = str(meta.get("tokenizer_path") or "")
+        return method
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu",  # type: ignore[override]
+                        map_location: str | torch.device | None = None, **kwargs: Any) -> TokenGeneratorMethod:
+        """Load a saved generator (its directory, the run directory that holds it in ``generator/``, or a hub
+        repo id) on ``device`` (``map_location`` is its older name)."""
+        return super().from_pretrained(path, device=map_location if map_location is not None else device, **kwargs)

@@ -8,19 +8,22 @@ with x the image (pixels or VAE latents), x_t = (1 - t) x + t eps, t ~ logit-nor
 the encoder with its trainable [cls] and z_frozen the original encoder's token. ``encode`` gives z,
 ``decode`` integrates the decoder's ODE from noise (t = 1) to data (t = 0).
 
-Saved as a directory: ``config.json`` + ``model.safetensors`` (no pickled code). A pretrained backbone
-(DINOv2, Sorcen) is not copied into the checkpoint; it is reloaded from its path and checked against a
-checksum. The random-init backbone is saved.
+Saved as a self-contained directory (:class:`unissl.utils.hub.PretrainedMixin`): ``config.json`` +
+``model.safetensors`` (no pickled code) + a model card; a pretrained backbone (DINOv2, Sorcen) and a VAE are
+left out of training checkpoints but saved inside the tokenizer (``encoder/``, ``vae/``, each in its own
+saved format) or referenced by hub id, and checked against a checksum. The random-init backbone is in the
+weights.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from unissl.engine.method import Method, load_saved_state, saved_state
@@ -30,11 +33,20 @@ from unissl.methods.reptok.decoder import FlowDecoder, get_decoder_preset
 from unissl.methods.reptok.encoders import SSLEncoder, backbone_checksum, build_encoder
 from unissl.methods.reptok.projection import ResidualProjection, cosine_loss, token_drift
 from unissl.methods.reptok.spaces import PixelSpace, VAESpace
-from unissl.utils.hub import HubMixin, resolve_pretrained, write_model_card
-from unissl.utils.io import atomic_dir, read_json, write_json
+from unissl.utils.hub import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    PretrainedMixin,
+    frozen_dir,
+    hub_id_of,
+    is_repo_id,
+    read_saved_config,
+    resolve_pretrained,
+    upgrade_hint,
+)
+from unissl.utils.io import sha256_file
 
-FORMAT = "unissl-reptok-tokenizer-v1"
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+FORMAT = "unissl-reptok-tokenizer-v1"  # the name of the format (its version is config.json's format_version)
 
 
 DECODE_STEPS = 50  # Euler steps of the flow decoder wherever a caller does not choose (the one default)
@@ -77,7 +89,7 @@ class RepTokConfig:
             raise UnisslError(f"register_target must be 'only_nonreg' or 'all', got {self.register_target!r}")
 
 
-class RepTokTokenizer(Method, HubMixin):
+class RepTokTokenizer(Method, PretrainedMixin):
     """One continuous token per image: SSL encoder with a trainable [cls] + flow-matching decoder."""
 
     def __init__(self, cfg: RepTokConfig, encoder: SSLEncoder | None = None) -> None:
@@ -181,47 +193,156 @@ class RepTokTokenizer(Method, HubMixin):
             skip += ["encoder.backbone.", "encoder.vq."]
         return tuple(skip)
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into the directory ``path`` (atomically)."""
-        state = {k: v.detach().cpu().contiguous() for k, v in saved_state(self).items()}
+    # ------------------------------------------------ saved model (utils/hub.py's convention)
+    FORMAT = FORMAT
+    WHAT = "RepTok tokenizer"
+    MADE_BY = "`unissl train reptok-tokenizer` (its --out directory)"
+    CARD_TITLE = "unissl RepTok tokenizer (one continuous token per image)"
+    WEIGHTS_METADATA = {"format": FORMAT}
+
+    def pretrained_state(self) -> dict[str, torch.Tensor]:
+        return saved_state(self)  # the frozen parts live in their own sub-directories (save_frozen_parts)
+
+    def pretrained_config(self) -> dict[str, Any]:
         cfg = asdict(self.cfg)
         cfg["encoder"] = self.encoder.spec()
-        meta = {"format": FORMAT, "config": cfg, "backbone_checksum": backbone_checksum(self.encoder)}
-        with atomic_dir(path) as tmp:
-            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
-            write_json(tmp / CONFIG_FILE, meta)
-            write_model_card(tmp, "unissl RepTok tokenizer (one continuous token per image)",
-                             "unissl.methods.reptok.RepTokTokenizer", meta)
-        return Path(path)
+        if "path" in cfg["encoder"]:
+            cfg["encoder"]["path"] = ""  # where it lives is the "frozen" entry, never a training path
+        if cfg["vae_path"]:
+            cfg["vae_path"] = ""
+        return cfg
+
+    def pretrained_extra(self) -> dict[str, Any]:
+        return {"backbone_checksum": backbone_checksum(self.encoder)}
+
+    def save_frozen_parts(self, directory: Path) -> dict[str, Any]:
+        """The frozen encoder (unless its weights are in model.safetensors) and VAE, each inside the saved
+        tokenizer (``encoder/``, ``vae/``) or, when it was loaded from the hub, as its hub id plus checksum."""
+        frozen: dict[str, Any] = {}
+        if not self.encoder.saves_backbone():
+            frozen["encoder"] = _save_encoder(self.encoder, directory / "encoder")
+        if isinstance(self.space, VAESpace):
+            hub = hub_id_of(self.space.vae_path)
+            frozen["vae"] = {"hub_id": hub} if hub else {"dir": "vae"}
+            frozen["vae"]["checksum"] = _module_checksum(self.space.vae)
+            if not hub:
+                self.space.vae.save_pretrained(str(directory / "vae"), safe_serialization=True)
+        return frozen
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
-                        encoder_path: str | None = None) -> RepTokTokenizer:
-        """Load a saved tokenizer (a local directory or a hub repo id); ``encoder_path`` overrides where a
-        pretrained backbone is reloaded from."""
-        path = resolve_pretrained(path, "RepTok tokenizer")
-        if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-            raise UnisslError(f"{path} is not a RepTok tokenizer directory (needs {CONFIG_FILE} and "
-                              f"{WEIGHTS_FILE}); pass the --out directory of `unissl train reptok-tokenizer`")
-        meta = read_json(path / CONFIG_FILE)
-        if meta.get("format") != FORMAT:
-            raise UnisslError(f"{path / CONFIG_FILE}: format {meta.get('format')!r} is not {FORMAT!r}")
-        cfg = RepTokConfig(**meta["config"])
+    def build_pretrained(cls, meta: dict[str, Any], state: dict[str, torch.Tensor], directory: Path,
+                         encoder_path: str | None = None, **kwargs: Any) -> RepTokTokenizer:
+        cfg = _config(meta.get("config"), directory)
+        if "path" in cfg.encoder:
+            cfg.encoder = {**cfg.encoder, "path": encoder_path or _local(frozen_dir(directory, meta, "encoder"))}
+        if cfg.space == "vae":
+            cfg.vae_path = _local(frozen_dir(directory, meta, "vae"))
+        return cls._assemble(cfg, meta, state, directory)
+
+    @classmethod
+    def read_version0(cls, directory: Path, meta: dict[str, Any], encoder_path: str | None = None,
+                      **kwargs: Any) -> RepTokTokenizer:
+        """Version 0 referenced a pretrained encoder (and VAE) by the path training was given, often relative
+        to where it ran: read when that path is still there, else one line saying how to convert it."""
+        cfg = _config(meta.get("config"), directory)
         if encoder_path is not None and "path" in cfg.encoder:
             cfg.encoder = {**cfg.encoder, "path": encoder_path}
+        for what, where in (("encoder", cfg.encoder.get("path")), ("VAE", cfg.vae_path)):
+            if where and not Path(where).exists():
+                raise UnisslError(f"{directory} was saved by an older unissl (format version 0) with its {what} "
+                                  f"referenced as {where!r}, which is not there from {Path.cwd()}; "
+                                  f"{upgrade_hint(directory)}")
+        from unissl.utils.weights import read_safetensors
+
+        state = read_safetensors(directory / WEIGHTS_FILE, "re-save the tokenizer or retrain it")
+        return cls._assemble(cfg, meta, state, directory)
+
+    @classmethod
+    def _assemble(cls, cfg: RepTokConfig, meta: dict[str, Any], state: dict[str, torch.Tensor],
+                  directory: Path) -> RepTokTokenizer:
         model = cls(cfg)
         expected, got = meta.get("backbone_checksum"), backbone_checksum(model.encoder)
         if got != expected:
-            raise UnisslError(f"the encoder weights at {cfg.encoder.get('path')} differ from those {path} was "
+            raise UnisslError(f"the encoder weights at {cfg.encoder.get('path')} differ from those {directory} was "
                               f"trained with (checksum {got} != {expected}); pass the original weights")
-        from unissl.utils.weights import read_safetensors
-
-        state = read_safetensors(path / WEIGHTS_FILE, "re-save the tokenizer or retrain it")
         try:
             load_saved_state(model, state)
         except RuntimeError as e:
-            raise UnisslError(f"{path / WEIGHTS_FILE} does not match its config ({e}); re-save the tokenizer") from None
-        return model.to(device).eval()
+            raise UnisslError(f"{directory / WEIGHTS_FILE} does not match its config ({str(e).splitlines()[0]}); "
+                              f"re-save the tokenizer") from None
+        return model
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu",  # type: ignore[override]
+                        encoder_path: str | None = None, **kwargs: Any) -> RepTokTokenizer:
+        """Load a saved tokenizer (a local directory or a hub repo id); ``encoder_path`` overrides where its
+        pretrained encoder is read from (checked against the saved checksum)."""
+        return super().from_pretrained(path, device=device, encoder_path=encoder_path, **kwargs)
+
+    @classmethod
+    def embed(cls, source: str | os.PathLike, dest: Path) -> dict[str, Any]:
+        """The ``frozen`` entry of a saved model that needs the tokenizer at ``source``: its hub id plus the
+        checksum of its weights, or a self-contained copy written to ``dest`` (a version-0 tokenizer is
+        loaded and saved again, which puts its encoder inside it)."""
+        hub = hub_id_of(source)
+        if hub is not None:
+            local = resolve_pretrained(hub, cls.WHAT)
+            return {"hub_id": hub, "checksum": sha256_file(local / WEIGHTS_FILE)}
+        src = Path(source)
+        meta = read_saved_config(src, (FORMAT,), cls.WHAT, cls.MADE_BY)
+        if meta.get("format_version", 0) >= 1:
+            shutil.copytree(src, dest)
+        else:
+            cls.from_pretrained(src).save_pretrained(dest)
+        return {"dir": dest.name, "checksum": sha256_file(dest / WEIGHTS_FILE)}
+
+
+def _config(raw: Any, directory: Path) -> RepTokConfig:
+    if not isinstance(raw, dict) or not isinstance(raw.get("encoder"), dict):
+        raise UnisslError(f"{directory / CONFIG_FILE} has no tokenizer config; re-save the tokenizer")
+    if raw.get("space") == "vae" and not raw.get("vae_path"):
+        raw = {**raw, "vae_path": "vae"}  # a saved tokenizer's VAE: set from its "frozen" entry by the caller
+    try:
+        return RepTokConfig(**raw)
+    except TypeError as e:
+        raise UnisslError(f"{directory / CONFIG_FILE}: invalid tokenizer config ({e}); re-save the tokenizer") from None
+
+
+def _local(where: str | None) -> str:
+    """A frozen part's local directory: a hub id is resolved through the hub cache."""
+    if not where:
+        return ""
+    return str(resolve_pretrained(where, "frozen part")) if is_repo_id(where) else where
+
+
+def _module_checksum(module: nn.Module) -> str:
+    """sha256 (16 hex digits) of a module's parameters (as :func:`backbone_checksum` for an encoder)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in sorted(module.named_parameters()):
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _save_encoder(encoder: SSLEncoder, dest: Path) -> dict[str, Any]:
+    """The ``frozen`` entry of a pretrained encoder: a Sorcen encoder saved in its own format, a DINOv2
+    backbone as a transformers directory, or the hub id it came from; with the backbone's checksum."""
+    checksum = backbone_checksum(encoder)
+    hub = hub_id_of(encoder.path) if encoder.kind == "dinov2" and hasattr(encoder, "path") else None
+    if hub is not None:
+        return {"hub_id": hub, "checksum": checksum}
+    if encoder.kind == "sorcen":
+        from unissl.methods.sorcen.pretrained import PretrainedSorcen
+
+        PretrainedSorcen.from_encoder(encoder).save_pretrained(dest)
+    elif encoder.kind == "dinov2":
+        encoder.backbone.save_pretrained(str(dest), safe_serialization=True)  # type: ignore[operator]
+    else:
+        raise UnisslError(f"cannot save a {encoder.kind!r} encoder inside a tokenizer")
+    return {"dir": dest.name, "checksum": checksum}
 
 
 def load_reptok_tokenizer(path: str | Path, device: str | torch.device = "cpu") -> RepTokTokenizer:

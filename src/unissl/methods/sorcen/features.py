@@ -118,15 +118,16 @@ class SorcenFeatures:
 
 
 def load_extractor(checkpoint: str, device: torch.device | str = "cpu", pool: str = "final-norm") -> SorcenFeatures:
-    """The ``sorcen`` feature extractor of a run directory (or one of its ``checkpoints/step_*`` dirs)."""
-    from unissl.methods.sorcen.run import load_method, load_run_tokenizer
+    """The ``sorcen`` feature extractor of a run directory (or one of its ``checkpoints/step_*`` dirs, or a
+    saved Sorcen encoder)."""
+    from unissl.methods.sorcen.run import load_model, load_run_tokenizer
 
-    method, info = load_method(checkpoint, device)
+    model, info = load_model(checkpoint, device)
     tokenizer = load_run_tokenizer(info, device)
     ck = Path(info["checkpoint"])
     tag = {"final-norm": "mean-image", "released": "released-prenorm-ln", "blocks": "mean-image-every-block"}[pool]
     name = f"sorcen({info['variant']},{ck.name},w={sha256_file(ck / 'model.safetensors')[:16]},pool={tag})"
-    ext = SorcenFeatures(method.model, tokenizer, name, pool=pool)
+    ext = SorcenFeatures(model, tokenizer, name, pool=pool)
     ext.store_path = info.get("tokens")
     return ext
 

@@ -40,6 +40,10 @@ def write_run_info(run_dir: str | Path, arch: SorcenArch, variant: str, loss: So
 def read_run_info(run_dir: str | Path) -> dict[str, Any]:
     """``sorcen.json`` of a run (a local run directory or a hub repo id), with ``arch`` as a :class:`SorcenArch`."""
     run_dir = resolve_pretrained(run_dir, "Sorcen run")
+    from unissl.methods.sorcen.pretrained import is_saved_encoder, read_info
+
+    if is_saved_encoder(run_dir):  # a saved encoder (methods/sorcen/pretrained.py) describes itself alike
+        return read_info(run_dir)
     if (run_dir / "model.safetensors").is_file():  # a checkpoints/step_* directory was passed
         run_dir = run_dir.parent.parent
     path = run_dir / RUN_FILE
@@ -62,6 +66,9 @@ def load_method(run_dir: str | Path, device: torch.device | str = "cpu") -> tupl
     """The trained method (all heads) of a run, in eval mode, and its run info."""
     run_dir = resolve_pretrained(run_dir, "Sorcen run")
     info = read_run_info(run_dir)
+    if info.get("saved"):
+        raise UnisslError(f"{run_dir} is a saved Sorcen encoder (the model without its training heads); pass the "
+                          f"run directory of `unissl train sorcen` to load the whole method")
     loss_fields = {f.name for f in dataclasses.fields(SorcenLossConfig)}
     loss = SorcenLossConfig(**{k: v for k, v in info.get("loss", {}).items() if k in loss_fields})
     # The online variants' tokenizer is not part of the weights (frozen_state_prefixes): built without it.
@@ -80,15 +87,27 @@ def load_method(run_dir: str | Path, device: torch.device | str = "cpu") -> tupl
 
 def load_sorcen(run_dir: str | Path, device: torch.device | str = "cpu",
                 with_tokenizer: bool = True) -> tuple[SorcenModel, Any]:
-    """The frozen encoder-decoder of a run (eval mode, ``requires_grad=False``) and its VQ tokenizer.
+    """The frozen encoder-decoder of a run or saved encoder (eval mode, ``requires_grad=False``) and its VQ tokenizer.
 
     The tokenizer is loaded from the path recorded in ``sorcen.json`` (the token store's tokenizer); it is
     ``None`` when ``with_tokenizer`` is false.
     """
-    method, info = load_method(run_dir, device)
-    model = method.model.requires_grad_(False).eval()
+    model, info = load_model(run_dir, device)
     tokenizer = load_run_tokenizer(info, device) if with_tokenizer else None
     return model, tokenizer
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[SorcenModel, dict[str, Any]]:
+    """The frozen encoder-decoder (eval mode, ``requires_grad=False``) and the info of a run directory (one
+    of its checkpoints) or of a saved Sorcen encoder (:mod:`.pretrained`, a local directory or a hub id)."""
+    directory = resolve_pretrained(path, "Sorcen run")
+    from unissl.methods.sorcen.pretrained import PretrainedSorcen, is_saved_encoder, read_info
+
+    if is_saved_encoder(directory):
+        saved = PretrainedSorcen.from_pretrained(directory, device=device)
+        return saved.model.requires_grad_(False).eval(), read_info(directory)
+    method, info = load_method(directory, device)
+    return method.model.requires_grad_(False).eval(), info
 
 
 def load_run_tokenizer(info: dict[str, Any], device: torch.device | str = "cpu") -> Any:

@@ -1,0 +1,150 @@
+"""One save/load convention for every saved model (utils/hub.py: PretrainedMixin): each one, copied elsewhere,
+loads from another working directory and through a local hub cache with identical outputs; the frozen parts
+it needs travel inside it (a RepTok tokenizer's Sorcen encoder and that encoder's VQ tokenizer, a generator's
+tokenizer), never as a path relative to where training ran. Version-0 directories (today's format before this
+convention) still load where their paths resolve, and elsewhere say in one line how to convert them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from test_hub import hub_cache  # noqa: F401 - the fixture
+from test_reptok_encoders import make_tiny_sorcen_run
+
+from unissl.errors import UnisslError
+
+IMAGES = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+def _train_dir(tmp_path: Path, monkeypatch) -> Path:
+    """A 'training' directory holding a Sorcen run and a RepTok tokenizer over it, referenced as relative
+    paths (as `configs/digits-quick.yaml` does: runs/digits-quick/sorcen)."""
+    from unissl.methods.reptok.tokenizer import RepTokConfig, RepTokTokenizer
+
+    work = tmp_path / "train"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    make_tiny_sorcen_run(Path("."))  # ./run (sorcen.json names its tokenizer as ./vq)
+    torch.manual_seed(1)
+    tok = RepTokTokenizer(RepTokConfig(encoder={"kind": "sorcen", "path": "run"}, image_size=16, channels=1,
+                                       decoder="tiny", patch_size=4))
+    tok.save_pretrained("tok")
+    return work
+
+
+def test_a_copied_reptok_tokenizer_and_generator_load_from_another_directory(tmp_path, monkeypatch,
+                                                                             hub_cache) -> None:  # noqa: F811
+    import unissl
+    from unissl.methods.reptok.generator import GeneratorConfig, TokenGeneratorMethod
+    from unissl.methods.reptok.tokenizer import RepTokTokenizer
+
+    work = _train_dir(tmp_path, monkeypatch)
+    tok = RepTokTokenizer.from_pretrained("tok")
+    z = tok.encode(IMAGES)
+    meta = json.loads((work / "tok" / "config.json").read_text())
+    assert meta["format_version"] == 1 and meta["config"]["encoder"]["path"] == ""  # no training path inside
+    assert (work / "tok" / "encoder" / "tokenizer" / "model.safetensors").is_file()  # encoder and its VQ inside
+    gen = TokenGeneratorMethod(GeneratorConfig(token_dim=z.shape[1], preset="tiny", num_classes=3,
+                                               tokenizer_path="tok")).eval()
+    gen.save_pretrained("gen")
+    # copied elsewhere, loaded from another working directory: the training directory is gone
+    shutil.copytree(work / "tok", tmp_path / "moved" / "tok")
+    shutil.copytree(work / "gen", tmp_path / "moved" / "gen")
+    shutil.rmtree(work)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    tok2 = unissl.load_reptok(tmp_path / "moved" / "tok", device="cpu")
+    assert torch.equal(tok2.encode(IMAGES), z)
+    g2 = unissl.load_generator(tmp_path / "moved" / "gen", device="cpu")
+    assert g2.method.cfg.tokenizer_path == str(tmp_path / "moved" / "gen" / "tokenizer")
+    assert torch.equal(g2.tokenizer.encode(IMAGES), z)
+    zt, t, cond = torch.randn(2, z.shape[1]), torch.rand(2), {"label": torch.tensor([0, 2])}
+    assert torch.equal(g2.method.velocity(zt, t, cond), gen.velocity(zt, t, cond))
+    assert g2.sample(classes=[1], n=2, steps=2, decode_steps=2).shape == (2, 1, 16, 16)
+    # and through the local hub cache, by repo id
+    tok3 = RepTokTokenizer.from_pretrained(hub_cache(tmp_path / "moved" / "tok", "unissl-test/tok"))
+    assert torch.equal(tok3.encode(IMAGES), z)
+    g3 = unissl.load_generator(hub_cache(tmp_path / "moved" / "gen", "unissl-test/gen"), device="cpu")
+    assert torch.equal(g3.tokenizer.encode(IMAGES), z)
+
+
+def test_every_saved_model_copies_and_round_trips_through_the_hub_cache(tmp_path, monkeypatch,
+                                                                        hub_cache) -> None:  # noqa: F811
+    import unissl
+    from unissl.eval.domain import DomainClassifier, DomainClassifierConfig, load_classifier, save_classifier
+    from unissl.methods.sorcen.pretrained import PretrainedSorcen
+    from unissl.tokenizers.vq import VQTokenizer
+
+    work = _train_dir(tmp_path, monkeypatch)
+    enc = unissl.load_sorcen("run", device="cpu")
+    feats = enc.features(IMAGES)
+    PretrainedSorcen.from_run("run").save_pretrained("sorcen")
+    vq = VQTokenizer.from_pretrained("vq")
+    ids = vq.encode(IMAGES)
+    clf = DomainClassifier(DomainClassifierConfig(image_size=16, widths=[4, 8], feature_dim=8, num_classes=3)).eval()
+    save_classifier(clf, "clf", {"metrics": {"acc": 0.5}})
+    for name in ("sorcen", "vq", "clf"):
+        assert json.loads((work / name / "config.json").read_text())["format_version"] == 1
+        assert (work / name / "README.md").is_file()  # the model card
+        shutil.copytree(work / name, tmp_path / "moved" / name)
+    shutil.rmtree(work)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    moved = tmp_path / "moved"
+    for source in (moved / "sorcen", hub_cache(moved / "sorcen", "unissl-test/sorcen")):
+        assert torch.equal(unissl.load_sorcen(source, device="cpu").features(IMAGES), feats)
+        assert unissl.load_sorcen(source, device="cpu").sample(2, steps=2).shape == (2, 1, 16, 16)
+    for source in (moved / "vq", hub_cache(moved / "vq", "unissl-test/vq")):
+        assert torch.equal(VQTokenizer.from_pretrained(source, device="cpu").encode(IMAGES), ids)
+    for source in (moved / "clf", hub_cache(moved / "clf", "unissl-test/clf")):
+        back, digest = load_classifier(source)
+        assert torch.equal(back(IMAGES), clf(IMAGES)) and len(digest) == 16
+    # a saved encoder is the model without its training heads: the whole method needs the run
+    from unissl.methods.sorcen.run import load_method
+
+    with pytest.raises(UnisslError, match="saved Sorcen encoder"):
+        load_method(moved / "sorcen")
+
+
+def _as_version0(tok_dir: Path, encoder_path: str) -> None:
+    """Rewrite a saved tokenizer's config.json as the format before this convention wrote it."""
+    meta = json.loads((tok_dir / "config.json").read_text())
+    meta = {"format": meta["format"], "config": {**meta["config"], "encoder": {"kind": "sorcen", "path": encoder_path}},
+            "backbone_checksum": meta["backbone_checksum"]}
+    (tok_dir / "config.json").write_text(json.dumps(meta))
+    shutil.rmtree(tok_dir / "encoder")
+
+
+def test_version0_directories_load_where_they_resolve_and_convert_in_one_command(tmp_path, monkeypatch,
+                                                                                capsys) -> None:
+    from unissl.cli import main
+    from unissl.methods.reptok.tokenizer import RepTokTokenizer
+    from unissl.utils.upgrade import main as upgrade
+
+    work = _train_dir(tmp_path, monkeypatch)
+    z = RepTokTokenizer.from_pretrained("tok").encode(IMAGES)
+    _as_version0(work / "tok", "run")
+    assert torch.equal(RepTokTokenizer.from_pretrained("tok").encode(IMAGES), z)  # from where it was trained
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(UnisslError) as info:
+        RepTokTokenizer.from_pretrained(work / "tok")
+    msg = str(info.value)
+    assert "format version 0" in msg and "'run'" in msg and "python -m unissl.utils.upgrade" in msg
+    assert "--encoder-path" in msg  # a flag of the command it names
+    assert main(["reconstruct", "--tokenizer", str(work / "tok")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "python -m unissl.utils.upgrade" in err[0], err
+    # the advice, followed: from the training directory, then the result loads anywhere
+    monkeypatch.chdir(work)
+    assert upgrade([str(work / "tok"), str(tmp_path / "new")]) == 0
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    shutil.rmtree(work / "run")
+    assert torch.equal(RepTokTokenizer.from_pretrained(tmp_path / "new").encode(IMAGES), z)
+    # --encoder-path of the upgrade command points a version-0 tokenizer at its moved encoder
+    assert upgrade([str(work / "tok"), str(tmp_path / "new2"), "--encoder-path", str(tmp_path / "new" / "encoder")]) == 0
+    assert torch.equal(RepTokTokenizer.from_pretrained(tmp_path / "new2").encode(IMAGES), z)
