@@ -578,3 +578,15 @@ def test_skipping_stops_after_max_skips_with_the_lower_rate_advice(tmp_path: Pat
     msg = str(info.value)
     assert "loss became nan at step 8" in msg and "step_0000006" in msg and "--train.lr 0.025" in msg, msg
     assert [p.name for p in list_checkpoints(tmp_path / "persist")][-1] == "step_0000006"  # skipped steps change nothing
+
+
+def test_images_are_logged_at_the_last_step_too(tmp_path):
+    """A report shows the final step's images: a period that does not divide the run still logs the last step."""
+    fit_toy(tmp_path / "a", steps=7, ckpt_every=5)  # images with checkpoints: step 5, then the last step
+    assert sorted(p.name for p in (tmp_path / "a" / "images").glob("*.png")) == ["inputs_step5.png",
+                                                                             "inputs_step7.png"]
+    fit_toy(tmp_path / "b", steps=7, ckpt_every=5, image_every=3)
+    assert sorted(p.name for p in (tmp_path / "b" / "images").glob("*.png")) == [
+        "inputs_step3.png", "inputs_step6.png", "inputs_step7.png"]
+    fit_toy(tmp_path / "c", steps=7, ckpt_every=5, image_every=0)  # 0: never
+    assert not list((tmp_path / "c").glob("images/*.png"))

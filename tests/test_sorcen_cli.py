@@ -74,6 +74,18 @@ def test_train_sample_and_features(store):
     pooled = x[:, 1:].mean(1)
     naive = (pooled - pooled.mean(-1, keepdim=True)) / torch.sqrt(pooled.var(-1, unbiased=False, keepdim=True) + 1e-6)
     assert torch.allclose(rel.features(images), naive, atol=1e-5) and rel.identity() != ext.identity()
+    # every block's mean through the final norm, concatenated (the main job's probe); the last D columns are `sorcen`
+    blocks = load_extractor(f"sorcen-blocks:{run}", torch.device("cpu"))
+    x, naive_blocks = model.embed(model.with_class_slot(tokenizer.encode(images))), []
+    w, b = model.norm.weight, model.norm.bias
+    for blk in model.blocks:
+        x = blk(x)
+        normed = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-6) * w + b
+        naive_blocks.append(normed[:, 1:].mean(1))
+    got_blocks = blocks.features(images)
+    assert got_blocks.shape == (3, 32 * len(model.blocks)) and blocks.identity() != ext.identity()
+    assert torch.allclose(got_blocks, torch.cat(naive_blocks, 1), atol=1e-5)
+    assert torch.allclose(got_blocks[:, -32:], feats, atol=1e-5)
 
 
 def test_mage_c_trains_on_images_with_the_online_tokenizer(store):
