@@ -15,7 +15,7 @@ import yaml
 
 from unissl import cli
 from unissl.errors import UnisslError
-from unissl.pipeline import parse_stages, run_pipeline
+from unissl.pipeline import load_pipeline, parse_stages, run_pipeline
 from unissl.utils.images import save_grid
 
 CALLS: list[dict] = []
@@ -312,7 +312,7 @@ def test_shipped_pipeline_configs_validate(tmp_path, capsys, name):
     assert cli.main(["pipeline", "--config", str(path), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
     assert not (tmp_path / "run").exists()  # a dry run creates nothing
     out = capsys.readouterr().out
-    stages = parse_stages(yaml.safe_load(path.read_text())["stages"])
+    stages = parse_stages(load_pipeline(path)["stages"])
     assert out.count("would run") >= len(stages)  # every stage (once per seed in a study)
 
 

@@ -1,14 +1,38 @@
 """A resumable chain of CLI stages: tokenizer -> token store -> Sorcen -> evaluation -> RepTok -> samples.
 
 A pipeline is a list of stages, each one a registered ``unissl`` command with a config mapping (the same
-keys the command's ``--config`` YAML takes). Strings may reference ``{out}`` (the pipeline's run directory),
-``{seed}`` and ``{stage:<name>}`` (another stage's output directory).
+keys the command's ``--config`` YAML takes), or a Python script with arguments (a benchmark arm). Strings may
+reference ``{out}`` (the pipeline's run directory), ``{seed}`` and ``{stage:<name>}`` (another stage's output
+directory).
+
+A pipeline file may be derived from another one (:func:`resolve_pipeline`)::
+
+    extends: fashion-mnist-study-fast.yaml   # this file, relative to the including one (or a shipped config)
+    out: runs/fmnist-study-6ep               # top-level values replace the base's
+    vars: {epochs: 6}                        # vars merge; "{epochs}" anywhere in a stage takes the value
+    stages:                                  # a stage named like one of the base's overrides it: its
+      - {name: sorcen, config: {loss: {mask_max: 0.7}}}   # config merges in; a new name is appended
+
+and a grid item in ``stages`` writes an evaluation template once for every encoder (more axes: every
+combination, the first axis outermost; seeds come from ``seeds:``)::
+
+      - grid: {encoder: [sorcen, mage]}
+        stages:
+          - {name: "probe-{encoder}", command: eval linear-probe, output_key: run_dir,
+             config: {extractor: "sorcen:{stage:{encoder}}", dataset: fashion-mnist, run_dir: "{out}/eval"}}
+
+A whole-string ``"{name}"`` keeps the value's type (``epochs: "{epochs}"`` is the number 6), so a stage
+written through vars or a grid has the same config, and the same hash, as the one written out by hand.
 
 Bookkeeping lives in ``<out>/stages/<name>.json``: the stage's resolved config, its hash (of the command and
 the settings the pipeline file gives it, so that options added to a command later do not invalidate finished
-stages), its status and its wall-clock time. On a re-run a stage whose status is ``done`` with the same hash is skipped; a stage that was
-``started`` but never finished (a crash, a kill) is run again, with ``train.resume = true`` where its config
-has a training section, so training continues from its last checkpoint instead of starting over.
+stages), its status and its wall-clock time; its output is kept in ``<out>/stages/<name>.log``. On a re-run a
+stage whose status is ``done`` with the same hash is skipped; a stage that was ``started`` but never finished
+(a crash, a kill) is run again, with ``train.resume = true`` where its config has a training section, so
+training continues from its last checkpoint instead of starting over.
+
+One scheduler runs every pipeline (:func:`run_pipeline`): ``jobs=1`` runs the stages one after another in
+this process, ``jobs=N`` up to N independent ones at once, each in its own process.
 """
 
 from __future__ import annotations
@@ -16,38 +40,186 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import io
+import itertools
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
-from unissl.config import from_dict, stable_hash, to_dict
+from unissl.config import from_dict, load_yaml, shipped_config, stable_hash, to_dict
 from unissl.errors import UnisslError
-from unissl.utils.io import read_json, write_json
+from unissl.utils.io import pid_alive, read_json, write_json
 
 _NAME = r"[A-Za-z0-9_.\-]+"  # stage names: letters, digits, '_', '.', '-'
 _REF = re.compile(r"\{(out|seed|stage:" + _NAME + r")\}")
+_VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")  # {name}: a pipeline var or a grid axis
+_RESERVED = {"out", "seed", "stage"}  # substituted when a stage runs, never by vars
+_FILE_KEYS = {"extends", "out", "seed", "seeds", "vars", "stages"}  # what a base pipeline file may hold
+SCRIPT = "script"  # the command of a stage that runs a Python script
 
 
 @dataclass
 class Stage:
-    """One step of a pipeline: a registered command and its (partial) config."""
+    """One step of a pipeline: a registered command and its (partial) config, or a script and its arguments
+    (``command`` is ``"script"``, ``config`` is ``{"script", "args", "output"}``)."""
 
     name: str
-    command: str  # e.g. "tokenizer train", "eval linear-probe"
+    command: str  # e.g. "tokenizer train", "eval linear-probe", or SCRIPT
     config: dict[str, Any]
     output_key: str | None = None  # the config key holding the stage's output directory (default: "out")
     shared: bool = False  # in a multi-seed pipeline: run once (first seed) in the root, not once per seed
+
+
+# ---------------------------------------------------------------------------------------------- the file
+def _fill(value: Any, names: dict[str, Any]) -> Any:
+    """``value`` with every ``{name}`` of ``names`` replaced; a whole-string ``"{name}"`` keeps the type."""
+    if isinstance(value, str):
+        whole = _VAR.fullmatch(value)
+        if whole and whole.group(1) in names:
+            return copy.deepcopy(names[whole.group(1)])
+        return _VAR.sub(lambda m: str(names[m.group(1)]) if m.group(1) in names else m.group(0), value)
+    if isinstance(value, dict):
+        return {k: _fill(v, names) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, names) for v in value]
+    return value
+
+
+def _check_names(names: dict[str, Any], where: str) -> None:
+    for name in names:
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name in _RESERVED:
+            raise UnisslError(f"pipeline: {where} name {name!r} must be an identifier other than "
+                              f"{sorted(_RESERVED)}")
+
+
+def _expand(items: Any, names: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """The stage list ``items`` with grid items expanded and ``names`` filled in."""
+    if not isinstance(items, list):
+        raise UnisslError(f"pipeline: {where}: 'stages' must be a list, got {type(items).__name__}")
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise UnisslError(f"pipeline: {where}: stage #{i} must be a mapping, got {item!r}")
+        if "grid" not in item:
+            out.append(_fill(item, names))
+            continue
+        grid = item["grid"]
+        extra = set(item) - {"grid", "stages"}
+        if extra or not isinstance(grid, dict) or not grid or "stages" not in item:
+            raise UnisslError(f"pipeline: {where}: a grid item is {{grid: {{axis: [values]}}, stages: [...]}}, "
+                              f"got keys {sorted(item)}")
+        _check_names(grid, f"{where}: grid axis")
+        clash = sorted(set(grid) & set(names))
+        if clash:
+            raise UnisslError(f"pipeline: {where}: grid axis {clash} is also a var or an outer axis; rename one")
+        for axis, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise UnisslError(f"pipeline: {where}: grid axis {axis!r} needs a non-empty list, got {values!r}")
+        for combo in itertools.product(*grid.values()):
+            out.extend(_expand(item["stages"], {**names, **dict(zip(grid, combo))}, where))
+    return out
+
+
+def _find_file(ref: Any, here: Path | None, where: str) -> Path:
+    """The file ``extends: ref`` names: relative to the including file, the working directory, or shipped."""
+    if not isinstance(ref, str) or not ref:
+        raise UnisslError(f"pipeline: {where}: 'extends' must be a file name, got {ref!r}")
+    candidates = [here / ref] if here is not None and not Path(ref).is_absolute() else []
+    candidates += [Path(ref)]
+    shipped = shipped_config(ref)
+    candidates += [shipped] if shipped is not None else []
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise UnisslError(f"pipeline: {where}: extends {ref!r}, which is not a file (looked for "
+                      f"{', '.join(str(c) for c in candidates)}); give a path relative to the including file")
+
+
+def _merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``upd`` merged in (mappings merge, anything else is replaced); both are left intact."""
+    merged = copy.deepcopy(base)
+    for k, v in upd.items():
+        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else copy.deepcopy(v)
+    return merged
+
+
+def resolve_pipeline(spec: dict[str, Any], here: str | Path | None = None) -> dict[str, Any]:
+    """A pipeline mapping with ``extends``, ``vars`` and grids resolved into a plain one (``out``, ``seed``,
+    ``seeds``, ``stages``: the keys it or its bases set), the format every stage list had before.
+
+    ``here`` is the directory of the file ``spec`` came from (for a relative ``extends``). Later layers win:
+    top-level values replace, ``vars`` merge, a stage of an earlier layer with the same name is overridden
+    (``config`` merges in, other keys replace) and new stages are appended in order.
+    """
+    layers: list[tuple[dict[str, Any], str]] = [(spec, "the pipeline file")]
+    seen: list[Path] = []
+    current, current_dir = spec, Path(here) if here is not None else None
+    while current.get("extends"):
+        path = _find_file(current["extends"], current_dir, layers[0][1])
+        if path.resolve() in seen:
+            raise UnisslError(f"pipeline: {path} extends itself (through {[str(p) for p in seen]})")
+        seen.append(path.resolve())
+        current, current_dir = load_yaml(path), path.parent
+        unknown = set(current) - _FILE_KEYS
+        if unknown:
+            raise UnisslError(f"pipeline: {path} has keys {sorted(unknown)} a base pipeline file cannot hold; "
+                              f"a base holds {sorted(_FILE_KEYS)} (run options go on the command line)")
+        layers.insert(0, (current, str(path)))
+    plain: dict[str, Any] = {}
+    names: dict[str, Any] = {}
+    for layer, where in layers:
+        for key, value in layer.items():
+            if key == "vars":
+                if not isinstance(value, dict):
+                    raise UnisslError(f"pipeline: {where}: 'vars' must be a mapping, got {value!r}")
+                _check_names(value, f"{where}: var")
+                names.update(value)
+            elif key not in ("extends", "stages"):
+                plain[key] = value
+    stages: list[dict[str, Any]] = []
+    for depth, (layer, where) in enumerate(layers):
+        index = {s.get("name"): i for i, s in enumerate(stages)}
+        in_layer: set[Any] = set()
+        for item in _expand(layer.get("stages") or [], names, where):
+            name = item.get("name")
+            if name in in_layer:
+                raise UnisslError(f"pipeline: {where}: stage name {name!r} is used twice")
+            in_layer.add(name)
+            if depth and name in index:
+                base = stages[index[name]]
+                stages[index[name]] = {**base, **{k: v for k, v in item.items() if k != "config"},
+                                       "config": _merge(base.get("config") or {}, item.get("config") or {})}
+            else:
+                stages.append(item)
+    if names or any("grid" in s for layer, _ in layers for s in (layer.get("stages") or []) if isinstance(s, dict)):
+        for item in stages:  # a {name} left over is a typo (a var or an axis that does not exist)
+            left = sorted(set(_VAR.findall(json.dumps(item))) - _RESERVED)
+            if left:
+                raise UnisslError(f"pipeline: stage {item.get('name')!r} uses {{{left[0]}}}, which is neither a var "
+                                  f"({sorted(names)}) nor a grid axis; define it under 'vars'")
+    plain["stages"] = stages
+    return plain
+
+
+def load_pipeline(path: str | Path) -> dict[str, Any]:
+    """Read a pipeline file (a path, or a config shipped with unissl) and resolve it (:func:`resolve_pipeline`)."""
+    found = Path(path)
+    if not found.is_file() and not found.is_absolute():
+        found = shipped_config(found) or found
+    return resolve_pipeline(load_yaml(found), found.parent)
 
 
 def _substitute(value: Any, out: Path, seed: int, outputs: dict[str, str]) -> Any:
@@ -83,15 +255,23 @@ def _command_module(command: str):
 
 
 def parse_stages(raw: list[dict[str, Any]]) -> list[Stage]:
-    """Validate the ``stages`` list of a pipeline config."""
+    """Validate the ``stages`` list of a (resolved) pipeline config.
+
+    A stage is ``{name, command, config, output_key, shared}`` or, for a script, ``{name, script, args,
+    output, shared}`` (``args`` a list or one string split like a shell line; ``output`` the file or directory
+    it writes, replaced when its settings change)."""
     stages: list[Stage] = []
     seen: set[str] = set()
     for i, item in enumerate(raw):
-        if not isinstance(item, dict) or "name" not in item or "command" not in item:
-            raise UnisslError(f"pipeline: stage #{i} needs 'name' and 'command' keys, got {item!r}")
-        unknown = set(item) - {"name", "command", "config", "output_key", "shared"}
+        if not isinstance(item, dict) or "name" not in item or ("command" in item) == ("script" in item):
+            raise UnisslError(f"pipeline: stage #{i} needs a 'name' and either a 'command' or a 'script', "
+                              f"got {item!r}")
+        allowed = {"name", "shared"} | ({"command", "config", "output_key"} if "command" in item
+                                        else {"script", "args", "output"})
+        unknown = set(item) - allowed
         if unknown:
-            raise UnisslError(f"pipeline: stage {item['name']!r} has unknown keys {sorted(unknown)}")
+            raise UnisslError(f"pipeline: stage {item['name']!r} has unknown keys {sorted(unknown)}; "
+                              f"it may have {sorted(allowed)}")
         if not isinstance(item["name"], str) or not re.fullmatch(_NAME, item["name"]):
             raise UnisslError(f"pipeline: stage name {item['name']!r} may only use letters, digits, '_', '.' and '-'")
         if item["name"] in seen:
@@ -100,6 +280,13 @@ def parse_stages(raw: list[dict[str, Any]]) -> list[Stage]:
         shared = item.get("shared", False)
         if not isinstance(shared, bool):
             raise UnisslError(f"pipeline: stage {item['name']!r}: 'shared' must be true or false, got {shared!r}")
+        if "script" in item:
+            args = item.get("args") or []
+            if not isinstance(args, (str, list)):
+                raise UnisslError(f"pipeline: stage {item['name']!r}: 'args' must be a list or a string, got {args!r}")
+            config = {"script": str(item["script"]), "args": args, "output": item.get("output")}
+            stages.append(Stage(item["name"], SCRIPT, config, "output", shared))
+            continue
         stages.append(Stage(item["name"], item["command"], dict(item.get("config") or {}), item.get("output_key"),
                             shared))
     return stages
@@ -112,7 +299,7 @@ def _stage_output(stage: Stage, resolved: dict[str, Any]) -> str | None:
         if not isinstance(node, dict) or part not in node:
             return None
         node = node[part]
-    return str(node)
+    return None if node is None else str(node)
 
 
 def _dependencies(stage: Stage) -> list[str]:
@@ -126,47 +313,6 @@ def _inside(path: Path, root: Path) -> bool:
     except ValueError:
         return False
     return path.resolve() != root.resolve()
-
-
-def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list[str] | None = None,
-                 force: list[str] | None = None, dry_run: bool = False, log=print,
-                 seeds: list[int] | None = None) -> dict[str, dict[str, Any]]:
-    """Run (or skip) every stage in order; returns each stage's record.
-
-    With ``seeds`` (a multi-seed study) the stages marked ``shared`` run once, with the first seed, and
-    write below ``out``; every other stage runs once per seed with ``{out}`` = ``out/seed<s>`` and
-    ``{seed}`` = s. Records are then keyed ``"<stage>"`` for shared stages and ``"seed<s>/<stage>"``.
-    """
-    out = Path(out)
-    unknown = set(only or []) | set(force or [])
-    unknown -= {s.name for s in stages}
-    if unknown:
-        raise UnisslError(f"pipeline: --only/--force name unknown stage(s) {sorted(unknown)}; "
-                          f"stages are {[s.name for s in stages]}")
-    if not seeds:
-        with scope_lock(out, dry_run):
-            return _run_stages(stages, out, seed, {}, {}, only, force, dry_run, log)
-    if len(set(seeds)) != len(seeds):
-        raise UnisslError(f"pipeline: seeds {seeds} repeat a value")
-    shared = [s for s in stages if s.shared]
-    names = {s.name for s in shared}
-    for stage in shared:
-        late = [d for d in _dependencies(stage) if d not in names]
-        if late:
-            raise UnisslError(f"pipeline: shared stage {stage.name!r} reads per-seed stage(s) {late}; "
-                              "a shared stage may only read other shared stages")
-    outputs: dict[str, str] = {}
-    with scope_lock(out, dry_run):  # the shared stages; seeds of a study may run in parallel processes
-        shared_records = _run_stages(shared, out, seeds[0], outputs, {}, only, force, dry_run, log)
-    records = dict(shared_records)
-    per_seed = [s for s in stages if not s.shared]
-    for s in seeds:
-        log(f"[pipeline] seed {s}")
-        with scope_lock(out / f"seed{s}", dry_run):
-            got = _run_stages(per_seed, out / f"seed{s}", s, dict(outputs), dict(shared_records), only, force,
-                              dry_run, log)
-        records.update({f"seed{s}/{k}": v for k, v in got.items() if k not in shared_records})
-    return records
 
 
 @dataclass
@@ -227,10 +373,16 @@ def _plan_stage(stage: Stage, out: Path, seed: int, outputs: dict[str, str], rec
                 log) -> _Plan:
     """Resolve and validate ``stage``, then decide: skip (done with the same hash, or not in ``only``), resume
     (started, same hash), or run (replacing stale outputs of an earlier config)."""
-    module = _command_module(stage.command)
     explicit = _substitute(copy.deepcopy(stage.config), out, seed, outputs)
-    cfg = from_dict(module.Config, copy.deepcopy(explicit))  # validates keys and types before anything runs
-    resolved = to_dict(cfg)
+    module: Any = None
+    if stage.command == SCRIPT:
+        resolved = copy.deepcopy(explicit)
+        args = explicit["args"]
+        cfg: Any = [sys.executable, explicit["script"], *(shlex.split(args) if isinstance(args, str) else map(str, args))]
+    else:
+        module = _command_module(stage.command)
+        cfg = from_dict(module.Config, copy.deepcopy(explicit))  # validates keys and types before anything runs
+        resolved = to_dict(cfg)
     # A stage's identity is its command, the settings the pipeline gives it (not the command's defaults:
     # a new option with a default in a later unissl must not re-run, and delete, finished stages) and the
     # runs of the stages it reads from, so that re-running an upstream stage (new weights behind the same
@@ -272,15 +424,21 @@ def _plan_stage(stage: Stage, out: Path, seed: int, outputs: dict[str, str], rec
             else:  # a stage whose output is one file (e.g. an interpolation strip)
                 Path(produced).unlink()
     if dry_run:
-        log(f"[pipeline] {stage.name}: would run `unissl {stage.command}` ({digest})")
+        log(f"[pipeline] {stage.name}: would run `{_program(stage.command, resolved)}` ({digest})")
         return _Plan(False, {"status": "dry run"})
     record = {"name": stage.name, "command": stage.command, "hash": digest, "status": "started",
               "config": resolved, "output": produced}
     return _Plan(True, record, cfg, module, marker)
 
 
+def _program(command: str, resolved: dict[str, Any]) -> str:
+    """How a stage is named in the log: ``unissl eval knn`` or ``python benchmarks/x.py``."""
+    return f"python {resolved['script']}" if command == SCRIPT else f"unissl {command}"
+
+
 def _start_record(plan: _Plan, log) -> float:
-    log(f"[pipeline] {plan.record['name']}: running `unissl {plan.record['command']}` ({plan.record['hash']})")
+    program = _program(plan.record["command"], plan.record["config"])
+    log(f"[pipeline] {plan.record['name']}: running `{program}` ({plan.record['hash']})")
     plan.record["started_at"] = time.time()
     assert plan.marker is not None
     write_json(plan.marker, plan.record)
@@ -304,9 +462,6 @@ def scope_lock(directory: Path, dry_run: bool = False):
     A second pipeline on the same directory is refused with the holder's pid; a lock left by a process
     that no longer exists (a kill) is taken over.
     """
-
-    from unissl.utils.io import pid_alive
-
     if dry_run:
         yield
         return
@@ -334,28 +489,10 @@ def scope_lock(directory: Path, dry_run: bool = False):
         lock.unlink(missing_ok=True)
 
 
-def _run_stages(stages: list[Stage], out: Path, seed: int, outputs: dict[str, str],
-                records: dict[str, dict[str, Any]], only: list[str] | None, force: list[str] | None,
-                dry_run: bool, log) -> dict[str, dict[str, Any]]:
-    """Run ``stages`` into ``out`` one after another; ``outputs``/``records`` hold resolved (shared) stages."""
-    if not dry_run:  # a dry run creates nothing
-        (out / "stages").mkdir(parents=True, exist_ok=True)
-    first, produced_by = _scope_outputs(stages, out, seed, outputs)
-    outputs.update(first)
-    for stage in stages:
-        plan = _plan_stage(stage, out, seed, outputs, records, produced_by, only, force, dry_run, log)
-        if plan.run:
-            t0 = _start_record(plan, log)
-            plan.module.run(plan.cfg)
-            _finish_record(plan, t0, log)
-        records[stage.name] = plan.record
-    return records
-
-
-# ---------------------------------------------------------------------------------------------- parallel
+# ---------------------------------------------------------------------------------------------- the scheduler
 @dataclass
 class _Unit:
-    """One stage in one scope (the pipeline root, or a seed's directory) for the parallel scheduler."""
+    """One stage in one scope (the pipeline root, or a seed's directory) for the scheduler."""
 
     key: str  # record key: "<stage>" or "seed<s>/<stage>"
     stage: Stage
@@ -378,20 +515,6 @@ def _reads(stage: Stage, out: Path, seed: int, outputs: dict[str, str], earlier:
         if path and re.search(re.escape(path.rstrip("/")) + r"(/|\")", text):
             deps.add(name)
     return deps
-
-
-def _launch(unit: _Unit, plan: _Plan, env: dict[str, str], log) -> tuple[Any, _Plan, float, Path, Any, Path]:
-    """Start ``unissl <command> --config <resolved yaml>`` for a planned stage, its output in
-    ``stages/<name>.log``; returns (process, plan, start time, config file, log file, log path)."""
-    fd, cfg_name = tempfile.mkstemp(prefix=f".{unit.stage.name}.", suffix=".yaml", dir=unit.out / "stages")
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(to_dict(plan.cfg), f)
-    log_path = unit.out / "stages" / f"{unit.stage.name}.log"
-    t0 = _start_record(plan, log)
-    log_file = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "unissl", *unit.stage.command.split(), "--config", cfg_name],
-                            stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    return proc, plan, t0, Path(cfg_name), log_file, log_path
 
 
 def _row_first(units: dict[str, _Unit], key: str, order: list[str]) -> tuple[int, int, int]:
@@ -432,7 +555,6 @@ def _units(stages: list[Stage], out: Path, seed: int, seeds: list[int] | None) -
             scopes.append(([st for st in stages if not st.shared], out / f"seed{s}", s, f"seed{s}/",
                            dict(shared_out), {st.name: st.name for st in shared}))
     for scope_stages, scope_out, scope_seed, prefix, inherited, inherited_names in scopes:
-        (scope_out / "stages").mkdir(parents=True, exist_ok=True)
         outputs, produced_by = _scope_outputs(scope_stages, scope_out, scope_seed, inherited)
         names = dict(inherited_names)
         earlier = list(inherited_names)
@@ -453,17 +575,123 @@ def _keyed(log, key: str):
     return lambda message: log(message.replace("[pipeline] ", f"[pipeline] {scope}/", 1))
 
 
-def run_parallel(stages: list[Stage], out: str | Path, seed: int = 0, jobs: int = 2,
-                 only: list[str] | None = None, force: list[str] | None = None, log=print,
-                 seeds: list[int] | None = None) -> dict[str, dict[str, Any]]:
-    """Like :func:`run_pipeline`, with up to ``jobs`` independent stages at once, each in its own
-    ``unissl`` process with one intra-op thread (``OMP_NUM_THREADS=1``) and its output in
-    ``<scope>/stages/<name>.log``. A stage starts when every stage it reads from has finished; among the
-    ready ones, a study finishes one encoder's row on every seed before the next (:func:`_row_first`)."""
+class _LogTee(io.TextIOBase):
+    """A text stream writing to ``console`` as is and to ``file`` line by line as a terminal would show it: of
+    a line redrawn with carriage returns (a progress bar) only its last state is kept."""
+
+    def __init__(self, console: TextIO, file: TextIO) -> None:
+        self.console, self.file, self._pending = console, file, ""
+
+    def write(self, text: str) -> int:
+        self.console.write(text)
+        *lines, self._pending = (self._pending + text).split("\n")
+        for line in lines:
+            self.file.write(line.rsplit("\r", 1)[-1] + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.console.flush()
+        self.file.flush()
+
+    def isatty(self) -> bool:
+        return self.console.isatty()
+
+    def close_line(self) -> None:
+        """Write what is left of an unfinished last line."""
+        if self._pending.rsplit("\r", 1)[-1].strip():
+            self.file.write(self._pending.rsplit("\r", 1)[-1] + "\n")
+        self._pending = ""
+
+
+def _run_here(unit: _Unit, plan: _Plan, log) -> dict[str, Any]:
+    """Run a planned stage in this process (``--jobs 1``), its output on the console and in
+    ``<scope>/stages/<name>.log``; a script stage runs as a child process whose output is passed on."""
+    log_path = unit.out / "stages" / f"{unit.stage.name}.log"
+    t0 = _start_record(plan, log)
+    with open(log_path, "w", encoding="utf-8") as log_file:
+        if plan.module is None:  # a script
+            log_file.write(shlex.join(plan.cfg) + "\n")
+            tee = _LogTee(sys.stdout, log_file)
+            proc = subprocess.Popen(plan.cfg, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    errors="replace")
+            assert proc.stdout is not None
+            try:
+                for line in proc.stdout:
+                    tee.write(line)
+            finally:
+                if proc.poll() is None:  # interrupted while it runs: no orphan
+                    proc.terminate()
+                proc.wait()
+                tee.close_line()
+            if proc.returncode != 0:
+                raise UnisslError(f"pipeline: stage {unit.key} failed (exit {proc.returncode}): "
+                                  f"{_last_line(log_path)}; its log is {log_path}")
+        else:
+            out_tee, err_tee = _LogTee(sys.stdout, log_file), _LogTee(sys.stderr, log_file)
+            try:
+                with contextlib.redirect_stdout(out_tee), contextlib.redirect_stderr(err_tee):  # type: ignore[type-var]
+                    plan.module.run(plan.cfg)
+            finally:
+                out_tee.close_line()
+                err_tee.close_line()
+    _finish_record(plan, t0, log)
+    return plan.record
+
+
+def _launch(unit: _Unit, plan: _Plan, env: dict[str, str], log) -> tuple[Any, _Plan, float, Path | None, Any, Path]:
+    """Start a planned stage in its own process (``unissl <command> --config <resolved yaml>``, or the script),
+    its output in ``<scope>/stages/<name>.log``; returns (process, plan, start time, config file, log file,
+    log path)."""
+    cfg_path: Path | None = None
+    if plan.module is None:
+        argv = list(plan.cfg)
+    else:
+        fd, cfg_name = tempfile.mkstemp(prefix=f".{unit.stage.name}.", suffix=".yaml", dir=unit.out / "stages")
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(to_dict(plan.cfg), f)
+        cfg_path = Path(cfg_name)
+        argv = [sys.executable, "-m", "unissl", *unit.stage.command.split(), "--config", cfg_name]
+    log_path = unit.out / "stages" / f"{unit.stage.name}.log"
+    t0 = _start_record(plan, log)
+    log_file = open(log_path, "w", encoding="utf-8")
+    proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    return proc, plan, t0, cfg_path, log_file, log_path
+
+
+def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list[str] | None = None,
+                 force: list[str] | None = None, dry_run: bool = False, log=print,
+                 seeds: list[int] | None = None, jobs: int = 1) -> dict[str, dict[str, Any]]:
+    """Run (or skip) every stage; returns each stage's record.
+
+    ``jobs=1`` runs the stages one after another in this process (a script stage in a child process); with
+    ``jobs=N`` up to N independent stages run at once, each in its own ``unissl`` process with one intra-op
+    thread (``OMP_NUM_THREADS=1``). A stage starts when every stage it reads from has finished; among the
+    ready ones, a study finishes one encoder's row on every seed before the next (:func:`_row_first`).
+    Either way a stage's output is kept in ``<scope>/stages/<name>.log``.
+
+    With ``seeds`` (a multi-seed study) the stages marked ``shared`` run once, with the first seed, and
+    write below ``out``; every other stage runs once per seed with ``{out}`` = ``out/seed<s>`` and
+    ``{seed}`` = s. Records are then keyed ``"<stage>"`` for shared stages and ``"seed<s>/<stage>"``.
+    """
     out = Path(out)
+    if jobs < 1:
+        raise UnisslError(f"pipeline: jobs must be >= 1, got {jobs}")
+    unknown = (set(only or []) | set(force or [])) - {s.name for s in stages}
+    if unknown:
+        raise UnisslError(f"pipeline: --only/--force name unknown stage(s) {sorted(unknown)}; "
+                          f"stages are {[s.name for s in stages]}")
+    if seeds:
+        if len(set(seeds)) != len(seeds):
+            raise UnisslError(f"pipeline: seeds {seeds} repeat a value")
+        names = {s.name for s in stages if s.shared}
+        for stage in stages:
+            late = [d for d in _dependencies(stage) if d not in names]
+            if stage.shared and late:
+                raise UnisslError(f"pipeline: shared stage {stage.name!r} reads per-seed stage(s) {late}; "
+                                  "a shared stage may only read other shared stages")
     units = _units(stages, out, seed, seeds)
     records: dict[str, dict[str, Any]] = {}
-    running: dict[str, tuple[subprocess.Popen, _Plan, float, Path, Any, Path]] = {}
+    running: dict[str, tuple[subprocess.Popen, _Plan, float, Path | None, Any, Path]] = {}
     pending = list(units)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -471,9 +699,12 @@ def run_parallel(stages: list[Stage], out: str | Path, seed: int = 0, jobs: int 
         raise SystemExit(128 + signum)
 
     with contextlib.ExitStack() as locks:  # every lock taken so far is released, also when a later one is refused
-        for scope_dir in dict.fromkeys(u.out for u in units.values()):
-            locks.enter_context(scope_lock(scope_dir))
-        previous_handler = signal.signal(signal.SIGTERM, _stop)
+        if not dry_run:  # a dry run creates nothing
+            for scope_dir in dict.fromkeys(u.out for u in units.values()):
+                locks.enter_context(scope_lock(scope_dir))
+                (scope_dir / "stages").mkdir(parents=True, exist_ok=True)
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous_handler = signal.signal(signal.SIGTERM, _stop) if jobs > 1 and main_thread else None
         try:
             while pending or running:
                 for key in list(pending):
@@ -485,16 +716,19 @@ def run_parallel(stages: list[Stage], out: str | Path, seed: int = 0, jobs: int 
                     pending.remove(key)
                     scope_records = {name: records[k] for name, k in unit.names.items() if k in records}
                     plan = _plan_stage(unit.stage, unit.out, unit.seed, unit.outputs, scope_records,
-                                       unit.produced_by, only, force, False, _keyed(log, key))
+                                       unit.produced_by, only, force, dry_run, _keyed(log, key))
                     if not plan.run:
                         records[key] = plan.record
-                        continue
-                    running[key] = _launch(unit, plan, env, _keyed(log, key))
+                    elif jobs == 1:
+                        records[key] = _run_here(unit, plan, _keyed(log, key))
+                    else:
+                        running[key] = _launch(unit, plan, env, _keyed(log, key))
                 for key, (proc, plan, t0, cfg_path, log_file, log_path) in list(running.items()):
                     if proc.poll() is None:
                         continue
                     log_file.close()
-                    cfg_path.unlink(missing_ok=True)
+                    if cfg_path is not None:
+                        cfg_path.unlink(missing_ok=True)
                     del running[key]
                     if proc.returncode != 0:
                         raise UnisslError(f"pipeline: stage {key} failed (exit {proc.returncode}): "
@@ -512,8 +746,10 @@ def run_parallel(stages: list[Stage], out: str | Path, seed: int = 0, jobs: int 
                 except subprocess.TimeoutExpired:
                     proc.kill()
                 log_file.close()
-                cfg_path.unlink(missing_ok=True)
-            signal.signal(signal.SIGTERM, previous_handler)
+                if cfg_path is not None:
+                    cfg_path.unlink(missing_ok=True)
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, previous_handler)
     return records
 
 

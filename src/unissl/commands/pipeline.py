@@ -9,26 +9,41 @@ from typing import Any
 
 from unissl.config import arg, save_run_config
 from unissl.errors import UnisslError
+from unissl.pipeline import parse_stages, resolve_pipeline, run_pipeline
 
 
 @dataclass
 class Config:
     """Run a pipeline of unissl stages, skipping finished ones and resuming an interrupted one."""
 
-    out: str = arg("runs/pipeline", output="dir", help="run directory of the pipeline (stages write below it)")
-    seed: int = arg(0, help="substituted for {seed} in stage configs")
+    out: str | None = arg(None, output="dir", help="run directory of the pipeline (stages write below it; "
+                                                     "default: the file's `out`, else runs/pipeline)")
+    seed: int | None = arg(None, help="substituted for {seed} in stage configs (default: the file's, else 0)")
     seeds: list[int] = arg([], help="a multi-seed study: per-seed stages run once per seed into <out>/seed<s>, "
                                     "stages marked `shared: true` once into <out>; ends with <out>/study.md")
     stages: list[dict[str, Any]] = field(default_factory=list, metadata={"help": "stage list (YAML only)"})
+    extends: str | None = arg(None, help="a pipeline file this one derives from (YAML; see unissl.pipeline)")
+    vars: dict[str, Any] = field(default_factory=dict, metadata={"help": "values for {name} in stages (YAML only)"})
     only: list[str] = arg([], help="run only these stages (names); others must be done already")
     force: list[str] = arg([], help="re-run these stages even if they are done")
     dry_run: bool = arg(False, help="print what would run and stop")
     report: bool = arg(True, help="write the HTML/Markdown report at the end")
     jobs: int = arg(1, help="run up to this many independent stages at once, each in its own process with one "
-                            "intra-op thread (stage output in <scope>/stages/<name>.log); a study "
-                            "finishes one encoder's row on every seed before starting the next")
+                            "intra-op thread; 1 runs them one after another in this process (stage output "
+                            "in <scope>/stages/<name>.log either way); a study finishes one encoder's row "
+                            "on every seed before starting the next")
 
     def __post_init__(self) -> None:
+        if self.extends or self.vars or any(isinstance(s, dict) and "grid" in s for s in self.stages):
+            # a derived pipeline: resolved here, so the run directory's config.yaml is the plain stage list
+            spec: dict[str, Any] = {"extends": self.extends, "vars": self.vars, "stages": self.stages}
+            spec.update({k: v for k, v in (("out", self.out), ("seed", self.seed)) if v is not None})
+            spec.update({"seeds": self.seeds} if self.seeds else {})
+            plain = resolve_pipeline(spec)
+            self.stages, self.extends, self.vars = plain["stages"], None, {}
+            self.out, self.seed, self.seeds = plain.get("out"), plain.get("seed"), list(plain.get("seeds") or [])
+        self.out = "runs/pipeline" if self.out is None else self.out
+        self.seed = 0 if self.seed is None else self.seed
         if not self.stages:
             raise ValueError("no stages: pass --config <pipeline.yaml> (e.g. configs/digits-quick.yaml)")
         if self.jobs < 1:
@@ -36,20 +51,16 @@ class Config:
 
 
 def run(cfg: Config) -> None:
-    from unissl.pipeline import parse_stages, run_parallel, run_pipeline
-
     stages = parse_stages(cfg.stages)
+    assert cfg.out is not None and cfg.seed is not None  # set by __post_init__
     out = Path(cfg.out)
     if not cfg.dry_run:  # a dry run writes nothing
         save_run_config(out, cfg)
     t0 = time.perf_counter()
     if cfg.jobs > 1 and not cfg.dry_run:
         print(f"[pipeline] up to {cfg.jobs} stages at once, one thread each")
-        run_parallel(stages, out, seed=cfg.seed, jobs=cfg.jobs, only=cfg.only or None, force=cfg.force or None,
-                     seeds=cfg.seeds or None)
-    else:
-        run_pipeline(stages, out, seed=cfg.seed, only=cfg.only or None, force=cfg.force or None,
-                     dry_run=cfg.dry_run, seeds=cfg.seeds or None)
+    run_pipeline(stages, out, seed=cfg.seed, only=cfg.only or None, force=cfg.force or None, dry_run=cfg.dry_run,
+                 seeds=cfg.seeds or None, jobs=cfg.jobs)
     if cfg.dry_run:
         return
     print(f"[pipeline] all stages finished in {time.perf_counter() - t0:.1f} s")
