@@ -9,7 +9,9 @@ the same names, ``taming`` and ``util``), builds the release's own classes at sm
 replays pinned random draws and writes ``<part>.safetensors`` + ``<part>.json`` (or, for DINOv2, hub-format
 ``.pth`` files) into ``--out``. ``tests/test_released_*.py`` compare unissl with them (``pytest -k released``).
 
-Parts: vqgan, mage, lease (``tools/released/mage_lease.py``); reptok, dinov2 (``tools/released/reptok.py``).
+Parts: vqgan, mage, lease (``tools/released/mage_lease.py``); reptok (``tools/released/reptok.py``), dinov2
+(``tools/released/dinov2.py``); reptok-checkpoint (``tools/released/reptok_checkpoint.py``, the tiny released-
+trainer checkpoint; not in the default set).
 """
 
 from __future__ import annotations
@@ -23,28 +25,30 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-# part -> (module under tools/released, function)
-PARTS: dict[str, tuple[str, str]] = {
-    "vqgan": ("mage_lease", "write_vqgan"),
-    "mage": ("mage_lease", "write_mage"),
-    "lease": ("mage_lease", "write_lease"),
-    "reptok": ("reptok", "write_reptok"),
-    "dinov2": ("reptok", "write_dinov2"),
+# part -> where its writer ``function(out_dir, root)`` may live: (module under tools/released, function), first found
+PARTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "vqgan": (("mage_lease", "write_vqgan"),),
+    "mage": (("mage_lease", "write_mage"),),
+    "lease": (("mage_lease", "write_lease"),),
+    "reptok": (("reptok", "write_reptok"),),
+    "reptok-checkpoint": (("reptok_checkpoint", "write_reptok_checkpoint"),),
+    "dinov2": (("dinov2", "write_dinov2"), ("reptok", "write_dinov2")),
 }
+DEFAULT_PARTS = ("vqgan", "mage", "lease", "reptok", "dinov2")
 
 
 def _writer(part: str):
-    module, function = PARTS[part]
-    sys.path.insert(0, str(HERE / "released"))
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name == module:
-            raise SystemExit(f"part {part!r}: tools/released/{module}.py is not there yet; nothing written") from e
-        raise
-    if not hasattr(mod, function):
-        raise SystemExit(f"part {part!r}: tools/released/{module}.py has no {function}(out_dir); nothing written")
-    return getattr(mod, function)
+    # imported as tools.released.<module>: a bare ``dinov2`` / ``reptok`` would shadow the releases' packages
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    for module, function in PARTS[part]:
+        if not (HERE / "released" / f"{module}.py").exists():
+            continue
+        mod = importlib.import_module(f"tools.released.{module}")
+        if hasattr(mod, function):
+            return getattr(mod, function)
+    where = " or ".join(f"tools/released/{m}.py:{f}" for m, f in PARTS[part])
+    raise SystemExit(f"part {part!r}: no writer yet ({where} is not there); nothing written")
 
 
 def run_part(part: str, out: Path, root: str) -> None:
@@ -61,7 +65,8 @@ def run_part(part: str, out: Path, root: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--released-root", default="/work/released", help="folder with mage/ LEASE/ RepTok/ dinov2/ deps/")
-    p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts out of {','.join(PARTS)}")
+    p.add_argument("--only", default=",".join(DEFAULT_PARTS),
+                   help=f"comma-separated parts out of {','.join(PARTS)} (default: {','.join(DEFAULT_PARTS)})")
     p.add_argument("--out", default=str(REPO / "tests" / "fixtures" / "released"), help="fixture folder")
     p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)  # one part, this process
     a = p.parse_args(argv)
