@@ -1,4 +1,5 @@
-"""The dataclass -> CLI generator: flags, YAML overrides, validation and run-config round trips."""
+"""The dataclass -> CLI layer over jsonargparse: flags, YAML overrides, validation, run-config round trips and
+the one-line errors a user sees."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import pytest
 import yaml
 
 from unissl.cli import main as cli_main
-from unissl.config import arg, build_parser, config_hash, from_dict, parse_config, save_run_config, to_dict
+from unissl.config import arg, config_hash, from_dict, parse_config, save_run_config, to_dict
 from unissl.engine import TrainConfig
-from unissl.errors import UnisslError
+from unissl.errors import ConfigError, UnisslError
 
 
 @dataclass
@@ -66,18 +67,34 @@ def test_bools_lists_tuples_optional_literals() -> None:
     assert parse_config(Demo, ["--mode", "b"]).mode == "b"
     assert parse_config(Demo, ["--mode", "b", "--mode", "none"]).mode is None
     assert parse_config(Demo, ["--train.clip-grad", "null"]).train.clip_grad is None
-    for bad in (["--size", "48"], ["--optim.schedule", "linear"], ["--steps", "ten"], ["--nope", "1"],
-                ["--optim.betas", "0.9"]):
-        with pytest.raises(SystemExit) as e:
+    assert parse_config(Demo, ["--use-ema", "false", "--layers", "[7]"]).layers == [7]
+    assert parse_config(Demo, ["--optim.lr=0.25"]).optim.lr == 0.25
+    for bad, line in [(["--size", "48"], "size: expected one of [32, 64], got '48'"),
+                      (["--optim.schedule", "linear"], "optim.schedule: expected one of ['cosine', 'constant'], "
+                                                       "got 'linear'"),
+                      (["--steps", "ten"], "steps: expected int, got 'ten'"),
+                      (["--dropout", "x"], "dropout: expected float or null, got 'x'"),
+                      (["--nope", "1"], "unknown flag --nope; did you mean --name?"),
+                      (["--train.setps", "3"], "unknown flag --train.setps; did you mean --train.steps?"),
+                      (["--train.step", "3"], "unknown flag --train.step; did you mean --train.steps?"),  # no prefixes
+                      (["--optim.betas", "0.9"], "optim.betas: expected tuple with 2 elements, got '[0.9]'"),
+                      (["--steps"], "--steps needs a value"),
+                      (["--no-use-ema=1"], "--no-use-ema takes no value")]:
+        with pytest.raises(UnisslError) as e:
             parse_config(Demo, bad)
-        assert e.value.code == 2
+        assert str(e.value) == line, bad
 
 
-def test_help_lists_nested_flags_with_help_text() -> None:
-    text = build_parser(Demo, prog="demo").format_help()
-    for flag in ("--optim.lr", "--train.global-batch", "--use-ema", "--no-use-ema", "--config"):
+def test_help_lists_nested_flags_with_help_text(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        parse_config(Demo, ["--steps", "3", "--help"], prog="demo")
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: demo ")
+    for flag in ("--optim.lr", "--train.global-batch", "--use-ema, --no-use-ema", "--config", "--train.* ("):
         assert flag in text
-    assert "learning rate" in text and "{cosine,constant}" in text and "100% optional" in text
+    assert "--train.global_batch" not in text and "--train CONFIG" not in text
+    assert "learning rate" in text and "cosine" in text and "100% optional" in text
 
 
 def test_yaml_precedence_and_errors(tmp_path: Path) -> None:
@@ -85,38 +102,39 @@ def test_yaml_precedence_and_errors(tmp_path: Path) -> None:
     a.write_text(yaml.safe_dump({"steps": 7, "optim": {"lr": 0.1, "schedule": "constant"}, "layers": [9],
                                  "train": {"ema_decay": 0.99}}))
     b.write_text(yaml.safe_dump({"optim": {"lr": 0.2}}))
-    cfg = parse_config(Demo, ["--config", str(a), "--config", str(b), "--steps", "8"])
-    # flags > later YAML > earlier YAML > defaults, merged per nested key
+    cfg = parse_config(Demo, ["--config", str(a), "--steps", "8", "--config", str(b)])
+    # flags (wherever they stand) > later YAML > earlier YAML > defaults, merged per nested key
     assert (cfg.steps, cfg.optim.lr, cfg.optim.schedule, cfg.layers) == (8, 0.2, "constant", [9])
     assert cfg.train.ema_decay == 0.99 and cfg.train.steps == 50
     assert isinstance(cfg.optim.lr, float)
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"optim": {"lr": 0.1, "momentum": 0.9}}))
-    with pytest.raises(UnisslError, match=r"config\.optim: unknown key\(s\) \['momentum'\]"):
-        parse_config(Demo, ["--config", str(bad)])
-    bad.write_text(yaml.safe_dump({"size": 48}))
-    with pytest.raises(UnisslError, match=r"config\.size: 48 is not one of \[32, 64\]"):
-        parse_config(Demo, ["--config", str(bad)])
-    bad.write_text(yaml.safe_dump({"use_ema": "maybe"}))
-    with pytest.raises(UnisslError, match="use_ema: expected true/false"):
-        parse_config(Demo, ["--config", str(bad)])
-    bad.write_text("steps: 2.5\n")
-    with pytest.raises(UnisslError, match="steps: expected an integer, got 2.5"):
-        parse_config(Demo, ["--config", str(bad)])
-    bad.write_text("steps: 1e3\noptim: {lr: 1e-2}\n")  # YAML reads 1e3 and 1e-2 as strings
-    assert (parse_config(Demo, ["--config", str(bad)]).steps, parse_config(Demo, ["--config", str(bad)]).optim.lr) \
-        == (1000, 0.01)
+    for text, line in [("optim: {lr: 0.1, momentum: 0.9}", "optim.momentum: unknown key; valid keys: lr, betas, schedule"),
+                       ("stepz: 3", "stepz: unknown key; did you mean steps?"),
+                       ("size: 48", "size: expected one of [32, 64], got '48'"),
+                       ("use_ema: maybe", "use_ema: expected bool, got 'maybe'"),
+                       ("steps: 2.5", "steps: expected int, got '2.5'"),
+                       ("train: 5", "train: expected a mapping of settings, got 5")]:
+        bad.write_text(text + "\n")
+        with pytest.raises(ConfigError) as e:
+            parse_config(Demo, ["--config", str(bad)])
+        assert str(e.value) == f"{bad}: {line}", text  # the file and the key that are wrong
+    bad.write_text("optim: {lr: 1e-2}\n")  # YAML 1.1 reads 1e-2 as a string
+    assert parse_config(Demo, ["--config", str(bad)]).optim.lr == 0.01
     bad.write_text("steps: [1, 2\n")
     with pytest.raises(UnisslError, match="not valid YAML"):
         parse_config(Demo, ["--config", str(bad)])
     with pytest.raises(UnisslError, match="not found"):
         parse_config(Demo, ["--config", str(tmp_path / "missing.yaml")])
-    # __post_init__ validation surfaces as a one-line UnisslError.
+    # __post_init__ validation surfaces as a one-line UnisslError; a ConfigError gets the nested path.
     with pytest.raises(UnisslError, match="optim.lr must be positive"):
         parse_config(Demo, ["--optim.lr", "-1"])
-    with pytest.raises(UnisslError, match="train.global_batch"):
+    with pytest.raises(ConfigError) as e:
         parse_config(Demo, ["--train.global-batch", "0"])
+    assert (e.value.path, e.value.reason) == ("train.global_batch", "must be positive, got 0")
+    with pytest.raises(ConfigError) as e:
+        from_dict(Demo, {"train": {"betas": [0.9, 1.5]}})
+    assert str(e.value) == "train.betas: must be two numbers in [0, 1), got [0.9, 1.5]"
 
 
 def test_save_run_config_round_trips(tmp_path: Path) -> None:

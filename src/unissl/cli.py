@@ -11,7 +11,7 @@ import importlib
 import sys
 from dataclasses import dataclass
 
-from unissl.errors import UnisslError
+from unissl.errors import ConfigError, UnisslError
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ COMMANDS: dict[tuple[str | None, str], Command] = {
     ("eval", "train-extractor"): Command("unissl.commands.eval_train_extractor", "train a domain classifier for FD_<name>"),
     ("eval", "generation"): Command("unissl.commands.eval_generation", "FD / IS / precision-recall of generated images"),
     ("eval", "reconstruction"): Command("unissl.commands.eval_reconstruction", "PSNR / SSIM / rFD of reconstructions"),
+    ("convert", "reptok"): Command("unissl.commands.convert_reptok", "convert CompVis/RepTok's released checkpoint (no code run)"),
     (None, "pipeline"): Command("unissl.commands.pipeline", "the whole chain: tokenizer -> Sorcen -> eval -> RepTok -> samples"),
     (None, "report"): Command("unissl.commands.report", "an HTML + Markdown report of a run directory"),
 }
@@ -80,7 +81,7 @@ def _resolve(argv: list[str]) -> tuple[str, Command, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``unissl`` executable."""
-    from unissl.config import check_outputs, parse_config
+    from unissl.config import check_outputs, flag, parse_config
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -89,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_config(module.Config, rest, prog=prog)
         check_outputs(cfg)  # an output path that can never be written: one line before any work
         module.run(cfg)
+    except ConfigError as e:  # a field of the command's config: shown as its flag, or in the file that set it
+        where = f"{e.source}: {e.path}" if e.source else flag(e.path)
+        print(f"unissl: error: {where}: {e.reason}", file=sys.stderr)
+        return 2
     except UnisslError as e:
         print(f"unissl: error: {e}", file=sys.stderr)
         return 2

@@ -1,21 +1,28 @@
-"""Typed dataclass configs are the single source of truth.
+"""Typed dataclass configs are the single source of truth; jsonargparse turns them into a command line.
 
-* :func:`build_parser` turns a (possibly nested) dataclass into an ``argparse`` parser: one
-  ``--field`` flag per leaf field (``--optim.lr`` for a nested one), ``--flag/--no-flag`` for booleans,
-  ``choices`` for ``Literal`` types, the field's ``metadata["help"]`` as help text.
-* :func:`parse_config` resolves, in order of precedence: command-line flags > ``--config`` YAML file(s)
-  > the dataclass defaults. ``__post_init__`` of every dataclass then validates the result.
+* :func:`parse_config` hands a (nested) dataclass to ``jsonargparse``: one ``--field`` flag per leaf field
+  (``--optim.lr`` for a nested one), type checking and coercion, and the merge of YAML files given with
+  ``--config`` (later files win, flags win over files, both over the dataclass defaults). On top of it this
+  module keeps the surface unissl's users know (:func:`_translate`): dashes in flag names
+  (``--train.global-batch``), ``--flag`` / ``--no-flag`` for booleans, lists as ``--layers 4 5 6``,
+  ``none`` for an optional value, registry keys as choices (:func:`arg`), and one-line errors: an unknown or
+  abbreviated flag is refused with the closest valid one.
+* :func:`from_dict` builds a config from a (partial) mapping, as a pipeline stage does.
+* Every dataclass is constructed by :func:`_build`, so a :class:`~unissl.errors.ConfigError` raised by a
+  nested config's ``__post_init__`` (``ConfigError("global_batch", ...)``) reaches the caller with its whole
+  path (``train.global_batch``); the CLI shows that path as the flag (:func:`flag`).
 * :func:`save_run_config` writes the resolved config, the command line and the git revision into a
   run directory.
-
-Use ``field(default=..., metadata={"help": "..."})`` (or :func:`arg`) to document a field.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import functools
 import json
+import re
 import sys
 import types
 import typing
@@ -24,25 +31,26 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
+from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
 
-from unissl.errors import UnisslError
+from unissl.errors import ConfigError, UnisslError
 
 T = TypeVar("T")
 
-_NONE = object()
-
 
 def arg(default: Any = dataclasses.MISSING, help: str = "", positional: bool = False,
-        choices: Iterable[Any] | None = None, output: Literal["dir", "file"] | None = None, **kw: Any) -> Any:
+        choices: Iterable[Any] | None = None, output: Literal["dir", "file"] | None = None,
+        aliases: Iterable[str] = (), **kw: Any) -> Any:
     """A dataclass field with help text (mutable defaults are wrapped in a factory).
 
-    ``positional=True`` makes the field a positional command-line argument instead of a ``--flag``.
-    ``choices`` restricts a value to the keys of a registry (e.g. ``choices=PRESETS``), checked on the command
-    line and in YAML alike: the registry stays the one list of names, where a ``Literal`` would copy it.
-    ``output`` marks a path the command writes (a ``dir`` or a ``file``): the CLI checks that it can be written
-    before the command starts (:func:`output_paths`).
+    ``positional=True`` also takes the field's value as a bare first argument (``unissl report runs/x``), besides
+    its ``--flag``. ``choices`` restricts a value to the keys of a registry (e.g. ``choices=PRESETS``), checked
+    on the command line and in YAML alike: the registry stays the one list of names, where a ``Literal`` would
+    copy it. ``output`` marks a path the command writes (a ``dir`` or a ``file``): the CLI checks that it can
+    be written before the command starts (:func:`output_paths`). ``aliases`` are other names of the flag
+    (``--class`` for ``--classes``): spelled out, since flags are never abbreviated.
     """
-    meta: dict[str, Any] = {"help": help, "positional": positional}
+    meta: dict[str, Any] = {"help": help, "positional": positional, "aliases": tuple(aliases)}
     if choices is not None:
         meta["choices"] = tuple(choices)
     if output is not None:
@@ -53,207 +61,315 @@ def arg(default: Any = dataclasses.MISSING, help: str = "", positional: bool = F
     return dataclasses.field(default=default, metadata=meta, **kw)
 
 
+def flag(path: str) -> str:
+    """The command-line flag of a config field path: ``train.global_batch`` -> ``--train.global-batch``."""
+    return "--" + path.replace("_", "-")
+
+
+# ---------------------------------------------------------------------------------------------- the fields
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
-    origin = get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
+    """(``X``, True) for ``X | None``, else (``tp``, False)."""
+    if get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
         if len(args) == 1 and len(get_args(tp)) == 2:
             return args[0], True
     return tp, False
 
 
-def _scalar_parser(tp: Any, name: str):
-    """A function str -> value for a scalar type, with a clear error message."""
-    if tp is bool:
-        def parse_bool(s: str) -> bool:
-            low = s.lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise argparse.ArgumentTypeError(f"--{name}: expected true/false, got {s!r}")
-        return parse_bool
-    if tp in (int, float, str):
-        return tp
-    if get_origin(tp) is Literal:
-        kinds = {type(a) for a in get_args(tp)}
-        return kinds.pop() if len(kinds) == 1 else str
-    return str
+def _is_config(tp: Any) -> bool:
+    return dataclasses.is_dataclass(tp) and isinstance(tp, type)
 
 
-def _field_type_hints(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls, include_extras=False)
+@dataclasses.dataclass(frozen=True)
+class _Leaf:
+    """One command-line setting: a field of ``cls`` (or of a config nested in it) that is not a config itself."""
+
+    path: str  # "train.global_batch"
+    field: dataclasses.Field
+    kind: Literal["bool", "list", "value", "yaml"]  # yaml: structured values, set in YAML files only
+    optional: bool
+    element: Any  # a list's element type
 
 
-def _iter_fields(cls: type, prefix: str = ""):
-    hints = _field_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if not f.init:
+@functools.cache
+def _leaves(cls: type) -> dict[str, _Leaf]:
+    """Every leaf setting of the dataclass ``cls``, keyed by its dotted path."""
+    found: dict[str, _Leaf] = {}
+
+    def walk(c: type, prefix: str) -> None:
+        hints = get_type_hints(c)
+        for f in dataclasses.fields(c):
+            if not f.init:
+                continue
+            inner, optional = _strip_optional(hints[f.name])
+            origin, args = get_origin(inner), get_args(inner)
+            if _is_config(inner):
+                walk(inner, prefix + f.name + ".")
+                continue
+            element = args[0] if origin in (list, tuple) and args else None
+            kind: Literal["bool", "list", "value", "yaml"]
+            if inner is dict or origin is dict or get_origin(element) is dict or element is dict:
+                kind = "yaml"
+            elif inner is bool:
+                kind = "bool"
+            elif origin in (list, tuple):
+                kind = "list"
+            else:
+                kind = "value"
+            found[prefix + f.name] = _Leaf(prefix + f.name, f, kind, optional, element)
+
+    walk(cls, "")
+    return found
+
+
+def _aliased(leaf: _Leaf) -> tuple[str, ...]:
+    """The other paths a leaf answers to (``arg(aliases=...)``, relative to its parent config)."""
+    parent = leaf.path.rpartition(".")[0]
+    return tuple(f"{parent}.{a}" if parent else a for a in leaf.field.metadata.get("aliases", ()))
+
+
+def _positional(cls: type) -> str | None:
+    return next((p for p, leaf in _leaves(cls).items() if leaf.field.metadata.get("positional")), None)
+
+
+# ---------------------------------------------------------------------------------------------- the parser
+class _HelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help with the flags spelled as they are typed (``--train.global-batch``)."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        return _dashed(super()._format_action_invocation(action))
+
+    def _format_usage(self, *args: Any, **kwargs: Any) -> str:
+        return _dashed(super()._format_usage(*args, **kwargs))
+
+
+def _dashed(text: str) -> str:
+    """Flags as typed: dashes, ``--x, --no-x`` for a boolean, and no jsonargparse ``--x+`` list-append form."""
+    text = re.sub(r"--[\w.]+", lambda m: m.group(0).replace("_", "-"), text)
+    text = re.sub(r", --[\w.-]+\+ \[ITEM,\.\.\.\]", "", text)
+    return re.sub(r"--([\w.-]+) \{true,false\}", r"--\1, --no-\1", text)
+
+
+@functools.cache
+def _parser(cls: type, prog: str | None = None) -> ArgumentParser:
+    """The jsonargparse parser of ``cls``; required fields are checked by :func:`_build` after every source
+    (defaults, files, flags) is merged, so a partial YAML file parses."""
+    doc = (cls.__doc__ or "").strip().split("\n\n")[0]
+    epilog = "Booleans: --x or --no-x. Lists: --x a b c. Optional values: --x none. Flags win over --config files."
+    parser = ArgumentParser(prog=prog, description=doc, epilog=epilog, exit_on_error=False, allow_abbrev=False,
+                            formatter_class=_HelpFormatter)
+    parser.add_argument("--config", metavar="YAML", default=argparse.SUPPRESS,
+                        help="YAML file overriding the defaults (repeat it: later files win; flags win over files)")
+    parser.add_class_arguments(cls, as_group=False)
+    leaves = _leaves(cls)
+    for name, group in (parser.groups or {}).items():  # a nested config's flags, under its docstring
+        doc = " ".join((getattr(group, "group_class", None).__doc__ or "").split("\n\n")[0].split())
+        group.title = f"{flag(name)}.*" + (f" ({doc.rstrip('.')})" if doc else "")
+    for action in parser._actions:  # argparse's list of actions: the help text lives in the fields' metadata
+        leaf = leaves.get(action.dest)
+        if leaf is None:
+            if action.dest not in ("help", "config"):  # jsonargparse's `--train FILE` (a section's own file)
+                action.help = argparse.SUPPRESS
             continue
-        tp = hints[f.name]
-        inner, _ = _strip_optional(tp)
-        if dataclasses.is_dataclass(inner) and isinstance(inner, type):
-            yield from _iter_fields(inner, prefix + f.name + ".")
+        action.required = False
+        text = leaf.field.metadata.get("help", "")
+        if leaf.field.metadata.get("choices"):
+            text += f" (choices: {', '.join(map(str, leaf.field.metadata['choices']))})"
+        action.help = text
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------- the command line
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _unknown_flag(name: str, cls: type) -> str:
+    """One line for an unknown (or abbreviated) flag, naming the closest valid one."""
+    known = ["--config", "--help"]
+    for path, leaf in _leaves(cls).items():
+        if leaf.kind != "yaml":
+            known += [flag(p) for p in (path, *_aliased(leaf))]
+            if leaf.kind == "bool":
+                known.append("--no-" + flag(path)[2:])
+    close = difflib.get_close_matches("--" + name, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else "; run with --help for the flags"
+    return f"unknown flag --{name}{hint}"
+
+
+def _translate(cls: type, argv: list[str]) -> tuple[list[str], list[str]]:
+    """(``--config`` files, jsonargparse arguments) of unissl's command line for ``cls``.
+
+    ``--train.global-batch 64`` -> ``--train.global_batch=64``; ``--x`` / ``--no-x`` -> ``--x=true|false`` for
+    a boolean; ``--layers 4 5 6`` -> ``--layers=[4, 5, 6]``; ``none`` -> ``null`` for an optional value; a bare
+    first argument -> the positional field. An unknown flag is one line naming the closest valid flag.
+    """
+    leaves, positional = _leaves(cls), _positional(cls)
+    files: list[str] = []
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        i += 1
+        if tok in ("-h", "--help"):
+            out.append("--help")
+            continue
+        if not tok.startswith("--"):
+            if positional is None or any(a.startswith(f"--{positional}=") for a in out):
+                raise UnisslError(f"unexpected argument {tok!r}: settings are passed as --name value "
+                                  f"(run with --help for the flags)")
+            out.append(f"--{positional}={tok}")
+            continue
+        name, eq, value = tok[2:].partition("=")
+        if name == "config":
+            if not eq:
+                if i >= len(argv) or argv[i].startswith("--"):
+                    raise UnisslError("--config needs a YAML file")
+                value, i = argv[i], i + 1
+            files.append(value)
+            continue
+        key = name.replace("-", "_")
+        leaf = leaves.get(key) or next((lf for lf in leaves.values() if key in _aliased(lf)), None)
+        negated = leaf is None and key.startswith("no_") and getattr(leaves.get(key[3:]), "kind", "") == "bool"
+        if negated:
+            leaf = leaves[key[3:]]
+        if leaf is None or leaf.kind == "yaml":
+            raise UnisslError(_unknown_flag(name, cls) if leaf is None
+                              else f"{flag(key)} is set in a --config YAML file only")
+        if leaf.kind == "bool":
+            if negated and eq:
+                raise UnisslError(f"--{name} takes no value")
+            if not eq and not negated and i < len(argv) and argv[i].lower() in _TRUE + _FALSE:
+                value, i = argv[i], i + 1
+            value = "false" if negated else "true" if not eq and value == "" else value
+            value = "true" if value.lower() in _TRUE else "false" if value.lower() in _FALSE else value
+            out.append(f"--{leaf.path}={value}")
+            continue
+        values = [value] if eq else []
+        while not eq and i < len(argv) and not argv[i].startswith("--") and (leaf.kind == "list" or not values):
+            values.append(argv[i])
+            i += 1
+        if not values:
+            raise UnisslError(f"{flag(leaf.path)} needs a value")
+        if leaf.optional and len(values) == 1 and values[0].lower() in ("none", "null"):
+            value = "null"
+        elif leaf.kind == "list" and not (len(values) == 1 and values[0].startswith("[")):
+            items = values if leaf.element is str else [yaml.safe_load(v) for v in values]
+            value = json.dumps(items)
         else:
-            yield prefix + f.name, f, tp
+            value = values[0]
+        out.append(f"--{leaf.path}={value}")
+    return files, out
 
 
-def _default_of(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return dataclasses.MISSING
+# ---------------------------------------------------------------------------------------------- errors and build
+def _type_name(text: str) -> str:
+    text = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", text)
+    text = re.sub(r"typing\.Literal\[(.*)\]", r"one of [\1]", text)
+    return text.replace("NoneType", "null")
 
 
-def build_parser(cls: type, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
-    """An argparse parser with one flag per leaf field of the dataclass ``cls``."""
-    p = argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip().split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", action="append", default=[], metavar="YAML",
-                   help="YAML file(s) overriding the defaults (later files win; flags win over files)")
-    for name, f, tp in _iter_fields(cls):
-        inner, optional = _strip_optional(tp)
-        default = _default_of(f)
-        help_text = f.metadata.get("help", "") if f.metadata else ""
-        help_text = help_text.replace("%", "%%")  # argparse %-formats help strings
-        dest = name.replace(".", "__")
-        flag = "--" + name.replace("_", "-")
-        kw: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": help_text or " "}
-        if default is not dataclasses.MISSING:
-            kw["help"] = (help_text + " " if help_text else "") + f"(default: {str(default).replace('%', '%%')})"
-        else:
-            kw["help"] = (help_text + " " if help_text else "") + "(required)"
-        origin = get_origin(inner)
-        if inner is dict or origin is dict or (origin in (list, tuple) and get_args(inner)
-                                               and get_origin(get_args(inner)[0]) is dict):
-            continue  # structured values (e.g. a pipeline's stage list) come from YAML files only
-        if inner is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+def _config_error(e: Exception, source: str | None) -> ConfigError | UnisslError:
+    """jsonargparse's (multi-line) message as one line naming the field."""
+    text = str(e)
+    m = re.match(r'Parser key "([^"]+)":\s*(.*)', text, re.S)
+    if not m:
+        line = " ".join(text.split())
+        return UnisslError(f"{source}: {line}" if source else line)
+    path, detail = m.groups()
+    given = re.search(r"Given value: (.*)", detail)
+    subtypes = re.search(r"Subtypes: \[(.*?)\]", detail)
+    if subtypes and given:
+        kinds = " or ".join(_type_name(t.strip()) for t in subtypes.group(1).split(", "))
+        reason = f"expected {kinds}, got {given.group(1).strip()!r}"
+    else:
+        got = re.search(r"Expected a (.*?)\. Got value: (.*)", detail.strip().splitlines()[0])
+        reason = (f"expected {_type_name(got.group(1))}, got {got.group(2)!r}" if got
+                  else " ".join(_type_name(detail).split()))
+    return ConfigError(path, reason, source)
+
+
+def _check_keys(cls: type, data: Any, source: str, prefix: str = "") -> None:
+    """Unknown keys and sections given as scalars in a YAML mapping for ``cls``: one line with the closest key."""
+    if not isinstance(data, dict):
+        raise ConfigError(prefix.rstrip(".") or "config", f"expected a mapping of settings, got {data!r}", source)
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+            hint = f"did you mean {prefix}{close[0]}?" if close else f"valid keys: {', '.join(names)}"
+            raise ConfigError(f"{prefix}{key}", f"unknown key; {hint}", source)
+        inner, _ = _strip_optional(hints[key])
+        if _is_config(inner) and value is not None:
+            _check_keys(inner, value, source, f"{prefix}{key}.")
+
+
+def _merge(cls: type, data: dict[str, Any], base: Namespace, source: str) -> Namespace:
+    """``base`` with the (partial, nested) mapping ``data`` on top, type-checked by jsonargparse."""
+    _check_keys(cls, data, source)
+    try:
+        return _parser(cls).parse_object(data, namespace=base, defaults=False)
+    except (argparse.ArgumentError, TypeError, ValueError) as e:
+        raise _config_error(e, source) from None
+
+
+def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """``cls(**data)`` with its nested configs built first; a field's problem is raised with its full path."""
+    hints = get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]  # T is a dataclass
+        if not f.init or f.name not in data:
             continue
-        if origin in (list, tuple):
-            args = get_args(inner)
-            elem = args[0] if args else str
-            kw["nargs"] = "+" if origin is list or (len(args) == 2 and args[1] is Ellipsis) else len(args)
-            kw["type"] = _scalar_parser(elem, name)
-            p.add_argument(flag, **kw)
-            continue
-        if origin is Literal:
-            kw["choices"] = list(get_args(inner)) + ([None] if optional else [])
-        elif f.metadata and f.metadata.get("choices"):
-            kw["choices"] = list(f.metadata["choices"]) + ([None] if optional else [])
-        kw["type"] = _scalar_parser(inner, name)
-        if f.metadata and f.metadata.get("positional"):
-            kw.pop("dest")
-            p.add_argument(dest, nargs="?", metavar=name.upper(), **kw)
-            continue
-        if optional:
-            base = kw["type"]
-
-            def opt(s: str, base=base):
-                return None if s.lower() in ("none", "null") else base(s)
-            kw["type"] = opt
-        p.add_argument(flag, **kw)
-    return p
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Convert a YAML/CLI value to the annotated type, with a one-line error on mismatch."""
-    inner, optional = _strip_optional(tp)
-    if value is None:
-        if optional:
-            return None
-        raise UnisslError(f"{where}: null is not allowed (expected {getattr(inner, '__name__', inner)})")
-    if dataclasses.is_dataclass(inner) and isinstance(inner, type):
-        if dataclasses.is_dataclass(value):
-            return value
-        if not isinstance(value, dict):
-            raise UnisslError(f"{where}: expected a mapping, got {value!r}")
-        return _from_dict(inner, value, where)
-    origin = get_origin(inner)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        args = get_args(inner)
-        elem = args[0] if args else Any
-        out = [_coerce(v, elem, where) for v in value]
-        return tuple(out) if origin is tuple else out
-    if origin is Literal:
-        if value not in get_args(inner):
-            raise UnisslError(f"{where}: {value!r} is not one of {list(get_args(inner))}")
-        return value
-    if inner is bool:
-        if isinstance(value, bool):
-            return value
-        raise UnisslError(f"{where}: expected true/false, got {value!r}")
-    if inner is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if inner is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if inner is str:
-        return str(value)
-    if inner is int and isinstance(value, str):
-        try:  # YAML reads `1e3` (exponent without a sign) as a string
-            value = float(value) if not value.strip().lstrip("+-").isdigit() else int(value)
-        except ValueError:
-            raise UnisslError(f"{where}: expected int, got {value!r}") from None
-    if inner is int and isinstance(value, float):
-        if value.is_integer():
-            return int(value)
-        raise UnisslError(f"{where}: expected an integer, got {value!r}")
-    if isinstance(value, bool) and inner in (int, float):
-        raise UnisslError(f"{where}: expected {inner.__name__}, got {value!r}")
-    if inner in (int, float):
-        try:
-            return inner(value)
-        except (TypeError, ValueError):
-            raise UnisslError(f"{where}: expected {inner.__name__}, got {value!r}") from None
-    return value
-
-
-def _from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
-    assert dataclasses.is_dataclass(cls), cls
-    hints = _field_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = set(data) - names
-    if unknown:
-        raise UnisslError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(names)}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for k, v in data.items():
-        if isinstance(v, dict):
-            # A partial mapping for a nested dataclass overrides the *parent's* default for that field
-            # (e.g. ``train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=50))``), not
-            # the nested class's own defaults.
-            default = _default_of(fields[k])
-            if dataclasses.is_dataclass(default) and not isinstance(default, type):
-                v = _deep_update(to_dict(default), v)
-        kwargs[k] = _coerce(v, hints[k], f"{where}.{k}")
-        choices = fields[k].metadata.get("choices") if fields[k].metadata else None
-        if choices and kwargs[k] is not None and kwargs[k] not in choices:
-            raise UnisslError(f"{where}.{k}: {kwargs[k]!r} is not one of {list(choices)}")
-    missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in kwargs
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        flags = ", ".join("--" + (f"{where}.{m}".split(".", 1)[1] if "." in where else m).replace("_", "-")
-                          for m in missing)
-        raise UnisslError(f"missing required value(s) {missing}: pass {flags} or set them in a --config YAML")
+        path, value = prefix + f.name, data[f.name]
+        inner, optional = _strip_optional(hints[f.name])
+        if _is_config(inner) and isinstance(value, dict):
+            value = _build(inner, value, path + ".")
+        elif value is None and not optional:
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            raise ConfigError(path, "a value is required" if required else "may not be null")
+        choices = f.metadata.get("choices")
+        if choices and value is not None and value not in choices:
+            raise ConfigError(path, f"{value!r} is not one of {', '.join(map(str, choices))}")
+        kwargs[f.name] = value
     try:
         return cls(**kwargs)
-    except TypeError as e:
-        raise UnisslError(f"{where}: {e}") from e
+    except ConfigError as e:
+        raise ConfigError(prefix + e.path, e.reason, e.source) from None
+    except (ValueError, AssertionError, TypeError) as e:  # __post_init__ checks that do not name a field yet
+        raise UnisslError(f"invalid configuration: {e}") from None
 
 
-def _deep_update(base: dict[str, Any], upd: dict[str, Any], where: str = "") -> dict[str, Any]:
-    """Merge ``upd`` into ``base`` (nested mappings merge; a section given as a scalar is an error)."""
-    for k, v in upd.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _deep_update(base[k], v, f"{where}{k}.")
-        elif isinstance(v, dict) and base.get(k) is not None and not dataclasses.is_dataclass(base.get(k)):
-            raise UnisslError(f"{where}{k}: expected a mapping of settings, got {base[k]!r}")
-        else:
-            base[k] = v
-    return base
+# ---------------------------------------------------------------------------------------------- public API
+def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None = None) -> T:
+    """Parse ``argv`` into a validated ``cls`` instance (flags > ``--config`` YAML files > dataclass defaults).
+
+    Every problem is one :class:`UnisslError` line (a :class:`ConfigError` naming the field where there is
+    one); ``--help`` prints the flags and exits 0.
+    """
+    files, args = _translate(cls, sys.argv[1:] if argv is None else list(argv))
+    parser = _parser(typing.cast(type, cls), prog)
+    if "--help" in args:
+        parser.print_help()
+        raise SystemExit(0)
+    ns = parser.get_defaults()
+    for path in files:
+        ns = _merge(cls, load_yaml(path), ns, str(path))
+    try:
+        ns = parser.parse_args(args, namespace=ns)
+    except (argparse.ArgumentError, TypeError, ValueError) as e:
+        raise _config_error(e, None) from None
+    values = ns.as_dict()
+    values.pop("config", None)
+    return _build(cls, values)
+
+
+def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
+    """Build ``cls`` from a (partial, nested) mapping on top of its defaults, checked as a ``--config`` file
+    is (``source`` names it in errors)."""
+    parser = _parser(typing.cast(type, cls))
+    values = _merge(cls, data, parser.get_defaults(), source).as_dict()
+    values.pop("config", None)
+    return _build(cls, values)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -298,37 +414,6 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def from_dict(cls: type[T], data: dict[str, Any], defaults: T | None = None) -> T:
-    """Build ``cls`` from a (partial, nested) dict, on top of ``defaults`` or the dataclass defaults."""
-    base = to_dict(defaults) if defaults is not None else {}
-    try:
-        return _from_dict(cls, _deep_update(base, data))
-    except (ValueError, AssertionError) as e:  # raised by __post_init__ validation: one line, as on the CLI
-        raise UnisslError(f"invalid configuration: {e}") from e
-
-
-def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None = None,
-                 defaults: T | None = None) -> T:
-    """Parse ``argv`` into a validated ``cls`` instance (flags > YAML files > ``defaults`` > dataclass)."""
-    parser = build_parser(cls, prog=prog)
-    ns = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
-    data: dict[str, Any] = to_dict(defaults) if defaults is not None else {}
-    for path in ns.pop("config"):
-        _deep_update(data, load_yaml(path))
-    cli: dict[str, Any] = {}
-    for dest, value in ns.items():
-        node = cli
-        parts = dest.split("__")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    _deep_update(data, cli)
-    try:
-        return _from_dict(cls, data)
-    except (ValueError, AssertionError) as e:  # raised by __post_init__ validation
-        raise UnisslError(f"invalid configuration: {e}") from e
-
-
 def output_paths(cfg: Any, prefix: str = "") -> list[tuple[str, str, str]]:
     """(flag, path, kind) of every field marked ``arg(output=...)`` in ``cfg`` and its nested configs
     (fields left ``None`` are skipped: the command derives their default from another path)."""
@@ -338,8 +423,7 @@ def output_paths(cfg: Any, prefix: str = "") -> list[tuple[str, str, str]]:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             found += output_paths(value, f"{prefix}{f.name}.")
         elif f.metadata.get("output") and value is not None:
-            flag = f.name if f.metadata.get("positional") else f"--{prefix}{f.name}".replace("_", "-")
-            found.append((flag, str(value), f.metadata["output"]))
+            found.append((flag(prefix + f.name), str(value), f.metadata["output"]))
     return found
 
 
@@ -348,8 +432,8 @@ def check_outputs(cfg: Any) -> None:
     virtual file system, a file in the way, no permission)."""
     from unissl.utils.io import check_writable
 
-    for flag, path, kind in output_paths(cfg):
-        check_writable(path, flag, kind)
+    for name, path, kind in output_paths(cfg):
+        check_writable(path, name, kind)
 
 
 def check_run_dir(run_dir: str | Path, cfg: Any) -> None:
@@ -412,7 +496,6 @@ def save_run_config(run_dir: str | Path, cfg: Any, extra: dict[str, Any] | None 
 def stable_hash(obj: Any) -> str:
     """A short hash of a JSON-serialisable object, independent of key order."""
     import hashlib
-    import json
 
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

@@ -10,3 +10,17 @@ from __future__ import annotations
 
 class UnisslError(Exception):
     """A problem with the user's input, files or environment (not a bug in unissl)."""
+
+
+class ConfigError(UnisslError):
+    """A config value that is wrong, named by its field path (``train.global_batch``), not by a flag.
+
+    Library code (a config's ``__post_init__``) raises it with the field relative to its own dataclass;
+    :func:`unissl.config.from_dict` / :func:`~unissl.config.parse_config` prefix the path where the config is
+    nested, and the CLI shows it as the flag (``--train.global-batch: ...``). ``source`` names the YAML file
+    the value came from, when it did.
+    """
+
+    def __init__(self, path: str, reason: str, source: str | None = None) -> None:
+        self.path, self.reason, self.source = path, reason, source
+        super().__init__(f"{source}: {path}: {reason}" if source else f"{path}: {reason}")

@@ -31,8 +31,8 @@ class Config:
     """Sample images from a trained RepTok token generator."""
 
     checkpoint: str = arg(help="run directory of `unissl train reptok-generator` (or its generator/ directory)")
-    classes: list[str] | None = arg(None, help="class names or indices (default: all classes; "
-                                               "--class also works)")
+    classes: list[str] | None = arg(None, aliases=["class"], help="class names or indices (default: all "
+                                                                  "classes; --class also works)")
     prompt: list[str] | None = arg(None, help="text prompt(s) (text-conditional generators)")
     heldout_prompts: bool = arg(False, help="prompt with every held-out caption template x class (zero-shot "
                                             "evaluation of a text generator; the npz labels are the named classes)")

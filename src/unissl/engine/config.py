@@ -13,7 +13,7 @@ from typing import Literal
 
 from unissl.config import arg
 from unissl.engine.runtime import device_arg
-from unissl.errors import UnisslError
+from unissl.errors import ConfigError, UnisslError
 
 
 @dataclass
@@ -75,7 +75,7 @@ class TrainConfig:
             ok = value is not None and (value >= 0 if allow_zero else value > 0)
             if not ok or (isinstance(value, float) and not math.isfinite(value)):
                 kind = "non-negative" if allow_zero else "positive"
-                raise UnisslError(f"train.{name} must be {kind}, got {value!r}")
+                raise ConfigError(name, f"must be {kind}, got {value!r}")
 
         positive("steps", self.steps)
         positive("epochs", self.epochs, allow_none=True)
@@ -97,14 +97,13 @@ class TrainConfig:
         positive("dist_timeout", self.dist_timeout)
         positive("max_skips", self.max_skips)
         if self.global_batch % self.grad_accum:
-            raise UnisslError(f"train.global_batch={self.global_batch} is not divisible by "
-                              f"train.grad_accum={self.grad_accum}")
+            raise ConfigError("global_batch", f"{self.global_batch} is not divisible by grad_accum={self.grad_accum}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise UnisslError(f"train.betas must be two numbers in [0, 1), got {list(self.betas)}")
+            raise ConfigError("betas", f"must be two numbers in [0, 1), got {list(self.betas)}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise UnisslError(f"train.ema_decay must be in (0, 1), got {self.ema_decay}")
+            raise ConfigError("ema_decay", f"must be in (0, 1), got {self.ema_decay}")
         if self.min_lr > self.peak_lr():
-            raise UnisslError(f"train.min_lr={self.min_lr} is above the peak lr {self.peak_lr():g}; lower it")
+            raise ConfigError("min_lr", f"{self.min_lr} is above the peak lr {self.peak_lr():g}; lower it")
 
     def lower_lr_flag(self, factor: float = 0.5) -> str:
         """The flag that lowers this run's peak learning rate by ``factor``: ``--train.lr`` when the run sets it

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from unissl.config import arg
-from unissl.errors import UnisslError
+from unissl.errors import ConfigError, UnisslError
 from unissl.eval.probe import topk_accuracy
 
 
@@ -44,8 +44,10 @@ class KNNConfig:
     temperature: float = arg(0.07, help="temperature T of the exp(sim / T) vote weights")
 
     def __post_init__(self) -> None:
-        if self.k <= 0 or self.temperature <= 0:
-            raise ValueError(f"k-NN k and temperature must be positive, got k={self.k}, T={self.temperature}")
+        if self.k <= 0:
+            raise ConfigError("k", f"must be positive, got {self.k}")
+        if self.temperature <= 0:
+            raise ConfigError("temperature", f"must be positive, got {self.temperature}")
 
 
 def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,

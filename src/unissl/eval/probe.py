@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from unissl.config import arg
 from unissl.engine.schedule import cosine_value
-from unissl.errors import UnisslError
+from unissl.errors import ConfigError, UnisslError
 from unissl.utils.progress import progress as progress_bar
 
 Norm = Literal["layernorm", "standardize", "none"]
@@ -48,13 +48,14 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         if not self.lrs or any(lr <= 0 for lr in self.lrs):
-            raise ValueError(f"probe lrs must be a non-empty list of positive numbers, got {self.lrs}")
+            raise ConfigError("lrs", f"must be a non-empty list of positive numbers, got {self.lrs}")
         if not self.weight_decays or any(w < 0 for w in self.weight_decays):
-            raise ValueError(f"probe weight_decays must be non-negative, got {self.weight_decays}")
+            raise ConfigError("weight_decays", f"must be non-negative, got {self.weight_decays}")
         if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"probe val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.epochs <= 0 or self.batch_size <= 0:
-            raise ValueError(f"probe epochs and batch_size must be positive, got {self.epochs}, {self.batch_size}")
+            raise ConfigError("val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(name, f"must be positive, got {getattr(self, name)}")
 
 
 class MultiHeadProbe(nn.Module):

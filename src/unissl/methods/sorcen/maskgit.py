@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from unissl.config import arg
-from unissl.errors import UnisslError
+from unissl.errors import ConfigError
 from unissl.methods.sorcen.model import SorcenModel
 from unissl.utils.noise import gumbel_noise
 
@@ -29,7 +29,7 @@ class MaskGITConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 1:
-            raise UnisslError(f"MaskGIT steps must be >= 1, got {self.steps}")
+            raise ConfigError("steps", f"must be >= 1, got {self.steps}")
 
 
 def num_masked_after(step: int, steps: int, num_positions: int) -> int:
