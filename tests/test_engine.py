@@ -23,6 +23,7 @@ from helpers.toy import ToyConfig, ToyDataset, ToyMethod, build  # noqa: E402
 from unissl.engine import (  # noqa: E402
     EMA,
     Callback,
+    Method,
     TrainConfig,
     Trainer,
     all_gather_with_grad,
@@ -100,7 +101,7 @@ def test_train_config_lr_scaling_epochs_and_validation() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- optimizer
-class GroupNet(nn.Module):
+class GroupNet(Method):
     def __init__(self) -> None:
         super().__init__()
         self.emb = nn.Embedding(10, 4)
@@ -197,8 +198,35 @@ def test_trainer_refuses_an_ema_that_keeps_the_init(tmp_path: Path) -> None:
     cfg = TrainConfig(run_dir=str(tmp_path / "r"), steps=100, global_batch=8, ema_decay=0.999, ema_warmup=False,
                       num_workers=0, tensorboard=False, progress=False)
     with pytest.raises(UnisslError, match=r"90\.5% of the initial weights"):
-        Trainer(nn.Linear(2, 1), list(range(16)), cfg)
+        Trainer(ToyMethod(), list(range(16)), cfg)
     assert not (tmp_path / "r").exists()
+
+
+def test_hooks_are_typed_methods_with_no_op_defaults(tmp_path: Path) -> None:
+    """A Method that overrides no hook trains (every hook is a no-op default, nothing is looked up by name);
+    a module that is not a Method is refused before anything is written."""
+    class Bare(Method):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(8))
+
+        def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {"loss": (batch["x"] @ self.w - batch["y"]).pow(2).mean()}
+
+    bare = Bare()
+    assert (bare.no_weight_decay(), bare.decays_embeddings(), bare.lr_scales(), bare.log_images({}),
+            bare.frozen_state_prefixes(), bare.compile_networks()) == (set(), False, {}, {}, (), None)
+    cfg = TrainConfig(run_dir=str(tmp_path / "bare"), steps=20, global_batch=8, num_workers=0, tensorboard=False,
+                      progress=False, warmup_steps=0, lr=0.05, ckpt_every=10)
+    data = ToyDataset(64)
+    full = data.__getitems__(list(range(64)))
+    first = bare(full)["loss"].item()
+    Trainer(bare, data, cfg).fit()
+    with torch.no_grad():
+        assert bare(full)["loss"].item() < 0.5 * first  # trained through the default hooks
+    with pytest.raises(TypeError, match="needs a unissl.engine.Method, got Linear"):
+        Trainer(nn.Linear(2, 1), list(range(16)), replace(cfg, run_dir=str(tmp_path / "linear")))
+    assert not (tmp_path / "linear").exists()
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from unissl.config import arg
-from unissl.engine import TrainConfig
+from unissl.engine import Method, TrainConfig
 
 
 class ToyDataset:
@@ -35,7 +35,7 @@ class ToyDataset:
         return {"x": self.x[idx], "y": self.y[idx]}  # (B, D), (B,)
 
 
-class ToyMethod(nn.Module):
+class ToyMethod(Method):
     """MLP regression; ``noise`` adds input noise from the global torch RNG (so resume must restore it).
 
     ``nan_at`` makes the loss NaN from that optimizer step on (1-based), counted by a buffer that the

@@ -1,52 +1,66 @@
-"""The ``Method`` protocol: the only thing the training loop knows about a model.
+"""The ``Method`` base class: the only thing the training loop knows about a model.
 
-A method is an ``nn.Module`` that owns its networks and computes its own loss. The :class:`~unissl.engine.
-trainer.Trainer` calls ``forward(batch)`` and optimises ``out["loss"]``; every other scalar in the returned
-dict is logged. Optional hooks are looked up with ``getattr`` on the *unwrapped* module (never on the
-DDP/compiled wrapper), so a method implements only the ones it needs.
+A method is an :class:`~torch.nn.Module` subclass of :class:`Method` that owns its networks and computes its
+own loss. The :class:`~unissl.engine.trainer.Trainer` calls ``forward(batch)`` and optimises ``out["loss"]``;
+every other scalar in the returned dict is logged. The engine's hooks are typed methods of the base class
+with no-op defaults, called on the *unwrapped* module (never on the DDP/compiled wrapper); a method overrides
+the ones it needs and nothing is looked up by name.
 """
 
 from __future__ import annotations
-
-from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 
-@runtime_checkable
-class Method(Protocol):
-    """What a trainable method provides (``nn.Module`` subclasses satisfy it structurally).
+class Method(nn.Module):
+    """Base class of every trainable method (Sorcen / MAGE, the RepTok tokenizer and generator, the VQ tokenizer).
 
-    Required:
-        ``forward(batch) -> dict``: ``batch`` maps names to tensors already on the training device
-        (for image data ``{"image": (B, C, H, W), "label": (B,)}``); the result holds ``"loss"``
-        (a differentiable scalar) and any number of extra scalar tensors or floats to log.
-
-    Optional hooks (the trainer checks for them with :func:`hook`):
-        ``on_train_step_end(step, total_steps)``: after each optimizer step, ``step`` counting completed
-        steps from 1 (momentum/EMA teachers, schedules owned by the method).
-        ``no_weight_decay() -> set[str]``: parameter names (as in ``named_parameters()``) that get no
-        weight decay, on top of biases, norm weights (``ndim <= 1``) and ``nn.Embedding`` weights.
-        ``log_images(batch) -> dict[str, Tensor]``: images ``(N, C, H, W)`` in ``[0, 1]`` to save as PNG grids.
-        ``frozen_state_prefixes() -> tuple[str, ...]``: ``state_dict`` key prefixes of frozen parts that the
-        method rebuilds from their own source when it is constructed (a pretrained backbone, a VAE, an online
-        tokenizer). They are left out of training checkpoints and of saved models; loading accepts their
-        absence and nothing else (see :func:`saved_state` and :func:`load_saved_state`).
+    ``forward(batch) -> dict`` (required): ``batch`` maps names to tensors already on the training device
+    (for image data ``{"image": (B, C, H, W), "label": (B,)}``); the result holds ``"loss"`` (a
+    differentiable scalar) and any number of extra scalar tensors or floats to log.
     """
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Return ``{"loss": scalar, **scalar_logs}`` for one (micro-)batch."""
-        ...
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward(batch)")
 
-    def parameters(self, recurse: bool = True):  # noqa: D102 - provided by nn.Module
-        ...
+    def on_train_step_end(self, step: int, total_steps: int) -> None:
+        """After each optimizer step, ``step`` counting completed steps from 1 (momentum/EMA teachers,
+        schedules owned by the method). Default: nothing."""
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (as in ``named_parameters()``) without weight decay, on top of biases, norm weights
+        (``ndim <= 1``) and ``nn.Embedding`` weights. Default: none."""
+        return set()
 
-def hook(method: nn.Module, name: str):
-    """The optional hook ``name`` of ``method`` if it defines one, else ``None``."""
-    fn = getattr(method, name, None)
-    return fn if callable(fn) else None
+    def decays_embeddings(self) -> bool:
+        """True: ``nn.Embedding`` weights are decayed too (only 1-D parameters and :meth:`no_weight_decay`
+        are exempt). Default: False."""
+        return False
+
+    def lr_scales(self) -> dict[str, float]:
+        """``{parameter name: factor}``: those parameters get optimizer groups of their own whose lr is the
+        scheduled lr times the factor (e.g. RepTok's [cls]). Default: none."""
+        return {}
+
+    def log_images(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Images ``(N, C, H, W)`` in ``[0, 1]`` by name, saved as PNG grids under ``run_dir/images/`` (called
+        on rank 0, in eval mode). Default: none."""
+        return {}
+
+    def frozen_state_prefixes(self) -> tuple[str, ...]:
+        """``state_dict`` key prefixes of frozen parts that the method rebuilds from their own source when it
+        is constructed (a pretrained backbone, a VAE, an online tokenizer). They are left out of training
+        checkpoints and saved models; loading accepts their absence and nothing else (:func:`saved_state`,
+        :func:`load_saved_state`). Default: none."""
+        return ()
+
+    def compile_networks(self, **kwargs) -> list[nn.Module] | None:
+        """What ``--train.compile`` compiles: a method that knows its networks compiles them in place and
+        returns them, so that Python state read in its forward (mask ratios, progress) never guards a graph.
+        Default: ``None``, and the trainer compiles the whole method."""
+        return None
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -60,16 +74,20 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def frozen_prefixes(method: nn.Module) -> tuple[str, ...]:
-    """The method's ``frozen_state_prefixes()`` (empty when it has none)."""
-    fn = hook(unwrap(method), "frozen_state_prefixes")
-    return tuple(fn()) if fn is not None else ()
+def unwrap_method(model: nn.Module) -> Method:
+    """:func:`unwrap`, checked to be a :class:`Method` (``TypeError`` naming the class otherwise)."""
+    inner = unwrap(model)
+    if not isinstance(inner, Method):
+        raise TypeError(f"{type(inner).__name__} is not a unissl.engine.Method; subclass Method to train or "
+                        f"save it")
+    return inner
 
 
 def saved_state(method: nn.Module) -> dict[str, torch.Tensor]:
     """``method.state_dict()`` without its frozen parts (``frozen_state_prefixes``)."""
-    skip = frozen_prefixes(method)
-    return {k: v for k, v in unwrap(method).state_dict().items() if not (skip and k.startswith(skip))}
+    inner = unwrap_method(method)
+    skip = tuple(inner.frozen_state_prefixes())
+    return {k: v for k, v in inner.state_dict().items() if not (skip and k.startswith(skip))}
 
 
 def load_saved_state(method: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -77,8 +95,9 @@ def load_saved_state(method: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
     Raises ``RuntimeError`` (as ``load_state_dict(strict=True)`` does) naming the first offending keys.
     """
-    skip = frozen_prefixes(method)
-    missing, unexpected = unwrap(method).load_state_dict(state, strict=False)
+    inner = unwrap_method(method)
+    skip = tuple(inner.frozen_state_prefixes())
+    missing, unexpected = inner.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (skip and k.startswith(skip))]
     if missing or unexpected:
         raise RuntimeError(f"missing keys {missing[:3]}{' ...' if len(missing) > 3 else ''}, unexpected keys "
