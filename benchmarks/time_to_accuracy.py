@@ -49,7 +49,7 @@ LEGACY = ["--method", "sorcen", "--preset", "small",
 POOLS = ("mean", "cls", "released", "blocks")
 
 
-def probe_top1(model, store_dir: str, epochs: int) -> dict[str, float]:
+def probe_top1(model, store_dir: str, epochs: int, pools: tuple[str, ...] = POOLS) -> dict[str, float]:
     """Linear-probe test top-1 (%) of ``model``'s frozen features of the stored ids, for four poolings:
     ``mean`` (:func:`pooled_features` after the final norm: the ``sorcen`` extractor), ``cls`` (the class slot),
     ``released`` (the released linear probe's pooling: the final norm dropped, LayerNorm after the mean:
@@ -61,16 +61,19 @@ def probe_top1(model, store_dir: str, epochs: int) -> dict[str, float]:
 
     def feats(split: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         store = TokenStore(store_dir, split)
-        out: dict[str, list[torch.Tensor]] = {pool: [] for pool in POOLS}
+        out: dict[str, list[torch.Tensor]] = {pool: [] for pool in pools}
         labels = []
         with torch.no_grad():
             for s in range(0, len(store), 1000):
                 b = store.__getitems__(list(range(s, min(s + 1000, len(store)))))
                 h = model.encode(b["ids"].long()).float()  # (B, 1 + N, D) after the final norm
-                out["mean"].append(h[:, 1:].mean(1))  # = pooled_features(model, ids)
-                out["cls"].append(h[:, 0])
-                out["released"].append(pooled_features(model, b["ids"], "released"))
-                out["blocks"].append(pooled_features(model, b["ids"], "blocks"))
+                for pool in pools:
+                    if pool == "mean":
+                        out[pool].append(h[:, 1:].mean(1))  # = pooled_features(model, ids)
+                    elif pool == "cls":
+                        out[pool].append(h[:, 0])
+                    else:  # released, blocks
+                        out[pool].append(pooled_features(model, b["ids"], pool))
                 labels.append(b["label"])
         return {k: torch.cat(v) for k, v in out.items()}, torch.cat(labels)
 
@@ -80,7 +83,7 @@ def probe_top1(model, store_dir: str, epochs: int) -> dict[str, float]:
     finally:
         model.train()
     result = {}
-    for pool in POOLS:
+    for pool in pools:
         metrics, _ = linear_probe(tx[pool], ty, vx[pool], vy, int(ty.max()) + 1, ProbeConfig(epochs=epochs),
                                   progress=False)
         result[pool] = float(metrics["top1"])
@@ -146,7 +149,8 @@ def plot_curve(curve: list[dict[str, float]], target: float, path: Path, title: 
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for pool in POOLS:
-        ax.plot([c["minutes"] for c in curve], [c[pool] for c in curve], marker="o", label=f"{pool} pooling")
+        if all(pool in c for c in curve):
+            ax.plot([c["minutes"] for c in curve], [c[pool] for c in curve], marker="o", label=f"{pool} pooling")
     ax.axhline(target, color="gray", linestyle="--", label=f"pixel probe {target}%")
     ax.set_xlabel("training CPU minutes (1 thread)")
     ax.set_ylabel("linear probe top-1 (%)")
@@ -207,6 +211,8 @@ def main() -> None:
     ap.add_argument("--hit-pool", default="mean", choices=["mean", "blocks", "best"],
                     help="which pooling must reach the target: mean (the study's extractor), blocks (the main "
                          "job's sorcen-blocks extractor) or the best of the four")
+    ap.add_argument("--pools", default=",".join(POOLS),
+                    help="comma-separated poolings to probe (each costs a probe): " + ",".join(POOLS))
     ap.add_argument("--no-stop", action="store_true", help="keep training after the target is reached")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--label", default=None, help="name of this curve in tables and plots")
@@ -246,6 +252,9 @@ def main() -> None:
     label = args.label or f"{cfg.method} {cfg.preset}, batch {cfg.train.global_batch}, lr {cfg.train.peak_lr():g}"
     curve: list[dict[str, float]] = []
     hit_key = "top1" if args.hit_pool == "best" else args.hit_pool
+    pools = tuple(x for x in args.pools.split(",") if x)
+    if not pools or any(x not in POOLS for x in pools) or (hit_key != "top1" and hit_key not in pools):
+        raise SystemExit(f"--pools {args.pools!r}: a comma-separated subset of {POOLS} holding --hit-pool")
 
     class Clock(Callback):
         """Counts training CPU time; probes every ``probe_every`` steps and at the end (probe time excluded)."""
@@ -258,13 +267,12 @@ def main() -> None:
             self.cpu += now - self.mark
             over = self.cpu / 60 >= args.minutes
             if (args.probe_every and step % args.probe_every == 0) or step == trainer.total_steps or over:
-                probes = probe_top1(trainer.method.model, args.tokens, args.probe_epochs)
+                probes = probe_top1(trainer.method.model, args.tokens, args.probe_epochs, pools)
                 point = {"step": step, "epoch": step / spe, "minutes": self.cpu / 60, "top1": max(probes.values()),
                          **probes}
                 curve.append(point)
                 print(f"step {step:6d}  epoch {step / spe:5.2f}  train CPU {self.cpu / 60:6.2f} min  "
-                      f"probe top-1 mean {probes['mean']:.2f}%  cls {probes['cls']:.2f}%  "
-                      f"released {probes['released']:.2f}%  blocks {probes['blocks']:.2f}%", flush=True)
+                      "probe top-1 " + "  ".join(f"{k} {v:.2f}%" for k, v in probes.items()), flush=True)
                 if over or (point[hit_key] >= args.target and not args.no_stop):
                     trainer.step = trainer.total_steps  # stop: the loop ends after this step
             self.mark = time.process_time()
@@ -283,10 +291,8 @@ def main() -> None:
           + (f"reached {args.target}% ({args.hit_pool} pooling) after {hit['minutes']:.1f} CPU minutes "
              f"(epoch {hit['epoch']:.2f})" if hit else
              f"did not reach {args.target}% within {last['minutes']:.1f} CPU minutes "
-             f"(best mean {max((c['mean'] for c in curve), default=0):.2f}%, "
-             f"cls {max((c['cls'] for c in curve), default=0):.2f}%, "
-             f"released {max((c.get('released', 0) for c in curve), default=0):.2f}%, "
-             f"blocks {max((c.get('blocks', 0) for c in curve), default=0):.2f}%)"))
+             "(best " + ", ".join(f"{k} {max((c.get(k, 0) for c in curve), default=0):.2f}%" for k in pools)
+             + ")"))
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
