@@ -108,6 +108,16 @@ def test_released_mage_logits_for_recorded_mask():
     _close("mage loss", masked_token_loss(logits, ids, masking.token_mask, 0.1), t["out/loss"])
 
 
+def test_released_mage_generation_step_logits():
+    """gen_img_uncond.gen_image's first step (every id [MASK], nothing dropped) = ``predict``, MaskGIT's path."""
+    t, meta = _load("mage")
+    model = _method(_part(t, "state/"), _arch(meta), "mage").model.eval()
+    expected = t["out/generation_step0_code_logits"]  # (B, 256, K)
+    with torch.no_grad():
+        logits = model.predict(torch.full(expected.shape[:2], model.special.mask))
+    _close("mage generation step-0 logits", logits, expected)
+
+
 # ------------------------------------------------------------------------------------------------ LEASE (Sorcen)
 # the released options (docs/fidelity.md): echo warm-up `epoch <= 10`, epoch-wise EMA over 1600 epochs from
 # 0.996, uniformity over all encoder outputs with the diagonal, a teacher projector trained by the contrast term

@@ -1,5 +1,6 @@
-"""Official MAGE / Sorcen weights -> SorcenModel: numerics against a naive re-implementation of the
-official forward pass on the official key names, the ViT-B key/shape set and MAGE ViT-B's size."""
+"""Official MAGE / Sorcen weights -> SorcenModel: where every official tensor goes, the ViT-B key/shape set and
+MAGE ViT-B's size. That the converted model computes what the released code computes is proven against outputs
+the released code wrote (tests/test_released_sorcen.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from unissl.methods.sorcen.convert import convert_official_state_dict, infer_arch, official_key_shapes
 from unissl.methods.sorcen.method import build_method
@@ -32,58 +32,16 @@ def synthetic_official(arch: SorcenArch, sorcen: bool) -> dict[str, torch.Tensor
     return out
 
 
-def naive_block(x: torch.Tensor, sd: dict, p: str, heads: int) -> torch.Tensor:
-    """timm/MAGE Block, written out: pre-norm attention with explicit softmax, GELU MLP."""
-    b, n, d = x.shape
-    h = F.layer_norm(x, (d,), sd[f"{p}.norm1.weight"], sd[f"{p}.norm1.bias"], eps=1e-6)
-    qkv = (h @ sd[f"{p}.attn.qkv.weight"].T + sd[f"{p}.attn.qkv.bias"]).view(b, n, 3, heads, d // heads)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4)
-    att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // heads), dim=-1)
-    y = (att @ v).transpose(1, 2).reshape(b, n, d)
-    x = x + y @ sd[f"{p}.attn.proj.weight"].T + sd[f"{p}.attn.proj.bias"]
-    h = F.layer_norm(x, (d,), sd[f"{p}.norm2.weight"], sd[f"{p}.norm2.bias"], eps=1e-6)
-    h = F.gelu(h @ sd[f"{p}.mlp.fc1.weight"].T + sd[f"{p}.mlp.fc1.bias"])
-    return x + h @ sd[f"{p}.mlp.fc2.weight"].T + sd[f"{p}.mlp.fc2.bias"]
-
-
-def official_logits(sd: dict, arch: SorcenArch, ids: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-    """models_mage.py forward (eval, nothing dropped) on official names; returns (B, N, K) code logits."""
-    k = arch.codebook_size
-    vocab = sd["token_emb.word_embeddings.weight"].shape[0]
-    fake_class, mask_label = k + 1100 - 1024, vocab - 1
-    tokens = torch.where(masked, torch.full_like(ids, mask_label), ids)
-    tokens = torch.cat([torch.full((ids.shape[0], 1), fake_class), tokens], dim=1)
-    x = sd["token_emb.word_embeddings.weight"][tokens] + sd["token_emb.position_embeddings.weight"][: tokens.shape[1]]
-    x = F.layer_norm(x, (arch.dim,), sd["token_emb.LayerNorm.weight"], sd["token_emb.LayerNorm.bias"], eps=1e-6)
-    for i in range(arch.depth):
-        x = naive_block(x, sd, f"blocks.{i}", arch.heads)
-    x = F.layer_norm(x, (arch.dim,), sd["norm.weight"], sd["norm.bias"], eps=1e-6)
-    x = x @ sd["decoder_embed.weight"].T + sd["decoder_embed.bias"]
-    all_mask = torch.cat([torch.zeros_like(masked[:, :1]), masked], dim=1)
-    x = torch.where(all_mask.unsqueeze(-1), x[:, :1].expand_as(x), x) + sd["decoder_pos_embed_learned"]
-    for i in range(arch.decoder_depth):
-        x = naive_block(x, sd, f"decoder_blocks.{i}", arch.decoder_heads)
-    x = F.layer_norm(x, (arch.decoder_dim,), sd["decoder_norm.weight"], sd["decoder_norm.bias"], eps=1e-6)
-    h = F.gelu(x @ sd["mlm_layer.fc.weight"].T + sd["mlm_layer.fc.bias"])
-    h = F.layer_norm(h, (arch.dim,), sd["mlm_layer.ln.weight"], sd["mlm_layer.ln.bias"], eps=1e-6)
-    logits = h @ sd["token_emb.word_embeddings.weight"].T + sd["mlm_layer.bias"]  # (B, 1+N, V)
-    return logits[:, 1:, :k]
-
-
 @pytest.mark.parametrize("sorcen", [False, True])
-def test_converted_weights_reproduce_the_official_forward(sorcen):
+def test_converter_covers_every_tensor_and_moves_the_special_rows(sorcen):
     sd = synthetic_official(ARCH, sorcen)
     converted, report = convert_official_state_dict({"model": sd}, ARCH)
     assert report.variant == ("sorcen" if sorcen else "mage")
     method = build_method(ARCH, report.variant)
     method.load_state_dict(converted, strict=True)  # every tensor of ours is covered
-    model = method.model.eval()
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 16, (3, 16), generator=g)
-    masked = torch.rand(3, 16, generator=g) < 0.5
-    with torch.no_grad():
-        ours = model.predict(torch.where(masked, torch.full_like(ids, model.special.mask), ids))
-    assert torch.allclose(ours, official_logits(sd, ARCH, ids, masked), atol=1e-4)
+    model = method.model
+    assert torch.equal(model.embed.word.weight[:16], sd["token_emb.word_embeddings.weight"][:16])
+    assert torch.equal(model.head.bias, sd["mlm_layer.bias"].reshape(-1)[:16])
     assert torch.equal(model.embed.word.weight[model.special.cls], sd["token_emb.word_embeddings.weight"][16 + 76])
     assert torch.equal(model.embed.word.weight[model.special.mask], sd["token_emb.word_embeddings.weight"][-1])
     if sorcen:

@@ -163,6 +163,22 @@ def _state(prefix: str, module: nn.Module, skip: tuple[str, ...] = ()) -> dict[s
     return {f"{prefix}{k}": v for k, v in module.state_dict().items() if not k.startswith(skip)}
 
 
+def _released_functions(script: str, *names: str) -> dict[str, Any]:
+    """Top-level functions of a released *script* (its module body runs a whole job at import: argparse, a
+    ViT-B, a checkpoint), compiled from the unmodified file, without running the rest of the body."""
+    import ast
+    import math
+    import sys
+
+    path = next(Path(p) / script for p in sys.path if (Path(p) / script).is_file())
+    tree = ast.parse(path.read_text(), str(path))
+    body = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in names]
+    assert {node.name for node in body} == set(names), f"{script}: {names} not all found"
+    namespace: dict[str, Any] = {"torch": torch, "np": np, "math": math}
+    exec(compile(ast.Module(body=body, type_ignores=[]), str(path), "exec"), namespace)  # noqa: S102
+    return namespace
+
+
 # ---------------------------------------------------------------------------------------------- VQGAN
 def _images(gen: torch.Generator) -> torch.Tensor:
     """(BATCH, 3, 32, 32) in [0, 1]: a smooth random field plus pixel noise (ids vary over the grid)."""
@@ -259,21 +275,33 @@ def write_mage(out_dir: str | Path, root: str | None = None) -> list[Path]:
     _wrap(model, "forward_decoder", lambda out, *a: rec.__setitem__("logits", out))
     with torch.no_grad():
         loss, _, _ = model(images)
+    out_logits = rec["logits"][:, 1:, :model.codebook_size]
     latent, gt_indices, drop_mask, all_mask = rec["encoder"]
     assert len(noise) == 1 and len(ratio.draws) == 1, "expected one masking draw"
     k = model.codebook_size
+    # gen_img_uncond.gen_image's first step: the whole map [MASK], nothing dropped (the MaskGIT path). Its
+    # code after the loop hard-codes MAGE's 1024 codes of 256 dims and fails at this size; the logits of the
+    # step are recorded before that.
+    rec.pop("logits")
+    with torch.no_grad(), contextlib.suppress(RuntimeError, IndexError):
+        _released_functions("gen_img_uncond.py", "gen_image", "mask_by_random_topk")["gen_image"](
+            model, BATCH, SEED, num_iter=1)
+    generation_logits = rec["logits"][:, 1:, :k]
     tensors = {**_state("state/", model, skip=("vqgan.",)), "input/images": images,
                "draw/mask_ratio": torch.tensor(ratio.draws[0], dtype=torch.float64), "draw/noise": noise[0],
                "out/ids": gt_indices, "out/token_all_mask": all_mask[:, 1:].bool(),
                "out/token_drop_mask": drop_mask[:, 1:].bool(), "out/latent": latent,
-               "out/code_logits": rec["logits"][:, 1:, :k], "out/loss": loss.reshape(())}
+               "out/code_logits": out_logits, "out/loss": loss.reshape(()),
+               "out/generation_step0_code_logits": generation_logits}
     meta = {"release": "LTH14/mage", "commit": PINNED["mage"], "part": "mage",
             "code": "models_mage.py MaskedGenerativeEncoderViT.forward (eval: no dropout)",
             "vit": VIT, "vqgan": VQGAN, "codebook_size": k, "fake_class_label": model.fake_class_label,
             "mask_token_label": model.mask_token_label, "batch": BATCH, "norm_layer": "LayerNorm(eps=1e-6)",
             "notes": "state/ omits the 'vqgan.' sub-tree: it is mage_vqgan.safetensors' state/. "
                      "out/code_logits = forward_decoder(...)[:, 1:, :codebook_size]; out/latent = the encoder "
-                     "output (class slot + kept tokens); masks exclude the class slot"}
+                     "output (class slot + kept tokens); masks exclude the class slot; "
+                     "out/generation_step0_code_logits: gen_img_uncond.gen_image's first step (all [MASK], "
+                     "nothing dropped)"}
     return _save(Path(out_dir), "mage", tensors, meta)
 
 
