@@ -1,4 +1,5 @@
-"""taming/MAGE VQGAN loader: key layout, naive functional forward, load_tokenizer dispatch, error paths."""
+"""taming/MAGE VQGAN loader: key layout, loading, load_tokenizer dispatch, error paths (the numerics against MAGE's
+own VQModel: tests/test_released_sorcen.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from unissl.errors import UnisslError
 from unissl.tokenizers import TamingConfig, TamingVQGAN, load_taming_checkpoint, load_tokenizer
@@ -67,51 +67,6 @@ def random_state(cfg: TamingConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
-def naive_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, cfg: TamingConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Functional reference: encoder -> explicit argmin over codes -> decoder, straight from the state dict."""
-    g = cfg.norm_groups
-
-    def gn(p: str, h: torch.Tensor) -> torch.Tensor:
-        return F.group_norm(h, g, sd[p + ".weight"], sd[p + ".bias"], eps=1e-6)
-
-    def act(h: torch.Tensor) -> torch.Tensor:
-        return h * torch.sigmoid(h)
-
-    def res(p: str, h: torch.Tensor) -> torch.Tensor:
-        y = F.conv2d(act(gn(p + ".norm1", h)), sd[p + ".conv1.weight"], padding=1)
-        y = F.conv2d(act(gn(p + ".norm2", y)), sd[p + ".conv2.weight"], padding=1)
-        if p + ".nin_shortcut.weight" in sd:  # MaskGIT: shortcut computed from the block output
-            return F.conv2d(y, sd[p + ".nin_shortcut.weight"]) + y
-        return h + y
-
-    n = len(cfg.ch_mult)
-    h = F.conv2d(x, sd["encoder.conv_in.weight"], padding=1)
-    for i in range(n):
-        for j in range(cfg.num_res_blocks):
-            h = res(f"encoder.down.{i}.block.{j}", h)
-        if i < n - 1:
-            h = F.avg_pool2d(h, 2)
-    h = res("encoder.mid.block_2", res("encoder.mid.block_1", h))
-    h = F.conv2d(act(gn("encoder.norm_out", h)), sd["encoder.conv_out.weight"], sd["encoder.conv_out.bias"])
-    b, d, hh, ww = h.shape
-    vecs = h.permute(0, 2, 3, 1).reshape(-1, d)
-    codes = sd["quantize.embedding.weight"]
-    ids = torch.stack([((codes - v) ** 2).sum(1).argmin() for v in vecs]).view(b, hh, ww)
-    z = codes[ids].permute(0, 3, 1, 2)
-    h = F.conv2d(z, sd["decoder.conv_in.weight"], sd["decoder.conv_in.bias"], padding=1)
-    h = res("decoder.mid.block_2", res("decoder.mid.block_1", h))
-    for i in reversed(range(n)):
-        for j in range(cfg.num_res_blocks):
-            h = res(f"decoder.up.{i}.block.{j}", h)
-        if i > 0:
-            h = F.interpolate(h, scale_factor=2.0, mode="nearest")
-            h = F.conv2d(h, sd[f"decoder.up.{i}.upsample.conv.weight"], sd[f"decoder.up.{i}.upsample.conv.bias"],
-                         padding=1)
-    h = F.conv2d(act(gn("decoder.norm_out", h)), sd["decoder.conv_out.weight"], sd["decoder.conv_out.bias"],
-                 padding=1)
-    return ids, h.clamp(0, 1)
-
-
 def test_full_size_mage_layout_keys_and_shapes():
     with torch.device("meta"):
         model = TamingVQGAN(TamingConfig())
@@ -124,17 +79,20 @@ def test_full_size_mage_layout_keys_and_shapes():
     assert (model.grid, model.image_size, model.codebook_size, model.channels) == ((16, 16), 256, 1024, 3)
 
 
-def test_loads_written_checkpoint_and_matches_naive_forward(tmp_path):
+def test_loads_written_checkpoint_frozen_with_its_checksum(tmp_path):
+    # what the loaded VQGAN computes is proven against MAGE's own VQModel in tests/test_released_sorcen.py
     sd = random_state(SMALL)
     path = tmp_path / "vqgan.ckpt"
     torch.save({"state_dict": sd}, path)
     tok = load_taming_checkpoint(path, config=SMALL)
     assert tok.grid == (2, 2) and not tok.training
+    assert all(torch.equal(v, sd[k]) for k, v in tok.state_dict().items())
+    assert not any(p.requires_grad for p in tok.parameters())
     x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    ref_ids, ref_img = naive_forward(sd, x, SMALL)
     ids = tok.encode(x)
-    assert ids.dtype == torch.int64 and torch.equal(ids, ref_ids)
-    assert torch.allclose(tok.decode(ids), ref_img, atol=1e-5)
+    assert ids.dtype == torch.int64 and ids.shape == (3, 2, 2)
+    img = tok.decode(ids)
+    assert img.shape == (3, 3, 32, 32) and 0.0 <= float(img.min()) and float(img.max()) <= 1.0
     # the checksum is the file's sha256; identity records it
     import hashlib
 
