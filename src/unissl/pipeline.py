@@ -14,7 +14,8 @@ A pipeline file may be derived from another one (:func:`resolve_pipeline`)::
       - {name: sorcen, config: {loss: {mask_max: 0.7}}}   # config merges in; a new name is appended
 
 and a grid item in ``stages`` writes an evaluation template once for every encoder (more axes: every
-combination, the first axis outermost; seeds come from ``seeds:``)::
+combination, the first axis outermost; a value that is a mapping is read field by field, ``{arm.lr}``; seeds
+come from ``seeds:``)::
 
       - grid: {encoder: [sorcen, mage]}
         stages:
@@ -65,7 +66,7 @@ from unissl.utils.io import pid_alive, read_json, write_json
 
 _NAME = r"[A-Za-z0-9_.\-]+"  # stage names: letters, digits, '_', '.', '-'
 _REF = re.compile(r"\{(out|seed|stage:" + _NAME + r")\}")
-_VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")  # {name}: a pipeline var or a grid axis
+_VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)\}")  # {name}, {axis.field}
 _RESERVED = {"out", "seed", "stage"}  # substituted when a stage runs, never by vars
 _FILE_KEYS = {"extends", "out", "seed", "seeds", "vars", "stages"}  # what a base pipeline file may hold
 SCRIPT = "script"  # the command of a stage that runs a Python script
@@ -129,7 +130,12 @@ def _expand(items: Any, names: dict[str, Any], where: str) -> list[dict[str, Any
             if not isinstance(values, list) or not values:
                 raise UnisslError(f"pipeline: {where}: grid axis {axis!r} needs a non-empty list, got {values!r}")
         for combo in itertools.product(*grid.values()):
-            out.extend(_expand(item["stages"], {**names, **dict(zip(grid, combo))}, where))
+            local = dict(names)
+            for axis, value in zip(grid, combo):
+                local[axis] = value
+                if isinstance(value, dict):  # a value with fields: {axis.field}
+                    local.update({f"{axis}.{k}": v for k, v in value.items()})
+            out.extend(_expand(item["stages"], local, where))
     return out
 
 
