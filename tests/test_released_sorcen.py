@@ -199,3 +199,14 @@ def test_released_sorcen_losses_for_recorded_draws(monkeypatch, run):
         params = dict(method.named_parameters())
         for released_name, ours_name in GRAD_NAMES.items():
             _close(f"sorcen grad {released_name}", params[ours_name].grad, t[f"grad/{released_name}"])
+
+
+def test_replayed_draws_are_checked():
+    """The arguments that replay recorded draws refuse shapes and positions that cannot come from a draw."""
+    with pytest.raises(ValueError, match=r"noise must be \(2, 16\)"):
+        random_masking(2, 16, 0.6, noise=torch.rand(2, 15))
+    ids = torch.zeros(2, 4, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="corners"):
+        window_mask(ids, 3, 9, corners=torch.tensor([[0, 0], [2, 0]]))  # a 3-wide window starts at row <= 1
+    out = window_mask(ids, 3, 9, corners=torch.tensor([[1, 0], [0, 1]]))
+    assert out[0, 1:, :3].eq(0).all() and int(out[0].ne(9).sum()) == 9 and out[1, :3, 1:].eq(0).all()
