@@ -113,7 +113,35 @@ def test_released_reptok_encode_gives_the_released_token(tokenizer, tok_fixture)
         z = tokenizer.encode(images)
         z_frozen = tokenizer.encoder.frozen(images)
     assert _max_diff(z, outs["token"]) < TOL
-    assert abs(cosine_loss(z, z_frozen).item() - outs["cos_loss"].mean().item()) < TOL
+    assert _max_diff(cosine_loss(z, z_frozen), outs["cos_loss"].mean()) < TOL
+    assert outs["cos_loss"].mean() > 1e-3  # the tuned [cls] moved the token: the regulariser is not trivially 0
+    # a non-square image: the release crops at round((131 - 118) / 2) = 6 (a floor would take 5) and average-pools
+    # by 118 // 56 = 2 before its bilinear resize
+    with torch.no_grad():
+        z_odd = tokenizer.encode((inputs["images_odd"] + 1) / 2)
+    assert _max_diff(z_odd, outs["token_odd"]) < TOL
+    # the default resize (antialiased, floor offsets) on the same weights is another encoder
+    antialiased = Dinov2Encoder(tokenizer.encoder.path, image_size=tokenizer.encoder.image_size)
+    with torch.no_grad():
+        z_aa = antialiased.encode_with((inputs["images_odd"] + 1) / 2, tokenizer.encoder.cls)
+    assert _max_diff(z_aa, outs["token_odd"]) > 100 * TOL
+
+
+def test_released_reptok_bf16_encode(tokenizer, tok_fixture) -> None:
+    """``dtype="bfloat16"``: the backbone under bf16 autocast, near the release's bf16 encoding (weights and images
+    cast, ``RepTokImageEncoder``); both are bf16 roundings of the fp32 token, not bit-equal."""
+    _, inputs, outs = tok_fixture
+    enc = tokenizer.encoder
+    bf16 = Dinov2Encoder(enc.path, image_size=enc.image_size, resize="released", dtype="bfloat16")
+    assert bf16.spec()["dtype"] == "bfloat16" and "dtype" not in enc.spec()
+    with torch.no_grad():
+        z16 = bf16.encode_with((inputs["images"] + 1) / 2, enc.cls)
+    assert z16.dtype == torch.float32
+    scale = outs["token"].abs().max().item()
+    gap_release = _max_diff(outs["token_bf16"], outs["token"])  # the release's own bf16 rounding
+    gap = _max_diff(z16, outs["token_bf16"])
+    assert 0 < _max_diff(z16, outs["token"]) < 0.05 * scale
+    assert gap < 2 * gap_release + 1e-3 * scale
 
 
 def test_released_reptok_condition_folds_the_learned_shift(tokenizer, tok_fixture) -> None:

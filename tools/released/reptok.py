@@ -10,7 +10,8 @@ sizes and the settings:
                        with small sizes (a 64-wide, 2-block DINOv2-with-registers of the release's own
                        ``DinoVisionTransformer``; decoder width 64, depth 2, head 16, mapping width 32; 3 x 8 x 8
                        "latents", patch 2): the [cls] token of ``DINOFeatureEncoder.forward`` (the release's resize
-                       and normalisation) and its cosine loss to the frozen target, the condition of
+                       and normalisation) (also of a non-square 131 x 118 image: the crop and the average pooling) and its cosine loss to the frozen
+                       target, the condition of
                        ``get_conditioning`` (learned shift, new registers, projection), the decoder velocity at
                        four times, the 50-step decode of ``RepTokDecoderWrapper.sample`` from the token, and the
                        training loss of ``RF.forward`` with its time and noise draws recorded.
@@ -184,12 +185,21 @@ def write_reptok_tokenizer(out: Path, enc: Any) -> list[Path]:
     x_t = torch.randn(2, *LATENT, generator=gen)
     noise = torch.randn(2, *LATENT, generator=gen)
     latents = torch.randn(2, *LATENT, generator=gen)
+    odd = torch.rand(1, 3, 131, 118, generator=gen) * 2 - 1  # crop offset round(6.5) = 6, pooled by 118 // 56 = 2
     tensors: dict[str, torch.Tensor] = {f"state/{k}": v for k, v in state.items()}
-    tensors.update({"input/images": images, "input/x_t": x_t, "input/noise": noise, "input/latents": latents,
+    tensors.update({"input/images": images, "input/images_odd": odd, "input/x_t": x_t, "input/noise": noise, "input/latents": latents,
                     "input/times": torch.tensor(DECODER_TIMES)})
     wrapper = enc.RepTokDecoderWrapper(model)
     with torch.no_grad():
         token = enc.DINOFeatureEncoder.forward(dino_mod, images)[:, 0]  # (B, D): the [cls] after the final norm
+        tensors["out/token_odd"] = enc.DINOFeatureEncoder.forward(dino_mod, odd)[:, 0].contiguous()
+        # RepTokImageEncoder's bf16 encoding (weights and images in bf16), here on the tiny DINOv2 with its [cls]
+        bf16 = enc.DinoVisionTransformer(**DINO)
+        bf16.load_state_dict(dino_mod.model.state_dict())
+        bf16 = bf16.to(torch.bfloat16).eval()
+        x16 = enc.better_resize(images.to(torch.bfloat16), MODEL_SIZE)
+        x16 = enc.TVTF.normalize((x16 + 1.0) / 2.0, dino_mod.normalize_mean, dino_mod.normalize_std)
+        tensors["out/token_bf16"] = bf16.forward_features(x16)["x_norm_clstoken"].float().contiguous()
         dino_mod.train()
         _, cos = enc.DINOFeatureEncoder.forward(dino_mod, images)  # training mode: 1 - cos to the frozen target
         dino_mod.eval()
