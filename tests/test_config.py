@@ -202,3 +202,102 @@ def test_impossible_run_directories_are_one_line(tmp_path, capsys) -> None:
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("unissl: error:") and "is a file" in err[0], err
     assert (tmp_path / "afile").read_text() == "x"
+
+
+# ---------------------------------------------------------------------------------------------- what a user sees
+def _run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str], str]:
+    from unissl.cli import main
+
+    capsys.readouterr()
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.err.strip().splitlines(), captured.out
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each mistake is exactly one line on stderr and exit 2; usage is printed only for --help."""
+    cases = [
+        (["train", "sorcen", "--train.setps", "3"], "unknown flag --train.setps; did you mean --train.steps?"),
+        (["train", "sorcen", "--train.step", "7", "--tokens", "x"],  # a prefix is not a flag
+         "unknown flag --train.step; did you mean --train.steps?"),
+        (["eval", "knn", "--knn.k", "0"], "--knn.k: must be positive, got 0"),  # a library config names its field
+        (["tokenizer", "train", "--train.global-batch", "0"], "--train.global-batch: must be positive, got 0"),
+        (["report"], "--run-dir: a value is required"),
+        (["report", "--run-dir", str(tmp_path / "none")], f"run directory {tmp_path / 'none'} not found"),
+        (["report", str(tmp_path / "none")], f"run directory {tmp_path / 'none'} not found"),  # positional too
+        (["report", "a", "b"], "unexpected argument 'b': settings are passed as --name value (run with --help "
+                               "for the flags)"),
+    ]
+    for argv, line in cases:
+        code, err, out = _run_cli(argv, capsys)
+        assert (code, err, out) == (2, [f"unissl: error: {line}"], ""), argv
+    bad = tmp_path / "knn.yaml"
+    bad.write_text("knn: {k: 5, temprature: 0.1}\n")
+    code, err, _ = _run_cli(["eval", "knn", "--config", str(bad)], capsys)
+    assert (code, err) == (2, [f"unissl: error: {bad}: knn.temprature: unknown key; did you mean knn.temperature?"])
+    with pytest.raises(SystemExit) as exit_info:
+        _run_cli(["eval", "knn", "--help"], capsys)
+    out, err_text = capsys.readouterr()
+    assert exit_info.value.code == 0 and err_text == ""
+    assert out.startswith("usage: unissl eval knn") and "--knn.temperature" in out
+
+
+def test_pipeline_checks_every_stage_before_the_first_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = {"out": str(tmp_path / "pipe"), "stages": [
+        {"name": "a", "command": "tokenizer train", "output_key": "train.run_dir",
+         "config": {"dataset": "digits", "preset": "digits", "train": {"run_dir": "{out}/a", "steps": 2}}},
+        {"name": "b", "command": "tokenize", "config": {"tokenizer": "{stage:a}/tokenizer", "dataset": "digits",
+                                                        "out": "{out}/tokens"}},
+        {"name": "c", "command": "eval knn", "output_key": "run_dir",
+         "config": {"extractor": "pixels", "dataset": "digits", "run_dir": "{out}/eval", "kn": {"k": 5}}}]}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    code, err, _ = _run_cli(["pipeline", "--config", str(path), "--no-report"], capsys)
+    assert (code, err) == (2, ["unissl: error: pipeline: stage c: kn: unknown key; did you mean knn?"])
+    assert not (tmp_path / "pipe" / "a").exists()  # stage a never ran
+    spec["stages"][2]["config"] = {"extractor": "pixels", "run_dir": "{out}/eval", "knn": {"k": 0}}
+    path.write_text(yaml.safe_dump({**spec, "seeds": [0, 1]}))
+    code, err, _ = _run_cli(["pipeline", "--config", str(path), "--no-report"], capsys)
+    assert (code, err) == (2, ["unissl: error: pipeline: stage seed0/c: knn.k: must be positive, got 0"])
+    assert not (tmp_path / "pipe" / "seed0" / "a").exists()
+
+
+def test_ctrl_c_names_the_checkpoint_and_the_command_that_continues(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C during step 3 of a toy command run through ``cli.main``: one line naming the saved checkpoint and the
+    command; running that command resumes (and says from where) and finishes."""
+    import os
+    import shlex
+    import signal
+    import sys
+    import types
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from helpers.toy import ToyConfig, build
+
+    from unissl import cli
+    from unissl.engine import Callback, Trainer
+
+    class CtrlC(Callback):
+        def on_step_end(self, trainer: Trainer, step: int, logs: dict[str, float]) -> None:
+            if step == 3 and not trainer.cfg.resume:
+                os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
+
+    def run(cfg: ToyConfig) -> None:
+        method, data = build(cfg)
+        Trainer(method, data, cfg.train, callbacks=[CtrlC()]).fit()
+
+    module = types.ModuleType("toy_command")
+    module.Config, module.run = ToyConfig, run  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "toy_command", module)
+    monkeypatch.setitem(cli.COMMANDS, (None, "toy"), cli.Command("toy_command", "a toy training"))
+    run_dir = tmp_path / "run dir"  # a space: the printed command must quote it
+    argv = ["toy", "--train.run-dir", str(run_dir), "--train.steps", "6", "--train.ckpt-every", "100",
+            "--no-train.progress"]
+    code, err, _ = _run_cli(argv, capsys)
+    saved = run_dir / "checkpoints" / "step_0000004"  # the signal is honoured at the next step boundary
+    again = shlex.join(["unissl", *argv, "--train.resume"])
+    assert (code, err) == (130, [f"unissl: interrupted at step 4; saved {saved}; continue with: {again}"])
+    assert saved.is_dir()
+    code, err, out = _run_cli(shlex.split(err[0].split("continue with: ")[1])[1:], capsys)
+    assert code == 0 and f"[train] resumed from {saved} at step 4" in out.splitlines()

@@ -8,10 +8,11 @@ place that lists commands; modules are imported only when their command runs, so
 from __future__ import annotations
 
 import importlib
+import shlex
 import sys
 from dataclasses import dataclass
 
-from unissl.errors import ConfigError, UnisslError
+from unissl.errors import ConfigError, Interrupted, UnisslError
 
 
 @dataclass(frozen=True)
@@ -79,11 +80,23 @@ def _resolve(argv: list[str]) -> tuple[str, Command, list[str]]:
     raise UnisslError(f"unknown command {head!r}; run `unissl --help` for the list")
 
 
+def _interrupted(e: KeyboardInterrupt, argv: list[str], cfg: object) -> str:
+    """The line for Ctrl-C: the checkpoint training saved and the exact command that continues from it."""
+    if not isinstance(e, Interrupted) or e.checkpoint is None:
+        return "unissl: interrupted"
+    again = list(argv)
+    if hasattr(getattr(cfg, "train", None), "resume") and "--train.resume" not in again:
+        again.append("--train.resume")  # a pipeline resumes its started stages by itself
+    return (f"unissl: interrupted at step {e.step}; saved {e.checkpoint}; continue with: "
+            f"{shlex.join(['unissl', *again])}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``unissl`` executable."""
     from unissl.config import check_outputs, flag, parse_config
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    cfg = None
     try:
         prog, cmd, rest = _resolve(argv)
         module = importlib.import_module(cmd.module)
@@ -102,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f" {e.filename}" if getattr(e, "filename", None) else ""
         print(f"unissl: error: cannot write{where}: {e.strerror or e}; choose another output path", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("unissl: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(_interrupted(e, argv, cfg), file=sys.stderr)
         return 130
     return 0
 

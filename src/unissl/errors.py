@@ -24,3 +24,14 @@ class ConfigError(UnisslError):
     def __init__(self, path: str, reason: str, source: str | None = None) -> None:
         self.path, self.reason, self.source = path, reason, source
         super().__init__(f"{source}: {path}: {reason}" if source else f"{path}: {reason}")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C honoured at a step boundary: training wrote ``checkpoint`` (its state at ``step``) and stopped.
+
+    The CLI names the checkpoint and prints the command that continues the run.
+    """
+
+    def __init__(self, step: int, checkpoint: str | None) -> None:
+        self.step, self.checkpoint = step, checkpoint
+        super().__init__(f"interrupted at step {step}")

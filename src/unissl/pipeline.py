@@ -61,7 +61,7 @@ from typing import Any, TextIO
 import yaml
 
 from unissl.config import from_dict, load_yaml, shipped_config, stable_hash, to_dict
-from unissl.errors import UnisslError
+from unissl.errors import ConfigError, UnisslError
 from unissl.utils.io import pid_alive, read_json, write_json
 
 _NAME = r"[A-Za-z0-9_.\-]+"  # stage names: letters, digits, '_', '.', '-'
@@ -664,6 +664,31 @@ def _launch(unit: _Unit, plan: _Plan, env: dict[str, str], log) -> tuple[Any, _P
     return proc, plan, t0, cfg_path, log_file, log_path
 
 
+def check_stages(stages: list[Stage], out: Path, seed: int = 0, seeds: list[int] | None = None) -> None:
+    """Check every stage's config (keys, types, values), in every scope, before the first stage runs, so a typo
+    in the last stage is one line naming that stage instead of a failure after the stages before it ran."""
+    scopes: list[tuple[list[Stage], Path, int, dict[str, str]]] = [(stages, out, seed, {})]
+    if seeds:
+        shared = [s for s in stages if s.shared]
+        shared_out, _ = _scope_outputs(shared, out, seeds[0], {})
+        scopes = [(shared, out, seeds[0], {})] + [([s for s in stages if not s.shared], out / f"seed{s}", s,
+                                                    dict(shared_out)) for s in seeds]
+    for scope_stages, scope_out, scope_seed, inherited in scopes:
+        outputs, _ = _scope_outputs(scope_stages, scope_out, scope_seed, inherited)
+        for stage in scope_stages:
+            if stage.command == SCRIPT:
+                continue
+            where = f"pipeline: stage {(f'seed{scope_seed}/' if scope_out != out else '') + stage.name}"
+            module = _command_module(stage.command)
+            try:
+                from_dict(module.Config, _substitute(copy.deepcopy(stage.config), scope_out, scope_seed, outputs),
+                          source=where)
+            except ConfigError as e:  # the stage and the key, never the pipeline command's flag
+                raise ConfigError(e.path, e.reason, where) from None
+            except UnisslError as e:
+                raise UnisslError(f"{where}: {e}") from None
+
+
 def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list[str] | None = None,
                  force: list[str] | None = None, dry_run: bool = False, log=print,
                  seeds: list[int] | None = None, jobs: int = 1) -> dict[str, dict[str, Any]]:
@@ -695,6 +720,7 @@ def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list
             if stage.shared and late:
                 raise UnisslError(f"pipeline: shared stage {stage.name!r} reads per-seed stage(s) {late}; "
                                   "a shared stage may only read other shared stages")
+    check_stages(stages, out, seed, seeds)  # every stage's config before the first one runs
     units = _units(stages, out, seed, seeds)
     records: dict[str, dict[str, Any]] = {}
     running: dict[str, tuple[subprocess.Popen, _Plan, float, Path | None, Any, Path]] = {}

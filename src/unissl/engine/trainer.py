@@ -41,7 +41,7 @@ from unissl.engine.method import Method, load_saved_state, saved_state, unwrap
 from unissl.engine.optim import build_optimizer
 from unissl.engine.runtime import StopRequest, ignore_stop_signals, resolve_device, split_batch, to_device
 from unissl.engine.schedule import lr_schedule
-from unissl.errors import UnisslError
+from unissl.errors import Interrupted, UnisslError
 from unissl.utils.io import git_revision, read_json, write_json
 from unissl.utils.progress import progress
 from unissl.utils.seed import seed_everything
@@ -377,6 +377,8 @@ class Trainer:
             if state is not None:
                 self.logger.truncate_after(self.step)  # records written after that checkpoint are redone
         self._record_session(resume)
+        if state is not None and self.is_main:
+            print(f"[train] resumed from {resume} at step {self.step}", flush=True)
         if state is None:
             seed_everything(self.cfg.seed + self.rank)  # per-rank randomness (masks, noise); weights are built
         loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate_batched,
@@ -432,7 +434,11 @@ class Trainer:
                         self.save()
                         saved_step = self.step
                     if stop_now and self.step < self.total_steps:
-                        stop.exit()
+                        try:
+                            stop.exit()
+                        except KeyboardInterrupt:  # Ctrl-C: the CLI names the checkpoint and how to continue
+                            last = str(self.last_checkpoint) if self.last_checkpoint else None
+                            raise Interrupted(self.step, last) from None
                 if saved_step != self.step:
                     self.save()
         except RuntimeError as e:  # incl. torch.distributed.DistBackendError: a rank died or went silent
