@@ -257,3 +257,17 @@ def test_existing_presets_keep_their_saved_layout() -> None:
         for name, want in ref["generator"].items():
             sd = TokenGenerator(GeneratorConfig(preset=name, **ref["generator_args"])).state_dict()
             assert (len(sd), _layout_hash(sd)) == (want["keys"], want["sha256"]), name
+
+
+def test_train_flags_select_the_released_dinov2_input(tokenizer) -> None:
+    """``train reptok-tokenizer --encoder-resize released --encoder-dtype bfloat16`` reach the built encoder."""
+    from unissl.commands.train_reptok_tokenizer import Config, encoder_spec
+    from unissl.methods.reptok.encoders import build_encoder
+
+    path = tokenizer.encoder.path
+    plain = encoder_spec(Config(encoder="dinov2", encoder_path=path, encoder_image_size=56), 28, 0)
+    assert "resize" not in plain and "dtype" not in plain  # existing tokenizers' configs stay as they were
+    spec = encoder_spec(Config(encoder="dinov2", encoder_path=path, encoder_image_size=56, encoder_resize="released",
+                               encoder_dtype="bfloat16"), 28, 0)
+    enc = build_encoder(spec)
+    assert (enc.resize, enc.dtype) == ("released", "bfloat16") and enc.spec() == spec

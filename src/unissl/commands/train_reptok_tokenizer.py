@@ -40,6 +40,9 @@ class Config:
     encoder: Literal["dinov2", "sorcen", "random"] = arg("dinov2", help="SSL encoder kind")
     encoder_path: str | None = arg(None, help="dinov2: local transformers directory; sorcen: run directory")
     encoder_image_size: int | None = arg(None, help="dinov2 input size (default 224, rounded to the patch size)")
+    encoder_resize: Literal["antialias", "released"] = arg(
+        "antialias", help="dinov2 input resize: released = CompVis/RepTok's (round() crop, no antialiasing)")
+    encoder_dtype: Literal["float32", "bfloat16"] = arg("float32", help="dinov2 precision: bfloat16 as the release")
     random_preset: str = arg("tiny", help="random encoder size", choices=RANDOM_VIT_PRESETS)
     dataset: str = arg("fashion-mnist", help="image dataset (digits, fashion-mnist, folder, webdataset)")
     data_dir: str | None = arg(None, help="dataset directory (default: the dataset's standard location)")
@@ -91,7 +94,12 @@ def encoder_spec(cfg: Config, image_size: int, seed: int) -> dict[str, Any]:
         return {"kind": "random", "image_size": cfg.encoder_image_size or image_size,
                 **RANDOM_VIT_PRESETS[cfg.random_preset], "seed": seed}
     if cfg.encoder == "dinov2":
-        return {"kind": "dinov2", "path": cfg.encoder_path, "image_size": cfg.encoder_image_size}
+        spec: dict[str, Any] = {"kind": "dinov2", "path": cfg.encoder_path, "image_size": cfg.encoder_image_size}
+        if cfg.encoder_resize != "antialias":  # only when set: Dinov2Encoder.spec() writes them the same way
+            spec["resize"] = cfg.encoder_resize
+        if cfg.encoder_dtype != "float32":
+            spec["dtype"] = cfg.encoder_dtype
+        return spec
     return {"kind": "sorcen", "path": cfg.encoder_path}
 
 
