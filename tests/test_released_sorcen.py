@@ -19,9 +19,11 @@ import pytest
 import torch
 
 import unissl.methods.sorcen.method as method_module
-from unissl.methods.sorcen.convert import convert_official_state_dict
+from unissl.engine.optim import no_decay_names
+from unissl.methods.sorcen.convert import convert_official_state_dict, converted_name
+from unissl.methods.sorcen.echo import echo_candidates
 from unissl.methods.sorcen.losses import masked_token_loss
-from unissl.methods.sorcen.masking import random_masking, window_mask
+from unissl.methods.sorcen.masking import random_masking, sample_mask_ratio, window_mask
 from unissl.methods.sorcen.method import SorcenLossConfig, build_method
 from unissl.methods.sorcen.presets import SorcenArch
 from unissl.tokenizers import TamingConfig, load_taming_checkpoint
@@ -143,9 +145,10 @@ def _replay(monkeypatch, t: dict[str, torch.Tensor], run: str, mask_label: int, 
 
     def echo(logits, k, temperature, generator=None):  # the release's draw, checked against our candidates
         draw = t[run + "echo_draw"]
-        top = logits.float().topk(k + 1, dim=-1).indices  # (B, N, k+1); [..., 0] is the argmax
-        assert (top[..., 1:] == draw.unsqueeze(-1)).any(-1).all(), "released echo outside our top-k without argmax"
-        seen["echo"] = True
+        values, index = echo_candidates(logits, k)  # (B, N, k)
+        assert (index == draw.unsqueeze(-1)).any(-1).all(), "released echo outside our top-k without argmax"
+        probs = torch.zeros_like(logits[0]).scatter(-1, index[0], (values[0] / temperature).softmax(-1))
+        seen["echo_probs"] = probs  # (N, K) of the first sample
         return draw
 
     def window(ids, side, mask_id, generator=None):
@@ -186,7 +189,9 @@ def test_released_sorcen_losses_for_recorded_draws(monkeypatch, run):
     out = method({"ids": ids})
     assert torch.equal(seen["masking"].token_mask, t[p + "token_all_mask"])
     assert torch.equal(seen["masking"].drop_mask, t[p + "token_drop_mask"])
-    assert seen.get("echo", False) == (epoch > 10)
+    assert ("echo_probs" in seen) == (epoch > 10)
+    if epoch > 10:
+        _close("sorcen echo probabilities (first sample)", seen["echo_probs"], t[p + "echo_probs_sample0"])
     released_window = t[p + "teacher_input"].view(ids.shape)
     assert torch.equal(seen["window"], torch.where(released_window == mask_label, k, released_window))
     _close(f"sorcen reconstruction (epoch {epoch})", out["recon"], t[p + "recon"])
@@ -210,3 +215,28 @@ def test_replayed_draws_are_checked():
         window_mask(ids, 3, 9, corners=torch.tensor([[0, 0], [2, 0]]))  # a 3-wide window starts at row <= 1
     out = window_mask(ids, 3, 9, corners=torch.tensor([[1, 0], [0, 1]]))
     assert out[0, 1:, :3].eq(0).all() and int(out[0].ne(9).sum()) == 9 and out[1, :3, 1:].eq(0).all()
+
+
+def test_released_mask_ratio_law():
+    """The masking ratio's quantile function is that of the release's scipy truncnorm (mean 0.55, std 0.25, [0.5, 1])."""
+    t, _ = _load("lease")
+    for i, (u, ppf) in enumerate(zip(t["mask_ratio_law/u"], t["mask_ratio_law/ppf"])):
+        assert float(u) == float(torch.rand((), generator=torch.Generator().manual_seed(i), dtype=torch.float64))
+        _close(f"mask ratio quantile at u={float(u):.3f}", torch.tensor(sample_mask_ratio(
+            generator=torch.Generator().manual_seed(i)), dtype=torch.float64), ppf, 1e-9)
+
+
+def test_released_weight_decay_groups():
+    """``decay_embeddings`` gives the groups the release's timm ``add_weight_decay`` makes (every trained tensor)."""
+    t, meta = _load("lease")
+    groups = meta["weight_decay_groups"]
+    method = _method(_part(t, "state/"), _arch(meta, tuple(meta["projector"]), meta["predictor"][1]), "sorcen",
+                     loss=SorcenLossConfig(decay_embeddings=True, teacher_projector_grad=True))
+    trained = {n for n, p in method.named_parameters() if p.requires_grad}
+    ours_no_decay = no_decay_names(method)
+
+    def ours(names: list[str]) -> set[str]:  # the teacher blocks get no gradient in either: AdamW skips them
+        return {n for n in map(converted_name, names) if n is not None and not n.startswith("teacher_blocks.")}
+
+    assert ours(groups["no_decay"]) == ours_no_decay
+    assert ours(groups["decay"]) == trained - ours_no_decay

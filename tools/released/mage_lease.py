@@ -368,6 +368,7 @@ def write_lease(out_dir: str | Path, root: str | None = None) -> list[Path]:
         def sample(*args: Any) -> torch.Tensor:
             out = draw(*args)
             rec["echo_draw"] = out.clone()
+            rec["echo_probs"] = distribution.probs[0].detach().clone()  # (256, K) of the first sample
             return out
 
         distribution.sample = sample
@@ -402,12 +403,25 @@ def write_lease(out_dir: str | Path, root: str | None = None) -> list[Path]:
             p + "token_drop_mask": drop_mask[:, 1:].bool(), p + "echo_draw": rec["echo_draw"],
             p + "window_side": torch.tensor(int(rec["side"])),
             p + "window_corners": _corners(rec["window"], int(rec["side"]), model.mask_token_label),
-            p + "teacher_input": rec["window"].reshape(BATCH, -1),
+            p + "teacher_input": rec["window"].reshape(BATCH, -1), p + "echo_probs_sample0": rec["echo_probs"],
             p + "recon": rec["recon"].reshape(()), p + "uniformity_x0.01": rec["uniformity"].reshape(()),
             p + "contrast": rec["contrast"].reshape(()), p + "rec_loss": rec_loss.reshape(()),
             p + "nn_loss": nn_loss.reshape(()), p + "total": total.detach().reshape(())})
     dist.destroy_process_group()
-    meta = {"release": "ImaGonEs/LEASE", "commit": PINNED["LEASE"], "part": "lease",
+    # main_pretrain_tk_1600.py's optimizer groups: timm's add_weight_decay over the model
+    from timm.optim.optim_factory import add_weight_decay
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_group, decay_group = add_weight_decay(model, 0.05)
+    # the masking ratio's law: the release's own truncnorm object, its quantile function at the uniforms
+    # torch.Generator().manual_seed(i) draws first (float64), i < 8
+    u = torch.stack([torch.rand((), generator=torch.Generator().manual_seed(i), dtype=torch.float64)
+                     for i in range(8)])
+    tensors.update({"mask_ratio_law/u": u,
+                    "mask_ratio_law/ppf": torch.from_numpy(ratio.dist.ppf(u.numpy())).to(torch.float64)})
+    meta = {"weight_decay_groups": {"no_decay": sorted(names[id(p)] for p in no_decay_group["params"]),
+                                    "decay": sorted(names[id(p)] for p in decay_group["params"])},
+            "release": "ImaGonEs/LEASE", "commit": PINNED["LEASE"], "part": "lease",
             "code": "models_lease_tk_1600.py SorcenViT.forward(vq_idx, None, epoch), train mode, dropout 0",
             "vit": VIT, "codebook_size": k, "fake_class_label": model.fake_class_label,
             "mask_token_label": model.mask_token_label, "batch": BATCH, "epochs": list(LEASE_EPOCHS),
@@ -418,7 +432,9 @@ def write_lease(out_dir: str | Path, root: str | None = None) -> list[Path]:
                      "the release's Categorical draw over (B, 256) (used when epoch > 10); teacher_input is "
                      "the windowed echo ids fed to the teacher (release vocabulary); uniformity_x0.01 is "
                      "uniformity_loss()'s value (x 0.01 included); contrast is nnclr_loss_func's value "
-                     "(before x 0.1); grad/ after run 1's total.backward()"}
+                     "(before x 0.1); grad/ after run 1's total.backward(); echo_probs_sample0: the first sample's "
+                     "Categorical probabilities; mask_ratio_law/ppf: mask_ratio_generator.ppf(u); "
+                     "weight_decay_groups: timm add_weight_decay(model) as main_pretrain_tk_1600.py calls it"}
     return _save(Path(out_dir), "lease", tensors, meta)
 
 

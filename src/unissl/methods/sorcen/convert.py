@@ -54,6 +54,20 @@ _RENAMES: list[tuple[str, str]] = [
 ]
 
 
+def converted_name(official: str) -> str | None:
+    """Our name of the official tensor ``official``; None for the tensors the converter drops."""
+    if official == "token_emb.word_embeddings.weight":
+        return "model.embed.word.weight"  # rows reordered (see the module docstring)
+    if official == "mlm_layer.bias":
+        return "model.head.bias"  # only the K code biases kept
+    if _IGNORED.match(official):
+        return None
+    for pattern, target in _RENAMES:
+        if re.match(pattern, official):
+            return re.sub(pattern, target, official)
+    raise UnisslError(f"official key {official!r} has no counterpart here; is this a MAGE / Sorcen checkpoint?")
+
+
 def official_codebook_size(vocab_rows: int) -> int:
     """K from the official embedding's row count ``K + 1000 + 1``."""
     k = vocab_rows - OFFICIAL_NUM_CLASS_IDS - 1
@@ -104,16 +118,12 @@ def convert_official_state_dict(state: dict[str, torch.Tensor], arch: SorcenArch
     for name, tensor in state.items():
         if name in ("token_emb.word_embeddings.weight", "mlm_layer.bias"):
             continue
-        if _IGNORED.match(name):
+        ours = converted_name(name)
+        if ours is None:
             report.ignored.append(name)
-            continue
-        for pattern, target in _RENAMES:
-            if re.match(pattern, name):
-                out[re.sub(pattern, target, name)] = tensor
-                report.converted.append(name)
-                break
         else:
-            raise UnisslError(f"official key {name!r} has no counterpart here; is this a MAGE / Sorcen checkpoint?")
+            out[ours] = tensor
+            report.converted.append(name)
     return out, report
 
 
