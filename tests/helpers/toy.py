@@ -42,9 +42,12 @@ class ToyMethod(Method):
     ``on_train_step_end`` hook advances.
     """
 
-    def __init__(self, dim: int = 8, hidden: int = 16, noise: float = 0.0, nan_at: int = 0) -> None:
+    def __init__(self, dim: int = 8, hidden: int = 16, noise: float = 0.0, nan_at: int = 0, depth: int = 0) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(dim, hidden), nn.LayerNorm(hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        if depth:  # a deep linear net: trains at a small rate, climbs by orders of magnitude then overflows at a high one
+            self.net = nn.Sequential(nn.Linear(dim, hidden), *[nn.Linear(hidden, hidden) for _ in range(depth - 2)],
+                                     nn.Linear(hidden, 1))
         self.noise = noise
         self.nan_at = nan_at
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
@@ -75,6 +78,7 @@ class ToyConfig:
     noise: float = arg(0.0, help="input noise std")
     sleep: float = arg(0.0, help="seconds to sleep after every step (to be killable mid-run)")
     poison: int = arg(-1, help="index of a sample with an infinite target (-1: none)")
+    depth: int = arg(0, help="a deep linear net of this many layers instead of the small MLP (0: the MLP)")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=20, global_batch=8, base_lr=0.05 * 256 / 8, weight_decay=0.01, warmup_steps=3, ckpt_every=5,
         log_every=1, num_workers=0, tensorboard=False, progress=False, device="cpu"))
@@ -83,4 +87,4 @@ class ToyConfig:
 def build(cfg: ToyConfig) -> tuple[ToyMethod, ToyDataset]:
     """The seeded method and the dataset of a toy run."""
     torch.manual_seed(cfg.train.seed)
-    return ToyMethod(noise=cfg.noise), ToyDataset(cfg.n, poison=cfg.poison)
+    return ToyMethod(noise=cfg.noise, depth=cfg.depth), ToyDataset(cfg.n, poison=cfg.poison)

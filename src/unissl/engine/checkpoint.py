@@ -120,8 +120,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(run_dir: str | Path, step: int, model_state: dict[str, torch.Tensor],
                     trainer_state: dict[str, Any], ema_state: dict[str, torch.Tensor] | None = None,
-                    keep: int = 3) -> Path:
-    """Write ``checkpoints/step_XXXXXXX`` atomically, point ``latest`` at it, prune to the newest ``keep``."""
+                    keep: int = 3, protect: Path | None = None) -> Path:
+    """Write ``checkpoints/step_XXXXXXX`` atomically, point ``latest`` at it, prune to the newest ``keep``
+    (never ``protect``: the trainer's last healthy checkpoint)."""
     root = checkpoints_dir(run_dir)
     final = root / step_dir_name(step)
     meta = {"step": str(step), "format": "unissl-checkpoint-v1"}
@@ -137,13 +138,34 @@ def save_checkpoint(run_dir: str | Path, step: int, model_state: dict[str, torch
     with atomic_file(root / LATEST_FILE, "w") as f:
         f.write(final.name + "\n")
     for old in list_checkpoints(run_dir)[:-keep]:
-        if old != final:
+        if old != final and (protect is None or old.name != Path(protect).name):
             # renamed first (atomic), then deleted: a kill in between leaves a `.step_*.old.*` leftover that
             # the next save removes, never a step folder without its files
             doomed = root / f".{old.name}.old.{os.getpid()}"
             os.replace(old, doomed)
             shutil.rmtree(doomed, ignore_errors=True)
     return final
+
+
+DIVERGED_DIR = "diverged"  # where a resume from an earlier checkpoint puts the later ones (not listed, kept)
+
+
+def set_aside_later_checkpoints(run_dir: str | Path, step: int) -> list[Path]:
+    """Move the checkpoints after ``step`` (a diverged branch the run resumed before) to
+    ``checkpoints/diverged/``, so pruning and ``--train.resume`` only see the branch that continues."""
+    later = [p for p in list_checkpoints(run_dir) if int(p.name.split("_")[1]) > step]
+    if not later:
+        return []
+    dest = checkpoints_dir(run_dir) / DIVERGED_DIR
+    dest.mkdir(exist_ok=True)
+    moved = []
+    for p in later:
+        target = dest / p.name
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(p, target)
+        moved.append(target)
+    return moved
 
 
 def _remove_stale_temporaries(root: Path) -> None:

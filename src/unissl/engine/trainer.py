@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from unissl.config import to_dict
 from unissl.engine import dist
 from unissl.engine.checkpoint import (
+    DIVERGED_DIR,
     capture_rng_state,
     latest_checkpoint,
     list_checkpoints,
@@ -33,9 +34,11 @@ from unissl.engine.checkpoint import (
     resolve_checkpoint,
     restore_rng_state,
     save_checkpoint,
+    set_aside_later_checkpoints,
 )
 from unissl.engine.config import TrainConfig
 from unissl.engine.ema import EMA
+from unissl.engine.health import SAFE_LR_DIVISOR, LossTrend, continue_command
 from unissl.engine.logger import RunLogger, ScalarWindow, read_log
 from unissl.engine.method import Method, load_saved_state, saved_state, unwrap
 from unissl.engine.optim import build_optimizer
@@ -152,6 +155,14 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.skips_in_row = 0  # non-finite steps skipped in a row (on_nonfinite=skip)
         self.skipped_steps = 0  # ... in the whole run (saved with checkpoints)
+        # Health (engine/health.py): the loss against its trend; the last checkpoint written while every step
+        # since the previous one was healthy is kept from pruning and named after a divergence.
+        self.trend = LossTrend()
+        self.healthy_checkpoint: Path | None = None
+        self.healthy_lr: float | None = None  # the rate at the healthy checkpoint's last healthy step
+        self._last_healthy_lr: float | None = None
+        self._left_trend: tuple[int, float, float, float] | None = None  # first (step, loss, median, lr) since it
+        self._unhealthy_since_save = False
         wandb = {"project": cfg.wandb_project, "mode": cfg.wandb_mode,
                  "config": {"train": to_dict(cfg), "method": type(unwrap(method)).__name__}} if cfg.wandb else None
         self.logger = RunLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.tensorboard, wandb=wandb)
@@ -181,9 +192,9 @@ class Trainer:
         """
         if not self._state_is_finite():
             raise UnisslError(f"weights or optimizer state became non-finite by step {self.step} (the loss was "
-                              f"still finite); nothing was saved; {self._where()}; to continue, resume at a lower "
-                              f"learning rate: --train.resume {self.cfg.lower_lr_flag()}"
-                              + ("" if self.cfg.clip_grad else " --train.clip-grad 1.0"))
+                              f"still finite); nothing was saved; {self._recovery_advice(diverged=True)}")
+        healthy = not self._unhealthy_since_save  # every step since the previous checkpoint was healthy
+        self._unhealthy_since_save = False
         sampler_state = self.sampler.state_dict()
         # The live sampler runs ahead of training (DataLoader prefetch): record the consumed position.
         sampler_state["epoch"], sampler_state["step_in_epoch"] = divmod(self.step, self.sampler.steps_per_epoch)
@@ -191,16 +202,23 @@ class Trainer:
                  "cpu_elapsed": self.cpu_elapsed, "skipped_steps": self.skipped_steps,
                  "optimizer": self.optimizer.state_dict(), "sampler": sampler_state,
                  "rng": dist.all_gather_object(capture_rng_state()),  # collective: one state per rank
-                 "world_size": self.world_size, "global_batch": self.cfg.global_batch}
+                 "world_size": self.world_size, "global_batch": self.cfg.global_batch,
+                 "trend": self.trend.state_dict(), "healthy": healthy,
+                 "healthy_lr": self._last_healthy_lr if healthy else self.healthy_lr,
+                 "healthy_checkpoint": None if healthy or self.healthy_checkpoint is None
+                 else self.healthy_checkpoint.name}
         if self.ema is not None:
             state["ema_updates"] = self.ema.updates
         if self.is_main:
             save_checkpoint(self.run_dir, self.step, saved_state(self.method), state,
-                            self.ema.state_dict() if self.ema is not None else None, keep=self.cfg.keep_ckpts)
+                            self.ema.state_dict() if self.ema is not None else None, keep=self.cfg.keep_ckpts,
+                            protect=None if healthy else self.healthy_checkpoint)
         dist.barrier()
         path = latest_checkpoint(self.run_dir)
         assert path is not None
         self.last_checkpoint = path
+        if healthy:
+            self.healthy_checkpoint, self.healthy_lr, self._left_trend = path, self._last_healthy_lr, None
         for cb in self.callbacks:
             cb.on_checkpoint(self, self.step, path)
         return path
@@ -242,6 +260,11 @@ class Trainer:
         self.cpu_elapsed = float(state.get("cpu_elapsed", 0.0))
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.last_checkpoint = ck.path
+        self.trend.load_state_dict(state.get("trend", {}))
+        named = state.get("healthy_checkpoint")
+        self.healthy_checkpoint = ck.path if state.get("healthy", True) or not named else ck.path.parent / named
+        self.healthy_lr = self._last_healthy_lr = state.get("healthy_lr")
+        self._left_trend = None
         return state
 
     # ------------------------------------------------------------------ one step
@@ -284,6 +307,13 @@ class Trainer:
             torch.distributed.all_reduce(flags)
             flags[0] /= self.world_size
         loss, stop_flag, norm = flags.tolist()
+        lr = float(self.lr_values[self.step])
+        if math.isfinite(loss) and self.trend.update(loss):
+            self._last_healthy_lr = lr
+        elif math.isfinite(loss):
+            self._unhealthy_since_save = True
+            if self._left_trend is None:
+                self._left_trend = (self.step + 1, loss, self.trend.reference, lr)
         bad = next(((what, v) for what, v in (("loss", loss), ("gradient norm", norm)) if not math.isfinite(v)), None)
         if bad is not None:  # nothing is applied: the weights and the last checkpoint stay good
             self._nonfinite_step(*bad, logs)
@@ -301,8 +331,35 @@ class Trainer:
         return stop_flag > 0
 
     def _where(self) -> str:
-        return (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
-                else "no checkpoint was written yet")
+        return (f"the last healthy checkpoint is {self.healthy_checkpoint}" if self.healthy_checkpoint
+                else "no healthy checkpoint was written yet")
+
+    def _recovery_advice(self, diverged: bool) -> str:
+        """Where the run went wrong and the flags (and, when this process is a typed command, the whole
+        command) that continue it: from the last healthy checkpoint at a sane rate after a divergence."""
+        left = self._left_trend
+        told = ""
+        if left is not None:
+            step, loss, median, lr = left
+            told = (f"the loss left its trend at step {step} ({loss:.3g}, over {self.trend.factor:g}x its running "
+                    f"median {median:.3g}; lr {lr:.3g}); ")
+        if left is None and not diverged:  # a sudden non-finite step (e.g. a corrupt record): skip past it
+            flags = (["--train.resume"] if self.healthy_checkpoint == self.last_checkpoint
+                     else ["--train.resume-from", str(self.healthy_checkpoint)]) if self.healthy_checkpoint else []
+            flags += ["--train.on-nonfinite", "skip"]
+            why = "(skips the steps whose loss or gradient is not finite)"
+        else:
+            rate = self.healthy_lr if self.healthy_lr is not None else self.cfg.peak_lr() / SAFE_LR_DIVISOR
+            flags = ["--train.lr", f"{rate / SAFE_LR_DIVISOR:.3g}"]
+            if self.healthy_checkpoint is not None:
+                flags = ["--train.resume-from", str(self.healthy_checkpoint), *flags]
+                why = (f"(the last healthy checkpoint at a tenth of the rate it was healthy at; later checkpoints "
+                       f"are set aside under checkpoints/{DIVERGED_DIR}/)")
+            else:
+                why = "(from scratch at a tenth of the peak rate; choose a new --train.run-dir)"
+        command = continue_command(flags)
+        return (f"{told}{self._where()}; to continue: {' '.join(flags)} {why}"
+                + (f"; the command: {command}" if command else ""))
 
     def _nonfinite_step(self, what: str, value: float, logs: dict[str, torch.Tensor]) -> None:
         """A step whose loss or gradient norm is NaN/Inf: with ``on_nonfinite=skip`` it becomes a step without
@@ -318,14 +375,11 @@ class Trainer:
                 print(f"[train] step {step}: {what} became {value} (lr {lr:.3g}); skipped, no update "
                       f"({self.skips_in_row} in a row, {self.skipped_steps} in all)", flush=True)
             return
-        if self.cfg.on_nonfinite == "skip":
-            advice = (f"{self.cfg.max_skips} steps in a row were not finite, so skipping batches does not help: "
-                      f"resume at a lower learning rate: --train.resume --train.on-nonfinite skip "
-                      f"{self.cfg.lower_lr_flag()}")
-        else:
-            advice = ("to continue past it: --train.resume --train.on-nonfinite skip (skips the steps whose loss "
-                      f"or gradient is not finite); if it diverges again, also {self.cfg.lower_lr_flag()}")
-        raise UnisslError(f"{what} became {value} at step {step} (lr {lr:.3g}); {self._where()}; {advice}")
+        persistent = self.cfg.on_nonfinite == "skip"
+        advice = (f"{self.cfg.max_skips} steps in a row were not finite, so skipping batches does not help; "
+                  if persistent else "")
+        raise UnisslError(f"{what} became {value} at step {step} (lr {lr:.3g}); {advice}"
+                          f"{self._recovery_advice(diverged=persistent)}")
 
     @torch.no_grad()
     def _log_images(self, batch: dict[str, Any]) -> None:
@@ -376,6 +430,10 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if state is not None:
                 self.logger.truncate_after(self.step)  # records written after that checkpoint are redone
+                set_aside = set_aside_later_checkpoints(self.run_dir, self.step)
+                if set_aside:
+                    print(f"[train] resumed at step {self.step}: {len(set_aside)} later checkpoint(s) set aside "
+                          f"under {set_aside[0].parent}", flush=True)
         self._record_session(resume)
         if state is not None and self.is_main:
             print(f"[train] resumed from {resume} at step {self.step}", flush=True)
