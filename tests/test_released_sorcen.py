@@ -22,6 +22,7 @@ import unissl.methods.sorcen.method as method_module
 from unissl.engine.optim import no_decay_names
 from unissl.methods.sorcen.convert import convert_official_state_dict, converted_name
 from unissl.methods.sorcen.echo import echo_candidates
+from unissl.methods.sorcen.features import pooled_features
 from unissl.methods.sorcen.losses import masked_token_loss
 from unissl.methods.sorcen.masking import random_masking, sample_mask_ratio, window_mask
 from unissl.methods.sorcen.method import SorcenLossConfig, build_method
@@ -240,3 +241,14 @@ def test_released_weight_decay_groups():
 
     assert ours(groups["no_decay"]) == ours_no_decay
     assert ours(groups["decay"]) == trained - ours_no_decay
+
+
+def test_released_linear_probe_features():
+    """``sorcen-released`` pooling = main_linprobe.py's ``VisionTransformerMage(global_pool=True)`` features."""
+    t, meta = _load("lease")
+    vq, _ = _load("mage_vqgan")
+    assert torch.equal(t["probe/ids"], vq["out/ids"].flatten(1))  # the probe tokenized mage_vqgan's images
+    model = _method(_part(t, "state/"), _arch(meta, tuple(meta["projector"]), meta["predictor"][1]), "sorcen").model
+    with torch.no_grad():
+        feats = pooled_features(model.eval(), vq["out/ids"], "released")
+    _close("linear-probe features (released pooling)", feats, t["probe/features"])

@@ -408,6 +408,8 @@ def write_lease(out_dir: str | Path, root: str | None = None) -> list[Path]:
             p + "contrast": rec["contrast"].reshape(()), p + "rec_loss": rec_loss.reshape(()),
             p + "nn_loss": nn_loss.reshape(()), p + "total": total.detach().reshape(())})
     dist.destroy_process_group()
+    tensors.update(_linear_probe_features({n[len("state/"):]: v for n, v in tensors.items()
+                                           if n.startswith("state/")}))
     # main_pretrain_tk_1600.py's optimizer groups: timm's add_weight_decay over the model
     from timm.optim.optim_factory import add_weight_decay
 
@@ -434,8 +436,39 @@ def write_lease(out_dir: str | Path, root: str | None = None) -> list[Path]:
                      "uniformity_loss()'s value (x 0.01 included); contrast is nnclr_loss_func's value "
                      "(before x 0.1); grad/ after run 1's total.backward(); echo_probs_sample0: the first sample's "
                      "Categorical probabilities; mask_ratio_law/ppf: mask_ratio_generator.ppf(u); "
-                     "weight_decay_groups: timm add_weight_decay(model) as main_pretrain_tk_1600.py calls it"}
+                     "weight_decay_groups: timm add_weight_decay(model) as main_pretrain_tk_1600.py calls it; "
+                     "probe/features: main_linprobe.py's VisionTransformerMage(global_pool=True).forward_features "
+                     "with state/ loaded, on mage_vqgan's input/images (probe/ids: their VQGAN ids)"}
     return _save(Path(out_dir), "lease", tensors, meta)
+
+
+def _linear_probe_features(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """main_linprobe.py's features: ``models_vit.VisionTransformerMage(global_pool=True)`` loads the pretrained
+    state dict (``interpolate_pos_embed``, ``strict=False``; its ``fc_norm`` stays at its init) and its
+    ``forward_features`` tokenizes the images with the VQGAN (mage_vqgan's: same draws) and pools."""
+    import models_vit
+    from util.pos_embed import interpolate_pos_embed
+
+    gen = torch.Generator().manual_seed(SEED)
+    images = _images(gen)  # mage_vqgan's input/images
+    with _vqgan_yaml():
+        vq = _build_vqgan(gen, images)
+        probe = models_vit.VisionTransformerMage(global_pool=True, vqgan_ckpt_path=None, num_classes=10,
+                                                 img_size=VIT["img_size"], patch_size=VIT["patch_size"],
+                                                 in_chans=VIT["in_chans"], embed_dim=VIT["embed_dim"],
+                                                 depth=VIT["depth"], num_heads=VIT["num_heads"],
+                                                 mlp_ratio=VIT["mlp_ratio"], qkv_bias=True,
+                                                 norm_layer=partial(nn.LayerNorm, eps=1e-6))
+    checkpoint = dict(state)
+    interpolate_pos_embed(probe, checkpoint)
+    missing = probe.load_state_dict(checkpoint, strict=False).missing_keys
+    assert {k.split(".")[0] for k in missing} == {"fc_norm", "head", "vqgan"}, missing
+    probe.vqgan.load_state_dict(vq.state_dict())
+    probe.eval()
+    with torch.no_grad():
+        ids = probe.vqgan.encode(images)[2][2].reshape(images.shape[0], -1)
+        features = probe.forward_features(images)
+    return {"probe/ids": ids, "probe/features": features}
 
 
 WRITERS: dict[str, Callable[..., list[Path]]] = {"vqgan": write_vqgan, "mage": write_mage, "lease": write_lease}
