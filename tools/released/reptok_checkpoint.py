@@ -29,6 +29,7 @@ import contextlib
 import importlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from functools import partial
@@ -222,8 +223,11 @@ def write_reptok_checkpoint(out_dir: str | Path, root: str | None = None) -> lis
     out.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(28_21)
     torch.manual_seed(28_22)  # the release's own initialisers (RoPE, Fourier buffers, new registers)
-    with tempfile.TemporaryDirectory() as tmp:
-        scratch = Path(tmp)
+    # a fixed scratch folder: its path is recorded in the hyperparameters (config_path), so reruns are byte-identical
+    scratch = Path(tempfile.gettempdir()) / "unissl-released-reptok-ckpt"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
         vae = diffusers.AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4,
                                       up_block_types=("UpDecoderBlock2D",) * 4, **VAE)
         vae.save_pretrained(str(scratch / "vae"))
@@ -239,6 +243,8 @@ def write_reptok_checkpoint(out_dir: str | Path, root: str | None = None) -> lis
             mine, theirs = module.state_dict(), again.state_dict()
             assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
             outputs = _outputs(again.eval(), enc, gen)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     save_file(outputs, str(out / "reptok_tiny_released_outputs.safetensors"))
     meta = {"release": "CompVis/RepTok", "commit": PINNED["RepTok"], "trainer": "reptok/trainer_gen.py",
             "dinov2": DINO, "image_size": IMAGE_SIZE, "model_size": MODEL_SIZE, "latent": list(LATENT),
