@@ -271,3 +271,28 @@ def test_train_flags_select_the_released_dinov2_input(tokenizer) -> None:
                                encoder_dtype="bfloat16"), 28, 0)
     enc = build_encoder(spec)
     assert (enc.resize, enc.dtype) == ("released", "bfloat16") and enc.spec() == spec
+
+
+def test_released_xl_presets_hold_the_paper_size_release() -> None:
+    """At paper size (the release's yaml as it is; the paper's MLPMixer1D), every released tensor maps onto the
+    ``released-xl`` presets with exactly unissl's keys and shapes (meta device: shapes only)."""
+    from unissl.methods.reptok.projection import ResidualProjection
+
+    layout = json.loads((RELEASED / "reptok_paper_layout.json").read_text())
+    with torch.device("meta"):
+        tok = {k: torch.empty(v) for k, v in layout["tokenizer_shapes"].items()}
+        gen = {k: torch.empty(v) for k, v in layout["generator_shapes"].items()}
+        parts = released_to_unissl(tok, "tokenizer", patch_size=2)
+        decoder = FlowDecoder(DECODER_PRESETS["released-xl"], channels=4, size=32, patch_size=2)
+        projection = ResidualProjection(768, DECODER_PRESETS["released-xl"].width)
+        net = TokenGenerator(GeneratorConfig(token_dim=768, preset="released-xl", num_classes=1000))
+        gen_state = released_to_unissl(gen, "generator").state
+        paper = FlowDecoder(DECODER_PRESETS["paper"], channels=4, size=32, patch_size=2).state_dict()
+    want = {f"decoder.{k}": list(v.shape) for k, v in decoder.state_dict().items()}
+    want |= {f"projection.{k}": list(v.shape) for k, v in projection.state_dict().items()}
+    want |= {"encoder.cls": [768], "encoder.cls_init": [768], "new_registers": [2, 768]}
+    assert {k: list(v.shape) for k, v in parts.state.items()} == want
+    assert {k: list(v.shape) for k, v in gen_state.items()} == {f"net.{k}": list(v.shape)
+                                                                for k, v in net.state_dict().items()}
+    # the paper preset is not the release: no shared Linear, another time width, a gated norm
+    assert "in_proj.weight" not in paper and paper["blocks.0.norm1.proj.weight"].shape[1] == 256

@@ -18,6 +18,8 @@ sizes and the settings:
     reptok_generator   ``FlowModel`` over ``MLPMixer1D`` (token 64, width 64, depth 2, 10 classes): the velocity
                        at four times (conditional and null class), ``generate_with_cfg_interval`` (50 steps, scale
                        1.5 on [0.3, 0.9]) and ``generate`` without guidance, from recorded noise.
+    reptok_paper_layout  key -> shape of the release at paper size (the yaml as released; the paper's MLPMixer1D),
+                       built on the meta device: what the ``released-xl`` presets must hold.
 
 What is changed from the released setting, all outside the released files: ``torch.hub.load`` returns the tiny
 DINOv2 (no download) and ``impl_call`` names a builder of the same size registered on the release's module; the
@@ -271,6 +273,39 @@ def write_reptok_generator(out: Path) -> list[Path]:
     return [out / "reptok_generator.safetensors", out / "reptok_generator.json"]
 
 
+def write_reptok_paper_layout(out: Path, enc: Any) -> list[Path]:
+    """Key -> shape of the release at paper size (``configs/model/reptok.yaml`` as it is, and the paper's
+    MLPMixer1D: token 768, width 1536, depth 28, 1000 classes), built on the meta device. The DINOv2 copies are
+    left out (dinov2_hub's business) except the [cls] tokens, the learned shift and the new registers."""
+    import importlib
+
+    import hydra
+    from omegaconf import OmegaConf
+
+    mixer_mod = importlib.import_module("reptok.models.mlp-mixer")
+    enc.omegaconf_resolvers()
+    conf = OmegaConf.load(Path(enc.__file__).parents[2] / "configs" / "model" / "reptok.yaml")
+    conf.model.ae = None  # the VAE is diffusers' sd-vae-ft-mse, not the release's code
+    hub = torch.hub.load
+    with torch.device("meta"):
+        torch.hub.load = lambda *_a, **_k: enc.vit_base_reg()  # type: ignore[assignment]
+        try:
+            model = hydra.utils.instantiate(conf.model)
+        finally:
+            torch.hub.load = hub
+        net = mixer_mod.MLPMixer1D(n_channels=1, channels=768, dim=1536, depth=28, expansion_factor=3,
+                                   expansion_factor_token=4, num_classes=1000)
+    keep = ("encoder.dino.model.cls_token", "encoder.dino.target_model.cls_token")
+    tok = {k: list(v.shape) for k, v in model.state_dict().items()
+           if k in keep or not k.startswith(("encoder.dino.model.", "encoder.dino.target_model."))}
+    layout = {"release": "CompVis/RepTok", "commit": PINNED["RepTok"], "config": "configs/model/reptok.yaml",
+              "generator": "MLPMixer1D(n_channels=1, channels=768, dim=1536, depth=28, expansion_factor=3, "
+                           "expansion_factor_token=4, num_classes=1000) (the paper's size; no config is released)",
+              "tokenizer_shapes": tok, "generator_shapes": {k: list(v.shape) for k, v in net.state_dict().items()}}
+    (out / "reptok_paper_layout.json").write_text(json.dumps(layout, indent=0, sort_keys=True) + "\n")
+    return [out / "reptok_paper_layout.json"]
+
+
 def write_reptok(out_dir: str | Path, root: str | None = None) -> list[Path]:
     """Write the RepTok fixtures into ``out_dir``; return the files written."""
     import importlib
@@ -281,7 +316,7 @@ def write_reptok(out_dir: str | Path, root: str | None = None) -> list[Path]:
     enc = importlib.import_module("reptok.encoder.encoder")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return write_reptok_tokenizer(out, enc) + write_reptok_generator(out)
+    return write_reptok_tokenizer(out, enc) + write_reptok_generator(out) + write_reptok_paper_layout(out, enc)
 
 
 if __name__ == "__main__":
