@@ -93,18 +93,18 @@ def _interrupted(e: KeyboardInterrupt, argv: list[str], cfg: object) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``unissl`` executable."""
-    from unissl.config import check_outputs, flag, parse_config
+    from unissl.config import check_outputs, flag_of, parse_config
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    cfg = None
+    cfg = module = None
     try:
         prog, cmd, rest = _resolve(argv)
         module = importlib.import_module(cmd.module)
         cfg = parse_config(module.Config, rest, prog=prog)
         check_outputs(cfg)  # an output path that can never be written: one line before any work
         module.run(cfg)
-    except ConfigError as e:  # a field of the command's config: shown as its flag, or in the file that set it
-        where = f"{e.source}: {e.path}" if e.source else flag(e.path)
+    except ConfigError as e:  # a setting of the command: shown as its flag, or in the file that set it
+        where = e.source and f"{e.source}: {e.path}" or (module and flag_of(module.Config, e.path)) or e.path
         print(f"unissl: error: {where}: {e.reason}", file=sys.stderr)
         return 2
     except UnisslError as e:

@@ -66,6 +66,12 @@ def flag(path: str) -> str:
     return "--" + path.replace("_", "-")
 
 
+def flag_of(cls: type, path: str) -> str | None:
+    """The flag of the setting ``path`` of the config class ``cls``; None when ``cls`` has no such setting (a
+    library config built at run time, not parsed from the command line)."""
+    return flag(path) if path in _leaves(cls) else None
+
+
 # ---------------------------------------------------------------------------------------------- the fields
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
     """(``X``, True) for ``X | None``, else (``tp``, False)."""

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unissl.errors import UnisslError
+from unissl.errors import ConfigError
 from unissl.layers.mlp import FeedForward, TimestepEmbedding
 
 if TYPE_CHECKING:
@@ -176,15 +176,15 @@ class GeneratorConfig:
 
     def __post_init__(self) -> None:
         if self.preset not in GENERATOR_PRESETS:
-            raise UnisslError(f"generator preset {self.preset!r} is unknown; choose one of {sorted(GENERATOR_PRESETS)}")
+            raise ConfigError("preset", f"{self.preset!r} is not one of {', '.join(GENERATOR_PRESETS)}")
         if self.token_dim <= 0:
-            raise UnisslError(f"generator token_dim must be positive, got {self.token_dim}")
+            raise ConfigError("token_dim", f"must be positive, got {self.token_dim}")
         if not 0.0 <= self.cond_dropout < 1.0:
-            raise UnisslError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+            raise ConfigError("cond_dropout", f"must be in [0, 1), got {self.cond_dropout}")
         if self.conditioning == "class" and self.num_classes < 1:
-            raise UnisslError(f"class conditioning needs num_classes >= 1, got {self.num_classes}")
+            raise ConfigError("num_classes", f"class conditioning needs >= 1, got {self.num_classes}")
         if self.conditioning == "text" and self.text_dim <= 0:
-            raise UnisslError("text conditioning needs text_dim > 0 (the text encoder's hidden size)")
+            raise ConfigError("text_dim", "text conditioning needs > 0 (the text encoder's hidden size)")
 
 
 class TokenGenerator(nn.Module):

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from unissl.engine.method import Method, load_saved_state, saved_state
-from unissl.errors import UnisslError
+from unissl.errors import ConfigError, UnisslError
 from unissl.flow import LinearPath, LogitNormalTime, solve
 from unissl.methods.reptok.decoder import FlowDecoder, get_decoder_preset
 from unissl.methods.reptok.encoders import SSLEncoder, backbone_checksum, build_encoder
@@ -76,17 +76,17 @@ class RepTokConfig:
 
     def __post_init__(self) -> None:
         if self.cos_weight < 0:
-            raise UnisslError(f"cos_weight (lambda) must be >= 0, got {self.cos_weight}")
+            raise ConfigError("cos_weight", f"(lambda) must be >= 0, got {self.cos_weight}")
         if not self.cls_lr_scale > 0:
-            raise UnisslError(f"cls_lr_scale must be positive, got {self.cls_lr_scale}")
+            raise ConfigError("cls_lr_scale", f"must be positive, got {self.cls_lr_scale}")
         if self.space == "vae" and not self.vae_path:
-            raise UnisslError("space='vae' needs vae_path (a local diffusers AutoencoderKL directory)")
+            raise ConfigError("vae_path", "space 'vae' needs it (a local diffusers AutoencoderKL directory)")
         if self.channels not in (1, 3):
-            raise UnisslError(f"channels must be 1 or 3, got {self.channels}")
+            raise ConfigError("channels", f"must be 1 or 3, got {self.channels}")
         if self.new_registers < 0:
-            raise UnisslError(f"new_registers must be >= 0, got {self.new_registers}")
+            raise ConfigError("new_registers", f"must be >= 0, got {self.new_registers}")
         if self.register_target not in ("only_nonreg", "all"):
-            raise UnisslError(f"register_target must be 'only_nonreg' or 'all', got {self.register_target!r}")
+            raise ConfigError("register_target", f"must be 'only_nonreg' or 'all', got {self.register_target!r}")
 
 
 class RepTokTokenizer(Method, PretrainedMixin):
