@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from unissl.engine.dist import all_reduce_mean
-from unissl.errors import UnisslError
 from unissl.utils.images import save_grid
 from unissl.utils.io import atomic_file
 
@@ -131,12 +130,9 @@ class RunLogger:
 
 def wandb_module() -> Any:
     """The ``wandb`` package, or a one-line error saying how to install it (it is an optional extra)."""
-    try:
-        import wandb
-    except ImportError:
-        raise UnisslError("--train.wandb needs the wandb package: pip install 'unissl[wandb]' "
-                          "(or drop --train.wandb)") from None
-    return wandb
+    from unissl.utils.optional import require
+
+    return require("wandb", "wandb", "--train.wandb", "drop --train.wandb")
 
 
 class ScalarWindow:

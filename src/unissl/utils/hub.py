@@ -48,11 +48,10 @@ def resolve_pretrained(name: str | os.PathLike, what: str = "model") -> Path:
             raise refuse_file(Path(name), what, f"pass the {what}'s directory (it holds config and weights together)")
         return Path(name)
     repo_id, _, revision = str(name).partition("@")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:  # pragma: no cover - huggingface_hub ships with the hf extra
-        raise UnisslError(f"{what} {name!r} is a hub repo id, which needs huggingface_hub: "
-                          "pip install 'unissl[hf]', or pass a local directory") from None
+    from unissl.utils.optional import require
+
+    snapshot_download = require("huggingface_hub", "hf", f"{what} {name!r} (a hub repo id)",
+                                "pass a local directory").snapshot_download
     try:
         return Path(snapshot_download(repo_id, revision=revision or None, local_files_only=_offline()))
     except Exception as e:  # noqa: BLE001 - every hub failure (offline, missing, auth) becomes one line
@@ -90,9 +89,9 @@ def push_to_hub(directory: str | os.PathLike, repo_id: str, private: bool = Fals
         raise UnisslError(f"{directory} is not a saved model (no config.json); save_pretrained it first")
     if _offline():
         raise UnisslError(f"cannot push {directory} to {repo_id!r}: HF_HUB_OFFLINE=1 is set")
-    from huggingface_hub import HfApi
+    from unissl.utils.optional import require
 
-    api = HfApi()
+    api = require("huggingface_hub", "hf", "push_to_hub").HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True)
     info = api.upload_folder(repo_id=repo_id, folder_path=str(directory), commit_message=commit_message)
     return str(getattr(info, "commit_url", info))

@@ -159,9 +159,10 @@ def _frozen_dinov2(sd: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], 
 
 def convert_released_checkpoint(ckpt: str | Path, out: str | Path, opts: ConvertOptions | None = None) -> Converted:
     """Convert ``ckpt`` into ``out/tokenizer`` and ``out/generator`` (see the module docstring)."""
-    from diffusers import AutoencoderKL
-
     from unissl.engine.method import load_saved_state
+    from unissl.utils.optional import require
+
+    AutoencoderKL = require("diffusers", "hf", "converting the released RepTok checkpoint (its SD-VAE)").AutoencoderKL
     from unissl.methods.reptok.dinov2_hub import dinov2_from_hub_state
     from unissl.methods.reptok.encoders import Dinov2Encoder
     from unissl.methods.reptok.generator import GeneratorConfig, TokenGeneratorMethod

