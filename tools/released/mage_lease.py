@@ -51,10 +51,10 @@ VQGAN = {"embed_dim": 8, "n_embed": 32, "ddconfig": {"double_z": False, "z_chann
                                                       "num_res_blocks": 1, "attn_resolutions": [16],
                                                       "dropout": 0.0}}
 # The token transformer (both releases): 16 x 16 ids, K = VQGAN["n_embed"] codes.
-VIT = {"embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_embed_dim": 16, "decoder_depth": 2,
+VIT = {"embed_dim": 16, "depth": 2, "num_heads": 2, "decoder_embed_dim": 8, "decoder_depth": 2,
        "decoder_num_heads": 2, "mlp_ratio": 4.0, "img_size": 16, "patch_size": 1, "in_chans": 1}
 # LEASE's heads at small widths: (in, hidden, out) of projector / momentum_projector / predictor.
-PROJ, PRED, CLASSIFIER_HIDDEN = (32, 64, 24), (24, 48, 24), 8
+PROJ, PRED, CLASSIFIER_HIDDEN = (16, 32, 12), (12, 24, 12), 8
 LEASE_EPOCHS = (3, 20)  # one forward in the echo warm-up (epoch <= 10) and one after it
 GRAD_KEYS = ("blocks.0.attn.qkv.weight", "norm.weight", "decoder_blocks.1.mlp.fc2.weight", "mlm_layer.fc.weight",
              "token_emb.position_embeddings.weight", "decoder_pos_embed_learned", "projector.projector.0.weight",
