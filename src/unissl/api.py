@@ -13,7 +13,16 @@
     bags = gen.sample(classes=["Bag"], n=4)                   # class-conditional (or prompts=[...] for text)
 
 Every object keeps the underlying library model (``.model``, ``.tokenizer``, ``.method``) for anything the
-facade does not cover; every loader reads weights without executing code and fails with one line.
+facade does not cover; every loader reads weights without executing code and fails with one line. Each loader
+takes a saved model directory, a training run directory or a hub repo id (``org/name[@revision]``).
+
+Images in: a ``torch.Tensor`` (or NumPy array) of shape (B, C, H, W), or one image (C, H, W), checked by
+:func:`check_images` before anything runs, with one :class:`~unissl.errors.UnisslError` line naming what is
+wrong. Converted, because the conversion is unambiguous: uint8 (0-255) -> float / 255; 1 channel <-> 3
+channels when the model's channels say so (grey -> RGB by repetition, RGB -> grey by BT.601 luma). Refused:
+other dtypes (int64, bool, ...), float values outside [0, 1] (0-255 floats, or normalised to [-1, 1] / by
+ImageNet statistics), NaN/Inf, other channel counts (RGBA) and another image size, unless ``resize=True``
+(bilinear, antialiased, centre-cropped to a square first: the datasets' own adaptation).
 """
 
 from __future__ import annotations
@@ -24,6 +33,56 @@ from pathlib import Path
 import torch
 
 from unissl.errors import UnisslError
+
+RANGE_TOLERANCE = 1e-3  # float images may overshoot [0, 1] by this much (rounding of an earlier resize)
+
+
+def check_images(images: object, channels: int, size: int, where: str, resize: bool = False) -> torch.Tensor:
+    """``images`` as float32 (B, channels, size, size) in [0, 1], or one line saying what is wrong with them.
+
+    See the module docstring for what is converted (uint8, 1 <-> 3 channels, a single image, NumPy) and what
+    is refused (other dtypes, values outside [0, 1], other channel counts, another size unless ``resize``).
+    """
+    if not isinstance(images, torch.Tensor):
+        import numpy as np
+
+        if not isinstance(images, np.ndarray):
+            raise UnisslError(f"{where}: expected a torch.Tensor (B, C, H, W) in [0, 1], got {type(images).__name__}")
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    x = images
+    if x.ndim == 3:
+        x = x[None]  # one image (C, H, W)
+    if x.ndim != 4 or x.shape[0] == 0:
+        raise UnisslError(f"{where}: expected images (B, C, H, W) or one image (C, H, W), got shape {tuple(images.shape)}")
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    elif not x.is_floating_point():
+        raise UnisslError(f"{where}: expected float images in [0, 1] or uint8 in 0-255, got {x.dtype}; convert "
+                          f"with images.float() / 255 (0-255 values) or images.float() (0/1 values)")
+    else:
+        x = x.float()
+        if not torch.isfinite(x).all():
+            raise UnisslError(f"{where}: the images hold NaN or Inf values")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+            hint = ("they look like 0-255 values: divide by 255" if lo >= 0 and hi <= 255 else
+                    "they look normalised (e.g. to [-1, 1] or by ImageNet statistics): pass the images in [0, 1]")
+            raise UnisslError(f"{where}: float images must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]; {hint}")
+        x = x.clamp(0, 1)
+    c = x.shape[1]
+    if c != channels and {c, channels} != {1, 3}:
+        raise UnisslError(f"{where}: the model takes {channels}-channel images, got {c} channels (shape "
+                          f"{tuple(images.shape)}); pass grey (1) or RGB (3) images in (B, C, H, W) layout")
+    if x.shape[-2:] != (size, size):
+        if not resize:
+            raise UnisslError(f"{where}: the model takes {size}x{size} images, got {x.shape[-2]}x{x.shape[-1]}; "
+                              f"resize them, or pass resize=True (centre crop to a square, antialiased bilinear)")
+        from unissl.methods.reptok.encoders import to_square
+
+        return to_square(x, size, channels)
+    from unissl.data.base import match_channels
+
+    return match_channels(x, channels, where).contiguous()
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -46,12 +105,12 @@ class SorcenEncoder:
         self.tokenizer = self.extractor.tokenizer
 
     @torch.no_grad()
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Mean-pooled encoder features (B, D) of images (B, C, H, W) in [0, 1] (the linear-probe features)."""
-        from unissl.eval.features import adapt_images
-
-        x = adapt_images(images.to(self.device).float(), self.extractor.input_channels, self.extractor.input_size)
-        return self.extractor.features(x).cpu()
+    def features(self, images: torch.Tensor, resize: bool = False) -> torch.Tensor:
+        """Mean-pooled encoder features (B, D) of images (B, C, H, W) in [0, 1] (the linear-probe features);
+        inputs are checked and converted as the module docstring says."""
+        assert self.extractor.input_channels is not None and self.extractor.input_size is not None
+        x = check_images(images, self.extractor.input_channels, self.extractor.input_size, "features(images)", resize)
+        return self.extractor.features(x.to(self.device)).cpu()
 
     @torch.no_grad()
     def sample(self, n: int = 16, steps: int | None = None, seed: int = 0) -> torch.Tensor:
@@ -76,34 +135,50 @@ class RepTok:
         self.device = _device(device)
         self.tokenizer = RepTokTokenizer.from_pretrained(path, device=self.device)
 
-    def _images(self, images: torch.Tensor) -> torch.Tensor:
-        from unissl.eval.features import adapt_images
+    def _images(self, images: torch.Tensor, where: str, resize: bool) -> torch.Tensor:
+        cfg = self.tokenizer.cfg
+        return check_images(images, cfg.channels, cfg.image_size, where, resize).to(self.device)
 
-        x = images if images.ndim == 4 else images[None]
-        return adapt_images(x.to(self.device).float(), self.tokenizer.cfg.channels, self.tokenizer.cfg.image_size)
+    @property
+    def token_dim(self) -> int:
+        """Width D of a token."""
+        return int(self.tokenizer.encoder.dim)
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, D) of images (B, C, H, W) in [0, 1]."""
-        return self.tokenizer.encode(self._images(images)).cpu()
+    def encode(self, images: torch.Tensor, resize: bool = False) -> torch.Tensor:
+        """Tokens (B, D) of images (B, C, H, W) in [0, 1] (checked and converted as the module docstring says)."""
+        return self.tokenizer.encode(self._images(images, "encode(images)", resize)).cpu()
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, steps: int | None = None, seed: int = 0) -> torch.Tensor:
         """Images (B, C, H, W) in [0, 1] from tokens (B, D) (``steps`` Euler steps of the flow decoder,
         default ``DECODE_STEPS``)."""
+        if not isinstance(z, torch.Tensor) or not z.is_floating_point() or z.ndim not in (1, 2) \
+                or z.shape[-1] != self.token_dim:
+            got = f"{z.dtype} {tuple(z.shape)}" if isinstance(z, torch.Tensor) else type(z).__name__
+            raise UnisslError(f"decode(z): expected float tokens (B, {self.token_dim}) from encode(), got {got}")
+        if not torch.isfinite(z).all():
+            raise UnisslError("decode(z): the tokens hold NaN or Inf values")
+        z = z.float().reshape(-1, self.token_dim)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         return self.tokenizer.decode(z.to(self.device), steps=_decode_steps(steps), generator=gen) \
             .float().clamp(0, 1).cpu()
 
     @torch.no_grad()
     def interpolate(self, a: torch.Tensor, b: torch.Tensor, points: int = 8, method: str = "slerp",
-                    steps: int | None = None, seed: int = 0) -> torch.Tensor:
-        """Decoded images (points, C, H, W) along the path between the tokens of images ``a`` and ``b``."""
+                    steps: int | None = None, seed: int = 0, resize: bool = False) -> torch.Tensor:
+        """Decoded images (points, C, H, W) along the path between the tokens of images ``a`` and ``b`` (one
+        image each, (C, H, W) or (1, C, H, W))."""
         from unissl.methods.reptok.interpolation import INTERPOLATIONS
 
         if method not in INTERPOLATIONS:
             raise UnisslError(f"unknown interpolation {method!r}; choose one of {sorted(INTERPOLATIONS)}")
-        z = self.tokenizer.encode(torch.cat([self._images(a), self._images(b)]))  # (2, D)
+        if points < 2:
+            raise UnisslError(f"interpolate: points must be at least 2 (the two ends), got {points}")
+        xa, xb = self._images(a, "interpolate(a)", resize), self._images(b, "interpolate(b)", resize)
+        if xa.shape[0] != 1 or xb.shape[0] != 1:
+            raise UnisslError(f"interpolate: a and b are one image each, got batches of {xa.shape[0]} and {xb.shape[0]}")
+        z = self.tokenizer.encode(torch.cat([xa, xb]))  # (2, D)
         path = INTERPOLATIONS[method](z[0], z[1], torch.linspace(0, 1, points, device=self.device))
         gen = torch.Generator(device=self.device).manual_seed(seed)
         noise = torch.randn((1, *self.tokenizer.space.shape), generator=gen, device=self.device)
@@ -122,8 +197,9 @@ class Generator:
         self.device = _device(device)
         self.method = TokenGeneratorMethod.from_pretrained(run, map_location=self.device)
         tok = tokenizer or self.method.cfg.tokenizer_path
-        if not tok or not Path(tok).is_dir():
-            raise UnisslError(f"the generator's tokenizer {tok!r} was not found; pass tokenizer=<RepTok tokenizer dir>")
+        if not tok:
+            raise UnisslError(f"the generator {run} holds no tokenizer (saved without one); pass "
+                              f"tokenizer=<RepTok tokenizer dir or hub id>")
         self.tokenizer = RepTokTokenizer.from_pretrained(tok, device=self.device)
         self.classes: list[str] = list(self.method.cfg.classes)
 

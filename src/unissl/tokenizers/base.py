@@ -81,10 +81,14 @@ class TokenizerBase(nn.Module):
             raise UnisslError(f"{what}: expected a float tensor (B, C, H, W) in [0, 1], got {kind}; "
                               "convert with images.float() / 255")
         c, s = self.channels, self.image_size
-        if images.ndim != 4 or images.shape[1] != c or images.shape[2] != s or images.shape[3] != s:
+        if images.ndim != 4:
+            raise UnisslError(f"{what}: expected a batch (B, {c}, {s}, {s}), got a {images.ndim}-D tensor of shape "
+                              f"{tuple(images.shape)}" + ("; add the batch dimension with images[None]"
+                                                         if images.ndim == 3 else ""))
+        if images.shape[1] != c or images.shape[2] != s or images.shape[3] != s:
             raise UnisslError(f"{what}: expected shape (B, {c}, {s}, {s}) for this tokenizer, got "
                               f"{tuple(images.shape)}; resize the dataset (image_size={s}) or use a "
-                              f"{images.shape[1] if images.ndim == 4 else '?'}-channel tokenizer")
+                              f"{images.shape[1]}-channel tokenizer")
 
     def check_ids(self, ids: torch.Tensor) -> None:
         """Raise :class:`UnisslError` unless ``ids`` is an int64 (B, h, w) grid with values in [0, K)."""
