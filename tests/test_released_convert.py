@@ -134,3 +134,17 @@ def test_released_convert_refuses_code_in_one_line(tmp_path, capsys, payload) ->
     assert not Evil.marker.exists() and not (out / "tokenizer").exists()
     with pytest.raises(UnisslError, match="refused"):
         read_released_checkpoint(bad)
+
+
+def test_released_convert_damaged_checkpoint_is_one_line(tmp_path, capsys) -> None:
+    """A truncated checkpoint or a file that is no torch archive: one line naming it, nothing written."""
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(CKPT.read_bytes()[: CKPT.stat().st_size // 2])
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint")
+    for bad in (cut, text):
+        out = tmp_path / f"out-{bad.stem}"
+        assert main(["convert", "reptok", "--ckpt", str(bad), "--out", str(out), *TINY]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(bad) in err[0], err
+        assert not (out / "tokenizer").exists()

@@ -130,7 +130,9 @@ def read_restricted(path: str | Path, fix: str) -> Any:
     try:
         # weights_only=False hands unpickling to the restricted module above: torch rebuilds storages itself and
         # asks our find_class for every other global, which refuses anything off the allowlist
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_module(path))
+        # mmap: the tensors are read from the file when used (the released checkpoint holds several GB)
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_module(path),
+                          mmap=True)
     except UnisslError:
         raise
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile,
