@@ -301,3 +301,29 @@ def test_ctrl_c_names_the_checkpoint_and_the_command_that_continues(tmp_path: Pa
     assert saved.is_dir()
     code, err, out = _run_cli(shlex.split(err[0].split("continue with: ")[1])[1:], capsys)
     assert code == 0 and f"[train] resumed from {saved} at step 4" in out.splitlines()
+
+
+def test_reptok_tokenizer_command_nests_the_library_config() -> None:
+    """`train reptok-tokenizer` nests RepTokConfig as `model`; the old flat flags and pipeline keys still work
+    (so existing pipeline files keep their stage hashes) and the data-derived fields are no settings."""
+    from unissl.commands.train_reptok_tokenizer import Config
+    from unissl.methods.reptok.tokenizer import RepTokConfig
+
+    new = parse_config(Config, ["--encoder", "random", "--model.cos-weight", "0.5", "--model.decoder", "tiny",
+                                "--model.patch-size", "2"])
+    assert isinstance(new.model, RepTokConfig) and (new.model.cos_weight, new.model.patch_size) == (0.5, 2)
+    assert parse_config(Config, ["--encoder", "random", "--cos-weight", "0.5", "--decoder", "tiny",
+                                 "--patch-size", "2"]) == new
+    assert from_dict(Config, {"encoder": "random", "cos_weight": 0.5, "decoder": "tiny", "patch_size": 2}) == new
+    assert from_dict(Config, to_dict(new)) == new
+    for argv, line in [(["--model.image-size", "3"], "unknown flag --model.image-size; did you mean --image-size?"),
+                       (["--cos-weigth", "1"], "unknown flag --cos-weigth; did you mean --model.cos-weight?"),
+                       (["--encoder", "random", "--model.cos-weight", "-1"], "model.cos_weight: (lambda) must be >= 0, "
+                                                                              "got -1.0")]:
+        with pytest.raises(UnisslError) as e:
+            parse_config(Config, argv)
+        assert str(e.value) == line
+    with pytest.raises(ConfigError, match="cos_weight: is given twice"):
+        from_dict(Config, {"encoder": "random", "cos_weight": 0.5, "model": {"cos_weight": 0.1}})
+    shipped = parse_config(Config, ["--config", "configs/reptok/fmnist-tiny.yaml", "--encoder", "random"])
+    assert (shipped.model.decoder, shipped.model.cos_weight, shipped.train.steps) == ("tiny", 0.1, 400)

@@ -8,6 +8,10 @@
   ``none`` for an optional value, registry keys as choices (:func:`arg`), and one-line errors: an unknown or
   abbreviated flag is refused with the closest valid one.
 * :func:`from_dict` builds a config from a (partial) mapping, as a pipeline stage does.
+* A command's ``Config`` may declare ``ALIASES`` (old flag / YAML key -> the path of the setting, e.g.
+  ``{"cos_weight": "model.cos_weight"}``: old command lines and pipeline files keep working and keep their stage
+  hashes) and ``DERIVED`` (paths of a nested library config that the command sets itself, e.g. the image size
+  from the dataset: no flag, never asked of the user).
 * Every dataclass is constructed by :func:`_build`, so a :class:`~unissl.errors.ConfigError` raised by a
   nested config's ``__post_init__`` (``ConfigError("global_batch", ...)``) reaches the caller with its whole
   path (``train.global_batch``); the CLI shows that path as the flag (:func:`flag`).
@@ -40,17 +44,16 @@ T = TypeVar("T")
 
 def arg(default: Any = dataclasses.MISSING, help: str = "", positional: bool = False,
         choices: Iterable[Any] | None = None, output: Literal["dir", "file"] | None = None,
-        aliases: Iterable[str] = (), **kw: Any) -> Any:
+        **kw: Any) -> Any:
     """A dataclass field with help text (mutable defaults are wrapped in a factory).
 
     ``positional=True`` also takes the field's value as a bare first argument (``unissl report runs/x``), besides
     its ``--flag``. ``choices`` restricts a value to the keys of a registry (e.g. ``choices=PRESETS``), checked
     on the command line and in YAML alike: the registry stays the one list of names, where a ``Literal`` would
     copy it. ``output`` marks a path the command writes (a ``dir`` or a ``file``): the CLI checks that it can
-    be written before the command starts (:func:`output_paths`). ``aliases`` are other names of the flag
-    (``--class`` for ``--classes``): spelled out, since flags are never abbreviated.
+    be written before the command starts (:func:`output_paths`).
     """
-    meta: dict[str, Any] = {"help": help, "positional": positional, "aliases": tuple(aliases)}
+    meta: dict[str, Any] = {"help": help, "positional": positional}
     if choices is not None:
         meta["choices"] = tuple(choices)
     if output is not None:
@@ -99,13 +102,14 @@ class _Leaf:
 
 @functools.cache
 def _leaves(cls: type) -> dict[str, _Leaf]:
-    """Every leaf setting of the dataclass ``cls``, keyed by its dotted path."""
+    """Every leaf setting of the dataclass ``cls`` a user sets, keyed by its dotted path (``DERIVED`` ones left out)."""
     found: dict[str, _Leaf] = {}
+    derived = set(getattr(cls, "DERIVED", ()))
 
     def walk(c: type, prefix: str) -> None:
         hints = get_type_hints(c)
         for f in dataclasses.fields(c):
-            if not f.init:
+            if not f.init or prefix + f.name in derived:
                 continue
             inner, optional = _strip_optional(hints[f.name])
             origin, args = get_origin(inner), get_args(inner)
@@ -128,10 +132,28 @@ def _leaves(cls: type) -> dict[str, _Leaf]:
     return found
 
 
-def _aliased(leaf: _Leaf) -> tuple[str, ...]:
-    """The other paths a leaf answers to (``arg(aliases=...)``, relative to its parent config)."""
-    parent = leaf.path.rpartition(".")[0]
-    return tuple(f"{parent}.{a}" if parent else a for a in leaf.field.metadata.get("aliases", ()))
+def _aliases(cls: type) -> dict[str, str]:
+    """Other names of settings of ``cls`` (its ``ALIASES``: ``--class`` for ``--classes``, old flat names of a
+    nested library config): spelled out, since flags are never abbreviated."""
+    return dict(getattr(cls, "ALIASES", {}))
+
+
+def _unalias(cls: type, data: dict[str, Any], source: str) -> dict[str, Any]:
+    """A YAML mapping with ``cls``'s old keys moved to the paths they name (``cos_weight: 0.1`` ->
+    ``model: {cos_weight: 0.1}``)."""
+    data = dict(data)
+    for old, new in _aliases(cls).items():
+        if old not in data:
+            continue
+        *parents, last = new.split(".")
+        node = data
+        for part in parents:
+            node[part] = dict(node.get(part) or {})
+            node = node[part]
+        if last in node:
+            raise ConfigError(old, f"is given twice (also as {new})", source)
+        node[last] = data.pop(old)
+    return data
 
 
 def _positional(cls: type) -> str | None:
@@ -194,11 +216,12 @@ def _unknown_flag(name: str, cls: type) -> str:
     known = ["--config", "--help"]
     for path, leaf in _leaves(cls).items():
         if leaf.kind != "yaml":
-            known += [flag(p) for p in (path, *_aliased(leaf))]
+            known.append(flag(path))
             if leaf.kind == "bool":
                 known.append("--no-" + flag(path)[2:])
-    close = difflib.get_close_matches("--" + name, known, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]}?" if close else "; run with --help for the flags"
+    canonical = {flag(old): flag(new) for old, new in _aliases(cls).items()}  # an old name: suggest today's
+    close = difflib.get_close_matches("--" + name, known + list(canonical), n=1, cutoff=0.6)
+    hint = f"; did you mean {canonical.get(close[0], close[0])}?" if close else "; run with --help for the flags"
     return f"unknown flag --{name}{hint}"
 
 
@@ -234,7 +257,7 @@ def _translate(cls: type, argv: list[str]) -> tuple[list[str], list[str]]:
             files.append(value)
             continue
         key = name.replace("-", "_")
-        leaf = leaves.get(key) or next((lf for lf in leaves.values() if key in _aliased(lf)), None)
+        leaf = leaves.get(_aliases(cls).get(key, key))
         negated = leaf is None and key.startswith("no_") and getattr(leaves.get(key[3:]), "kind", "") == "bool"
         if negated:
             leaf = leaves[key[3:]]
@@ -312,6 +335,7 @@ def _check_keys(cls: type, data: Any, source: str, prefix: str = "") -> None:
 
 def _merge(cls: type, data: dict[str, Any], base: Namespace, source: str) -> Namespace:
     """``base`` with the (partial, nested) mapping ``data`` on top, type-checked by jsonargparse."""
+    data = _unalias(cls, data, source) if isinstance(data, dict) else data
     _check_keys(cls, data, source)
     try:
         return _parser(cls).parse_object(data, namespace=base, defaults=False)

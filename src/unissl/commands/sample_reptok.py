@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -31,8 +32,8 @@ class Config:
     """Sample images from a trained RepTok token generator."""
 
     checkpoint: str = arg(help="run directory of `unissl train reptok-generator` (or its generator/ directory)")
-    classes: list[str] | None = arg(None, aliases=["class"], help="class names or indices (default: all "
-                                                                  "classes; --class also works)")
+    classes: list[str] | None = arg(None, help="class names or indices (default: all classes; "
+                                               "--class also works)")
     prompt: list[str] | None = arg(None, help="text prompt(s) (text-conditional generators)")
     heldout_prompts: bool = arg(False, help="prompt with every held-out caption template x class (zero-shot "
                                             "evaluation of a text generator; the npz labels are the named classes)")
@@ -45,6 +46,7 @@ class Config:
     seed: int = arg(0, help="random seed")
     device: str = device_arg()
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    ALIASES: ClassVar[dict[str, str]] = {"class": "classes"}
 
     def __post_init__(self) -> None:
         if self.n <= 0 or self.decode_steps <= 0 or self.batch_size <= 0:

@@ -2,16 +2,18 @@
 
 The encoder is a frozen SSL ViT with a trainable input [cls] (``--encoder dinov2 --encoder-path DIR``,
 ``--encoder sorcen --encoder-path SORCEN_RUN``, or ``--encoder random`` for the ablation); the decoder is
-a flow-matching transformer over pixels (``--space pixels``) or frozen VAE latents (``--space vae
---vae-path DIR``). The run directory gets config.yaml, checkpoints, logs and reconstruction grids; the
+a flow-matching transformer over pixels (``--model.space pixels``) or frozen VAE latents (``--model.space vae
+--model.vae-path DIR``). The tokenizer's settings are the library's ``RepTokConfig``, nested as ``model``
+(``--model.cos-weight``; the old flat names ``--cos-weight`` ... still work); its encoder spec, image size and
+channels come from ``--encoder*`` and the dataset. The run directory gets config.yaml, checkpoints, logs and reconstruction grids; the
 final tokenizer (config.json + model.safetensors) is written to ``--out`` (default RUN_DIR/tokenizer).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from unissl.config import arg, check_run_dir, save_run_config
 from unissl.data import build_dataset
@@ -20,7 +22,6 @@ from unissl.engine import Callback, TrainConfig, Trainer, barrier, init_distribu
 from unissl.engine.runtime import resolve_device
 from unissl.errors import UnisslError
 from unissl.eval.online import OnlineReconstruction
-from unissl.methods.reptok.decoder import DECODER_PRESETS
 from unissl.methods.reptok.encoders import RANDOM_VIT_PRESETS
 from unissl.methods.reptok.frozen_cache import WithFrozenCache, build_frozen_cache, cache_key
 from unissl.methods.reptok.tokenizer import RepTokConfig, RepTokTokenizer
@@ -31,6 +32,11 @@ def _default_train() -> TrainConfig:
     # AdamW with a constant-after-warm-up-ish cosine schedule; steps and batch are set per run (configs/reptok).
     return TrainConfig(run_dir="runs/reptok-tokenizer", base_lr=1e-4, weight_decay=0.0, betas=(0.9, 0.99),
                        clip_grad=1.0, warmup_steps=100, num_workers=0)
+
+
+def _default_model() -> RepTokConfig:
+    # encoder, image_size, channels and extra are placeholders: the command sets them (Config.DERIVED)
+    return RepTokConfig(encoder={}, image_size=0, channels=1)
 
 
 @dataclass
@@ -49,21 +55,6 @@ class Config:
     split: str = arg("train", help="dataset split to train on")
     image_size: int | None = arg(None, help="resize the images to this size (default: the dataset's)")
     limit: int | None = arg(None, help="train on the first N images only (quick runs)")
-    # The tokenizer's hyperparameters take their defaults from RepTokConfig (defined there once).
-    cos_weight: float = arg(RepTokConfig.cos_weight, help="lambda: weight of the cosine regulariser "
-                                                          "1 - cos(z, z_frozen)")
-    cls_lr_scale: float = arg(RepTokConfig.cls_lr_scale, help="learning-rate multiplier of the trainable [cls] (e.g. 20 lets the token "
-                                        "move far enough for lambda to matter; drift is logged as drift_*)")
-    new_registers: int = arg(RepTokConfig.new_registers, help="learned register tokens beside the token "
-                             "(CompVis/RepTok: nr_new_reg 2); see --register-target")
-    register_target: Literal["only_nonreg", "all"] = arg(RepTokConfig.register_target, help="only_nonreg: the "
-                                                         "registers are dropped before the decoder (released config: "
-                                                         "no effect on the token); all: they are extra condition tokens")
-    decoder: str = arg(RepTokConfig.decoder, help="decoder preset", choices=DECODER_PRESETS)
-    patch_size: int = arg(RepTokConfig.patch_size, help="decoder patch size (on pixels or latents)")
-    space: Literal["pixels", "vae"] = arg(RepTokConfig.space, help="decode pixels or the latents of a frozen "
-                                                                   "AutoencoderKL")
-    vae_path: str | None = arg(None, help="space=vae: local diffusers AutoencoderKL directory")
     out: str | None = arg(None, output="dir", help="where the trained tokenizer is saved (default: RUN_DIR/tokenizer)")
     frozen_cache: bool = arg(True, help="compute the frozen encoder's token (and the Sorcen adapter's VQ ids) once "
                                         "per image instead of every step")
@@ -74,16 +65,17 @@ class Config:
     online_eval_items: int = arg(64, help="test images of the online evaluation")
     online_domain: str | None = arg(None, help="domain classifier directory: also log the rFD_domain of those "
                                                "reconstructions (online/rFD_domain; implies --online-eval)")
+    model: RepTokConfig = field(default_factory=_default_model)  # the tokenizer's settings, defined once there
     train: TrainConfig = field(default_factory=_default_train)
+
+    DERIVED: ClassVar[tuple[str, ...]] = ("model.encoder", "model.image_size", "model.channels", "model.extra")
+    ALIASES: ClassVar[dict[str, str]] = {name: f"model.{name}" for name in (  # the flat names before `model`
+        "cos_weight", "cls_lr_scale", "new_registers", "register_target", "decoder", "patch_size", "space", "vae_path")}
 
     def __post_init__(self) -> None:
         if self.encoder != "random" and not self.encoder_path:
             raise UnisslError(f"--encoder {self.encoder} needs --encoder-path (dinov2: a local transformers "
                               "directory with config.json and weights; sorcen: a `unissl train sorcen` run dir)")
-        if self.cos_weight < 0:
-            raise UnisslError(f"--cos-weight must be >= 0, got {self.cos_weight}")
-        if not self.cls_lr_scale > 0:
-            raise UnisslError(f"--cls-lr-scale must be positive, got {self.cls_lr_scale}")
         if self.limit is not None and self.limit <= 0:
             raise UnisslError(f"--limit must be positive, got {self.limit}")
 
@@ -110,12 +102,9 @@ def build(cfg: Config):
         data = FirstN(data, cfg.limit)
     size, channels = int(data.image_size), int(data.channels)
     seed_everything(cfg.train.seed)
-    tcfg = RepTokConfig(encoder=encoder_spec(cfg, size, cfg.train.seed), image_size=size, channels=channels,
-                        decoder=cfg.decoder, patch_size=cfg.patch_size, space=cfg.space, vae_path=cfg.vae_path,
-                        cos_weight=cfg.cos_weight, cls_lr_scale=cfg.cls_lr_scale,
-                        new_registers=cfg.new_registers, register_target=cfg.register_target,
-                        extra={"dataset": cfg.dataset, "split": cfg.split, "limit": cfg.limit})
-    return RepTokTokenizer(tcfg), data
+    cfg.model = replace(cfg.model, encoder=encoder_spec(cfg, size, cfg.train.seed), image_size=size,
+                        channels=channels, extra={"dataset": cfg.dataset, "split": cfg.split, "limit": cfg.limit})
+    return RepTokTokenizer(cfg.model), data
 
 
 def with_frozen_cache(cfg: Config, tok: Any, data: Any) -> Any:
@@ -152,8 +141,8 @@ def run(cfg: Config) -> Path:
         trainer.dataset = with_frozen_cache(cfg, tok, data)
     if is_main():
         save_run_config(cfg.train.run_dir, cfg)
-        print(f"unissl train reptok-tokenizer: encoder {cfg.encoder} (D={tok.encoder.dim}), decoder {cfg.decoder} "
-              f"on {cfg.space}, lambda={cfg.cos_weight}, {n_train / 1e6:.2f}M trainable, {len(data)} images "
+        print(f"unissl train reptok-tokenizer: encoder {cfg.encoder} (D={tok.encoder.dim}), decoder "
+              f"{cfg.model.decoder} on {cfg.model.space}, lambda={cfg.model.cos_weight}, {n_train / 1e6:.2f}M trainable, {len(data)} images "
               f"-> {cfg.train.run_dir}")
     logs = trainer.fit()
     if is_main():

@@ -26,10 +26,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from unissl.config import arg
 from unissl.engine.method import Method, load_saved_state, saved_state
 from unissl.errors import ConfigError, UnisslError
 from unissl.flow import LinearPath, LogitNormalTime, solve
-from unissl.methods.reptok.decoder import FlowDecoder, get_decoder_preset
+from unissl.methods.reptok.decoder import DECODER_PRESETS, FlowDecoder, get_decoder_preset
 from unissl.methods.reptok.encoders import SSLEncoder, backbone_checksum, build_encoder
 from unissl.methods.reptok.projection import ResidualProjection, cosine_loss, token_drift
 from unissl.methods.reptok.spaces import PixelSpace, VAESpace
@@ -59,19 +60,22 @@ class RepTokConfig:
     encoder: dict[str, Any]  # SSLEncoder.spec(): {"kind": "dinov2"|"sorcen"|"random", ...}
     image_size: int  # side of the (square) images the tokenizer reconstructs
     channels: int  # 1 (grey) or 3
-    decoder: str = "small"  # preset name in DECODER_PRESETS
-    patch_size: int = 4  # decoder patch size (on pixels or latents)
-    space: Literal["pixels", "vae"] = "pixels"
-    vae_path: str | None = None  # local diffusers AutoencoderKL directory (space="vae")
-    cos_weight: float = 0.1  # lambda of the cosine regulariser
-    cls_lr_scale: float = 1.0  # learning-rate multiplier of the trainable [cls] (lets the token move)
-    time_mean: float = 0.0  # logit-normal time sampler
-    time_std: float = 1.0
+    decoder: str = arg("small", help="decoder preset", choices=DECODER_PRESETS)
+    patch_size: int = arg(4, help="decoder patch size (on pixels or latents)")
+    space: Literal["pixels", "vae"] = arg("pixels", help="decode pixels or the latents of a frozen AutoencoderKL")
+    vae_path: str | None = arg(None, help="space=vae: local diffusers AutoencoderKL directory")
+    cos_weight: float = arg(0.1, help="lambda: weight of the cosine regulariser 1 - cos(z, z_frozen)")
+    cls_lr_scale: float = arg(1.0, help="learning-rate multiplier of the trainable [cls] (e.g. 20 lets the token "
+                                        "move far enough for lambda to matter; drift is logged as drift_*)")
+    time_mean: float = arg(0.0, help="mean of the logit-normal time sampler")
+    time_std: float = arg(1.0, help="std of the logit-normal time sampler")
     # CompVis/RepTok's `nr_new_reg` / `new_target_key`: learned register tokens put beside z, through the same
     # token-wise projection. `only_nonreg` (the released config) drops them before the decoder, so they never
     # change the condition; `all` keeps them as extra in-context condition tokens (image-independent).
-    new_registers: int = 0
-    register_target: Literal["only_nonreg", "all"] = "only_nonreg"
+    new_registers: int = arg(0, help="learned register tokens beside the token (CompVis/RepTok: nr_new_reg 2)")
+    register_target: Literal["only_nonreg", "all"] = arg(
+        "only_nonreg", help="only_nonreg: the registers are dropped before the decoder (released config: no effect "
+                            "on the token); all: they are extra condition tokens")
     extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance (dataset, ...)
 
     def __post_init__(self) -> None:
