@@ -50,10 +50,12 @@ def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_released_checkpoint_hyperparameters_are_read_without_omegaconf() -> None:
-    """The OmegaConf DictConfigs of the checkpoint become plain dicts (omegaconf is not imported)."""
+    """The OmegaConf DictConfigs / ListConfigs of the checkpoint become plain dicts / lists (omegaconf is not
+    imported)."""
     state, hp = read_released_checkpoint(CKPT)
     assert hp["first_stage_cfg"]["params"]["scale_factor"] == 1.7
     assert hp["flow_cfg"]["params"]["net_cfg"]["params"]["num_classes"] == 10
+    assert hp["sample_kwargs"]["t_interval"] == [0.3, 0.9]  # a ListConfig (its int type pickled as __builtin__.long)
     assert any(k.startswith("ema_model.net.mixer._orig_mod.") for k in state)
     assert state["first_stage.encoder.encoder.cls_token"].dtype == torch.bfloat16
 

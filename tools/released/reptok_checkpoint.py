@@ -154,7 +154,7 @@ def _trainer_config(config_path: Path) -> dict[str, Any]:
         "lr": 1e-4, "ema_rate": 0.9999,
         "lr_scheduler_cfg": OmegaConf.create({"target": "torch.optim.lr_scheduler.LambdaLR",
                                               "params": {"lr_lambda": None}}),
-        "sample_kwargs": OmegaConf.create({"num_steps": 50, "cfg_scale": 1.5, "uc_cond": None}),
+        "sample_kwargs": OmegaConf.create({"num_steps": 50, "cfg_scale": 1.5, "uc_cond": None, "t_interval": [0.3, 0.9]}),
         "cond_stage_key": "label", "cond_stage_method": "y", "cond_dropout_prob": 0.1,
     }
 

@@ -18,6 +18,7 @@ before anything is imported or called.
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import pickle
 import typing
@@ -34,10 +35,11 @@ class StandIn:
     """An inert object of a non-allowlisted-but-known data class: keeps its pickled state, runs nothing."""
 
     kind = ""
+    args: tuple[Any, ...] = ()  # class-level defaults: pickle's NEWOBJ builds with __new__ alone
+    state: dict[str, Any] = {}  # noqa: RUF012 - replaced per instance by __setstate__, never mutated
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args: tuple[Any, ...] = args
-        self.state: dict[str, Any] = {}
+        self.args, self.state = args, {}
 
     def __setstate__(self, state: Any) -> None:
         self.state = state if isinstance(state, dict) else {"state": state}
@@ -86,7 +88,6 @@ def _allowed() -> dict[tuple[str, str], Any]:
         allowed[("omegaconf.nodes", name)] = _stand_in(NodeStandIn, name)
     for t in (dict, list, tuple, set, frozenset, int, float, complex, str, bytes, bool, object, type(None)):
         allowed[("builtins", t.__name__)] = t
-        allowed[("__builtin__", t.__name__)] = t  # protocol-2 pickles name builtins so
     return allowed
 
 
@@ -102,6 +103,10 @@ def _restricted_module(path: Path) -> Any:
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
+            # protocol-2 pickles name Python 3 globals by their Python 2 names (__builtin__.long for int ...):
+            # map them back as pickle's own find_class does, then look the result up
+            module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
             found = ALLOWED.get((module, name))
             if found is None:
                 raise RefusedGlobal(f"{path} pickles {module}.{name}, which is not on the allowlist of plain data "
