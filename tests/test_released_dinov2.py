@@ -79,3 +79,17 @@ def test_released_dinov2_foreign_pth_is_one_line(tmp_path) -> None:
     torch.save({"weight": torch.zeros(2)}, bad)
     with pytest.raises(UnisslError, match="not a DINOv2 torch-hub state dict"):
         Dinov2Encoder(bad)
+
+
+def test_released_dinov2_hub_file_in_a_saved_tokenizer(golden, tmp_path) -> None:
+    """A tokenizer built on the hub file saves the backbone inside itself and reloads to the same token."""
+    from unissl.methods.reptok.tokenizer import RepTokConfig, RepTokTokenizer
+
+    cfg = RepTokConfig(encoder={"kind": "dinov2", "path": str(REG4), "image_size": 56}, image_size=16, channels=3,
+                       decoder="tiny")
+    tok = RepTokTokenizer(cfg)
+    z = tok.encode(golden["images_native"])
+    assert (z - golden["reg4_native_cls"]).abs().max().item() < TOL
+    tok.save_pretrained(tmp_path / "tok")
+    again = RepTokTokenizer.from_pretrained(tmp_path / "tok")
+    assert torch.equal(again.encode(golden["images_native"]), z)
