@@ -227,6 +227,11 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
         (["report", str(tmp_path / "none")], f"run directory {tmp_path / 'none'} not found"),  # positional too
         (["report", "a", "b"], "unexpected argument 'b': settings are passed as --name value (run with --help "
                                "for the flags)"),
+        # library code names a field of its own config (data_dir, k); the CLI finds the command's flag for it
+        (["eval", "knn", "--dataset", "folder", "--run-dir", str(tmp_path / "ev")],
+         "--data-dir: the folder dataset needs a directory with one sub-folder per class"),
+        (["eval", "knn", "--dataset", "digits", "--knn.k", "5000", "--run-dir", str(tmp_path / "ev")],
+         "--knn.k: 5000 is larger than the 1500 train samples of the k-NN; lower it"),
     ]
     for argv, line in cases:
         code, err, out = _run_cli(argv, capsys)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from unissl.data import DATASETS, ShardedBatchSampler, build_dataset, collate_batched
 from unissl.data.idx import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, read_idx, write_idx
-from unissl.errors import UnisslError
+from unissl.errors import ConfigError, UnisslError
 
 
 def check_contract(ds, n: int) -> None:
@@ -140,9 +140,10 @@ def test_fashion_mnist_from_written_files(tmp_path: Path, gz: bool) -> None:
 
 
 def test_fashion_mnist_errors(tmp_path: Path) -> None:
-    with pytest.raises(UnisslError, match="apt-get install dataset-fashion-mnist or pass --data-dir"):
+    with pytest.raises(ConfigError, match="^data_dir: fashion-mnist: directory .* not found; apt-get install "
+                                          "dataset-fashion-mnist or set it to the directory holding the IDX files$"):
         build_dataset("fashion-mnist", data_dir=tmp_path / "nowhere")
-    with pytest.raises(UnisslError, match="train-images-idx3-ubyte.*not found.*--data-dir"):
+    with pytest.raises(ConfigError, match="^data_dir: fashion-mnist: .*train-images-idx3-ubyte.*not found"):
         build_dataset("fashion-mnist", data_dir=tmp_path)
     write_fake_fashion(tmp_path, n_train=6)
     write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(5, dtype=np.uint8))
@@ -199,7 +200,7 @@ def test_folder_dataset(tmp_path: Path) -> None:
 def test_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(UnisslError, match="nowhere not found"):
         build_dataset("folder", data_dir=tmp_path / "nowhere")
-    with pytest.raises(UnisslError, match="pass --data-dir"):
+    with pytest.raises(ConfigError, match="^data_dir: the folder dataset needs a directory"):
         build_dataset("folder")
     with pytest.raises(UnisslError, match="no class sub-folders"):
         build_dataset("folder", data_dir=tmp_path)

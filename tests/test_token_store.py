@@ -12,7 +12,7 @@ import torch
 
 from unissl.data import build_dataset
 from unissl.data.token_store import TokenStore, write_array_store, write_token_store
-from unissl.errors import UnisslError
+from unissl.errors import ConfigError, UnisslError
 
 
 class PatchTokenizer:
@@ -210,7 +210,8 @@ def test_bad_tokenizer_output_and_image_size(tmp_path: Path, digits) -> None:
 
     with pytest.raises(UnisslError, match=r"Wrong.encode returned \(64, 2, 4\)"):
         write_token_store(tmp_path / "s", Wrong(), digits, batch_size=64, progress=False)
-    with pytest.raises(UnisslError, match="expects 16x16; pass --image-size 16"):
+    with pytest.raises(ConfigError, match="^image_size: split train: images are 8x8 but the tokenizer expects 16x16; "
+                                          "set it to 16$"):
         write_token_store(tmp_path / "s", PatchTokenizer(image_size=16), digits, batch_size=64, progress=False)
 
     class OffByOne(PatchTokenizer):

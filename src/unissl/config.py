@@ -70,9 +70,14 @@ def flag(path: str) -> str:
 
 
 def flag_of(cls: type, path: str) -> str | None:
-    """The flag of the setting ``path`` of the config class ``cls``; None when ``cls`` has no such setting (a
-    library config built at run time, not parsed from the command line)."""
-    return flag(path) if path in _leaves(cls) else None
+    """The flag of the setting ``path`` of the config class ``cls``, or of its one setting whose path ends in
+    ``.path`` (library code names a field of its own config: ``k`` is ``--knn.k``); None when there is no such
+    setting or more than one (a library config built at run time, not parsed from the command line)."""
+    leaves = _leaves(cls)
+    if path in leaves:
+        return flag(path)
+    matches = [p for p in leaves if p.endswith("." + path)]
+    return flag(matches[0]) if len(matches) == 1 else None
 
 
 # ---------------------------------------------------------------------------------------------- the fields

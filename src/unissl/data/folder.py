@@ -16,7 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from unissl.data.base import InMemoryImageDataset
-from unissl.errors import UnisslError
+from unissl.errors import ConfigError, UnisslError
 
 
 def decode_image(source: str | os.PathLike | bytes, image_size: int | None, channels: int,
@@ -56,7 +56,8 @@ def _class_dirs(root: Path) -> list[Path]:
 def resolve_split_dir(root: Path, split: str) -> Path:
     """``root/split`` if it exists, else ``root`` itself for the train split."""
     if not root.is_dir():
-        raise UnisslError(f"folder dataset: directory {root} not found; pass --data-dir DIR with one sub-folder per class")
+        raise ConfigError("data_dir", f"folder dataset: directory {root} not found; give a directory with one "
+                                      "sub-folder per class")
     if (root / split).is_dir():
         return root / split
     if split == "train":
@@ -72,7 +73,7 @@ def load_folder(data_dir: str | os.PathLike | None, split: str = "train", image_
     Without ``image_size`` the shorter side of the first image is used (every image is cropped to it).
     """
     if data_dir is None:
-        raise UnisslError("folder dataset: pass --data-dir DIR with one sub-folder per class")
+        raise ConfigError("data_dir", "the folder dataset needs a directory with one sub-folder per class")
     root = resolve_split_dir(Path(data_dir), split)
     class_dirs = _class_dirs(root)
     if not class_dirs:
@@ -86,7 +87,7 @@ def load_folder(data_dir: str | os.PathLike | None, split: str = "train", image_
             images.append(decode_image(path, image_size, channels, str(path)))  # (S, S, C)
             labels.append(label)
     if not images:
-        raise UnisslError(f"folder dataset: no images under {root}/<class>/; add image files or fix --data-dir")
+        raise ConfigError("data_dir", f"folder dataset: no images under {root}/<class>/; add image files or fix it")
     arr = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (N, C, S, S) uint8
     return InMemoryImageDataset("folder", split, arr, torch.tensor(labels, dtype=torch.int64),
                                 [d.name for d in class_dirs], channels=channels)

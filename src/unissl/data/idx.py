@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from unissl.data.base import InMemoryImageDataset
-from unissl.errors import UnisslError
+from unissl.errors import ConfigError, UnisslError
 from unissl.utils.io import atomic_file
 
 # dtype code -> big-endian numpy dtype
@@ -94,8 +94,8 @@ def _find(data_dir: Path, stem: str) -> Path:
     for candidate in (data_dir / stem, data_dir / f"{stem}.gz"):
         if candidate.is_file():
             return candidate
-    raise UnisslError(f"fashion-mnist: {data_dir / stem}[.gz] not found; "
-                      f"apt-get install dataset-fashion-mnist or pass --data-dir DIR holding the IDX files")
+    raise ConfigError("data_dir", f"fashion-mnist: {data_dir / stem}[.gz] not found; apt-get install "
+                                  "dataset-fashion-mnist or set it to the directory holding the IDX files")
 
 
 def load_fashion_mnist(split: str = "train", data_dir: str | os.PathLike | None = None,
@@ -105,8 +105,8 @@ def load_fashion_mnist(split: str = "train", data_dir: str | os.PathLike | None 
         raise UnisslError(f"fashion-mnist: unknown split {split!r}; choose one of {sorted(_FASHION_FILES)}")
     root = Path(data_dir) if data_dir is not None else FASHION_MNIST_DIR
     if not root.is_dir():
-        raise UnisslError(f"fashion-mnist: directory {root} not found; "
-                          f"apt-get install dataset-fashion-mnist or pass --data-dir DIR holding the IDX files")
+        raise ConfigError("data_dir", f"fashion-mnist: directory {root} not found; apt-get install "
+                                      "dataset-fashion-mnist or set it to the directory holding the IDX files")
     img_file, lbl_file = (_find(root, stem) for stem in _FASHION_FILES[split])
     images = read_idx(img_file, ndim=3)  # (N, 28, 28)
     labels = read_idx(lbl_file, ndim=1)  # (N,)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from unissl.data.store_format import FORMAT, VERSION, as_grid, id_dtype, sha256_file
-from unissl.errors import UnisslError
+from unissl.errors import ConfigError, UnisslError
 from unissl.tokenizers.base import Tokenizer  # ``identity``/``checksum`` are optional extras
 from unissl.utils.io import atomic_dir, write_json
 
@@ -58,8 +58,8 @@ def _check_images(images: torch.Tensor, tokenizer: Any, split: str) -> None:
     size, channels = getattr(tokenizer, "image_size", None), getattr(tokenizer, "channels", None)
     c, h, w = images.shape[1:]
     if size is not None and (h, w) != as_grid(size):
-        raise UnisslError(f"split {split}: images are {h}x{w} but the tokenizer expects {size}x{size}; "
-                          f"pass --image-size {size}")
+        raise ConfigError("image_size", f"split {split}: images are {h}x{w} but the tokenizer expects "
+                                        f"{size}x{size}; set it to {size}")
     if channels is not None and c != channels:
         raise UnisslError(f"split {split}: images have {c} channels but the tokenizer expects {channels}; "
                           f"use a dataset with {channels} channels")

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from unissl.data.base import match_channels
 from unissl.data.folder import decode_image
-from unissl.errors import UnisslError
+from unissl.errors import ConfigError, UnisslError
 
 IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "ppm", "pgm", "pbm", "bmp", "webp", "tif", "tiff", "gif"}
 LABEL_EXTENSIONS = ("cls", "label", "json")
@@ -47,7 +47,8 @@ class SampleRef:
 def find_shards(data_dir: Path, split: str) -> list[Path]:
     """The sorted ``.tar`` shards of ``split`` under ``data_dir`` (see the module docstring)."""
     if not data_dir.is_dir():
-        raise UnisslError(f"webdataset: directory {data_dir} not found; pass --data-dir DIR holding the .tar shards")
+        raise ConfigError("data_dir", f"webdataset: directory {data_dir} not found; give the directory holding "
+                                      "the .tar shards")
     patterns = [(data_dir / split, "*.tar"), (data_dir, f"{split}-*.tar"), (data_dir, f"{split}_*.tar")]
     for folder, pattern in patterns:
         if folder.is_dir():
@@ -115,7 +116,7 @@ class WebDatasetShards(Dataset):
                  channels: int = 3, shards: Sequence[str | os.PathLike] | None = None) -> None:
         if shards is None:
             if data_dir is None:
-                raise UnisslError("webdataset: pass --data-dir DIR holding the .tar shards")
+                raise ConfigError("data_dir", "the webdataset needs the directory holding the .tar shards")
             self.shards = find_shards(Path(data_dir), split)
         else:
             self.shards = [Path(s) for s in shards]

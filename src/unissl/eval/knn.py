@@ -21,7 +21,7 @@ def knn_scores(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tenso
                k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
     """Class scores (N_test, C): the sum of ``exp(cos / T)`` over the k nearest train samples of each class."""
     if train_x.shape[0] < k:
-        raise UnisslError(f"kNN: k={k} is larger than the {train_x.shape[0]} train samples; lower --knn.k")
+        raise ConfigError("k", f"{k} is larger than the {train_x.shape[0]} train samples of the k-NN; lower it")
     if temperature <= 0:
         raise UnisslError(f"kNN: temperature must be positive, got {temperature}")
     tr = F.normalize(train_x.float(), dim=1)

@@ -162,7 +162,7 @@ def fit_probes(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor
         raise UnisslError(f"linear probe: features {tuple(train_x.shape)} and labels {tuple(train_y.shape)} "
                           "do not match")
     if val_x.shape[0] == 0:
-        raise UnisslError("linear probe: the validation slice is empty; raise --probe.val-fraction")
+        raise ConfigError("val_fraction", "leaves the linear probe's validation slice empty; raise it")
     device = device or torch.device("cpu")
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -205,7 +205,7 @@ def fit_probes(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor
     finite = torch.isfinite(probe.weight).flatten(1).all(1) & torch.isfinite(probe.bias).all(1)
     val_top1 = [v if ok else -1.0 for v, ok in zip(val_top1, finite.tolist())]
     if max(val_top1) < 0:
-        raise UnisslError("linear probe: every head diverged (non-finite weights); lower --probe.lrs")
+        raise ConfigError("lrs", "every linear-probe head diverged (non-finite weights); lower them")
     best = max(range(len(grid)), key=lambda i: (val_top1[i], -i))
     return ProbeResult(probe=probe.cpu(), grid=grid, val_top1=val_top1, best=best)
 
