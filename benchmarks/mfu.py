@@ -53,6 +53,13 @@ def matmul_peak(n: int = 2048, repeats: int = 3) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- step kinds
+SMOKE_BATCH: int | None = None  # --smoke: every kind at this batch (the CI check that the script runs)
+
+
+def _batch(default: int) -> int:
+    return SMOKE_BATCH or default
+
+
 def _sorcen(variant: str, tmp: Path) -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
     from unissl.methods.sorcen.method import SorcenLossConfig, build_method
     from unissl.methods.sorcen.presets import arch_for_store
@@ -63,7 +70,7 @@ def _sorcen(variant: str, tmp: Path) -> tuple[torch.nn.Module, dict[str, torch.T
     # echo_warmup 0: the echo is sampled (top-k included), as after the warm-up of a long run
     loss = SorcenLossConfig(echo_warmup=0.0, momentum=0.99)
     method = build_method(arch, variant, loss, num_classes=10, tokenizer=tok, steps_per_epoch=937)
-    b = 64
+    b = _batch(64)
     batch = {"label": torch.randint(0, 10, (b,))}
     if tok is not None:
         batch["image"] = torch.rand(b, 1, 28, 28)
@@ -77,8 +84,9 @@ def _vq(tmp: Path):
     from unissl.tokenizers.vq import VQTokenizer, preset
 
     method = VQTokenizerMethod(VQTokenizer(preset("fmnist")))
-    return method, {"image": torch.rand(32, 1, 28, 28), "label": torch.zeros(32, dtype=torch.long)}, \
-        {"global_batch": 32}
+    b = _batch(32)
+    return method, {"image": torch.rand(b, 1, 28, 28), "label": torch.zeros(b, dtype=torch.long)}, \
+        {"global_batch": b}
 
 
 def _sorcen_run(tmp: Path) -> str:
@@ -107,7 +115,7 @@ def _reptok(tmp: Path, cached: bool):
 
     tok = RepTokTokenizer(RepTokConfig(encoder={"kind": "sorcen", "path": _sorcen_run(tmp)}, image_size=28,
                                        channels=1, decoder="compact", patch_size=4, cos_weight=0.1))
-    b = 64
+    b = _batch(64)
     images = torch.rand(b, 1, 28, 28)
     batch: dict[str, torch.Tensor] = {"image": images, "label": torch.zeros(b, dtype=torch.long)}
     if cached:
@@ -120,7 +128,7 @@ def _reptok(tmp: Path, cached: bool):
 def _generator(tmp: Path):
     from unissl.methods.reptok.generator import GeneratorConfig, TokenGeneratorMethod
 
-    d, b = 128, 256
+    d, b = 128, _batch(256)
     method = TokenGeneratorMethod(GeneratorConfig(token_dim=d, preset="mini", conditioning="class", num_classes=10),
                                   z_mean=torch.zeros(d), z_std=torch.tensor(1.0))
     return method, {"z": torch.randn(b, d), "label": torch.randint(0, 10, (b,))}, \
@@ -195,14 +203,20 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true",
                     help="after timing, print each kind's top operators by self CPU time (torch.profiler)")
     ap.add_argument("--top", type=int, default=10, help="operators shown per kind with --profile")
+    ap.add_argument("--smoke", action="store_true", help="every kind at batch 4, one round of one step, a 256 x 256 "
+                                                         "peak matmul: checks that the script runs (CI); no MFU claim")
     args = ap.parse_args()
+    global SMOKE_BATCH
+    peak_n = 2048
+    if args.smoke:
+        SMOKE_BATCH, args.rounds, args.steps, peak_n = 4, 1, 1, 256
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         kinds = [build_kind(k, tmp, "bf16" if args.amp == "bf16" else "fp32") for k in args.kinds]
         peaks = []
         for _ in range(args.rounds):
-            peaks.append(matmul_peak())
+            peaks.append(matmul_peak(peak_n))
             for k in kinds:
                 t = time.perf_counter()
                 for _ in range(args.steps):

@@ -13,7 +13,9 @@ forward+backward (:mod:`unissl.utils.flops`: attention included, 2 FLOPs per mul
 the throughput ratio and the FLOP ratio. Defaults: Fashion-MNIST images (1x28x28, patch 2 -> 196 patches), token width 64,
 the generator's ``small`` preset (width 512, depth 6).
 
-Run: ``python benchmarks/reptok_vs_2d.py [--preset small] [--batch 32] [--rounds 3] [--threads 1 2]``
+Run: ``python benchmarks/reptok_vs_2d.py [--preset small] [--batch 32] [--rounds 3] [--threads 1 2]``;
+``--smoke`` runs every code path at tiny sizes in seconds (the CI check that the script still runs; its
+ratios mean nothing)
 (the 2-D step costs ~1.4 TFLOP at batch 64: minutes on a CPU). Steps of the two models alternate over
 interleaved rounds at every thread count asked for (1 and 2 by default), so a busy machine slows both
 alike; the goal verdict rests on the FLOP ratio, which no load can flip. A paper-size row counts FLOPs
@@ -32,13 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unissl.engine.method import Method
 from unissl.flow import LinearPath
-from unissl.methods.reptok.generator import (
-    GENERATOR_PRESETS,
-    GeneratorConfig,
-    TimestepEmbedding,
-    TokenGeneratorMethod,
-)
+from unissl.layers import TimestepEmbedding
+from unissl.methods.reptok.generator import GENERATOR_PRESETS, GeneratorConfig, TokenGeneratorMethod
 from unissl.utils.flops import step_flops
 
 
@@ -95,7 +94,7 @@ class GridDiT(nn.Module):
         return out.view(b, g, g, self.c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, self.c, g * p, g * p)
 
 
-class GridMethod(nn.Module):
+class GridMethod(Method):
     """Same flow-matching loss as the token generator (data_at=1, t ~ U(0, 1)) on images."""
 
     def __init__(self, net: GridDiT):
@@ -168,7 +167,12 @@ def main() -> None:
                     help="thread counts to measure (each one is reported; 1 is the fair default on 2 cores)")
     ap.add_argument("--no-paper", action="store_true", help="skip the paper-size FLOP row")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (preset tiny, 8x8 images, batch 4, one round, "
+                                                         "one thread): checks that the script runs, in seconds")
     args = ap.parse_args()
+    if args.smoke:
+        args.preset, args.token_dim, args.image_size, args.batch = "tiny", 16, 8, 4
+        args.rounds, args.steps, args.threads = 1, 1, [1]
     torch.manual_seed(0)
     dev = torch.device(args.device)
     preset = GENERATOR_PRESETS[args.preset]
@@ -207,7 +211,7 @@ def main() -> None:
             "throughput_ratio_min": min(times["grid"]) / max(times["token"]),
             "throughput_ratio_max": max(times["grid"]) / min(times["token"])}
     if not args.no_paper:
-        summary["paper"] = paper_row()
+        summary["paper"] = paper_row()  # meta tensors: costs no compute, so the smoke run checks it too
     print(json.dumps(summary, indent=2))
     # The verdict rests on the FLOP ratio (machine-independent); the throughput ratios are measured in
     # interleaved rounds at every thread count, so machine load hits both models alike.

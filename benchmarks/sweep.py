@@ -63,10 +63,10 @@ def table(stages: list[Stage], out: Path, target: float) -> str:
         last = run["curve"][-1]
         hit = run.get("hit")
         reached = f"{hit['minutes']:.1f} min (epoch {hit['epoch']:.2f})" if hit else "no"
-        released = f"{last['released']:.2f}" if "released" in last else "-"
+        mean, cls, released = (f"{last[k]:.2f}" if k in last else "-" for k in ("mean", "cls", "released"))
         rows.append(f"| {stage.name} | `{setting(stage)}` | {run['ms_per_step']:.0f} | "
                     f"{run['ms_per_step'] * run['steps_per_epoch'] / 60e3:.2f} | {last['epoch']:.2f} | "
-                    f"{last['minutes']:.1f} | {last['mean']:.2f} | {last['cls']:.2f} | {released} | {reached} |")
+                    f"{last['minutes']:.1f} | {mean} | {cls} | {released} | {reached} |")
     return "\n".join(rows)
 
 
