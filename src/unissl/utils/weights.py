@@ -35,11 +35,26 @@ def read_safetensors(path: str | Path, fix: str, device: str = "cpu") -> dict[st
         raise UnisslError(f"{path} is corrupt or not a safetensors file ({_first_line(e)}); {fix}") from None
 
 
+def looks_like_safetensors(path: str | Path) -> bool:
+    """Whether ``path`` is (meant as) a safetensors file: its suffix, or its first bytes (a little-endian
+    header length, then the JSON header's ``{``), read without parsing anything."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return True
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and head[:2] != b"PK" and head[:1] != b"\x80"
+
+
 def read_torch_weights(path: str | Path, fix: str) -> Any:
-    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never code."""
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never code. A safetensors
+    file given where torch weights go (a ``.pth`` / ``.ckpt`` argument) is read as safetensors, so a damaged
+    one is the same one line as everywhere else."""
     path = Path(path)
     if not path.is_file():
         raise UnisslError(f"{path} not found; {fix}")
+    if looks_like_safetensors(path):
+        return read_safetensors(path, fix)
     # torch warns about the bytes it is reading (e.g. "pickle protocol 150") before it fails on them: held back,
     # and shown only when the load succeeds, so a damaged file is still exactly one line on stderr
     try:
@@ -65,6 +80,7 @@ def load_pretrained_dir(load: Callable[[], T], path: str | Path, what: str, fix:
     path = Path(path)
     if not path.is_dir():
         raise UnisslError(f"{what} directory {path} not found; {fix}")
+    refuse_code_pickles(path, what, fix)
     try:
         return load()
     except (OSError, ValueError, RuntimeError, KeyError) as e:
@@ -73,6 +89,22 @@ def load_pretrained_dir(load: Callable[[], T], path: str | Path, what: str, fix:
         if type(e).__name__ in ("SafetensorError", "HeaderTooLarge", "HFValidationError"):
             raise UnisslError(f"cannot load the {what} in {path} ({_first_line(e)[:160]}); {fix}") from None
         raise
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # where transformers / diffusers look for pickled weights
+
+
+def refuse_code_pickles(directory: Path, what: str, fix: str) -> None:
+    """Refuse a transformers / diffusers directory whose pickled weights file (``pytorch_model.bin``,
+    ``diffusion_pytorch_model.bin``, ...) would construct Python objects: checked with a weights-only read,
+    so nothing in it runs. Skipped when the directory has safetensors weights (what the loaders read first)."""
+    if any(directory.glob("*.safetensors")):
+        return
+    for f in sorted(directory.iterdir()):
+        if f.is_file() and f.suffix in PICKLE_SUFFIXES and weights_file_kind(f) == "code-pickle":
+            raise UnisslError(f"{what} weights {f} is not a plain weights file: it pickles Python objects, which "
+                              f"unissl will not execute; re-save the model with safetensors "
+                              f"(save_pretrained(..., safe_serialization=True)) in a trusted environment, or {fix}")
 
 
 def weights_file_kind(path: str | Path) -> str:

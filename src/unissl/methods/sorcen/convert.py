@@ -208,6 +208,9 @@ def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     state = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         raise UnisslError(f"{path} holds no state dict")
+    if "token_emb.word_embeddings.weight" not in state:
+        raise UnisslError(f"{path} holds no MAGE / Sorcen encoder (no token_emb.word_embeddings.weight among its "
+                          f"{len(state)} tensors); pass an official MAGE or Sorcen checkpoint")
     return state
 
 
