@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import re
 import sys
 import types
 from dataclasses import dataclass, field
@@ -15,7 +18,7 @@ import yaml
 
 from unissl import cli
 from unissl.errors import UnisslError
-from unissl.pipeline import load_pipeline, parse_stages, run_pipeline
+from unissl.pipeline import load_pipeline, parse_stages, resolve_pipeline, run_pipeline
 from unissl.utils.images import save_grid
 
 CALLS: list[dict] = []
@@ -525,3 +528,217 @@ def test_report_reads_records_not_file_name_guesses(tmp_path) -> None:
         f.write_text(json.dumps({"name": "tokenizer_eval", "metrics": {"psnr": 25.0}}))
     assert [rel for rel, _ in collect_metrics(tmp_path)] == ["new/results/tokenizer_eval.json",
                                                              "old/tokenizer_eval.json", "run/results/probe.json"]
+
+
+# ------------------------------------------------------------------------------------ derived pipeline files
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _dry_hashes(stages, out: Path, seeds=None) -> dict[str, str]:
+    """Every unit's hash from a dry run (``{"seed0/probe-sorcen": "3fd48cd87ffa", ...}``)."""
+    lines: list[str] = []
+    run_pipeline(parse_stages(stages), out, seeds=seeds, dry_run=True, log=lines.append)
+    found = dict(re.findall(r"\[pipeline\] (\S+): would run `[^`]*` \((\w+)\)", "\n".join(lines)))
+    assert len(found) == len(lines)
+    return found
+
+
+def test_the_6_epoch_overlay_resolves_to_the_full_file_it_replaced(tmp_path):
+    """configs/fashion-mnist-study-6ep.yaml (an overlay: extends, out, one var) gives the 28 stages of the full
+    file it replaced, in order, with the same configs and so the same hashes: its runs still resume."""
+    full = yaml.safe_load((Path(__file__).parent / "fixtures" / "pipelines" / "fashion-mnist-study-6ep-full.yaml")
+                          .read_text())
+    overlay = load_pipeline(CONFIGS / "fashion-mnist-study-6ep.yaml")
+    assert len((CONFIGS / "fashion-mnist-study-6ep.yaml").read_text().split("\nextends:")[1].splitlines()) <= 3
+    assert overlay["stages"] == full["stages"] and len(full["stages"]) == 28
+    assert (overlay["out"], overlay["seeds"]) == (full["out"], full["seeds"])
+    hashes = _dry_hashes(overlay["stages"], tmp_path, seeds=full["seeds"])
+    assert hashes == _dry_hashes(full["stages"], tmp_path, seeds=full["seeds"]) and len(hashes) == 1 + 27 * 3
+    # the base it extends differs in the shared schedule only
+    base = load_pipeline(CONFIGS / "fashion-mnist-study-fast.yaml")["stages"]
+    differ = [b["name"] for b, o in zip(base, overlay["stages"]) if b != o]
+    assert differ == ["sorcen", "mage", "mage-c", "mage-c0"]
+    assert {b["config"]["train"]["epochs"] for b in base if b["name"] in differ} == {4.5}
+    assert {o["config"]["train"]["epochs"] for o in overlay["stages"] if o["name"] in differ} == {6}
+
+
+def test_a_grid_expands_every_template_for_every_combination(tmp_path):
+    """A grid item: every template for every combination of its axes (first axis outermost), the values filled
+    into names and configs ({stage:{encoder}} too), a whole-string {var} keeping its type, a mapping value read
+    field by field; a {name} that is neither a var nor an axis is refused."""
+    spec = yaml.safe_load("""
+        vars: {epochs: 4.5, data: digits}
+        stages:
+          - {name: enc-a, command: fake step, config: {out: "{out}/a"}}
+          - {name: enc-b, command: fake step, config: {out: "{out}/b"}}
+          - grid: {encoder: [a, b], arm: [{tag: x, lr: 0.1}, {tag: y, lr: 0.2}]}
+            stages:
+              - {name: "probe-{encoder}-{arm.tag}", command: fake step,
+                 config: {out: "{stage:enc-{encoder}}/probe-{arm.tag}", value: "{arm.lr}", epochs: "{epochs}",
+                          data: "{data}:{encoder}"}}
+              - {name: "knn-{encoder}-{arm.tag}", command: fake step, config: {out: "{out}/knn-{encoder}-{arm.tag}"}}
+    """)
+    stages = resolve_pipeline(spec)["stages"]
+    assert [s["name"] for s in stages] == [
+        "enc-a", "enc-b", "probe-a-x", "knn-a-x", "probe-a-y", "knn-a-y", "probe-b-x", "knn-b-x", "probe-b-y",
+        "knn-b-y"]
+    assert stages[6]["config"] == {"out": "{stage:enc-b}/probe-x", "value": 0.1, "epochs": 4.5, "data": "digits:b"}
+    assert isinstance(stages[6]["config"]["epochs"], float)
+    assert stages[5]["config"] == {"out": "{out}/knn-a-y"}
+    with pytest.raises(UnisslError, match=r"uses \{encodr\}, which is neither a var"):
+        resolve_pipeline({"stages": [{"grid": {"encoder": ["a"]}, "stages": [
+            {"name": "p-{encoder}", "command": "fake step", "config": {"out": "{out}/{encodr}"}}]}]})
+    with pytest.raises(UnisslError, match="grid axis 'encoder' needs a non-empty list"):
+        resolve_pipeline({"stages": [{"grid": {"encoder": []}, "stages": []}]})
+    with pytest.raises(UnisslError, match=r"var name 'out' must be an identifier other than"):
+        resolve_pipeline({"vars": {"out": 1}, "stages": []})
+
+
+def test_an_overlay_overrides_stages_by_name_and_appends_new_ones(tmp_path, fake_command, capsys):
+    """extends: a file relative to the overlay; top-level values replace, vars merge, a stage with a known name
+    merges its config into the base's, a new one is appended; flags win over both files; the run directory's
+    config.yaml holds the resolved stages."""
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "base.yaml").write_text(yaml.safe_dump({
+        "out": str(tmp_path / "base-run"), "vars": {"v": 1, "w": 2},
+        "stages": [{"name": "a", "command": "fake step", "config": {"out": "{out}/a", "value": "{v}",
+                                                                    "train": {"steps": "{w}"}}},
+                   {"name": "b", "command": "fake step", "config": {"out": "{stage:a}/../b", "value": 5}}]}))
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"extends": "base/base.yaml", "out": str(tmp_path / "run"), "vars": {"v": 7},
+                                       "stages": [{"name": "b", "config": {"value": 9}},
+                                                  {"name": "c", "command": "fake step", "config": {"out": "{out}/c"}}]}))
+    plain = load_pipeline(overlay)
+    assert plain["out"] == str(tmp_path / "run")
+    assert plain["stages"] == [
+        {"name": "a", "command": "fake step", "config": {"out": "{out}/a", "value": 7, "train": {"steps": 2}}},
+        {"name": "b", "command": "fake step", "config": {"out": "{stage:a}/../b", "value": 9}},
+        {"name": "c", "command": "fake step", "config": {"out": "{out}/c"}}]
+    assert cli.main(["pipeline", "--config", str(overlay), "--out", str(tmp_path / "flag"), "--no-report"]) == 0
+    assert [c["value"] for c in CALLS] == [7, 9, 0] and CALLS[0]["out"] == str(tmp_path / "flag" / "a")
+    saved = yaml.safe_load((tmp_path / "flag" / "config.yaml").read_text())
+    assert saved["stages"] == plain["stages"] and not saved["extends"] and not saved["vars"]
+    # a missing base, a loop, a run option in a base: one line each
+    capsys.readouterr()
+    for bad, message in [({"extends": "nope.yaml", "stages": []}, "extends 'nope.yaml', which is not a file"),
+                         ({"extends": "overlay.yaml"}, "extends itself")]:
+        (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(bad))
+        assert cli.main(["pipeline", "--config", str(tmp_path / "overlay.yaml"), "--dry-run"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    (tmp_path / "base" / "base.yaml").write_text(yaml.safe_dump({"jobs": 2, "stages": []}))
+    with pytest.raises(UnisslError, match="keys \\['jobs'\\] a base pipeline file cannot hold"):
+        resolve_pipeline({"extends": "base/base.yaml"}, tmp_path)
+
+
+def _script_stages(tmp_path: Path) -> list[dict]:
+    """Three script stages: two independent, one reading both (a file each; one prints a progress bar)."""
+    script = tmp_path / "step.py"
+    script.write_text(
+        "import sys, pathlib\n"
+        "from unissl.utils.progress import progress\n"
+        "out, *reads = sys.argv[1:]\n"
+        "text = ''.join(pathlib.Path(r).read_text() for r in reads) + pathlib.Path(out).stem\n"
+        "for _ in progress(range(50), desc='work ' + 'x' * 400): pass\n"
+        "print('wrote', out)\n"
+        "pathlib.Path(out).write_text(text)\n")
+    return [{"name": "a", "script": str(script), "args": ["{out}/a.txt"], "output": "{out}/a.txt"},
+            {"name": "b", "script": str(script), "args": "{out}/b.txt", "output": "{out}/b.txt"},
+            {"name": "c", "script": str(script), "args": ["{out}/c.txt", "{out}/a.txt", "{out}/b.txt"],
+             "output": "{out}/c.txt"}]
+
+
+def test_jobs_1_and_jobs_2_run_the_same_stages_and_keep_every_log(tmp_path):
+    """One scheduler: --jobs 1 and --jobs 2 run the same stages (same records, hashes and outputs), each with its
+    output in stages/<name>.log; a second run skips them all."""
+    stages = parse_stages(_script_stages(tmp_path))
+    records = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        logs: list[str] = []
+        records[jobs] = run_pipeline(stages, out, jobs=jobs, log=logs.append)
+        assert (out / "c.txt").read_text() == "abc"
+        for name in "abc":
+            log = (out / "stages" / f"{name}.log").read_text()
+            assert f"wrote {out / name}.txt" in log
+        assert sum("running" in m for m in logs) == 3
+        again: list[str] = []
+        run_pipeline(stages, out, jobs=jobs, log=again.append)
+        assert len(again) == 3 and all("skipped" in m for m in again)
+    assert {k: r["status"] for k, r in records[1].items()} == {k: r["status"] for k, r in records[2].items()}
+    assert set(records[1]) == {"a", "b", "c"} and all(r["status"] == "done" for r in records[2].values())
+    # the configs differ only in the run directory
+    assert ({k: json.dumps(r["config"]).replace("jobs1", "J") for k, r in records[1].items()}
+            == {k: json.dumps(r["config"]).replace("jobs2", "J") for k, r in records[2].items()})
+
+
+def test_a_stage_run_in_process_keeps_its_log(tmp_path, fake_command, monkeypatch, capsys):
+    """--jobs 1 (in this process): what a stage prints reaches the console and stages/<name>.log; of a bar
+    redrawn on a terminal the log keeps the last state, without carriage returns."""
+    class _Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    def run(cfg):
+        print(f"stage {cfg.out} starts")
+        sys.stderr.write("bar 1/3\rbar 2/3\rbar 3/3\n")
+        _fake_run(cfg)
+
+    monkeypatch.setattr(fake_command, "run", run)
+    console = _Terminal()
+    monkeypatch.setattr(sys, "stderr", console)
+    run_pipeline(_stages(), tmp_path, log=lambda m: None)
+    log = (tmp_path / "stages" / "a.log").read_text()
+    assert log == f"stage {tmp_path / 'a'} starts\nbar 3/3\n"
+    assert "bar 1/3\rbar 2/3\rbar 3/3" in console.getvalue()  # the terminal saw the bar
+    assert f"stage {tmp_path / 'a'} starts" in capsys.readouterr().out
+
+
+def test_progress_off_a_terminal_is_short_lines_and_one_switch_silences_it(tmp_path, monkeypatch):
+    """Off a terminal a long loop reports in a few short lines (no carriage return, none over 300 characters);
+    UNISSL_PROGRESS=0 or TQDM_DISABLE=1 silences every report; on a terminal it is a tqdm bar."""
+    import subprocess
+
+    stages = _script_stages(tmp_path)[:1]
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(yaml.safe_dump({"out": str(tmp_path / "run"), "stages": stages}))
+    env = {**os.environ, "UNISSL_PROGRESS": "", "TQDM_DISABLE": ""}
+    got = subprocess.run([sys.executable, "-m", "unissl", "pipeline", "--config", str(cfg), "--no-report"],
+                         capture_output=True, text=True, env=env)
+    assert got.returncode == 0, got.stderr
+    text = got.stdout + got.stderr
+    assert "\r" not in text and max(len(line) for line in text.splitlines()) <= 300
+    assert "work xxx" in text and "(100%)" in text  # the loop's closing line, cut short
+    log = (tmp_path / "run" / "stages" / "a.log").read_text()
+    assert "\r" not in log and max(len(line) for line in log.splitlines()) <= 300 and "(100%)" in log
+    quiet = subprocess.run([sys.executable, "-m", "unissl", "pipeline", "--config", str(cfg), "--no-report",
+                            "--force", "a"], capture_output=True, text=True, env={**env, "TQDM_DISABLE": "1"})
+    assert quiet.returncode == 0 and "work x" not in quiet.stdout + quiet.stderr
+    assert "work x" not in (tmp_path / "run" / "stages" / "a.log").read_text()
+    from tqdm import tqdm
+
+    from unissl.utils import progress as P
+
+    class _Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("UNISSL_PROGRESS", raising=False)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert isinstance(P.progress(total=3, file=_Terminal()), tqdm)
+    assert isinstance(P.progress(total=3, file=io.StringIO()), P.LineProgress)
+    lines = io.StringIO()
+    monkeypatch.setattr(P, "MARK_MIN_S", 0.0)
+    bar = P.progress(total=1000, desc="train", file=lines)
+    for _ in range(1000):
+        bar.update()
+        bar.set_postfix(loss="1.0")
+    bar.close()
+    assert len(lines.getvalue().splitlines()) == 10  # 10%, ..., 90% and the end
+    for switch in ("UNISSL_PROGRESS", "TQDM_DISABLE"):
+        with monkeypatch.context() as m:
+            m.setenv(switch, "0" if switch == "UNISSL_PROGRESS" else "1")
+            terminal = _Terminal()
+            for _ in P.progress(range(1000), desc="train", file=terminal):
+                pass
+            assert P.progress_mode(terminal) == "off" and terminal.getvalue() == ""

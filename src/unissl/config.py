@@ -446,6 +446,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise UnisslError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from e
     if not isinstance(data, dict):
         raise UnisslError(f"config file {path} must hold a mapping at top level")
+    base = data.get("extends")  # a derived pipeline file (unissl.pipeline): its base is relative to it
+    if isinstance(base, str) and not Path(base).is_absolute() and (path.parent / base).is_file():
+        data["extends"] = str(path.parent / base)
     return data
 
 

@@ -23,6 +23,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 MAX_LINE = 200  # characters of one progress line, postfix included
+MAX_DESC = 60  # characters of its description
 LINE_EVERY_S = 30.0  # a line at least this often while a loop advances
 MARK_MIN_S = 5.0  # at most one line per this many seconds for the 10% marks
 
@@ -75,15 +76,15 @@ class LineProgress:
         return (math.floor(n / self.total * 10) + 1) * self.total / 10
 
     def _line(self, final: bool = False) -> str:
+        """``desc: n/total (p%) m:ss (~m:ss left) postfix``; a long description or postfix is cut, the count never."""
         elapsed = time.monotonic() - self._t0
-        if self.total:
-            text = f"{self.desc}: {self.n:g}/{self.total:g} ({100 * self.n / self.total:.0f}%)"
-        else:
-            text = f"{self.desc}: {self.n:g}"
+        count = f"{self.n:g}/{self.total:g} ({100 * self.n / self.total:.0f}%)" if self.total else f"{self.n:g}"
         done = self.n - self._start_n
-        text += f" {_clock(elapsed)}"
+        count += f" {_clock(elapsed)}"
         if not final and self.total and done > 0 and self.n < self.total:
-            text += f" (~{_clock(elapsed / done * (self.total - self.n))} left)"
+            count += f" (~{_clock(elapsed / done * (self.total - self.n))} left)"
+        desc = self.desc if len(self.desc) <= MAX_DESC else self.desc[:MAX_DESC - 3] + "..."
+        text = f"{desc}: {count}"
         if self._postfix:
             text += f" {self._postfix}"
         return text if len(text) <= MAX_LINE else text[:MAX_LINE - 3] + "..."
