@@ -133,7 +133,7 @@ def test_released_convert_refuses_code_in_one_line(tmp_path, capsys, payload) ->
     assert len(err) == 1 and str(bad) in err[0] and "refused" in err[0], err
     assert ("system" in err[0]) if payload == "system" else ("torch.nn.modules.linear.Linear" in err[0])
     print("refused:", err[0])
-    assert not Evil.marker.exists() and not (out / "tokenizer").exists()
+    assert not Evil.marker.exists() and not out.exists()
     with pytest.raises(UnisslError, match="refused"):
         read_released_checkpoint(bad)
 
@@ -149,4 +149,4 @@ def test_released_convert_damaged_checkpoint_is_one_line(tmp_path, capsys) -> No
         assert main(["convert", "reptok", "--ckpt", str(bad), "--out", str(out), *TINY]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and str(bad) in err[0], err
-        assert not (out / "tokenizer").exists()
+        assert not out.exists()

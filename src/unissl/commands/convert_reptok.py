@@ -41,7 +41,6 @@ def run(cfg: Config) -> None:
         raise UnisslError(f"{taken[0]} already exists; choose another --out or remove it")
     opts = ConvertOptions(encoder_size=cfg.encoder_size, vae_norm_groups=cfg.vae_norm_groups,
                           vae_scale=cfg.vae_scale, use_ema=not cfg.online, encoder_dtype=cfg.encoder_dtype)
-    out.mkdir(parents=True, exist_ok=True)
     res = convert_released_checkpoint(cfg.ckpt, out, opts)
     print(f"read {cfg.ckpt} (allowlisted unpickling, no code run)")
     for note in res.notes:

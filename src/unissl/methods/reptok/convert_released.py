@@ -198,21 +198,39 @@ def convert_released_checkpoint(ckpt: str | Path, out: str | Path, opts: Convert
                                   f"space takes one scale and no shift")
             vae_scale = value.item() if key == "scale" else vae_scale
 
-    with tempfile.TemporaryDirectory(prefix=".convert-", dir=out.parent if out.parent.exists() else None) as tmp:
+    vcfg = vae_config(tok_parts.vae, opts.vae_norm_groups, vae_scale, image_size)
+    factor = 2 ** (len(vcfg["block_out_channels"]) - 1)
+    decoder = _match_decoder_preset(tok_parts.state, latent_channels, image_size // factor, patch)
+    registers = int(tok_parts.state["new_registers"].shape[0]) if "new_registers" in tok_parts.state else 0
+    g = gen_parts.state
+    token_dim = int(g["net.pos"].shape[-1])
+    if int(hub_dino["cls_token"].shape[-1]) != token_dim:
+        raise UnisslError(f"the generator's tokens are {token_dim}-d, the DINOv2's "
+                          f"{int(hub_dino['cls_token'].shape[-1])}-d; {FIX}")
+    n_rows = int(g["net.conditioner.embed.weight"].shape[0])
+    dropout = float(_get(hp, "flow_cfg.params.net_cfg.params.class_dropout_prob", 0.1) or 0.0)
+    num_classes = n_rows - 1 if dropout > 0 else n_rows
+    gcfg = GeneratorConfig(token_dim=token_dim, preset=_match_generator_preset(g), conditioning="class",
+                           num_classes=num_classes, cond_dropout=dropout, tokenizer_path=str(out / "tokenizer"))
+    generator = TokenGeneratorMethod(gcfg, z_mean=torch.zeros(token_dim), z_std=torch.tensor(scale))
+    missing, unexpected = generator.load_state_dict(g, strict=False)
+    if unexpected or set(missing) - {"z_mean", "z_std"}:
+        raise UnisslError(f"{ckpt}: the generator does not load (missing {missing[:3]}, unexpected "
+                          f"{unexpected[:3]}); {FIX}")
+
+    out.mkdir(parents=True, exist_ok=True)  # everything above is read and checked before anything is written
+    with tempfile.TemporaryDirectory(prefix=".convert-", dir=out) as tmp:
         work = Path(tmp)
         dinov2_from_hub_state({k: v.float() for k, v in hub_dino.items()}, where=str(ckpt)).save_pretrained(
             str(work / "dinov2"), safe_serialization=True)
-        vae: Any = AutoencoderKL(**vae_config(tok_parts.vae, opts.vae_norm_groups, vae_scale, image_size))
+        vae: Any = AutoencoderKL(**vcfg)
         missing, unexpected = vae.load_state_dict(tok_parts.vae, strict=False)
         if missing or unexpected:
             raise UnisslError(f"the checkpoint's VAE does not match a diffusers AutoencoderKL of its shapes "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]}); {FIX}")
         vae.save_pretrained(str(work / "vae"), safe_serialization=True)
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
         encoder = Dinov2Encoder(work / "dinov2", image_size=opts.encoder_size, resize="released",
                                 dtype=opts.encoder_dtype)  # type: ignore[arg-type]  # checked by Dinov2Encoder
-        registers = int(tok_parts.state["new_registers"].shape[0]) if "new_registers" in tok_parts.state else 0
-        decoder = _match_decoder_preset(tok_parts.state, latent_channels, image_size // factor, patch)
         cfg = RepTokConfig(encoder=encoder.spec(), image_size=image_size, channels=3, decoder=decoder,
                            patch_size=patch, space="vae", vae_path=str(work / "vae"), new_registers=registers,
                            register_target="only_nonreg",
@@ -223,20 +241,5 @@ def convert_released_checkpoint(ckpt: str | Path, out: str | Path, opts: Convert
         except RuntimeError as e:
             raise UnisslError(f"{ckpt}: the tokenizer does not load ({str(e).splitlines()[0]}); {FIX}") from None
         tokenizer.save_pretrained(out / "tokenizer")
-
-    g = gen_parts.state
-    token_dim = int(g["net.pos"].shape[-1])
-    n_rows = int(g["net.conditioner.embed.weight"].shape[0])
-    dropout = float(_get(hp, "flow_cfg.params.net_cfg.params.class_dropout_prob", 0.1) or 0.0)
-    num_classes = n_rows - 1 if dropout > 0 else n_rows
-    gcfg = GeneratorConfig(token_dim=token_dim, preset=_match_generator_preset(g), conditioning="class",
-                           num_classes=num_classes, cond_dropout=dropout, tokenizer_path=str(out / "tokenizer"))
-    if tokenizer.encoder.dim != token_dim:
-        raise UnisslError(f"the generator's tokens are {token_dim}-d, the tokenizer's {tokenizer.encoder.dim}-d; {FIX}")
-    generator = TokenGeneratorMethod(gcfg, z_mean=torch.zeros(token_dim), z_std=torch.tensor(scale))
-    missing, unexpected = generator.load_state_dict(g, strict=False)
-    if unexpected or set(missing) - {"z_mean", "z_std"}:
-        raise UnisslError(f"{ckpt}: the generator does not load (missing {missing[:3]}, unexpected "
-                          f"{unexpected[:3]}); {FIX}")
-    generator.save_pretrained(out / "generator")
+    generator.save_pretrained(out / "generator")  # with the tokenizer inside (tokenizer_path)
     return Converted(out / "tokenizer", out / "generator", decoder, gcfg.preset, scale, num_classes, notes)
