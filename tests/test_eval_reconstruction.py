@@ -9,7 +9,8 @@ import torch
 
 from unissl.errors import UnisslError
 from unissl.eval.features import PixelExtractor
-from unissl.eval.reconstruction import gaussian_window, psnr, reconstruction_metrics, ssim
+from unissl.eval.reconstruction import gaussian_window, reconstruction_metrics, ssim
+from unissl.utils.images import psnr
 
 
 def test_psnr_closed_form() -> None:

@@ -96,7 +96,7 @@ def test_online_psnr_and_rfd_are_logged_at_every_checkpoint(tmp_path):
     from unissl.eval.generation import quantize_uint8
     from unissl.eval.online import _subset
     from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
-    from unissl.tokenizers.method import psnr
+    from unissl.utils.images import psnr
 
     torch.manual_seed(0)
     judge = DomainClassifier(DomainClassifierConfig(image_size=8, widths=[4, 8], feature_dim=8))

@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
@@ -66,9 +67,25 @@ def adapt_images(images: torch.Tensor, channels: int | None = None, size: int | 
     return x
 
 
-def to_float_images(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (values 0..255) or float (already in [0, 1]) images -> float32 in [0, 1]."""
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+def to_float_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """uint8 [0, 255] or float [0, 1] images (N, C, H, W) (or (N, H, W): one channel) -> float32 in [0, 1].
+
+    The one image conversion of unissl (datasets, generated samples, ``.npz`` files). A shape that is not
+    (N, C, H, W), channels-last images and floats outside [0, 1] (beyond 1e-3) are one-line errors.
+    """
+    x = torch.as_tensor(images) if isinstance(images, np.ndarray) else images
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4:
+        raise UnisslError(f"images must have shape (N, C, H, W), got {tuple(x.shape)}")
+    if x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
+        raise UnisslError(f"images look channels-last {tuple(x.shape)}; store them as (N, C, H, W)")
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    x = x.float()
+    if x.numel() and (x.min() < -1e-3 or x.max() > 1 + 1e-3):
+        raise UnisslError(f"float images must lie in [0, 1], got range [{x.min():.3g}, {x.max():.3g}]")
+    return x.clamp(0, 1)
 
 
 def match_channels(x: torch.Tensor, channels: int, where: str) -> torch.Tensor:

@@ -41,7 +41,7 @@ from unissl.eval.probe import (
                                   linear_probe,
                                   topk_accuracy,
 )
-from unissl.eval.reconstruction import psnr, reconstruction_metrics, ssim
+from unissl.eval.reconstruction import reconstruction_metrics, ssim
 from unissl.eval.results import record_result
 
 __all__ = [
@@ -49,6 +49,6 @@ __all__ = [
     "ProbeResult", "adapt_images", "class_consistency", "extract_features", "features_of", "few_shot",
     "fit_probes", "frechet_distance", "frechet_distance_stats", "gaussian_stats", "generation_metrics",
     "inception_score", "knn_accuracy", "knn_scores", "linear_probe", "load_extractor", "load_npz_images",
-    "precision_recall", "psnr", "reconstruction_metrics", "record_result", "reference_stats", "sample_per_class",
+    "precision_recall", "reconstruction_metrics", "record_result", "reference_stats", "sample_per_class",
     "sqrtm_psd", "ssim", "topk_accuracy",
 ]

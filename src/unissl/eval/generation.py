@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unissl.data.base import ImageDataset
+from unissl.data.base import ImageDataset, to_float_images
 from unissl.errors import UnisslError
 from unissl.eval.features import FeatureExtractor, adapt_images, cache_path, extract_features, features_of
 from unissl.eval.frechet import GaussianStats, frechet_distance_stats, gaussian_stats
@@ -133,23 +133,6 @@ def balanced_by_label(labels: torch.Tensor, seed: int = 0) -> torch.Tensor | Non
     keep = [torch.nonzero(labels == c).flatten()[torch.randperm(int(n), generator=g)[:m]]
             for c, n in zip(classes, counts)]
     return torch.cat(keep).sort().values
-
-
-def to_float_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """uint8 [0, 255] or float [0, 1] images (N, C, H, W) -> float32 in [0, 1] (validated)."""
-    x = torch.as_tensor(np.asarray(images)) if isinstance(images, np.ndarray) else images
-    if x.ndim == 3:
-        x = x[:, None]
-    if x.ndim != 4:
-        raise UnisslError(f"images must have shape (N, C, H, W), got {tuple(x.shape)}")
-    if x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
-        raise UnisslError(f"images look channels-last {tuple(x.shape)}; store them as (N, C, H, W)")
-    if x.dtype == torch.uint8:
-        return x.float() / 255.0
-    x = x.float()
-    if x.numel() and (x.min() < -1e-3 or x.max() > 1 + 1e-3):
-        raise UnisslError(f"float images must lie in [0, 1], got range [{x.min():.3g}, {x.max():.3g}]")
-    return x.clamp(0, 1)
 
 
 def load_npz_images(path: str | Path, key: str = "images") -> tuple[torch.Tensor, dict[str, np.ndarray]]:

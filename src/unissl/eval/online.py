@@ -38,7 +38,7 @@ from unissl.methods.reptok.sampling import SamplingConfig, sample_conditions, sa
 from unissl.methods.reptok.tokenizer import load_reptok_tokenizer
 from unissl.methods.sorcen.features import pooled_features
 from unissl.methods.sorcen.maskgit import MaskGITConfig, maskgit_generate
-from unissl.tokenizers.method import psnr
+from unissl.utils.images import psnr
 
 
 def _subset(n: int, k: int, seed: int) -> list[int]:

@@ -15,19 +15,13 @@ import torch.nn.functional as F
 from unissl.errors import UnisslError
 from unissl.eval.features import features_of
 from unissl.eval.frechet import frechet_distance_stats, gaussian_stats
+from unissl.utils.images import psnr
 
 
 def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
     if x.shape != y.shape or x.ndim != 4:
         raise UnisslError(f"originals {tuple(x.shape)} and reconstructions {tuple(y.shape)} must have the same "
                           "shape (N, C, H, W)")
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Per-image PSNR in dB (N,) of images in [0, data_range]; identical images give +inf."""
-    _check_pair(x, y)
-    mse = (x.double() - y.double()).pow(2).flatten(1).mean(1)
-    return 10.0 * torch.log10(data_range**2 / mse)
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 
 from unissl.errors import UnisslError
 from unissl.tokenizers.base import Tokenizer, TokenizerBase
-from unissl.tokenizers.method import VQTokenizerMethod, psnr
+from unissl.tokenizers.method import VQTokenizerMethod
 from unissl.tokenizers.quantize import QuantizerOutput, VectorQuantizer
 from unissl.tokenizers.taming import (
     TAMING_FORMAT,
@@ -34,7 +34,6 @@ from unissl.tokenizers.vq import FORMAT, PRESETS, VQConfig, VQTokenizer, preset
 __all__ = [
     "PRESETS", "TAMING_PRESETS", "QuantizerOutput", "TamingConfig", "TamingVQGAN", "Tokenizer", "TokenizerBase", "VQConfig",
     "VQTokenizer", "VQTokenizerMethod", "VectorQuantizer", "load_taming_checkpoint", "load_tokenizer", "preset",
-    "psnr",
 ]
 
 

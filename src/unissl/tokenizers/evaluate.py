@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from unissl.tokenizers.method import psnr
 from unissl.tokenizers.quantize import code_histogram, perplexity_of
+from unissl.utils.images import psnr
 
 
 @torch.no_grad()

@@ -10,16 +10,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from unissl.engine.method import Method
 from unissl.tokenizers.vq import VQTokenizer
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR (B,) in dB of ``x`` against ``y`` (both (B, C, H, W), data range 1)."""
-    mse = (x.float() - y.float()).pow(2).flatten(1).mean(1)  # (B,)
-    return -10.0 * torch.log10(mse.clamp_min(1e-10))
+from unissl.utils.images import psnr
 
 
 class VQTokenizerMethod(Method):
@@ -35,7 +29,7 @@ class VQTokenizerMethod(Method):
         out = self.tokenizer(x)
         rec_loss = F.mse_loss(out.recon, x)
         with torch.no_grad():
-            p = psnr(out.recon.detach().clamp(0, 1), x).mean()
+            p = psnr(out.recon.detach().clamp(0, 1), x).mean().float()
         return {"loss": rec_loss + out.vq_loss, "rec_loss": rec_loss.detach(), "vq_loss": out.vq_loss.detach(),
                 "psnr": p, "usage": out.usage, "perplexity": out.perplexity}
 

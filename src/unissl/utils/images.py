@@ -1,4 +1,4 @@
-"""Image grids as PNG files (no torchvision needed)."""
+"""Image grids as PNG files (no torchvision needed) and the one PSNR."""
 
 from __future__ import annotations
 
@@ -9,7 +9,19 @@ import numpy as np
 import torch
 from PIL import Image
 
+from unissl.errors import UnisslError
 from unissl.utils.io import atomic_file
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Per-image PSNR in dB (N,) of images (N, C, H, W) in [0, data_range]: ``10 log10(data_range^2 / MSE)``
+    with the MSE over all pixels and channels of an image, in float64. The one PSNR of unissl (training logs,
+    online and offline evaluation); it has no cap: identical images give +inf."""
+    if x.shape != y.shape or x.ndim != 4:
+        raise UnisslError(f"PSNR needs two image batches of one shape (N, C, H, W), got {tuple(x.shape)} and "
+                          f"{tuple(y.shape)}")
+    mse = (x.double() - y.double()).pow(2).flatten(1).mean(1)  # (N,)
+    return 10.0 * torch.log10(data_range**2 / mse)
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:
