@@ -495,8 +495,8 @@ class Trainer:
                         try:
                             stop.exit()
                         except KeyboardInterrupt:  # Ctrl-C: the CLI names the checkpoint and how to continue
-                            last = str(self.last_checkpoint) if self.last_checkpoint else None
-                            raise Interrupted(self.step, last) from None
+                            ckpt = str(self.last_checkpoint) if self.last_checkpoint else None
+                            raise Interrupted(self.step, ckpt) from None
                 if saved_step != self.step:
                     self.save()
         except RuntimeError as e:  # incl. torch.distributed.DistBackendError: a rank died or went silent
