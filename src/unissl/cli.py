@@ -84,11 +84,12 @@ def _interrupted(e: KeyboardInterrupt, argv: list[str], cfg: object) -> str:
     """The line for Ctrl-C: the checkpoint training saved and the exact command that continues from it."""
     if not isinstance(e, Interrupted) or e.checkpoint is None:
         return "unissl: interrupted"
-    again = list(argv)
-    if hasattr(getattr(cfg, "train", None), "resume") and "--train.resume" not in again:
-        again.append("--train.resume")  # a pipeline resumes its started stages by itself
-    return (f"unissl: interrupted at step {e.step}; saved {e.checkpoint}; continue with: "
-            f"{shlex.join(['unissl', *again])}")
+    from unissl.engine.health import continue_command  # the one way a continuing command line is written
+
+    trains = hasattr(getattr(cfg, "train", None), "resume")  # else a pipeline: it resumes its started stages
+    again = (continue_command(["--train.resume"], ["unissl", *argv]) if trains else None) or shlex.join(
+        ["unissl", *argv])
+    return f"unissl: interrupted at step {e.step}; saved {e.checkpoint}; continue with: {again}"
 
 
 def main(argv: list[str] | None = None) -> int:
