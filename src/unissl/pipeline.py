@@ -635,7 +635,7 @@ def _run_here(unit: _Unit, plan: _Plan, log) -> dict[str, Any]:
         else:
             out_tee, err_tee = _LogTee(sys.stdout, log_file), _LogTee(sys.stderr, log_file)
             try:
-                with contextlib.redirect_stdout(out_tee), contextlib.redirect_stderr(err_tee):  # type: ignore[type-var]
+                with contextlib.redirect_stdout(out_tee), contextlib.redirect_stderr(err_tee):
                     plan.module.run(plan.cfg)
             finally:
                 out_tee.close_line()

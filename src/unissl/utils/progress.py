@@ -61,7 +61,8 @@ class LineProgress:
             except TypeError:
                 total = None
         self.iterable, self.total, self.desc, self.leave = iterable, total, desc or "progress", leave
-        self.n = self._start_n = initial
+        self.n: float = initial
+        self._start_n = initial
         self.disable = disable
         self.file = file
         self._postfix = ""
