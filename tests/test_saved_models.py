@@ -148,3 +148,25 @@ def test_version0_directories_load_where_they_resolve_and_convert_in_one_command
     # --encoder-path of the upgrade command points a version-0 tokenizer at its moved encoder
     assert upgrade([str(work / "tok"), str(tmp_path / "new2"), "--encoder-path", str(tmp_path / "new" / "encoder")]) == 0
     assert torch.equal(RepTokTokenizer.from_pretrained(tmp_path / "new2").encode(IMAGES), z)
+
+
+def test_train_sorcen_ends_with_a_saved_encoder_that_loads_anywhere(tmp_path, monkeypatch) -> None:
+    import unissl
+    from unissl.cli import main
+    from unissl.tokenizers.vq import VQTokenizer, preset
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    VQTokenizer(preset("digits")).save_pretrained("vq")
+    common = ["--no-train.progress", "--no-train.tensorboard", "--train.num-workers", "0"]
+    assert main(["tokenize", "--tokenizer", "vq", "--out", "tokens", "--dataset", "digits", "--no-progress"]) == 0
+    assert main(["train", "sorcen", "--tokens", "tokens", "--preset", "tiny", "--train.steps", "2",
+                 "--train.global-batch", "16", "--train.run-dir", "run", *common]) == 0
+    images = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    feats = unissl.load_sorcen("run", device="cpu").features(images)
+    shutil.copytree("run/encoder", tmp_path / "moved")
+    shutil.rmtree("run")
+    shutil.rmtree("vq")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert torch.equal(unissl.load_sorcen(tmp_path / "moved", device="cpu").features(images), feats)

@@ -9,7 +9,8 @@
 * ``--method mage-aug`` does the same with ONE augmented crop and no contrast: MAGE's published recipe.
 
 The run directory (``--train.run-dir``) receives ``config.yaml``, ``sorcen.json`` (model shapes + tokenizer
-path, see :mod:`unissl.methods.sorcen.run`), checkpoints and logs.
+path, see :mod:`unissl.methods.sorcen.run`), checkpoints and logs, and at the end ``encoder/``: the saved
+encoder (:mod:`unissl.methods.sorcen.pretrained`, its VQ tokenizer inside) that loads from anywhere.
 """
 
 from __future__ import annotations
@@ -145,3 +146,10 @@ def run(cfg: Config) -> None:
     if is_main():
         shown = {k: round(v, 4) for k, v in logs.items() if k in ("step", "loss", "recon", "contrast", "probe_acc")}
         print(f"unissl train sorcen: done {shown}")
+        if info["tokenizer"]:  # the saved encoder that travels (the model + its VQ tokenizer inside)
+            from pathlib import Path
+
+            from unissl.methods.sorcen.pretrained import PretrainedSorcen
+
+            saved = PretrainedSorcen.from_run(cfg.train.run_dir).save_pretrained(Path(cfg.train.run_dir) / "encoder")
+            print(f"unissl train sorcen: saved encoder -> {saved} (unissl.load_sorcen reads it anywhere)")

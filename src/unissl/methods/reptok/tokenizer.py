@@ -335,7 +335,8 @@ def _save_encoder(encoder: SSLEncoder, dest: Path) -> dict[str, Any]:
     """The ``frozen`` entry of a pretrained encoder: a Sorcen encoder saved in its own format, a DINOv2
     backbone as a transformers directory, or the hub id it came from; with the backbone's checksum."""
     checksum = backbone_checksum(encoder)
-    hub = hub_id_of(encoder.path) if encoder.kind == "dinov2" and hasattr(encoder, "path") else None
+    source = getattr(encoder, "path", None)  # where the adapter read its backbone (a directory, file or hub id)
+    hub = hub_id_of(str(source)) if encoder.kind == "dinov2" and isinstance(source, str) else None
     if hub is not None:
         return {"hub_id": hub, "checksum": checksum}
     if encoder.kind == "sorcen":
