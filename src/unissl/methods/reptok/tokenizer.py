@@ -295,10 +295,18 @@ class RepTokTokenizer(Method, PretrainedMixin):
         src = Path(source)
         meta = read_saved_config(src, (FORMAT,), cls.WHAT, cls.MADE_BY)
         if meta.get("format_version", 0) >= 1:
-            shutil.copytree(src, dest)
+            shutil.copytree(src, dest, copy_function=_link_or_copy)  # hard links: no second copy on disk
         else:
             cls.from_pretrained(src).save_pretrained(dest)
         return {"dir": dest.name, "checksum": sha256_file(dest / WEIGHTS_FILE)}
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link where the file system allows one (saved weights are never modified in place), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _config(raw: Any, directory: Path) -> RepTokConfig:
