@@ -217,6 +217,7 @@ def _run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Each mistake is exactly one line on stderr and exit 2; usage is printed only for --help."""
     cases = [
+        (["trian", "sorcen"], "unknown command 'trian'; did you mean 'train'?"),
         (["train", "sorcen", "--train.setps", "3"], "unknown flag --train.setps; did you mean --train.steps?"),
         (["train", "sorcen", "--train.step", "7", "--tokens", "x"],  # a prefix is not a flag
          "unknown flag --train.step; did you mean --train.steps?"),

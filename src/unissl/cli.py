@@ -7,6 +7,7 @@ place that lists commands; modules are imported only when their command runs, so
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import shlex
 import sys
@@ -77,7 +78,9 @@ def _resolve(argv: list[str]) -> tuple[str, Command, list[str]]:
         return f"unissl {head} {argv[1]}", subs[argv[1]], argv[2:]
     if (None, head) in COMMANDS:
         return f"unissl {head}", COMMANDS[(None, head)], argv[1:]
-    raise UnisslError(f"unknown command {head!r}; run `unissl --help` for the list")
+    close = difflib.get_close_matches(head, sorted(groups | {n for g, n in COMMANDS if g is None}), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "run `unissl --help` for the list"
+    raise UnisslError(f"unknown command {head!r}; {hint}")
 
 
 def _interrupted(e: KeyboardInterrupt, argv: list[str], cfg: object) -> str:
