@@ -14,8 +14,6 @@ import torch
 from safetensors.torch import save_file
 from test_bad_inputs import Evil, _damage, _one_line_error
 
-from unissl.cli import main
-
 
 def _convert(argv: list[str]) -> int:
     from unissl.methods.sorcen.convert import main as convert_main
