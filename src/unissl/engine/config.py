@@ -66,7 +66,7 @@ class TrainConfig:
     wandb_project: str = arg("unissl", help="W&B project")
     wandb_mode: Literal["offline", "online"] = arg("offline", help="W&B mode: offline (files under run_dir/wandb, "
                                                                    "`wandb sync` later) or online")
-    progress: bool = arg(True, help="show a tqdm progress bar (rank 0)")
+    progress: bool = arg(True, help="report progress (rank 0): a bar on a terminal, else a short line every tenth or 30 s; UNISSL_PROGRESS=0 silences every bar")
 
     def __post_init__(self) -> None:
         def positive(name: str, value: float | None, allow_none: bool = False, allow_zero: bool = False) -> None:
