@@ -161,42 +161,42 @@ def derive_findings(found: list[Record], run_dir: Path | None = None) -> list[Fi
 
     for rel, sc in by_kind.get("reconstruction", []):
         value = _pct(float(sc["metrics.class_agreement"]))
-        ref = judge
+        rec_ref: float | None = judge
         sentence = (f"RepTok reconstructions keep their original's class {value:.1f}% of the time"
-                    + (f" against {ref:.1f}% for the judge on real images" if ref is not None else "")
-                    + (f" ({'better' if ref is not None and value >= ref else 'worse'}): " if ref is not None else ": ")
+                    + (f" against {rec_ref:.1f}% for the judge on real images" if rec_ref is not None else "")
+                    + (f" ({'better' if value >= rec_ref else 'worse'}): " if rec_ref is not None else ": ")
                     + ("one continuous token carries the class of most images" if value >= 80 else
-                       "the single token loses the class of many images (tops are confused most)")
+                       "the single token loses the class of many images")
                     + (f"; PSNR {float(sc['metrics.psnr']):.1f} dB" if "metrics.psnr" in sc else "") + ".")
         out.append(Finding("reptok_reconstruction_class_agreement", round(value, 2),
-                           None if ref is None else round(ref, 2), True, sentence,
+                           None if rec_ref is None else round(rec_ref, 2), True, sentence,
                            reference="the judge's accuracy on real test images", source=rel))
 
     for rel, sc in by_kind.get("generation", []):
         text = _is_text_samples(sc, run_dir)
         value = _pct(float(sc["metrics.class_consistency"]))
         ceiling = sc.get("metrics.ceiling_class_consistency")
-        ref = _pct(float(ceiling)) if isinstance(ceiling, (int, float)) else judge
+        share_ref: float | None = _pct(float(ceiling)) if isinstance(ceiling, (int, float)) else judge
         ref_name = ("real test images through the same tokenizer (the ceiling)" if isinstance(ceiling, (int, float))
                     else "the judge on real images")
         what = ("Samples from caption templates never seen in training" if text
                 else "Class-conditional samples")
-        rel_text, better = _compare(value, ref, True) if ref is not None else ("", True)
+        rel_text, better = _compare(value, share_ref, True) if share_ref is not None else ("", True)
         fd = next((k for k in sc if k.startswith("metrics.FD") and "ceiling" not in k), None)
         fd_text = ""
         if fd is not None and f"metrics.ceiling_{fd.split('.', 1)[1]}" in sc:
             fd_text = (f"; {fd.split('.', 1)[1]} {float(sc[fd]):.2f} against the ceiling's "
                        f"{float(sc['metrics.ceiling_' + fd.split('.', 1)[1]]):.2f} (lower is better)")
         meaning = ("the generator follows " + ("the prompt" if text else "the asked class")
-                   + (" about as well as the tokenizer allows" if better or (ref is not None and ref - value < 5)
+                   + (" about as well as the tokenizer allows" if better or (share_ref is not None and share_ref - value < 5)
                       else " less often than the tokenizer would allow"))
         sentence = (f"{what} are judged the asked class {value:.1f}% of the time"
-                    + (f", {rel_text} {ref:.1f}% for {ref_name}" if ref is not None else "")
+                    + (f", {rel_text} {share_ref:.1f}% for {ref_name}" if share_ref is not None else "")
                     + f"{judge_text}{fd_text}: {meaning}.")
         fid = "text_prompt_class_share" if text else "class_conditional_class_share"
         if any(f.id == fid for f in out):
             fid = f"{fid}_{sc.get('name', rel)}".replace("-", "_")
-        out.append(Finding(fid, round(value, 2), None if ref is None else round(ref, 2), True, sentence,
+        out.append(Finding(fid, round(value, 2), None if share_ref is None else round(share_ref, 2), True, sentence,
                            reference=ref_name, source=rel))
     return out
 
