@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_sheet import PaperConfig, measure, paper_configs, smoke_configs  # noqa: E402
 
 from unissl.engine.method import Method  # noqa: E402
-from unissl.methods.sorcen.method import SorcenLossConfig, build_method  # noqa: E402
+from unissl.methods.sorcen.config import EchoConfig, SorcenConfig  # noqa: E402
+from unissl.methods.sorcen.method import build_method  # noqa: E402
 from unissl.methods.sorcen.presets import PRESETS as SORCEN_PRESETS  # noqa: E402
 
 GIB = 2**30
@@ -107,7 +108,7 @@ def check_compile(device: torch.device, steps: int = 4) -> Check:
     torch._dynamo.reset()
     torch.manual_seed(0)
     arch = SORCEN_PRESETS["small"]
-    method = build_method(arch, "sorcen", SorcenLossConfig(echo_warmup=0.5)).to(device).train()
+    method = build_method(arch, "sorcen", SorcenConfig(echo=EchoConfig(warmup=0.5))).to(device).train()
     compiled = method.compile_networks()
     opt = torch.optim.AdamW(method.parameters(), lr=1e-4)
     graphs = []

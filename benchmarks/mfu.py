@@ -61,14 +61,15 @@ def _batch(default: int) -> int:
 
 
 def _sorcen(variant: str, tmp: Path) -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
-    from unissl.methods.sorcen.method import SorcenLossConfig, build_method
+    from unissl.methods.sorcen.config import EchoConfig, SorcenConfig, TeacherConfig
+    from unissl.methods.sorcen.method import build_method
     from unissl.methods.sorcen.presets import arch_for_store
     from unissl.tokenizers.vq import VQTokenizer, preset
 
     arch = arch_for_store("small", 512, (7, 7))
     tok = VQTokenizer(preset("fmnist")) if variant in ("mage-c", "mage-aug") else None
     # echo_warmup 0: the echo is sampled (top-k included), as after the warm-up of a long run
-    loss = SorcenLossConfig(echo_warmup=0.0, momentum=0.99)
+    loss = SorcenConfig(echo=EchoConfig(warmup=0.0), teacher=TeacherConfig(momentum=0.99))
     method = build_method(arch, variant, loss, num_classes=10, tokenizer=tok, steps_per_epoch=937)
     b = _batch(64)
     batch = {"label": torch.randint(0, 10, (b,))}
@@ -92,7 +93,8 @@ def _vq(tmp: Path):
 def _sorcen_run(tmp: Path) -> str:
     """A Sorcen `small` run directory over the fmnist VQ preset (random weights), for the RepTok encoder."""
     from unissl.engine import save_checkpoint
-    from unissl.methods.sorcen.method import SorcenLossConfig, build_method
+    from unissl.methods.sorcen.config import SorcenConfig
+    from unissl.methods.sorcen.method import build_method
     from unissl.methods.sorcen.presets import arch_for_store
     from unissl.methods.sorcen.run import write_run_info
     from unissl.tokenizers.vq import VQTokenizer, preset
@@ -102,9 +104,9 @@ def _sorcen_run(tmp: Path) -> str:
         vq = VQTokenizer(preset("fmnist"))
         vq.save_pretrained(tmp / "vq")
         arch = arch_for_store("small", int(vq.codebook_size), tuple(vq.grid))
-        method = build_method(arch, "sorcen", SorcenLossConfig(), num_classes=0)
+        method = build_method(arch, "sorcen", SorcenConfig(), num_classes=0)
         save_checkpoint(run, 1, method.state_dict(), {})
-        write_run_info(run, arch, "sorcen", SorcenLossConfig(), 0, [], None, str(tmp / "vq"))
+        write_run_info(run, arch, "sorcen", SorcenConfig(), 0, [], None, str(tmp / "vq"))
     return str(run)
 
 

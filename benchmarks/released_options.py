@@ -1,6 +1,6 @@
 """Sorcen's released-code options against the project defaults, measured on Fashion-MNIST at CPU scale.
 
-Each option of ``SorcenLossConfig`` that reproduces a detail of the released code (LEASE) is switched on alone
+Each option of ``SorcenConfig`` that reproduces a detail of the released code (LEASE) is switched on alone
 on top of the study's Sorcen setting (preset ``small``, released echo rule, momentum 0.99, batch 64, lr 1e-3,
 one epoch of the stored 7x7 ids, seed 0), and the frozen encoder is scored with the linear probe of ``unissl
 eval linear-probe`` (9 learning rates, head chosen on 10% of train) and a k-NN (k 20, T 0.07), both on the
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-# name -> SorcenLossConfig overrides (on top of the study's setting)
+# name -> settings overrides, flat names as in sorcen.json before the split (on top of the study's setting)
 OPTIONS: dict[str, dict[str, object]] = {
     "baseline": {},
     "teacher_init": {"teacher_init": "random"},
@@ -39,14 +39,15 @@ def run_one(name: str, tokens: str, steps: int, seed: int) -> dict[str, float]:
     from unissl.engine import TrainConfig, Trainer
     from unissl.eval.knn import knn_accuracy
     from unissl.eval.probe import ProbeConfig, linear_probe
+    from unissl.methods.sorcen.config import build_config
     from unissl.methods.sorcen.features import pooled_features
-    from unissl.methods.sorcen.method import SorcenLossConfig, build_method
+    from unissl.methods.sorcen.method import build_method
     from unissl.methods.sorcen.presets import arch_for_store
 
     store = TokenStore(tokens, "train")
     torch.manual_seed(seed)
     settings: dict[str, object] = {"teacher_projector_grad": False, **OPTIONS[name]}  # the study's setting + one
-    loss = SorcenLossConfig(echo_warmup_unit="released", momentum=0.99, **settings)  # type: ignore[arg-type]
+    loss = build_config({"echo_warmup_unit": "released", "momentum": 0.99, **settings})
     spe = len(store) // 64
     method = build_method(arch_for_store("small", store.codebook_size, store.grid), "sorcen", loss,
                           num_classes=store.num_classes, steps_per_epoch=spe)

@@ -40,7 +40,8 @@ PIXEL_PROBE = 84.6  # linear probe on raw Fashion-MNIST pixels (docs/results.md:
 
 # The documented setting of docs/results.md's 8-epoch curves, used when no --config is given.
 LEGACY = ["--method", "sorcen", "--preset", "small",
-          "--loss.echo-warmup-unit", "released", "--loss.momentum", "0.99", "--loss.teacher-projector-grad", "false",
+          "--sorcen.echo.warmup-unit", "released", "--sorcen.teacher.momentum", "0.99",
+          "--sorcen.teacher.projector-grad", "false",
           "--train.epochs", "10", "--train.global-batch", "64", "--train.lr", "0.001", "--train.warmup-steps", "50",
           "--train.min-lr", "1e-5", "--train.weight-decay", "0.05", "--train.betas", "0.9", "0.95",
           "--train.clip-grad", "3.0"]

@@ -20,12 +20,13 @@ import torch
 
 import unissl.methods.sorcen.method as method_module
 from unissl.engine.optim import no_decay_names
+from unissl.methods.sorcen.config import EchoConfig, LossConfig, SorcenConfig, TeacherConfig
 from unissl.methods.sorcen.convert import convert_official_state_dict, converted_name
 from unissl.methods.sorcen.echo import echo_candidates
 from unissl.methods.sorcen.features import pooled_features
 from unissl.methods.sorcen.losses import masked_token_loss
 from unissl.methods.sorcen.masking import random_masking, sample_mask_ratio, window_mask
-from unissl.methods.sorcen.method import SorcenLossConfig, build_method
+from unissl.methods.sorcen.method import build_method
 from unissl.methods.sorcen.presets import SorcenArch
 from unissl.tokenizers import TamingConfig, load_taming_checkpoint
 
@@ -124,9 +125,10 @@ def test_released_mage_generation_step_logits():
 # ------------------------------------------------------------------------------------------------ LEASE (Sorcen)
 # the released options (docs/fidelity.md): echo warm-up `epoch <= 10`, epoch-wise EMA over 1600 epochs from
 # 0.996, uniformity over all encoder outputs with the diagonal, a teacher projector trained by the contrast term
-RELEASED = SorcenLossConfig(echo_warmup_unit="released", momentum=0.996, momentum_schedule="epoch",
-                            momentum_epochs=1600, uniformity_pool="all", uniformity_diagonal=True,
-                            teacher_projector_grad=True, probe=False)
+RELEASED = SorcenConfig(loss=LossConfig(uniformity_pool="all", uniformity_diagonal=True),
+                        echo=EchoConfig(warmup_unit="released"),
+                        teacher=TeacherConfig(momentum=0.996, momentum_schedule="epoch", momentum_epochs=1600,
+                                              projector_grad=True), probe=False)
 GRAD_NAMES = {"blocks.0.attn.qkv.weight": "model.blocks.0.attn.qkv.weight", "norm.weight": "model.norm.weight",
               "decoder_blocks.1.mlp.fc2.weight": "model.decoder_blocks.1.mlp.fc2.weight",
               "mlm_layer.fc.weight": "model.head.fc.weight",
@@ -171,7 +173,7 @@ def test_released_sorcen_losses_for_recorded_draws(monkeypatch, run):
     arch = _arch(meta, tuple(meta["projector"]), meta["predictor"][1])
     k, mask_label = meta["codebook_size"], meta["mask_token_label"]
     state = _part(t, "state/")  # the weights run 0 computed with
-    method = _method(state, arch, "sorcen", step=0 if run else epoch, loss=RELEASED, steps_per_epoch=1)
+    method = _method(state, arch, "sorcen", step=0 if run else epoch, cfg=RELEASED, steps_per_epoch=1)
     method.train()
     if run == 1:  # the release pulls the teacher at the start of its epoch-20 step; ours after a step
         method.on_train_step_end(epoch, epoch)
@@ -196,7 +198,7 @@ def test_released_sorcen_losses_for_recorded_draws(monkeypatch, run):
     released_window = t[p + "teacher_input"].view(ids.shape)
     assert torch.equal(seen["window"], torch.where(released_window == mask_label, k, released_window))
     _close(f"sorcen reconstruction (epoch {epoch})", out["recon"], t[p + "recon"])
-    _close(f"sorcen uniformity x 0.01 (epoch {epoch})", RELEASED.uniformity_weight * out["uniformity"],
+    _close(f"sorcen uniformity x 0.01 (epoch {epoch})", RELEASED.loss.uniformity_weight * out["uniformity"],
            t[p + "uniformity_x0.01"])
     _close(f"sorcen contrast (epoch {epoch})", out["contrast"], t[p + "contrast"])
     _close(f"sorcen total loss (epoch {epoch})", out["loss"], t[p + "total"])
@@ -232,7 +234,7 @@ def test_released_weight_decay_groups():
     t, meta = _load("lease")
     groups = meta["weight_decay_groups"]
     method = _method(_part(t, "state/"), _arch(meta, tuple(meta["projector"]), meta["predictor"][1]), "sorcen",
-                     loss=SorcenLossConfig(decay_embeddings=True, teacher_projector_grad=True))
+                     cfg=SorcenConfig(teacher=TeacherConfig(projector_grad=True), decay_embeddings=True))
     trained = {n for n, p in method.named_parameters() if p.requires_grad}
     ours_no_decay = no_decay_names(method)
 

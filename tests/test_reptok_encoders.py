@@ -104,7 +104,7 @@ def make_tiny_sorcen_run(root) -> str:
     import dataclasses
 
     from unissl.engine import save_checkpoint
-    from unissl.methods.sorcen import PRESETS, SorcenLossConfig, build_method
+    from unissl.methods.sorcen import PRESETS, SorcenConfig, build_method
     from unissl.methods.sorcen.run import write_run_info
     from unissl.tokenizers.vq import VQConfig, VQTokenizer
 
@@ -112,9 +112,9 @@ def make_tiny_sorcen_run(root) -> str:
     vq = VQTokenizer(VQConfig(image_size=16, channels=1, ch=8, ch_mult=(1, 2, 2), codebook_size=16, code_dim=8))
     vq.save_pretrained(root / "vq")
     arch = dataclasses.replace(PRESETS["tiny"], codebook_size=16, grid=tuple(vq.grid))
-    method = build_method(arch, "sorcen", SorcenLossConfig(), num_classes=0)
+    method = build_method(arch, "sorcen", SorcenConfig(), num_classes=0)
     save_checkpoint(root / "run", 1, method.state_dict(), {})
-    write_run_info(root / "run", arch, "sorcen", SorcenLossConfig(), 0, [], None, str(root / "vq"))
+    write_run_info(root / "run", arch, "sorcen", SorcenConfig(), 0, [], None, str(root / "vq"))
     return str(root / "run")
 
 

@@ -147,7 +147,7 @@ def _trainers(root: Path) -> dict[str, list[str]]:
         "vq": ["tokenizer", "train", "--dataset", "digits", "--preset", "digits", "--dead-after", "2",
                "--train.global-batch", "16"],
         "sorcen": ["train", "sorcen", "--tokens", str(root / "tokens"), "--preset", "tiny",
-                   "--loss.echo-warmup", "0.3", "--train.global-batch", "16"],
+                   "--sorcen.echo.warmup", "0.3", "--train.global-batch", "16"],
         "reptok-tokenizer": ["train", "reptok-tokenizer", "--encoder", "sorcen", "--encoder-path", sorcen_run,
                              "--dataset", "digits", "--image-size", "16", "--limit", "64", "--decoder", "tiny",
                              "--train.global-batch", "16"],

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from unissl.methods.sorcen.augment import random_resized_crop_flip
+from unissl.methods.sorcen.config import EchoConfig, MaskingConfig, SorcenConfig, TeacherConfig
 from unissl.methods.sorcen.echo import sample_echo
 from unissl.methods.sorcen.losses import masked_token_loss
 from unissl.methods.sorcen.masking import (
@@ -18,7 +19,7 @@ from unissl.methods.sorcen.masking import (
     sample_window_side,
     window_mask,
 )
-from unissl.methods.sorcen.method import SorcenLossConfig, build_method
+from unissl.methods.sorcen.method import build_method
 from unissl.methods.sorcen.model import SorcenModel, SpecialIds
 from unissl.methods.sorcen.presets import PRESETS, arch_for_store
 
@@ -95,7 +96,7 @@ def test_sorcen_uses_echo_after_warmup(monkeypatch):
     calls = []
     real = method_mod.sample_echo
     monkeypatch.setattr(method_mod, "sample_echo", lambda *a, **k: calls.append(1) or real(*a, **k))
-    m = build_method(PRESETS["tiny"], "sorcen", SorcenLossConfig(echo_warmup=0.1))
+    m = build_method(PRESETS["tiny"], "sorcen", SorcenConfig(echo=EchoConfig(warmup=0.1)))
     ids = torch.randint(0, 16, (4, 4, 4))
     m({"ids": ids})
     assert m.in_echo_warmup() and not calls  # ground truth during the warm-up
@@ -109,7 +110,7 @@ def test_echo_warmup_units():
     ids = torch.randint(0, 16, (4, 4, 4))
 
     def warm(unit, value, step, total=1000, spe=100):
-        m = build_method(PRESETS["tiny"], "sorcen", SorcenLossConfig(echo_warmup=value, echo_warmup_unit=unit),
+        m = build_method(PRESETS["tiny"], "sorcen", SorcenConfig(echo=EchoConfig(warmup=value, warmup_unit=unit)),
                          steps_per_epoch=spe)
         m.on_train_step_end(step, total)
         return m.in_echo_warmup()
@@ -121,9 +122,9 @@ def test_echo_warmup_units():
     assert warm("released", 0.0, 1099) and not warm("released", 0.0, 1100)
     assert warm("released", 0.0, 1099, total=1100)  # a run of 11 epochs never samples echoes
     with pytest.raises(ValueError, match="steps_per_epoch"):
-        build_method(PRESETS["tiny"], "sorcen", SorcenLossConfig(echo_warmup_unit="released"))
+        build_method(PRESETS["tiny"], "sorcen", SorcenConfig(echo=EchoConfig(warmup_unit="released")))
     # accuracy: ground truth until the running masked top-1 reaches the threshold, then latched on
-    m = build_method(PRESETS["tiny"], "sorcen", SorcenLossConfig(echo_warmup=0.05, echo_warmup_unit="accuracy"))
+    m = build_method(PRESETS["tiny"], "sorcen", SorcenConfig(echo=EchoConfig(warmup=0.05, warmup_unit="accuracy")))
     m({"ids": ids})
     m._last_top1 = torch.tensor(0.4)
     m.on_train_step_end(1, 100)  # running mean 0.1 * 0.4 = 0.04 < 0.05
@@ -140,8 +141,8 @@ def test_released_teacher_options_and_epoch_momentum():
     copy_ = build_method(PRESETS["tiny"], "sorcen")
     assert all(torch.equal(a, b) for a, b in zip(copy_.model.blocks.parameters(), copy_.teacher_blocks.parameters()))
     torch.manual_seed(0)
-    cfg = SorcenLossConfig(teacher_init="random", teacher_projector_grad=True, momentum_schedule="epoch",
-                           momentum_epochs=1600)
+    cfg = SorcenConfig(teacher=TeacherConfig(init="random", projector_grad=True, momentum_schedule="epoch",
+                                             momentum_epochs=1600))
     rel = build_method(PRESETS["tiny"], "sorcen", cfg, steps_per_epoch=10)
     differ = [not torch.equal(a, b) for a, b in zip(rel.model.blocks.parameters(), rel.teacher_blocks.parameters())
               if a.ndim > 1]
@@ -174,7 +175,7 @@ def test_released_weight_decay_groups_decay_embeddings():
     from unissl.engine.optim import no_decay_names
 
     default = no_decay_names(build_method(PRESETS["tiny"], "sorcen"))
-    released = no_decay_names(build_method(PRESETS["tiny"], "sorcen", SorcenLossConfig(decay_embeddings=True)))
+    released = no_decay_names(build_method(PRESETS["tiny"], "sorcen", SorcenConfig(decay_embeddings=True)))
     assert {"model.embed.word.weight", "model.embed.position.weight", "model.decoder_pos"} <= default
     assert not {"model.embed.word.weight", "model.embed.position.weight", "model.decoder_pos"} & released
     assert all(name.endswith(("bias", "weight")) for name in released) and released < default
@@ -257,8 +258,8 @@ def test_class_embedding_override_replaces_the_class_slot():
 # ------------------------------------------------------------------ EMA teacher
 def test_teacher_ema_and_momentum_schedule():
     torch.manual_seed(0)
-    assert SorcenLossConfig().teacher_projector_grad  # the released behaviour is the default (measured)
-    m = build_method(PRESETS["tiny"], "sorcen", SorcenLossConfig(teacher_projector_grad=False))
+    assert SorcenConfig().teacher.projector_grad  # the released behaviour is the default (measured)
+    m = build_method(PRESETS["tiny"], "sorcen", SorcenConfig(teacher=TeacherConfig(projector_grad=False)))
     assert m.momentum_at(0, 100) == pytest.approx(0.996)
     assert m.momentum_at(50, 100) == pytest.approx(0.998)
     assert m.momentum_at(100, 100) == pytest.approx(1.0)
@@ -330,7 +331,7 @@ def test_small_preset_forward_backward_on_store_shapes():
 @pytest.mark.slow
 def test_mage_overfits_a_fixed_batch():
     torch.manual_seed(0)
-    m = build_method(PRESETS["tiny"], "mage", SorcenLossConfig(mask_min=0.5, mask_max=0.5), num_classes=2)
+    m = build_method(PRESETS["tiny"], "mage", SorcenConfig(masking=MaskingConfig(min=0.5, max=0.5)), num_classes=2)
     ids = (torch.arange(16).view(1, 4, 4) + torch.tensor([0, 5]).view(2, 1, 1)) % 16  # two fixed maps
     batch = {"ids": ids.repeat(8, 1, 1), "label": torch.tensor([0, 1]).repeat(8)}
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
@@ -362,8 +363,8 @@ def test_compiled_networks_compile_once_across_mask_ratios_and_progress():
 
     torch._dynamo.reset()
     torch.manual_seed(0)
-    m = build_method(PRESETS["tiny"], "sorcen", SorcenLossConfig(echo_warmup=0.5))
-    eager = build_method(PRESETS["tiny"], "sorcen", SorcenLossConfig(echo_warmup=0.5))
+    m = build_method(PRESETS["tiny"], "sorcen", SorcenConfig(echo=EchoConfig(warmup=0.5)))
+    eager = build_method(PRESETS["tiny"], "sorcen", SorcenConfig(echo=EchoConfig(warmup=0.5)))
     eager.load_state_dict(m.state_dict())
     m.compile_networks(backend="eager")  # dynamo's graph capture and guards without the C++ toolchain
     ids = torch.randint(0, 16, (4, 4, 4))

@@ -120,14 +120,15 @@ def test_mage_aug_and_released_sorcen_settings_train_and_reload(store):
     assert info["variant"] == "mage-aug" and not hasattr(method, "projector")
     run = store / "run-released"
     assert main(["train", "sorcen", "--tokens", str(store / "tokens"), "--train.steps", "2", "--train.run-dir", str(run),
-                 "--loss.echo-warmup-unit", "released", "--loss.teacher-init", "random",
-                 "--loss.teacher-projector-grad", "--loss.momentum-schedule", "epoch", "--loss.momentum-epochs", "1600",
-                 "--loss.uniformity-pool", "all", "--loss.uniformity-diagonal", "--loss.decay-embeddings",
+                 "--sorcen.echo.warmup-unit", "released", "--sorcen.teacher.init", "random",
+                 "--sorcen.teacher.projector-grad", "--sorcen.teacher.momentum-schedule", "epoch",
+                 "--sorcen.teacher.momentum-epochs", "1600", "--sorcen.loss.uniformity-pool", "all",
+                 "--sorcen.loss.uniformity-diagonal", "--sorcen.decay-embeddings",
                  *TRAIN]) == 0
     logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert logs[-1]["echo_warmup"] == 1.0 and np.isfinite(logs[-1]["contrast"])
     method, info = load_method(run)
-    assert info["loss"]["echo_warmup_unit"] == "released"
+    assert info["loss"]["echo"]["warmup_unit"] == "released" and method.cfg.teacher.momentum_epochs == 1600
 
 
 def test_missing_token_store_is_a_one_line_error(capsys):
@@ -242,11 +243,11 @@ def test_one_paper_config_serves_every_method_and_size():
         for size in ("vit_b", "vit_l"):
             cfg = parse_config(Config, ["--config", path, "--method", method, "--preset", size, *extra])
             assert (cfg.method, cfg.preset) == (method, size)
-            resolved[method, size] = (to_dict(cfg.train), to_dict(cfg.loss))
+            resolved[method, size] = (to_dict(cfg.train), to_dict(cfg.sorcen))
     assert len({repr(v) for v in resolved.values()}) == 1
     train, loss = resolved["sorcen", "vit_b"]
     assert (train["global_batch"], train["epochs"], train["base_lr"], train["amp"]) == (4096, 1600, 1.5e-4, "bf16")
-    assert loss["echo_warmup_unit"] == "released" and loss["teacher_init"] == "random" and loss["decay_embeddings"]
+    assert loss["echo"]["warmup_unit"] == "released" and loss["teacher"]["init"] == "random" and loss["decay_embeddings"]
 
 
 def test_online_knn_and_probe_are_logged_at_every_checkpoint_and_match_offline_ones(store):
@@ -297,3 +298,37 @@ def test_online_knn_and_probe_are_logged_at_every_checkpoint_and_match_offline_o
     other, _ = load_method(plain)
     ref = method.state_dict()
     assert all(torch.equal(v, ref[k]) for k, v in other.state_dict().items())
+
+
+def test_settings_are_split_by_concern_and_the_flat_layout_still_reads(tmp_path):
+    """SorcenConfig's sections (masking, loss, echo, teacher, crops) hold every setting the flat SorcenLossConfig
+    held, once each; the flat names of older runs (sorcen.json), pipeline files (`loss:`) and command lines
+    (`--loss.mask-max`) give the same config as the new paths; a bad value names its nested flag."""
+    import dataclasses
+
+    from unissl.commands.train_sorcen import Config
+    from unissl.config import from_dict, parse_config
+    from unissl.errors import UnisslError
+    from unissl.methods.sorcen.config import FLAT_NAMES, SorcenConfig, build_config
+
+    fields = {(s, f.name) for s in ("masking", "loss", "echo", "teacher", "crops")
+              for f in dataclasses.fields(getattr(SorcenConfig(), s))}
+    fields |= {(None, f.name) for f in dataclasses.fields(SorcenConfig) if f.name in ("decay_embeddings", "probe")}
+    assert sorted(FLAT_NAMES.values(), key=str) == sorted(fields, key=str) and len(FLAT_NAMES) == 24
+    flat = {"mask_max": 0.8, "teacher_init": "random", "echo_warmup_unit": "released", "temperature": 0.2,
+            "magec_temperature": 0.3, "crop_scale_min": 0.4, "decay_embeddings": True}
+    cfg = build_config(flat)
+    assert (cfg.masking.max, cfg.teacher.init, cfg.echo.warmup_unit, cfg.echo.contrast_temperature,
+            cfg.crops.temperature, cfg.crops.scale_min, cfg.decay_embeddings) == (0.8, "random", "released", 0.2,
+                                                                                 0.3, 0.4, True)
+    assert build_config(dataclasses.asdict(cfg)) == cfg  # the nested layout round-trips
+    new = parse_config(Config, ["--tokens", "x", "--sorcen.masking.max", "0.8", "--sorcen.teacher.init", "random",
+                                "--sorcen.echo.contrast-temperature", "0.2"])
+    old = parse_config(Config, ["--tokens", "x", "--loss.mask-max", "0.8", "--loss.teacher-init", "random",
+                                "--loss.temperature", "0.2"])
+    assert old.sorcen == new.sorcen and new.sorcen.masking.max == 0.8
+    assert from_dict(Config, {"tokens": "x", "loss": {"mask_max": 0.8, "teacher_init": "random",
+                                                      "temperature": 0.2}}).sorcen == new.sorcen
+    assert from_dict(Config, {"tokens": "x", "loss": {}}).sorcen == SorcenConfig()  # the studies' `loss: {}`
+    with pytest.raises(UnisslError, match=r"sorcen.masking.max"):
+        parse_config(Config, ["--tokens", "x", "--sorcen.masking.max", "1.5"])

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import difflib
 import functools
@@ -145,10 +146,16 @@ def _aliases(cls: type) -> dict[str, str]:
 
 def _unalias(cls: type, data: dict[str, Any], source: str) -> dict[str, Any]:
     """A YAML mapping with ``cls``'s old keys moved to the paths they name (``cos_weight: 0.1`` ->
-    ``model: {cos_weight: 0.1}``)."""
-    data = dict(data)
-    for old, new in _aliases(cls).items():
-        if old not in data:
+    ``model: {cos_weight: 0.1}``; a dotted old key is looked up nested: ``loss: {mask_max: 0.8}`` ->
+    ``sorcen: {masking: {max: 0.8}}``). An old section left empty (``loss: {}``) is dropped."""
+    data = copy.deepcopy(data)
+    aliases = _aliases(cls)
+    for old, new in aliases.items():
+        *old_parents, old_last = old.split(".")
+        holder: Any = data
+        for part in old_parents:
+            holder = holder.get(part) if isinstance(holder, dict) else None
+        if not isinstance(holder, dict) or old_last not in holder:
             continue
         *parents, last = new.split(".")
         node = data
@@ -157,7 +164,10 @@ def _unalias(cls: type, data: dict[str, Any], source: str) -> dict[str, Any]:
             node = node[part]
         if last in node:
             raise ConfigError(old, f"is given twice (also as {new})", source)
-        node[last] = data.pop(old)
+        node[last] = holder.pop(old_last)
+    for section in {old.split(".")[0] for old in aliases if "." in old}:
+        if data.get(section) == {} and section not in {f.name for f in dataclasses.fields(cls)}:
+            data.pop(section)
     return data
 
 

@@ -5,7 +5,11 @@
   ``unissl tokenize`` command to run first (tokenizing is a separate, cached stage by design).
 * ``--method mage-c`` trains on images (``--dataset``, ``--data-dir``) and tokenizes two augmented crops per
   image every step with the frozen tokenizer (``--tokenizer``, or the one recorded in ``--tokens``);
-  ``--loss.contrast-weight 0`` makes it the "two crops, no contrast" ablation.
+  ``--sorcen.loss.contrast-weight 0`` makes it the "two crops, no contrast" ablation.
+
+The method's settings are ``--sorcen.<section>.<name>`` (:class:`~unissl.methods.sorcen.config.SorcenConfig`:
+``masking``, ``loss``, ``echo``, ``teacher``, ``crops``); the flat ``--loss.<name>`` of earlier versions (and
+``loss:`` in pipeline files and saved configs) still reads, through ``ALIASES``, with the same stage hashes.
 * ``--method mage-aug`` does the same with ONE augmented crop and no contrast: MAGE's published recipe.
 
 The run directory (``--train.run-dir``) receives ``config.yaml``, ``sorcen.json`` (model shapes + tokenizer
@@ -16,6 +20,7 @@ encoder (:mod:`unissl.methods.sorcen.pretrained`, its VQ tokenizer inside) that 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from unissl.config import arg, check_run_dir, save_run_config
 from unissl.data import build_dataset
@@ -23,7 +28,8 @@ from unissl.data.token_store import TokenStore
 from unissl.engine import Callback, TrainConfig, Trainer, init_distributed, is_main
 from unissl.errors import UnisslError
 from unissl.eval.online import OnlineMaskGIT, OnlineRepresentation
-from unissl.methods.sorcen.method import ONLINE_VARIANTS, SorcenLossConfig, Variant, build_method
+from unissl.methods.sorcen.config import FLAT_NAMES, SorcenConfig
+from unissl.methods.sorcen.method import ONLINE_VARIANTS, Variant, build_method
 from unissl.methods.sorcen.presets import PRESETS as SORCEN_PRESETS
 from unissl.methods.sorcen.presets import arch_for_store
 from unissl.methods.sorcen.run import write_run_info
@@ -59,8 +65,12 @@ class Config:
     online_probe_epochs: int = arg(30, help="epochs of the online linear probe over those items (0: k-NN only)")
     online_domain: str | None = arg(None, help="domain classifier directory: at every checkpoint, also log FD_domain "
                                                "of 200 MaskGIT samples (8 steps) against real test images (online/FD_domain)")
-    loss: SorcenLossConfig = field(default_factory=SorcenLossConfig)
+    sorcen: SorcenConfig = field(default_factory=SorcenConfig)
     train: TrainConfig = field(default_factory=_default_train)
+
+    # the flat settings before SorcenConfig was split (`--loss.mask-max`, `loss: {mask_max: 0.8}`)
+    ALIASES: ClassVar[dict[str, str]] = {
+        f"loss.{old}": "sorcen." + ".".join(p for p in path if p) for old, path in FLAT_NAMES.items()}
 
     def __post_init__(self) -> None:
         if self.method in ("sorcen", "mage") and self.tokens is None:
@@ -98,7 +108,7 @@ def build(cfg: Config):
         arch = arch_for_store(cfg.preset, store.codebook_size, store.grid)
         classes = list(store.classes)
     seed_everything(cfg.train.seed)
-    method = build_method(arch, cfg.method, cfg.loss, num_classes=len(classes), tokenizer=tok,
+    method = build_method(arch, cfg.method, cfg.sorcen, num_classes=len(classes), tokenizer=tok,
                           steps_per_epoch=cfg.train.steps_per_epoch(len(data)))
     return method, data, {"arch": arch, "classes": classes, "tokenizer": tokenizer_path}
 
@@ -136,7 +146,7 @@ def run(cfg: Config) -> None:
     trainer = Trainer(method, data, cfg.train, callbacks=callbacks).prepare()  # a refused resume writes nothing
     if is_main():
         save_run_config(cfg.train.run_dir, cfg)
-        write_run_info(cfg.train.run_dir, info["arch"], cfg.method, cfg.loss, len(info["classes"]), info["classes"],
+        write_run_info(cfg.train.run_dir, info["arch"], cfg.method, cfg.sorcen, len(info["classes"]), info["classes"],
                        cfg.tokens, info["tokenizer"])
     n_params = sum(p.numel() for p in method.parameters() if p.requires_grad)
     if is_main():

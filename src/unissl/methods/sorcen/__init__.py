@@ -2,7 +2,8 @@
 
 Modules, top to bottom: :mod:`.presets` (architecture registry), :mod:`.masking` (MAGE masking/dropping,
 jittered window), :mod:`.model` (token encoder-decoder, tied head), :mod:`.echo` (echo sampling),
-:mod:`.losses` (token CE, InfoNCE, NT-Xent, uniformity), :mod:`.augment` (MAGE-C crops), :mod:`.method`
+:mod:`.losses` (token CE, InfoNCE, NT-Xent, uniformity), :mod:`.augment` (MAGE-C crops), :mod:`.config`
+(the settings, one dataclass per concern), :mod:`.method`
 (the trainable method), :mod:`.maskgit` (generation), :mod:`.convert` (official MAGE / Sorcen weights),
 :mod:`.run` (run directories), :mod:`.features` (evaluation features).
 
@@ -21,6 +22,14 @@ Interfaces for other packages:
 * ``maskgit_generate(model, num_samples, MaskGITConfig(...)) -> ids (B, h, w)``.
 """
 
+from unissl.methods.sorcen.config import (
+    CropConfig,
+    EchoConfig,
+    LossConfig,
+    MaskingConfig,
+    SorcenConfig,
+    TeacherConfig,
+)
 from unissl.methods.sorcen.maskgit import MaskGITConfig, maskgit_generate
 from unissl.methods.sorcen.method import (
     VARIANTS,
@@ -28,7 +37,6 @@ from unissl.methods.sorcen.method import (
     MAGECMethod,
     MAGEMethod,
     MaskedTokenMethod,
-    SorcenLossConfig,
     SorcenMethod,
     build_method,
 )
@@ -36,6 +44,7 @@ from unissl.methods.sorcen.model import SorcenModel, SpecialIds
 from unissl.methods.sorcen.presets import PRESETS, SorcenArch, arch_for_store, get_preset
 from unissl.methods.sorcen.run import load_method, load_sorcen
 
-__all__ = ["PRESETS", "VARIANTS", "MAGEAugMethod", "MAGECMethod", "MAGEMethod", "MaskGITConfig", "MaskedTokenMethod",
-           "SorcenArch", "SorcenLossConfig", "SorcenMethod", "SorcenModel", "SpecialIds", "arch_for_store",
+__all__ = ["PRESETS", "VARIANTS", "CropConfig", "EchoConfig", "LossConfig", "MAGEAugMethod", "MAGECMethod", "MAGEMethod",
+           "MaskGITConfig", "MaskedTokenMethod", "MaskingConfig", "SorcenArch", "SorcenConfig", "SorcenMethod",
+           "TeacherConfig", "SorcenModel", "SpecialIds", "arch_for_store",
            "build_method", "get_preset", "load_method", "load_sorcen", "maskgit_generate"]

@@ -218,7 +218,8 @@ def write_converted_run(state: dict[str, torch.Tensor], arch: SorcenArch, run_di
                         tokenizer: str | None = None) -> ConversionReport:
     """Convert and write a run directory (``sorcen.json`` + ``checkpoints/step_0000000``)."""
     from unissl.engine.checkpoint import save_checkpoint
-    from unissl.methods.sorcen.method import SorcenLossConfig, build_method
+    from unissl.methods.sorcen.config import SorcenConfig
+    from unissl.methods.sorcen.method import build_method
     from unissl.methods.sorcen.run import write_run_info
 
     converted, report = convert_official_state_dict(state, arch)
@@ -230,7 +231,7 @@ def write_converted_run(state: dict[str, torch.Tensor], arch: SorcenArch, run_di
     except RuntimeError as e:
         raise UnisslError(f"converted weights do not fit the {arch} model: {str(e).splitlines()[0]}") from e
     save_checkpoint(run_dir, 0, method.state_dict(), {"step": 0, "converted_from": "official"})
-    write_run_info(run_dir, arch, report.variant, SorcenLossConfig(), 0, [], None, tokenizer)
+    write_run_info(run_dir, arch, report.variant, SorcenConfig(), 0, [], None, tokenizer)
     return report
 
 

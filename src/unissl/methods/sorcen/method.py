@@ -9,37 +9,34 @@ class, registered by name in :data:`VARIANTS` (``build_method(arch, variant, ...
 * ``mage`` (:class:`MAGEMethod`): masked token reconstruction only, on precomputed ids.
 * ``mage-c`` (:class:`MAGECMethod`): reconstruction of two augmented crops tokenized *online* by a frozen VQ
   tokenizer (``batch["image"]`` (B, C, H, W)) + SimCLR's NT-Xent between the crops' pooled features
-  (``loss.contrast_weight 0`` is the "two crops, no contrast" ablation).
+  (``sorcen.loss.contrast_weight 0`` is the "two crops, no contrast" ablation).
 * ``mage-aug`` (:class:`MAGEAugMethod`): masked token reconstruction of ONE RandomResizedCrop + flip view per
   image, tokenized online: the recipe behind MAGE's published numbers (no contrast).
 
-Where the released Sorcen code (LEASE) differs from the paper's text, options reproduce it: the echo
-warm-up horizon (``echo_warmup_unit``, the released ``epoch <= 10`` rule is ``released``), the teacher's
-initialisation and trainable projector, the epoch-wise momentum schedule, the uniformity pooling and the
-weight-decay grouping; see docs/fidelity.md for which default was chosen and why.
+The settings (masking, loss weights, echo, teacher, crops) are :class:`~.config.SorcenConfig`'s sections; where
+the released code (LEASE) differs from the paper's text, options there reproduce it.
 
 Every variant trains an online linear classifier on detached pooled features when labels are present
 (``probe_acc`` in the logs; monitoring only, it does not shape the representation).
-Total loss: ``recon + uniformity_weight * uniformity + contrast_weight * contrastive + probe``.
+Total loss: ``recon + loss.uniformity_weight * uniformity + loss.contrast_weight * contrastive + probe``.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from unissl.config import arg
 from unissl.engine.method import Method
 from unissl.engine.schedule import cosine_value
 from unissl.layers.heads import ProjectionHead
 from unissl.layers.vit import init_vit_weights
 from unissl.methods.sorcen.augment import random_resized_crop_flip
+from unissl.methods.sorcen.config import SorcenConfig
 from unissl.methods.sorcen.echo import sample_echo
 from unissl.methods.sorcen.losses import info_nce, masked_token_loss, masked_top1, nt_xent, uniformity_loss
 from unissl.methods.sorcen.masking import random_masking, sample_mask_ratio, sample_window_side, window_mask
@@ -49,71 +46,7 @@ from unissl.tokenizers.base import Tokenizer
 
 Variant = Literal["sorcen", "mage", "mage-c", "mage-aug"]
 ONLINE_VARIANTS = ("mage-c", "mage-aug")  # variants that read images and tokenize them every step
-EchoWarmupUnit = Literal["fraction", "steps", "epochs", "released", "accuracy"]
 RELEASED_ECHO_EPOCHS = 10  # LEASE: ground-truth echoes while the (0-based) epoch index is <= 10
-
-
-@dataclass
-class SorcenLossConfig:
-    """Masking, Echo Contrast and loss weights (paper values by default)."""
-
-    mask_mean: float = arg(0.55, help="mean of the truncated-normal masking ratio")
-    mask_std: float = arg(0.25, help="std of the truncated-normal masking ratio")
-    mask_min: float = arg(0.5, help="lower truncation of the masking ratio")
-    mask_max: float = arg(1.0, help="upper truncation of the masking ratio")
-    drop_ratio: float = arg(0.5, help="fraction of positions dropped from the encoder input (within the masked)")
-    label_smoothing: float = arg(0.1, help="label smoothing of the token cross-entropy")
-    contrast_weight: float = arg(0.1, help="weight of the InfoNCE term (Echo Contrast or MAGE-C's SimCLR)")
-    temperature: float = arg(0.3, help="Echo Contrast InfoNCE temperature")
-    magec_temperature: float = arg(0.2, help="MAGE-C NT-Xent temperature")
-    uniformity_weight: float = arg(0.01, help="weight of the uniformity term (sorcen only)")
-    echo_topk: int = arg(15, help="echo samples among the k most likely codes after the argmax")
-    echo_temperature: float = arg(1.0, help="temperature of the echo sampling")
-    echo_warmup: float = arg(10 / 1600, help="how long the echo is the ground truth, in echo_warmup_unit")
-    echo_warmup_unit: EchoWarmupUnit = arg("fraction", help="fraction: of the run; steps / epochs: absolute; "
-                                           "released: the released code's rule, epoch index <= 10 (value "
-                                           "ignored); accuracy: until the decoder's masked top-1 (running "
-                                           "mean) reaches echo_warmup")
-    momentum: float = arg(0.996, help="initial EMA momentum of the teacher (cosine to 1.0)")
-    momentum_schedule: Literal["step", "epoch"] = arg("step", help="step: cosine over the run's steps; epoch: "
-                                                      "over the integer epoch (released code)")
-    momentum_epochs: float | None = arg(None, help="epoch schedule: horizon of the cosine in epochs (released "
-                                                   "code: 1600 hard-coded; default: the run's length)")
-    teacher_init: Literal["copy", "random"] = arg("copy", help="teacher blocks/projector start as a copy of the "
-                                                  "student or as their own random init (released code)")
-    teacher_projector_grad: bool = arg(True, help="the teacher projector also gets gradients from the contrast "
-                                                  "term and is trained by AdamW besides the EMA pull (released "
-                                                  "code; measured +0.7 probe / +1.0 kNN, docs/fidelity.md)")
-    uniformity_pool: Literal["image", "all"] = arg("image", help="uniformity term over the mean of the image "
-                                                   "positions, or of all encoder outputs incl. the class slot "
-                                                   "(released code)")
-    uniformity_diagonal: bool = arg(False, help="average the squared cosines over all pairs incl. i=j "
-                                                "(released code) instead of distinct images only")
-    decay_embeddings: bool = arg(False, help="weight decay on the embeddings and the decoder position table too "
-                                             "(released code: only 1-D parameters and biases are exempt)")
-    crop_scale_min: float = arg(0.2, help="MAGE-C: smallest crop area fraction")
-    probe: bool = arg(True, help="train an online linear classifier on detached features (when labels exist)")
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.mask_min <= self.mask_max <= 1.0:
-            raise ValueError(f"need 0 < mask_min <= mask_max <= 1, got {self.mask_min}, {self.mask_max}")
-        if not 0.0 <= self.drop_ratio <= self.mask_min:
-            raise ValueError(f"drop_ratio {self.drop_ratio} must be in [0, mask_min={self.mask_min}]")
-        if self.temperature <= 0 or self.magec_temperature <= 0 or self.echo_temperature <= 0:
-            raise ValueError("temperatures must be positive")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.echo_warmup_unit in ("fraction", "accuracy") and not 0.0 <= self.echo_warmup <= 1.0:
-            raise ValueError(f"echo_warmup is a {'fraction of training' if self.echo_warmup_unit == 'fraction' else 'top-1 accuracy'} "
-                             f"in [0, 1] with echo_warmup_unit={self.echo_warmup_unit}, got {self.echo_warmup}")
-        if self.echo_warmup < 0:
-            raise ValueError(f"echo_warmup must be >= 0, got {self.echo_warmup}")
-        if self.momentum_epochs is not None and not self.momentum_epochs > 0:
-            raise ValueError(f"momentum_epochs must be positive, got {self.momentum_epochs}")
-
-    def needs_epochs(self) -> bool:
-        """Whether the warm-up or the momentum schedule counts epochs (the method needs steps per epoch)."""
-        return self.echo_warmup_unit in ("epochs", "released") or self.momentum_schedule == "epoch"
 
 
 class MaskedTokenMethod(Method):
@@ -127,11 +60,11 @@ class MaskedTokenMethod(Method):
     echo_live: torch.Tensor  # buffer
     variant: ClassVar[str] = ""
 
-    def __init__(self, arch: SorcenArch, loss: SorcenLossConfig | None = None, num_classes: int = 0,
+    def __init__(self, arch: SorcenArch, cfg: SorcenConfig | None = None, num_classes: int = 0,
                  tokenizer: Tokenizer | None = None, steps_per_epoch: int = 0) -> None:
         super().__init__()
         self.arch = arch
-        self.cfg = loss or SorcenLossConfig()
+        self.cfg = cfg or SorcenConfig()
         self.steps_per_epoch = steps_per_epoch
         self.model = SorcenModel(arch)
         self.build_variant_modules()  # before the probe: a seed gives the same weights as before the split
@@ -231,14 +164,14 @@ class MaskedTokenMethod(Method):
         """The shared masked pass of ids (B, h, w) -> latent (B, 1+N_keep, D), logits (B, N, K), the token
         loss and the logs ``recon`` / ``masked_top1``."""
         latent, logits, targets, masking = self._masked_pass(ids)
-        recon = masked_token_loss(logits, targets, masking.token_mask, self.cfg.label_smoothing)
+        recon = masked_token_loss(logits, targets, masking.token_mask, self.cfg.loss.label_smoothing)
         out = {"recon": recon.detach(), "masked_top1": masked_top1(logits, targets, masking.token_mask)}
         return latent, logits, recon, out
 
     def _masked_pass(self, ids: torch.Tensor):
         """Sample this step's ratio and masks, run encoder + decoder. -> latent, logits, targets, masking."""
-        c = self.cfg
-        ratio = sample_mask_ratio(c.mask_mean, c.mask_std, c.mask_min, c.mask_max)
+        c = self.cfg.masking
+        ratio = sample_mask_ratio(c.mean, c.std, c.min, c.max)
         flat = ids.reshape(ids.shape[0], -1)  # (B, N)
         masking = random_masking(flat.shape[0], flat.shape[1], ratio, c.drop_ratio, device=ids.device)
         latent, logits = self.model(flat, masking)  # (B, 1+N_keep, D), (B, N, K)
@@ -290,7 +223,7 @@ class MAGEAugMethod(MaskedTokenMethod):
         images = batch["image"]  # (B, C, H, W) in [0, 1]
         tok = self.tokenizer
         with torch.no_grad():
-            view = random_resized_crop_flip(images, int(tok.image_size), (self.cfg.crop_scale_min, 1.0))
+            view = random_resized_crop_flip(images, int(tok.image_size), (self.cfg.crops.scale_min, 1.0))
             ids = tok.encode(view).long()  # (B, h, w)
         latent, _, recon, out = self._reconstruct(ids)
         out["loss"] = recon + self._probe(latent[:, 1:].mean(dim=1), batch, out)
@@ -299,7 +232,7 @@ class MAGEAugMethod(MaskedTokenMethod):
 
 class MAGECMethod(MaskedTokenMethod):
     """MAGE-C: two augmented crops tokenized online, their reconstruction + SimCLR's NT-Xent between the crops'
-    pooled features (``loss.contrast_weight 0`` is the "two crops, no contrast" ablation)."""
+    pooled features (``sorcen.loss.contrast_weight 0`` is the "two crops, no contrast" ablation)."""
 
     variant = "mage-c"
 
@@ -310,7 +243,7 @@ class MAGECMethod(MaskedTokenMethod):
         images = batch["image"]  # (B, C, H, W) in [0, 1]
         tok = self.tokenizer
         size = int(tok.image_size)
-        scale = (self.cfg.crop_scale_min, 1.0)
+        scale = (self.cfg.crops.scale_min, 1.0)
         with torch.no_grad():
             views = torch.cat([random_resized_crop_flip(images, size, scale),
                                random_resized_crop_flip(images, size, scale)])  # (2B, C, S, S)
@@ -319,9 +252,9 @@ class MAGECMethod(MaskedTokenMethod):
         pooled = latent[:, 1:].mean(dim=1)  # (2B, D)
         z = self.projector(pooled)  # (2B, P)
         b = images.shape[0]
-        contrast = nt_xent(z[:b], z[b:], self.cfg.magec_temperature)
+        contrast = nt_xent(z[:b], z[b:], self.cfg.crops.temperature)
         out["contrast"] = contrast.detach()
-        out["loss"] = recon + self.cfg.contrast_weight * contrast + self._probe(pooled[:b], batch, out)
+        out["loss"] = recon + self.cfg.loss.contrast_weight * contrast + self._probe(pooled[:b], batch, out)
         return out
 
 
@@ -334,27 +267,27 @@ class SorcenMethod(MaskedTokenMethod):
     def build_variant_modules(self) -> None:
         arch = self.arch
         if self.cfg.needs_epochs() and self.steps_per_epoch <= 0:
-            raise ValueError("echo_warmup_unit epochs/released and momentum_schedule=epoch need steps_per_epoch")
+            raise ValueError("echo.warmup_unit epochs/released and teacher.momentum_schedule=epoch need steps_per_epoch")
         self.projector = ProjectionHead(arch.dim, arch.proj_hidden, arch.proj_dim)
         self.predictor = ProjectionHead(arch.proj_dim, arch.pred_hidden, arch.proj_dim)
         # EMA teacher: its own blocks and projector; it shares the embedding and final norm.
         self.teacher_blocks = copy.deepcopy(self.model.blocks).requires_grad_(False)
         self.teacher_projector = copy.deepcopy(self.projector).requires_grad_(False)
-        if self.cfg.teacher_init == "random":  # the released code initialises the teacher separately
+        if self.cfg.teacher.init == "random":  # the released code initialises the teacher separately
             self.teacher_blocks.apply(init_vit_weights)
             for m in self.teacher_projector.modules():
                 if isinstance(m, (nn.Linear, nn.BatchNorm1d)):
                     m.reset_parameters()
-        self.teacher_projector.requires_grad_(self.cfg.teacher_projector_grad)
+        self.teacher_projector.requires_grad_(self.cfg.teacher.projector_grad)
         self._last_top1: torch.Tensor | None = None
 
     @torch.no_grad()
     def on_train_step_end(self, step: int, total_steps: int) -> None:
         """Record progress and move the teacher towards the student (momentum 0.996 -> 1, cosine)."""
         super().on_train_step_end(step, total_steps)
-        if self.cfg.echo_warmup_unit == "accuracy" and self._last_top1 is not None:
+        if self.cfg.echo.warmup_unit == "accuracy" and self._last_top1 is not None:
             self.top1_running.lerp_(self._last_top1.to(self.top1_running), 0.1)  # running mean of ~10 steps
-            self.echo_live |= self.top1_running >= self.cfg.echo_warmup
+            self.echo_live |= self.top1_running >= self.cfg.echo.warmup
         beta = self.momentum_at(step, total_steps)
         for student, teacher in ((self.model.blocks, self.teacher_blocks), (self.projector, self.teacher_projector)):
             s_params: list[torch.Tensor] = [p.detach() for p in student.parameters()]
@@ -367,19 +300,19 @@ class SorcenMethod(MaskedTokenMethod):
     def momentum_at(self, step: int, total_steps: int) -> float:
         """beta = 1 - (1 - m0) * (cos(pi * x) + 1) / 2 with x = step / total, or with
         ``momentum_schedule=epoch`` x = (integer epoch) / momentum_epochs (the released code's rule)."""
-        if self.cfg.momentum_schedule == "step":
-            return cosine_value(step, self.cfg.momentum, 1.0, max(total_steps, 1))
+        if self.cfg.teacher.momentum_schedule == "step":
+            return cosine_value(step, self.cfg.teacher.momentum, 1.0, max(total_steps, 1))
         spe = max(self.steps_per_epoch, 1)
-        horizon = self.cfg.momentum_epochs or max(total_steps / spe, 1.0)
+        horizon = self.cfg.teacher.momentum_epochs or max(total_steps / spe, 1.0)
         x = min((step // spe) / horizon, 1.0)
-        return 1.0 - (1.0 - self.cfg.momentum) * (math.cos(math.pi * x) + 1.0) / 2.0
+        return 1.0 - (1.0 - self.cfg.teacher.momentum) * (math.cos(math.pi * x) + 1.0) / 2.0
 
     def in_echo_warmup(self) -> bool:
         """True while the echo is the ground truth (the decoder is not yet a useful generator)."""
         if self._progress is None:
             self._progress = (int(self.step), int(self.total_steps))
         step, total = self._progress
-        unit, w = self.cfg.echo_warmup_unit, self.cfg.echo_warmup
+        unit, w = self.cfg.echo.warmup_unit, self.cfg.echo.warmup
         if unit == "fraction":
             return total == 0 or step < math.ceil(w * total)
         if unit == "steps":
@@ -395,12 +328,12 @@ class SorcenMethod(MaskedTokenMethod):
         latent, logits, recon, out = self._reconstruct(ids)
         pooled = latent[:, 1:].mean(dim=1)  # (B, D) mean of the kept image positions
         self._last_top1 = out["masked_top1"]
-        pool_u = latent.mean(dim=1) if self.cfg.uniformity_pool == "all" else pooled
-        uniformity = uniformity_loss(pool_u, diagonal=self.cfg.uniformity_diagonal)
+        pool_u = latent.mean(dim=1) if self.cfg.loss.uniformity_pool == "all" else pooled
+        uniformity = uniformity_loss(pool_u, diagonal=self.cfg.loss.uniformity_diagonal)
         z = self._echo_embedding(ids, logits)  # (B, P); a gradient only into a trainable teacher projector
         p = self.predictor(self.projector(pooled))  # (B, P)
-        contrast = info_nce(z, p, self.cfg.temperature)  # queries: echoes; keys: anchors of all ranks
-        loss = recon + self.cfg.uniformity_weight * uniformity + self.cfg.contrast_weight * contrast
+        contrast = info_nce(z, p, self.cfg.echo.contrast_temperature)  # queries: echoes; keys: anchors of all ranks
+        loss = recon + self.cfg.loss.uniformity_weight * uniformity + self.cfg.loss.contrast_weight * contrast
         out.update(uniformity=uniformity.detach(), contrast=contrast.detach(),
                    echo_warmup=torch.tensor(float(self.in_echo_warmup()), device=loss.device))
         out["loss"] = loss + self._probe(pooled, batch, out)
@@ -417,11 +350,11 @@ class SorcenMethod(MaskedTokenMethod):
             if self.in_echo_warmup():
                 echo = ids.reshape(b, h, w)
             else:
-                echo = sample_echo(logits.detach(), self.cfg.echo_topk, self.cfg.echo_temperature).view(b, h, w)
+                echo = sample_echo(logits.detach(), self.cfg.echo.topk, self.cfg.echo.temperature).view(b, h, w)
             echo = window_mask(echo, sample_window_side(self.arch.grid), self.model.special.mask)  # (B, h, w)
             x = self.model.embed(self.model.with_class_slot(echo))  # (B, 1+N, D), shared embedding
             t = self.model.run_encoder(x, self.teacher_blocks)[:, 1:].mean(dim=1)  # (B, D), shared final norm
-        if self.cfg.teacher_projector_grad:
+        if self.cfg.teacher.projector_grad:
             return self.teacher_projector(t)  # (B, P)
         with torch.no_grad():
             return self.teacher_projector(t)  # (B, P)
@@ -432,11 +365,11 @@ VARIANTS: dict[str, type[MaskedTokenMethod]] = {
 """The Sorcen family by variant name (``train sorcen --method``, ``sorcen.json``'s ``variant``)."""
 
 
-def build_method(arch: SorcenArch, variant: str = "sorcen", loss: SorcenLossConfig | None = None,
+def build_method(arch: SorcenArch, variant: str = "sorcen", cfg: SorcenConfig | None = None,
                  num_classes: int = 0, tokenizer: Tokenizer | None = None,
                  steps_per_epoch: int = 0) -> MaskedTokenMethod:
     """The method of ``variant`` (a key of :data:`VARIANTS`); the other arguments go to its constructor."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
-    return VARIANTS[variant](arch, loss, num_classes=num_classes, tokenizer=tokenizer,
+    return VARIANTS[variant](arch, cfg, num_classes=num_classes, tokenizer=tokenizer,
                              steps_per_epoch=steps_per_epoch)

@@ -2,7 +2,8 @@
 
 ``run_dir/sorcen.json`` (written by ``unissl train sorcen`` before training) holds everything needed to
 rebuild the model without the command's config: ``arch`` (:class:`SorcenArch` fields), ``variant``,
-``loss`` settings, ``num_classes``, ``classes``, the token store and the tokenizer path. Weights come from
+``loss`` (the :class:`~.config.SorcenConfig` settings; runs written before its split hold them flat, and
+load as well), ``num_classes``, ``classes``, the token store and the tokenizer path. Weights come from
 the engine's checkpoints (``run_dir/checkpoints/step_*/model.safetensors``, loaded without executing code).
 """
 
@@ -17,7 +18,8 @@ import torch
 from unissl.engine.checkpoint import load_checkpoint
 from unissl.engine.method import load_saved_state
 from unissl.errors import UnisslError
-from unissl.methods.sorcen.method import MaskedTokenMethod, SorcenLossConfig, Variant, build_method
+from unissl.methods.sorcen.config import FLAT_NAMES, SorcenConfig, build_config, is_flat
+from unissl.methods.sorcen.method import MaskedTokenMethod, Variant, build_method
 from unissl.methods.sorcen.model import SorcenModel
 from unissl.methods.sorcen.presets import SorcenArch
 from unissl.utils.hub import resolve_pretrained
@@ -27,12 +29,12 @@ RUN_FILE = "sorcen.json"
 FORMAT = "unissl-sorcen-run-v1"
 
 
-def write_run_info(run_dir: str | Path, arch: SorcenArch, variant: str, loss: SorcenLossConfig,
+def write_run_info(run_dir: str | Path, arch: SorcenArch, variant: str, cfg: SorcenConfig,
                    num_classes: int, classes: list[str], tokens: str | None, tokenizer: str | None) -> Path:
     """Record the model's shapes and provenance in ``run_dir/sorcen.json`` (atomic)."""
     path = Path(run_dir) / RUN_FILE
     write_json(path, {"format": FORMAT, "arch": dataclasses.asdict(arch), "variant": variant,
-                      "loss": dataclasses.asdict(loss), "num_classes": num_classes, "classes": classes,
+                      "loss": dataclasses.asdict(cfg), "num_classes": num_classes, "classes": classes,
                       "tokens": tokens, "tokenizer": tokenizer})
     return path
 
@@ -69,11 +71,16 @@ def load_method(run_dir: str | Path, device: torch.device | str = "cpu") -> tupl
     if info.get("saved"):
         raise UnisslError(f"{run_dir} is a saved Sorcen encoder (the model without its training heads); pass the "
                           f"run directory of `unissl train sorcen` to load the whole method")
-    loss_fields = {f.name for f in dataclasses.fields(SorcenLossConfig)}
-    loss = SorcenLossConfig(**{k: v for k, v in info.get("loss", {}).items() if k in loss_fields})
+    settings = dict(info.get("loss") or {})
+    if is_flat(settings):  # a run written before the settings were split: its known names, as before
+        settings = {k: v for k, v in settings.items() if k in FLAT_NAMES}
+    try:
+        cfg = build_config(settings)
+    except (TypeError, UnisslError) as e:
+        raise UnisslError(f"{info['run_dir']}/{RUN_FILE}: invalid loss settings ({e})") from None
     # The online variants' tokenizer is not part of the weights (frozen_state_prefixes): built without it.
     variant: Variant = info["variant"]
-    method = build_method(info["arch"], variant, loss, num_classes=int(info.get("num_classes", 0)),
+    method = build_method(info["arch"], variant, cfg, num_classes=int(info.get("num_classes", 0)),
                           steps_per_epoch=1)  # progress counters are not needed to evaluate or sample
     ck = load_checkpoint(run_dir, with_trainer_state=False)  # a run directory or a step directory
     try:
