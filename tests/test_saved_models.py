@@ -70,6 +70,17 @@ def test_a_copied_reptok_tokenizer_and_generator_load_from_another_directory(tmp
     assert torch.equal(tok3.encode(IMAGES), z)
     g3 = unissl.load_generator(hub_cache(tmp_path / "moved" / "gen", "unissl-test/gen"), device="cpu")
     assert torch.equal(g3.tokenizer.encode(IMAGES), z)
+    # a generator whose tokenizer came from the hub names it by id + checksum instead of holding a copy
+    gen.cfg.tokenizer_path = "unissl-test/tok"
+    gen.save_pretrained(tmp_path / "gen-ref")
+    meta = json.loads((tmp_path / "gen-ref" / "config.json").read_text())
+    assert meta["frozen"]["tokenizer"]["hub_id"] == "unissl-test/tok" and not (tmp_path / "gen-ref" / "tokenizer").exists()
+    g4 = unissl.load_generator(tmp_path / "gen-ref", device="cpu")
+    assert torch.equal(g4.tokenizer.encode(IMAGES), z)
+    meta["frozen"]["tokenizer"]["checksum"] = "0" * 64  # saved with other tokenizer weights than the hub holds
+    (tmp_path / "gen-ref" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(UnisslError, match="has other weights than the one it was saved with"):
+        unissl.load_generator(tmp_path / "gen-ref", device="cpu")
 
 
 def test_every_saved_model_copies_and_round_trips_through_the_hub_cache(tmp_path, monkeypatch,
@@ -170,3 +181,44 @@ def test_train_sorcen_ends_with_a_saved_encoder_that_loads_anywhere(tmp_path, mo
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert torch.equal(unissl.load_sorcen(tmp_path / "moved", device="cpu").features(images), feats)
+
+
+def test_a_dinov2_encoder_and_a_vae_travel_inside_the_tokenizer(tmp_path, monkeypatch, hub_cache) -> None:  # noqa: F811
+    """Frozen parts from local directories are saved inside (encoder/: a transformers directory, vae/: a
+    diffusers one); the same parts from the hub are named by id + checksum and resolved through the cache."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("diffusers")
+    from unissl.methods.reptok.tiny import save_random_autoencoder_kl, save_random_dinov2
+    from unissl.methods.reptok.tokenizer import RepTokConfig, RepTokTokenizer
+
+    save_random_dinov2(tmp_path / "dino", image_size=16)
+    save_random_autoencoder_kl(tmp_path / "vae")
+    torch.manual_seed(0)
+    tok = RepTokTokenizer(RepTokConfig(encoder={"kind": "dinov2", "path": str(tmp_path / "dino"), "image_size": 16},
+                                       image_size=16, channels=1, decoder="tiny", patch_size=2, space="vae",
+                                       vae_path=str(tmp_path / "vae"))).eval()
+    z = tok.encode(IMAGES)
+    tok.save_pretrained(tmp_path / "tok")
+    meta = json.loads((tmp_path / "tok" / "config.json").read_text())
+    assert meta["frozen"]["encoder"]["dir"] == "encoder" and meta["frozen"]["vae"]["dir"] == "vae"
+    shutil.copytree(tmp_path / "tok", tmp_path / "moved")
+    for d in ("dino", "vae", "tok"):
+        shutil.rmtree(tmp_path / d)
+    monkeypatch.chdir(tmp_path / "moved")
+    back = RepTokTokenizer.from_pretrained(tmp_path / "moved")
+    assert torch.equal(back.encode(IMAGES), z)
+    noise = torch.randn(3, *back.space.shape, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(back.decode(z, steps=2, noise=noise), tok.decode(z, steps=2, noise=noise))
+    # the same frozen parts taken from the hub: referenced, not copied
+    dino_id = hub_cache(tmp_path / "moved" / "encoder", "someone/dino")
+    vae_id = hub_cache(tmp_path / "moved" / "vae", "someone/vae")
+    from unissl.utils.hub import resolve_pretrained
+
+    ref = RepTokTokenizer(RepTokConfig(encoder={"kind": "dinov2", "path": str(resolve_pretrained(dino_id)),
+                                                "image_size": 16}, image_size=16, channels=1, decoder="tiny",
+                                       patch_size=2, space="vae", vae_path=str(resolve_pretrained(vae_id))))
+    ref.save_pretrained(tmp_path / "ref")
+    meta = json.loads((tmp_path / "ref" / "config.json").read_text())
+    assert meta["frozen"]["encoder"]["hub_id"].startswith("someone/dino@") and not (tmp_path / "ref" / "encoder").exists()
+    assert meta["frozen"]["vae"]["hub_id"].startswith("someone/vae@") and not (tmp_path / "ref" / "vae").exists()
+    assert torch.equal(RepTokTokenizer.from_pretrained(tmp_path / "ref").eval().encode(IMAGES), ref.eval().encode(IMAGES))

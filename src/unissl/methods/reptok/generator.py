@@ -153,6 +153,18 @@ class TokenGeneratorMethod(Method, PretrainedMixin):
         if cfg is None:
             raise UnisslError(f"{directory / CONFIG_FILE} has no generator config; re-export the generator")
         cfg.tokenizer_path = frozen_dir(directory, meta, "tokenizer") or ""
+        entry = (meta.get("frozen") or {}).get("tokenizer") or {}
+        if entry.get("hub_id") and entry.get("checksum"):  # a referenced tokenizer must be the one it was saved with
+            from unissl.utils.hub import resolve_pretrained
+            from unissl.utils.io import sha256_file
+
+            local = resolve_pretrained(entry["hub_id"], "the generator's tokenizer")
+            got = sha256_file(local / WEIGHTS_FILE) if (local / WEIGHTS_FILE).is_file() else "missing"
+            if got != entry["checksum"]:
+                raise UnisslError(f"the tokenizer {entry['hub_id']!r} that {directory} names has other weights than "
+                                  f"the one it was saved with (checksum {got[:16]} != {entry['checksum'][:16]}); pin "
+                                  f"the revision it was saved with (org/name@revision)")
+            cfg.tokenizer_path = str(local)
         bank = None
         if cfg.conditioning == "text":
             from unissl.methods.reptok.text import CaptionBank

@@ -241,7 +241,12 @@ class RepTokTokenizer(Method, PretrainedMixin):
             cfg.encoder = {**cfg.encoder, "path": encoder_path or _local(frozen_dir(directory, meta, "encoder"))}
         if cfg.space == "vae":
             cfg.vae_path = _local(frozen_dir(directory, meta, "vae"))
-        return cls._assemble(cfg, meta, state, directory)
+        model = cls._assemble(cfg, meta, state, directory)
+        expected = ((meta.get("frozen") or {}).get("vae") or {}).get("checksum")
+        if isinstance(model.space, VAESpace) and expected and _module_checksum(model.space.vae) != expected:
+            raise UnisslError(f"the VAE at {cfg.vae_path} differs from the one {directory} was saved with (checksum "
+                              f"{_module_checksum(model.space.vae)} != {expected}); pass the original VAE")
+        return model
 
     @classmethod
     def read_version0(cls, directory: Path, meta: dict[str, Any], encoder_path: str | None = None,
