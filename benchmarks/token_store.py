@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from unissl.data import InMemoryImageDataset, collate_batched
-from unissl.data.token_store import TokenStore, write_token_store
+from unissl.data.token_store import TokenStore
+from unissl.data.token_writer import write_token_store
 
 
 class RandomTokenizer:

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from unissl.data import build_dataset
-from unissl.data.token_store import TokenStore, write_array_store, write_token_store
+from unissl.data.token_store import TokenStore
+from unissl.data.token_writer import write_array_store, write_token_store
 from unissl.errors import ConfigError, UnisslError
 
 

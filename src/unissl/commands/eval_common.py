@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from unissl.config import arg
-from unissl.engine.runtime import device_arg
+from unissl.engine.runtime import device_arg, resolve_device
 from unissl.errors import UnisslError
-from unissl.eval.features import extract_features, load_extractor, parse_spec, resolve_device
+from unissl.eval.features import extract_features, load_extractor, parse_spec
 from unissl.eval.results import record_result
 
 

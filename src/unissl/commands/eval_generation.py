@@ -16,9 +16,9 @@ import torch
 
 from unissl.commands.eval_common import build_split, print_metrics
 from unissl.config import arg
-from unissl.engine.runtime import device_arg
+from unissl.engine.runtime import device_arg, resolve_device
 from unissl.errors import UnisslError
-from unissl.eval.features import load_extractor, metric_name, resolve_device
+from unissl.eval.features import load_extractor, metric_name
 from unissl.eval.generation import class_hits, generation_metrics, load_npz_images, share_by_label
 from unissl.eval.results import record_result
 from unissl.methods.reptok.tokenizer import DECODE_STEPS

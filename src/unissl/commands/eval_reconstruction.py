@@ -8,9 +8,9 @@ from pathlib import Path
 
 from unissl.commands.eval_common import print_metrics
 from unissl.config import arg
-from unissl.engine.runtime import device_arg
+from unissl.engine.runtime import device_arg, resolve_device
 from unissl.errors import UnisslError
-from unissl.eval.features import load_extractor, metric_name, resolve_device
+from unissl.eval.features import load_extractor, metric_name
 from unissl.eval.generation import load_npz_images
 from unissl.eval.reconstruction import reconstruction_metrics
 from unissl.eval.results import record_result

@@ -8,9 +8,8 @@ from pathlib import Path
 
 from unissl.commands.eval_common import build_split, print_metrics
 from unissl.config import arg
-from unissl.engine.runtime import device_arg
+from unissl.engine.runtime import device_arg, resolve_device
 from unissl.eval.domain import DomainClassifierConfig, accuracy, save_classifier, train_classifier
-from unissl.eval.features import resolve_device
 from unissl.eval.results import record_result
 
 

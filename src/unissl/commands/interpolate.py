@@ -11,9 +11,8 @@ import torch
 from unissl.config import arg
 from unissl.data import build_dataset
 from unissl.data.folder import decode_image
-from unissl.engine.runtime import device_arg
+from unissl.engine.runtime import device_arg, resolve_device
 from unissl.errors import UnisslError
-from unissl.eval.features import resolve_device
 from unissl.methods.reptok.interpolation import INTERPOLATIONS
 from unissl.methods.reptok.tokenizer import DECODE_STEPS, RepTokTokenizer
 from unissl.utils.images import save_grid

@@ -13,9 +13,9 @@ import torch
 
 from unissl.config import arg, save_run_config
 from unissl.data import build_dataset
-from unissl.engine.runtime import device_arg
+from unissl.engine.runtime import device_arg, resolve_device
 from unissl.errors import UnisslError
-from unissl.eval.features import load_extractor, resolve_device
+from unissl.eval.features import load_extractor
 from unissl.eval.generation import class_consistency, predict_probs
 from unissl.eval.reconstruction import reconstruction_metrics
 from unissl.eval.results import record_result

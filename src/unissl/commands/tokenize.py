@@ -10,7 +10,8 @@ from typing import Any
 from unissl.config import arg
 from unissl.data.continuous_store import is_reptok_tokenizer, write_continuous_store
 from unissl.data.datasets import DATASETS, build_dataset
-from unissl.data.token_store import TokenStore, write_token_store
+from unissl.data.token_store import TokenStore
+from unissl.data.token_writer import write_token_store
 from unissl.engine.runtime import device_arg, resolve_device
 from unissl.errors import UnisslError
 from unissl.methods.reptok.tokenizer import load_reptok_tokenizer

@@ -6,8 +6,6 @@ from typing import Any
 
 import numpy as np
 
-from unissl.utils.io import sha256_file  # noqa: F401 - the store's checksums (re-exported)
-
 FORMAT = "unissl-token-store"
 VERSION = 1
 

@@ -13,8 +13,7 @@ Layout of a store directory (written atomically: a temporary sibling renamed int
 :class:`TokenStore` memory-maps one split (never reading the whole array into RAM), validates it against
 ``meta.json`` and serves batches: ``store.__getitems__(indices) -> {"ids": int64 (B, h, w), "label": (B,)}``
 (or ``{"z": float32 (B, D), "label"}``); with ``flip=True`` indices ``N..2N-1`` are the flipped copies.
-The writers (:func:`write_token_store`, :func:`write_array_store`) live in :mod:`unissl.data.token_writer`
-and are re-exported here.
+The writers (:func:`write_token_store`, :func:`write_array_store`) live in :mod:`unissl.data.token_writer`.
 """
 
 from __future__ import annotations
@@ -30,12 +29,11 @@ import torch
 from torch.utils.data import Dataset
 
 from unissl.data.sampler import ShardedBatchSampler
-from unissl.data.store_format import FORMAT, VERSION, as_grid, sha256_file
-from unissl.data.token_writer import write_array_store, write_token_store
+from unissl.data.store_format import FORMAT, VERSION, as_grid
 from unissl.errors import UnisslError
-from unissl.utils.io import read_json
+from unissl.utils.io import read_json, sha256_file
 
-__all__ = ["TokenStore", "write_array_store", "write_token_store"]
+__all__ = ["TokenStore"]
 
 _CHECK_CHUNK = 1 << 22  # elements per chunk when scanning ids for their range (~8 MB of uint16)
 

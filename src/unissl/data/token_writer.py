@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from unissl.data.store_format import FORMAT, VERSION, as_grid, id_dtype, sha256_file
+from unissl.data.store_format import FORMAT, VERSION, as_grid, id_dtype
 from unissl.errors import ConfigError, UnisslError
 from unissl.tokenizers.base import Tokenizer  # ``identity``/``checksum`` are optional extras
-from unissl.utils.io import atomic_dir, write_json
+from unissl.utils.io import atomic_dir, sha256_file, write_json
 
 
 def tokenizer_identity(tokenizer: Any, path: str | os.PathLike | None = None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from unissl.data.base import ImageDataset, adapt_images
-from unissl.engine.runtime import resolve_device  # re-exported: the eval commands import it from here
+from unissl.engine.runtime import resolve_device
 from unissl.errors import UnisslError
 from unissl.utils.io import atomic_file
 from unissl.utils.progress import progress as progress_bar
@@ -213,4 +213,4 @@ def extract_features(extractor: FeatureExtractor, dataset: ImageDataset, batch_s
 
 
 __all__ = ["EXTRACTORS", "FeatureExtractor", "PixelExtractor", "adapt_images", "cache_path", "dataset_key",
-           "extract_features", "features_of", "load_extractor", "parse_spec", "resolve_device"]
+           "extract_features", "features_of", "load_extractor", "parse_spec"]

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from unissl.errors import UnisslError
-from unissl.utils.io import sha256_file  # noqa: F401 - re-exported for the tokenizers
 
 
 def sha256_state_dict(state: dict[str, torch.Tensor]) -> str:

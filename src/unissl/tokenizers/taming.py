@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from unissl.errors import UnisslError
-from unissl.tokenizers.base import TokenizerBase, sha256_file
+from unissl.tokenizers.base import TokenizerBase
+from unissl.utils.io import sha256_file
 
 TAMING_FORMAT = "taming-vqgan"  # value of "format" in a config.json that points at a checkpoint
 

@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from unissl.errors import UnisslError
-from unissl.tokenizers.base import TokenizerBase, sha256_file
+from unissl.tokenizers.base import TokenizerBase
 from unissl.tokenizers.quantize import QuantizerOutput, VectorQuantizer
 from unissl.utils.hub import PretrainedMixin
+from unissl.utils.io import sha256_file
 
 FORMAT = "unissl-vq"  # value of "format" in config.json
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
