@@ -38,6 +38,8 @@ class Finding:
 # (prefix or exact key, higher_is_better, meaning); the first match wins, so exact keys come first.
 _MEANINGS: tuple[tuple[str, bool | None, str], ...] = (
     ("top1", True, "test images labelled correctly (%)"),
+    ("val_top1", True, "the probe head chosen on a held-out 10% of train: its accuracy there (%)"),
+    ("images", None, "number of images measured"),
     ("top5", True, "test images whose label is among the 5 best guesses (%)"),
     ("test_top1", True, "the judge (domain classifier) on real test images: accuracy (%)"),
     ("judge_accuracy", True, "the judge on real test images: share labelled correctly"),
@@ -75,6 +77,10 @@ def metric_meaning(key: str) -> tuple[bool | None, str]:
     for prefix, higher, meaning in _MEANINGS:
         if name.startswith(prefix.lower()) or (prefix == "shot" and prefix in name):
             return higher, meaning
+    if "loss" in name:  # e.g. probe_loss, rec_loss
+        return False, "a training loss"
+    if "acc" in name:  # e.g. probe_acc
+        return True, "an accuracy"
     return None, ""
 
 

@@ -282,9 +282,12 @@ def _findings_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path)
     info["findings"] = findings
     with atomic_file(out / "findings.json", "w") as f:
         f.write(json.dumps([x.to_dict() for x in findings], indent=1) + "\n")
-    if not findings:
-        return
     doc.section("Findings")
+    if not findings:
+        doc.h.append("<p>No result with a reference yet (a frozen-encoder probe beside the pixel probe, a "
+                     "reconstruction or samples scored by a judge); the tables below hold what there is.</p>")
+        doc.md.extend(["No result with a reference yet.", ""])
+        return
     doc.h.append("<ul class='findings'>")
     for x in findings:
         ok = x.reference_value is None or ((x.value >= x.reference_value) == x.higher_is_better)
