@@ -128,7 +128,8 @@ def _reptok(tmp: Path, cached: bool):
 
 
 def _generator(tmp: Path):
-    from unissl.methods.reptok.generator import GeneratorConfig, TokenGeneratorMethod
+    from unissl.methods.reptok.generator import TokenGeneratorMethod
+    from unissl.methods.reptok.mixer import GeneratorConfig
 
     d, b = 128, _batch(256)
     method = TokenGeneratorMethod(GeneratorConfig(token_dim=d, preset="mini", conditioning="class", num_classes=10),

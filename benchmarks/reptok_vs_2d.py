@@ -37,7 +37,8 @@ from torch import nn
 from unissl.engine.method import Method
 from unissl.flow import LinearPath
 from unissl.layers import TimestepEmbedding
-from unissl.methods.reptok.generator import GENERATOR_PRESETS, GeneratorConfig, TokenGeneratorMethod
+from unissl.methods.reptok.generator import TokenGeneratorMethod
+from unissl.methods.reptok.mixer import GENERATOR_PRESETS, GeneratorConfig
 from unissl.utils.flops import step_flops
 
 

@@ -49,7 +49,8 @@ def test_every_saved_model_round_trips_through_the_local_hub_cache(tmp_path, hub
     from test_reptok_encoders import make_tiny_sorcen_run
 
     from unissl.eval.domain import DomainClassifier, DomainClassifierConfig, load_classifier, save_classifier
-    from unissl.methods.reptok.generator import GeneratorConfig, TokenGeneratorMethod
+    from unissl.methods.reptok.generator import TokenGeneratorMethod
+    from unissl.methods.reptok.mixer import GeneratorConfig
     from unissl.methods.reptok.tokenizer import RepTokConfig, RepTokTokenizer
     from unissl.methods.sorcen.run import load_method
     from unissl.tokenizers.vq import VQTokenizer

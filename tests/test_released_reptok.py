@@ -21,8 +21,8 @@ from unissl.engine.method import load_saved_state
 from unissl.errors import UnisslError
 from unissl.methods.reptok.decoder import DECODER_PRESETS, FlowDecoder
 from unissl.methods.reptok.encoders import Dinov2Encoder
-from unissl.methods.reptok.generator import GeneratorConfig, TokenGeneratorMethod
-from unissl.methods.reptok.mixer import GENERATOR_PRESETS, TokenGenerator
+from unissl.methods.reptok.generator import TokenGeneratorMethod
+from unissl.methods.reptok.mixer import GENERATOR_PRESETS, GeneratorConfig, TokenGenerator
 from unissl.methods.reptok.projection import cosine_loss
 from unissl.methods.reptok.released import released_to_unissl
 from unissl.methods.reptok.sampling import SamplingConfig, guided_velocity, sample_tokens

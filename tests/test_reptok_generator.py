@@ -10,13 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from unissl.errors import UnisslError
-from unissl.methods.reptok.generator import (
-    GENERATOR_PRESETS,
-    ClassConditioner,
-    GeneratorConfig,
-    TokenGeneratorMethod,
-    TokenMixer,
-)
+from unissl.methods.reptok.generator import TokenGeneratorMethod
+from unissl.methods.reptok.mixer import GENERATOR_PRESETS, ClassConditioner, GeneratorConfig, TokenMixer
 from unissl.methods.reptok.sampling import SamplingConfig, class_condition, guided_velocity, sample_tokens
 
 torch.set_num_threads(1)

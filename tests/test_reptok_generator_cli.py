@@ -96,7 +96,7 @@ def test_cli_preset_choices_are_the_registry():
     import dataclasses
 
     from unissl.commands.train_reptok_generator import Config
-    from unissl.methods.reptok.generator import GENERATOR_PRESETS
+    from unissl.methods.reptok.mixer import GENERATOR_PRESETS
 
     preset = {f.name: f for f in dataclasses.fields(Config)}["preset"]
     assert set(preset.metadata["choices"]) == set(GENERATOR_PRESETS)

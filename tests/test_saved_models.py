@@ -39,7 +39,8 @@ def _train_dir(tmp_path: Path, monkeypatch) -> Path:
 def test_a_copied_reptok_tokenizer_and_generator_load_from_another_directory(tmp_path, monkeypatch,
                                                                              hub_cache) -> None:  # noqa: F811
     import unissl
-    from unissl.methods.reptok.generator import GeneratorConfig, TokenGeneratorMethod
+    from unissl.methods.reptok.generator import TokenGeneratorMethod
+    from unissl.methods.reptok.mixer import GeneratorConfig
     from unissl.methods.reptok.tokenizer import RepTokTokenizer
 
     work = _train_dir(tmp_path, monkeypatch)

@@ -141,7 +141,7 @@ def test_cli_preset_choices_are_the_registry(capsys):
     import dataclasses
 
     from unissl.commands import tokenizer_train, train_reptok_generator, train_sorcen
-    from unissl.methods.reptok.generator import GENERATOR_PRESETS
+    from unissl.methods.reptok.mixer import GENERATOR_PRESETS
     from unissl.methods.sorcen.presets import PRESETS
     from unissl.tokenizers.vq import PRESETS as VQ_PRESETS
 

@@ -9,7 +9,8 @@ import torch
 
 from unissl.errors import UnisslError
 from unissl.methods.reptok.captions import FASHION_MNIST_CLASSES, class_captions
-from unissl.methods.reptok.generator import GeneratorConfig, TokenGeneratorMethod, concat_cond
+from unissl.methods.reptok.generator import TokenGeneratorMethod
+from unissl.methods.reptok.mixer import GeneratorConfig, concat_cond
 from unissl.methods.reptok.sampling import SamplingConfig, guided_velocity, sample_tokens
 from unissl.methods.reptok.text import CaptionBank, TextConditioner, text_condition
 from unissl.methods.reptok.text_encoder import FrozenTextEncoder

@@ -31,7 +31,8 @@ from unissl.engine.trainer import Callback, Trainer, resolve_device
 from unissl.errors import UnisslError
 from unissl.eval.online import OnlineGeneration
 from unissl.methods.reptok.captions import class_captions, class_of_prompt, heldout_prompts
-from unissl.methods.reptok.generator import GENERATOR_PRESETS, GeneratorConfig, TokenGeneratorMethod
+from unissl.methods.reptok.generator import TokenGeneratorMethod
+from unissl.methods.reptok.mixer import GENERATOR_PRESETS, GeneratorConfig
 from unissl.methods.reptok.sampling import SamplingConfig, sample_conditions, sample_images, write_samples
 from unissl.methods.reptok.text import CaptionBank
 from unissl.methods.reptok.text_encoder import FrozenTextEncoder

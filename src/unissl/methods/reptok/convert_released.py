@@ -165,7 +165,8 @@ def convert_released_checkpoint(ckpt: str | Path, out: str | Path, opts: Convert
     AutoencoderKL = require("diffusers", "hf", "converting the released RepTok checkpoint (its SD-VAE)").AutoencoderKL
     from unissl.methods.reptok.dinov2_hub import dinov2_from_hub_state
     from unissl.methods.reptok.encoders import Dinov2Encoder
-    from unissl.methods.reptok.generator import GeneratorConfig, TokenGeneratorMethod
+    from unissl.methods.reptok.generator import TokenGeneratorMethod
+    from unissl.methods.reptok.mixer import GeneratorConfig
     from unissl.methods.reptok.released import released_to_unissl
     from unissl.methods.reptok.tokenizer import RepTokConfig, RepTokTokenizer
 

@@ -27,18 +27,7 @@ import torch.nn.functional as F
 from unissl.engine.method import Method
 from unissl.errors import UnisslError
 from unissl.flow import LinearPath, UniformTime
-from unissl.methods.reptok.mixer import (  # noqa: F401 - the network's names, re-exported for their users
-    GENERATOR_PRESETS,
-    ClassConditioner,
-    Cond,
-    Conditioner,
-    GeneratorConfig,
-    MixerBlock,
-    MixerPreset,
-    TokenGenerator,
-    TokenMixer,
-    concat_cond,
-)
+from unissl.methods.reptok.mixer import Cond, GeneratorConfig, TokenGenerator
 from unissl.utils.hub import CONFIG_FILE, WEIGHTS_FILE, PretrainedMixin
 
 if TYPE_CHECKING:

@@ -19,7 +19,8 @@ from unissl.config import arg
 from unissl.errors import ConfigError, UnisslError
 from unissl.flow import solve
 from unissl.flow.solvers import VelocityFn
-from unissl.methods.reptok.generator import GENERATOR_PRESETS, Cond, TokenGeneratorMethod, concat_cond
+from unissl.methods.reptok.generator import TokenGeneratorMethod
+from unissl.methods.reptok.mixer import GENERATOR_PRESETS, Cond, concat_cond
 
 
 @dataclass
@@ -136,7 +137,7 @@ def sample_conditions(method: TokenGeneratorMethod, n: int, classes: list[str] |
     gcfg = method.cfg
     if prompts is not None:
         if gcfg.conditioning != "text":
-            raise UnisslError(f"{name} is a class-conditional generator; pass classes (--class), not prompts")
+            raise ConfigError("prompt", f"{name} is a class-conditional generator: give classes instead")
         from unissl.methods.reptok.text import text_condition
         from unissl.methods.reptok.text_encoder import FrozenTextEncoder
 
@@ -144,7 +145,7 @@ def sample_conditions(method: TokenGeneratorMethod, n: int, classes: list[str] |
         idx = torch.arange(len(prompts)).repeat_interleave(n)  # (N,)
         return text_condition(states[idx.to(device)], mask[idx.to(device)]), idx
     if gcfg.conditioning != "class":
-        raise UnisslError(f"{name} is a text-conditional generator; pass prompts (--prompt \"...\")")
+        raise ConfigError("prompt", f"{name} is a text-conditional generator: it needs prompts")
     wanted = resolve_classes([str(c) for c in classes] if classes is not None else None,
                              gcfg.classes or [str(i) for i in range(gcfg.num_classes)])
     labels = torch.tensor(wanted).repeat_interleave(n)  # (N,)
