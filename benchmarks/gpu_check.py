@@ -145,7 +145,8 @@ def check_process_group(device: torch.device) -> Check:
         if device.type == "cuda":
             torch.cuda.synchronize()
         ok = x.tolist() == [0.0, 1.0, 2.0, 3.0]
-        version = ".".join(map(str, torch.cuda.nccl.version())) if backend == "nccl" else "-"
+        nccl = torch.cuda.nccl.version() if backend == "nccl" else "-"
+        version = ".".join(map(str, nccl)) if isinstance(nccl, tuple) else str(nccl)
     finally:
         dist.destroy_process_group()
     return Check(f"{backend} process group", "ok" if ok else "FAIL",
