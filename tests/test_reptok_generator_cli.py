@@ -63,7 +63,7 @@ def test_train_builds_store_once_then_samples(tokenizer_dir, tmp_path, capsys):
     assert (out / "s.png").is_file()
 
 
-def test_text_conditional_train_and_prompt_sampling(tokenizer_dir, tmp_path):
+def test_text_conditional_train_and_prompt_sampling(tokenizer_dir, tmp_path, capsys):
     from test_text_encoder import WORDS, save_tiny_bert
 
     bert = save_tiny_bert(tmp_path / "bert", WORDS + [str(i) for i in range(10)])
@@ -80,7 +80,10 @@ def test_text_conditional_train_and_prompt_sampling(tokenizer_dir, tmp_path):
     data = np.load(out / "p.npz")
     assert data["images"].shape == (4, 1, 8, 8)
     assert data["labels"].tolist() == [3, 3, 7, 7] and data["prompt_index"].tolist() == [0, 0, 1, 1]
+    capsys.readouterr()
     assert main(["sample", "reptok", "--checkpoint", str(run_dir), "--class", "3"]) == 2  # text model needs prompts
+    assert capsys.readouterr().err == (f"unissl: error: --prompt: {run_dir} is a text-conditional "
+                                       "generator: it needs prompts\n")
     # zero-shot evaluation: every held-out template x class, labelled with the class each prompt names
     from unissl.methods.reptok.captions import heldout_prompts
 

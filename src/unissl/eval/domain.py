@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from unissl.errors import UnisslError
+from unissl.errors import ConfigError, UnisslError
 from unissl.utils.hub import CONFIG_FILE, WEIGHTS_FILE, PretrainedMixin
 from unissl.utils.io import sha256_file
 from unissl.utils.progress import progress
@@ -147,7 +147,7 @@ def load_classifier(path: str | Path) -> tuple[DomainClassifier, str]:
 def load_extractor(checkpoint: str | None, device: torch.device) -> DomainExtractor:
     """Loader registered as ``domain``: ``checkpoint`` is the classifier directory."""
     if not checkpoint:
-        raise UnisslError("the domain extractor needs its directory: --extractor domain:/path/to/classifier")
+        raise ConfigError("extractor", "the domain extractor needs its directory: domain:/path/to/classifier")
     model, digest = load_classifier(checkpoint)
     return DomainExtractor(model, digest, device)
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from unissl.errors import UnisslError
+from unissl.errors import ConfigError, UnisslError
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_NAME}"
@@ -233,8 +233,9 @@ def load_inception_state(path: str | Path) -> dict[str, torch.Tensor]:
     """Read the FID Inception weights safely (no code execution); a clear error if the file is missing."""
     path = Path(path)
     if not path.is_file():
-        raise UnisslError(f"Inception weights file {path} not found: download {WEIGHTS_NAME} from {WEIGHTS_URL} "
-                          f"and pass --extractor inception:/path/to/{WEIGHTS_NAME} (no FID is computed without it)")
+        raise ConfigError("extractor", f"Inception weights file {path} not found: download {WEIGHTS_NAME} from "
+                                       f"{WEIGHTS_URL} and give inception:/path/to/{WEIGHTS_NAME} (no FID is "
+                                       "computed without it)")
     from unissl.utils.weights import read_torch_weights
 
     state = read_torch_weights(path, f"expected pytorch-fid's {WEIGHTS_NAME} from {WEIGHTS_URL}")
@@ -264,8 +265,8 @@ def build_inception(state: dict[str, torch.Tensor], resize_to: int | None = 299)
 def load_extractor(checkpoint: str | None, device: torch.device, resize_to: int | None = 299) -> InceptionExtractor:
     """Loader registered as ``inception``: ``checkpoint`` is the path of the pytorch-fid weights file."""
     if not checkpoint:
-        raise UnisslError(f"the inception extractor needs its weights file: --extractor inception:/path/to/"
-                          f"{WEIGHTS_NAME} (download it from {WEIGHTS_URL})")
+        raise ConfigError("extractor", f"the inception extractor needs its weights file: inception:/path/to/"
+                                       f"{WEIGHTS_NAME} (download it from {WEIGHTS_URL})")
     state = load_inception_state(checkpoint)
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:16]
     return InceptionExtractor(build_inception(state, resize_to), digest, device)
