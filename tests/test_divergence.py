@@ -55,3 +55,22 @@ def test_the_printed_command_after_a_divergence_trains_on_with_a_finite_decreasi
     assert all(math.isfinite(v) for v in losses)
     start, tail = losses[:10], losses[-50:]  # the first steps (loss ~ the targets' variance) and the end
     assert sum(tail) / len(tail) < 0.2 * sum(start) / len(start) and max(tail) < 2.0, (start, tail[-5:])
+
+
+def test_the_trend_judge_and_the_continue_command() -> None:
+    from unissl.engine.health import LossTrend, continue_command
+
+    t = LossTrend(factor=4.0, window=8, min_steps=3)
+    assert all(t.update(v) for v in [2.0, 1.9, 1.8, 1.7, 9.0])  # one noisy batch (9 > 4 x 1.85) is tolerated
+    assert t.update(1.6) and t.update(8.0)  # ... and a lone spike again
+    assert [t.update(v) for v in (9.0, 50.0, 1e4)] == [False, False, False]  # two in a row have left the trend
+    assert t.reference == 1.8  # the spikes and the divergence never entered the window: median of 2 .. 1.6
+    neg = LossTrend(factor=4.0, window=8, min_steps=3)  # a loss below zero is judged from the lowest value seen
+    assert all(neg.update(v) for v in [-5.0, -5.5, -6.0, -6.2, -6.1, -6.3])
+    assert neg.update(10.0) and not neg.update(12.0)  # above -6.3 + 4 x (median - floor) = -4.9, twice
+    flags = ["--train.resume-from", "/r/checkpoints/step_0000015", "--train.lr", "0.015"]
+    argv = ["/venv/bin/unissl", "train", "sorcen", "--train.lr", "10", "--train.resume", "--x", "1"]
+    assert continue_command(flags, argv) == ("unissl train sorcen --x 1 --train.resume-from "
+                                             "/r/checkpoints/step_0000015 --train.lr 0.015")
+    assert continue_command(flags, ["/venv/bin/unissl", "pipeline", "--config", "c.yaml"]) is None  # a stage
+    assert continue_command(flags, ["/venv/lib/python3/site-packages/pytest/__main__.py", "-q"]) is None

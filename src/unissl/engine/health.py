@@ -27,7 +27,8 @@ SAFE_LR_DIVISOR = 10.0  # the advised rate: the last healthy one / this
 class LossTrend:
     """Per-step loss judge: ``update(loss)`` says whether ``loss`` stays within :data:`TREND_FACTOR` of the
     median of the last :data:`TREND_WINDOW` healthy losses (measured from the lowest value seen, so a
-    negative loss is judged by its distance above that floor). Unhealthy losses never enter the window, so
+    negative loss is judged by its distance above that floor); a single step above it is a noisy batch, the
+    second in a row has left the trend. Losses above the line never enter the window, so
     a divergence cannot drag the reference up with it; a level that persists for ``4 * window`` steps is
     accepted as the new normal (a schedule change, not a divergence)."""
 
@@ -55,7 +56,7 @@ class LossTrend:
             self.off_trend = 0
             return True
         self.off_trend += 1
-        return False
+        return self.off_trend == 1  # one batch's spike is noise (kept out of the window); two in a row a trend
 
     def state_dict(self) -> dict[str, Any]:
         return {"recent": list(self.recent), "floor": self.floor, "off_trend": self.off_trend}
