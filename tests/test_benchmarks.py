@@ -88,6 +88,46 @@ def test_time_to_accuracy_tiny(vq_store: Path, tmp_path: Path) -> None:
     assert "ms/step" in out and curve and 0 <= curve[-1]["mean"] <= 100
 
 
+def test_time_to_accuracy_knn_curve_tiny(vq_store: Path, tmp_path: Path) -> None:
+    import json
+
+    out = run_script("time_to_accuracy.py", "--tokens", str(vq_store), *TTA_TINY, "--pools", "mean,cls",
+                     "--knn-k", "3", "5", "--knn-t", "0.07", "0.5", "--skip-probe", "--stop-on", "knn",
+                     "--out", str(tmp_path / "k.json"), "--", "--train.warmup-steps", "1")
+    run = json.loads((tmp_path / "k.json").read_text())
+    point = run["curve"][-1]
+    assert "k-NN line 84.59%" in out and 0 <= point["knn"] <= 100 and point["knn_pool"] in ("mean", "cls")
+    assert point["knn_k"] in (3, 5) and point["knn_T"] in (0.07, 0.5) and "mean" not in point  # no probe ran
+    run_script("time_to_accuracy.py", "--compare", str(tmp_path / "k.json"), "--compare-pool", "knn",
+               "--out", str(tmp_path / "k.png"))
+    assert (tmp_path / "k.png").stat().st_size > 0
+
+
+def test_knn_selection_never_looks_at_the_test_split() -> None:
+    import importlib.util
+
+    from unissl.eval.knn import knn_accuracy
+
+    spec = importlib.util.spec_from_file_location("tta", BENCH / "time_to_accuracy.py")
+    assert spec is not None and spec.loader is not None
+    tta = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tta)
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (300,), generator=g)
+    good = torch.randn(300, 4, generator=g) + 3 * nn.functional.one_hot(y, 4).float()  # separable pooling
+    noise = torch.randn(300, 4, generator=g)  # useless pooling
+    ty = torch.randint(0, 3, (100,), generator=g)
+    test = {"a": torch.randn(100, 4, generator=g) + 3 * nn.functional.one_hot(ty, 4).float(),
+            "b": torch.randn(100, 4, generator=g)}
+    res = tta.knn_selected({"a": good, "b": noise}, y, test, ty, (1, 7), (0.1, 1.0))
+    shuffled = tta.knn_selected({"a": good, "b": noise}, y, test, ty[torch.randperm(100, generator=g)], (1, 7), (0.1, 1.0))
+    assert res["knn_pool"] == "a" and (res["knn_k"], res["knn_T"]) == (shuffled["knn_k"], shuffled["knn_T"])
+    want = knn_accuracy(good, y, test["a"], ty, 3, int(res["knn_k"]), float(res["knn_T"]))["top1"]
+    assert res["knn"] == pytest.approx(want) and res["knn"] > 90
+    pixels = tta.pixel_knn((1, 5), (0.07,), dataset="digits")  # the pixel line under the same protocol
+    assert pixels["knn_pool"] == "pixels" and pixels["knn_k"] in (1, 5) and 80 < float(pixels["knn"]) <= 100
+
+
 def test_released_options_tiny(vq_store: Path) -> None:
     out = run_script("released_options.py", "--tokens", str(vq_store), "--only", "baseline", "teacher_init",
                      "--steps", "2")
