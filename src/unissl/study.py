@@ -14,7 +14,9 @@ import statistics
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from unissl.engine.logger import read_log
 from unissl.errors import UnisslError
+from unissl.report import collect_metrics, result_origins
 from unissl.utils.format import format_number, markdown_table
 from unissl.utils.io import atomic_file, write_json
 
@@ -32,8 +34,6 @@ def seed_dirs(out: str | Path) -> dict[int, Path]:
 def _seconds_per_epoch(run_dir: Path) -> dict[str, float]:
     """Training seconds per epoch of every run below ``run_dir`` (CPU seconds where the log has them), from
     the last record of its log."""
-    from unissl.engine.logger import read_log
-
     times: dict[str, float] = {}
     for log in sorted(run_dir.rglob("log.jsonl")):
         rows = read_log(log)
@@ -54,8 +54,6 @@ class MetricKey(NamedTuple):
 
 def seed_metrics(run_dir: Path) -> dict[MetricKey, float]:
     """Every numeric metric of one seed's directory, keyed by (source, metric)."""
-    from unissl.report import collect_metrics, result_origins
-
     flat: dict[MetricKey, float] = {}
     found = collect_metrics(run_dir)
     for origin, (rel, scalars) in zip(result_origins(found), found):

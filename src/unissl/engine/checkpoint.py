@@ -30,6 +30,7 @@ from torch import nn
 
 from unissl.errors import UnisslError
 from unissl.utils.io import atomic_dir, atomic_file
+from unissl.utils.weights import read_safetensors
 
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
@@ -184,8 +185,6 @@ def _remove_stale_temporaries(root: Path) -> None:
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from unissl.utils.weights import read_safetensors
-
     return read_safetensors(path, "the checkpoint is incomplete or corrupt: delete that checkpoint directory and "
                                   "use an older one")
 

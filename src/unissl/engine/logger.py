@@ -14,6 +14,7 @@ import torch
 from unissl.engine.dist import all_reduce_mean
 from unissl.utils.images import save_grid
 from unissl.utils.io import atomic_file
+from unissl.utils.optional import require
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
@@ -130,8 +131,6 @@ class RunLogger:
 
 def wandb_module() -> Any:
     """The ``wandb`` package, or a one-line error saying how to install it (it is an optional extra)."""
-    from unissl.utils.optional import require
-
     return require("wandb", "wandb", "--train.wandb", "drop --train.wandb")
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from unissl.config import arg
 from unissl.errors import UnisslError
 
 DEVICE_HELP = "device: auto (CUDA when available), cpu, cuda, cuda:1, ..."
@@ -16,8 +17,6 @@ DEVICE_HELP = "device: auto (CUDA when available), cpu, cuda, cuda:1, ..."
 
 def device_arg(default: str = "auto", what: str = "device") -> Any:
     """The ``device`` option of every command (parsed by :func:`resolve_device`)."""
-    from unissl.config import arg
-
     return arg(default, help=DEVICE_HELP.replace("device", what, 1))
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from unissl.config import to_dict
+from unissl.data.sampler import ShardedBatchSampler, collate_batched
 from unissl.engine import dist
 from unissl.engine.checkpoint import (
     DIVERGED_DIR,
@@ -94,8 +95,6 @@ class Trainer:
 
     def __init__(self, method: Method, dataset: Any, cfg: TrainConfig, run_dir: str | Path | None = None,
                  callbacks: Sequence[Callback] | None = None) -> None:
-        from unissl.data.sampler import ShardedBatchSampler
-
         if not isinstance(method, Method):
             raise TypeError(f"Trainer needs a unissl.engine.Method, got {type(method).__name__}")
         self.cfg = cfg
@@ -422,8 +421,6 @@ class Trainer:
 
     def _start(self) -> Iterator[dict[str, Any]]:
         """Resume or seed, record the session and return the batch iterator (RNG restored after it exists)."""
-        from unissl.data.sampler import collate_batched
-
         self.prepare()
         resume, state = self._resume_path, self._resume_state
         if self.is_main:

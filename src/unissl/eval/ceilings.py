@@ -22,7 +22,8 @@ from unissl.data.base import ImageDataset
 from unissl.errors import UnisslError
 from unissl.eval.features import FeatureExtractor
 from unissl.eval.generation import class_hits
-from unissl.methods.reptok.tokenizer import DECODE_STEPS
+from unissl.methods.reptok.tokenizer import DECODE_STEPS, RepTokTokenizer
+from unissl.tokenizers import load_tokenizer
 
 
 def matching_reference(reference: Any, labels: torch.Tensor | None, n: int, seed: int = 0) -> torch.Tensor:
@@ -61,7 +62,6 @@ def load_roundtrip_tokenizer(path: str | Path, device: torch.device) -> Any:
         from unissl.methods.reptok.tokenizer import RepTokTokenizer
 
         return RepTokTokenizer.from_pretrained(path, device=device)
-    from unissl.tokenizers import load_tokenizer
 
     return load_tokenizer(path, device=device)
 
@@ -70,8 +70,6 @@ def load_roundtrip_tokenizer(path: str | Path, device: torch.device) -> Any:
 def roundtrip(tokenizer: Any, images: torch.Tensor, decode_steps: int = DECODE_STEPS, batch_size: int = 250,
               seed: int = 0) -> torch.Tensor:
     """decode(encode(images)) for images (N, C, H, W) in [0, 1] -> (N, C, H, W) in [0, 1] on CPU."""
-    from unissl.methods.reptok.tokenizer import RepTokTokenizer
-
     device = next(iter(tokenizer.parameters())).device if isinstance(tokenizer, torch.nn.Module) else "cpu"
     out = []
     gen = torch.Generator(device=device).manual_seed(seed)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from unissl.errors import UnisslError
+from unissl.utils.io import atomic_file
 
 
 @dataclass
@@ -36,8 +37,6 @@ class GaussianStats:
     def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
         """Write ``mu``/``sigma`` as safetensors, atomically."""
         from safetensors.numpy import save
-
-        from unissl.utils.io import atomic_file
 
         meta = {"n": str(self.n), **(metadata or {})}
         with atomic_file(path, "wb") as f:
