@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from unissl.errors import UnisslError
-from unissl.eval.bootstrap import claim_verdict, fd_bootstrap, percentile_interval, seed_interval, welch_interval
+from unissl.eval.bootstrap import (
+    claim_verdict,
+    fd_bootstrap,
+    percentile_interval,
+    seed_interval,
+    welch_interval,
+)
 from unissl.eval.frechet import GaussianStats, frechet_distance_stats, gaussian_stats
 
 

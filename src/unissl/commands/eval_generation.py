@@ -45,11 +45,15 @@ class Config:
     ceiling_tokenizer: str | None = arg(None, help="tokenizer that decoded the samples (RepTok or VQ directory): "
                                                    "also score real reference images passed through it")
     ceiling_decode_steps: int = arg(DECODE_STEPS, help="RepTok decoder Euler steps for the ceiling's reconstructions")
-    seed: int = arg(0, help="seed of the ceiling's reference subset and decoder noise")
+    seed: int = arg(0, help="seed of the ceiling's reference subset, decoder noise and the bootstrap")
+    bootstrap: int = arg(0, help="bootstrap resamples of the samples for the 95 percent interval of the FD (e.g. 200; 0: none); "
+                                 "the draws are kept in the result for `unissl eval verdict`")
 
     def __post_init__(self) -> None:
         if self.ceiling_decode_steps <= 0 or self.batch_size <= 0:
             raise UnisslError("--ceiling-decode-steps and --batch-size must be positive")
+        if self.bootstrap < 0 or self.bootstrap == 1:
+            raise UnisslError(f"--bootstrap must be 0 (none) or >= 2 resamples, got {self.bootstrap}")
 
 
 def ceiling_metrics(cfg: Config, extractor, reference, n: int, labels: torch.Tensor | None, cache: Path,
@@ -98,9 +102,12 @@ def run(cfg: Config) -> dict[str, float]:
     reference = build_split(ref_name, ref_split or "test", cfg.data_dir, cfg.image_size)
     extractor = load_extractor(cfg.extractor, resolve_device(cfg.device))
     cache = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.run_dir) / "feature_cache"
+    draws: list[float] = []
     metrics = generation_metrics(extractor, images, reference, metric_name(cfg.extractor), cfg.batch_size, cache,
-                                 cfg.pr_k, cfg.pr_samples)
-    extra = {"samples": str(cfg.samples), "reference": cfg.reference, "extractor": cfg.extractor,
+                                 cfg.pr_k, cfg.pr_samples, seed=cfg.seed, bootstrap=cfg.bootstrap, draws_out=draws)
+    extra = {"bootstrap": {metric_name(cfg.extractor): {"resamples": cfg.bootstrap, "draws": [round(v, 6) for v in draws]}}
+             if draws else None,
+             "samples": str(cfg.samples), "reference": cfg.reference, "extractor": cfg.extractor,
              "balanced_per_class": balance,
              "extractor_identity": extractor.identity(), "reference_fingerprint": reference.fingerprint()}
     if cfg.labels_key in arrays:

@@ -43,6 +43,19 @@ class Config:
             raise UnisslError("--num-samples and --batch-size must be positive")
 
 
+def generate_images(model, tokenizer, num_samples: int, maskgit: MaskGITConfig, generator: torch.Generator,
+                    batch_size: int = 64, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """``num_samples`` MaskGIT id maps (N, h, w) and their decoded images (N, C, H, W) float in [0, 1], on CPU."""
+    ids, images = [], []
+    for start in range(0, num_samples, batch_size):
+        n = min(batch_size, num_samples - start)
+        batch_ids = maskgit_generate(model, n, maskgit, generator=generator, device=device)  # (n, h, w)
+        with torch.no_grad():
+            images.append(tokenizer.decode(batch_ids).clamp(0, 1).float().cpu())  # (n, C, H, W)
+        ids.append(batch_ids.cpu())
+    return torch.cat(ids), torch.cat(images)
+
+
 def run(cfg: Config) -> None:
     """Load the run, generate ``num_samples`` id maps, decode them, write PNG + NPZ."""
     device = resolve_device(cfg.device)
@@ -53,14 +66,7 @@ def run(cfg: Config) -> None:
     out = Path(cfg.out) if cfg.out else Path(info["run_dir"]) / "samples"
     check_writable(out, "--out")  # the default lies in the run directory, which may be read-only (a hub cache)
     gen = torch.Generator().manual_seed(cfg.seed)
-    ids, images = [], []
-    for start in range(0, cfg.num_samples, cfg.batch_size):
-        n = min(cfg.batch_size, cfg.num_samples - start)
-        batch_ids = maskgit_generate(model, n, cfg.maskgit, generator=gen, device=device)  # (n, h, w)
-        with torch.no_grad():
-            images.append(tokenizer.decode(batch_ids).clamp(0, 1).float().cpu())  # (n, C, H, W)
-        ids.append(batch_ids.cpu())
-    all_ids, all_images = torch.cat(ids), torch.cat(images)
+    all_ids, all_images = generate_images(model, tokenizer, cfg.num_samples, cfg.maskgit, gen, cfg.batch_size, device)
     out.mkdir(parents=True, exist_ok=True)
     save_grid(all_images, out / "samples.png", nrow=cfg.nrow, scale=cfg.scale)
     buf = io.BytesIO()

@@ -173,7 +173,8 @@ def reference_stats(extractor: FeatureExtractor, dataset: ImageDataset, batch_si
 
 def generation_metrics(extractor: FeatureExtractor, images: torch.Tensor, reference: ImageDataset, metric_name: str,
                        batch_size: int = 256, cache_dir: str | Path | None = None, pr_k: int = 3,
-                       pr_samples: int = 10000, is_splits: int = 10, seed: int = 0) -> dict[str, float]:
+                       pr_samples: int = 10000, is_splits: int = 10, seed: int = 0, bootstrap: int = 0,
+                       draws_out: list[float] | None = None) -> dict[str, float]:
     """FD (named ``metric_name``), IS (if the extractor classifies) and precision/recall of ``images``.
 
     Args:
@@ -182,6 +183,10 @@ def generation_metrics(extractor: FeatureExtractor, images: torch.Tensor, refere
         reference: the reference dataset split (``build_dataset`` object).
         metric_name: "FID" for Inception-v3, otherwise ``FD_<name>``.
         pr_samples: precision/recall use at most this many samples of each set (seeded subset).
+        bootstrap: if > 0, the FD's 95% percentile interval over this many resamples of the samples (the
+            reference held fixed; :func:`unissl.eval.bootstrap.fd_bootstrap`) as ``<metric>_ci_low`` /
+            ``<metric>_ci_high`` and its standard error ``<metric>_se``; the draws are appended to
+            ``draws_out`` when given (a later verdict combines two models' draws).
     """
     images = quantize_uint8(images)  # what a PNG of the samples holds: the published protocols score uint8
     ref_stats, ref_feats = reference_stats(extractor, reference, batch_size, cache_dir)
@@ -189,6 +194,14 @@ def generation_metrics(extractor: FeatureExtractor, images: torch.Tensor, refere
     fake_feats = features_of(extractor, images, batch_size, device, progress="features of samples")
     fake_stats = gaussian_stats(fake_feats)
     metrics: dict[str, float] = {metric_name: frechet_distance_stats(fake_stats, ref_stats)}
+    if bootstrap > 0:
+        from unissl.eval.bootstrap import fd_bootstrap, percentile_interval
+
+        draws = fd_bootstrap(fake_feats, ref_stats, bootstrap, seed=seed)
+        metrics[f"{metric_name}_ci_low"], metrics[f"{metric_name}_ci_high"] = percentile_interval(draws)
+        metrics[f"{metric_name}_se"] = float(draws.std(ddof=1)) if draws.size > 1 else 0.0
+        if draws_out is not None:
+            draws_out.extend(float(v) for v in draws)
     if hasattr(extractor, "probs"):
         probs = predict_probs(extractor, images, batch_size)
         metrics["IS"], metrics["IS_std"] = inception_score(probs, min(is_splits, probs.shape[0]))

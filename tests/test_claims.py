@@ -1,0 +1,130 @@
+"""The commands that decide the papers' open claims, end to end at tiny sizes on digits: ``eval generation
+--bootstrap``, ``eval sampler-sweep`` (selection on other samples than the reported ones), ``eval verdict``,
+``eval transfer --classes`` and the study overlays that chain them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unissl.cli import main
+from unissl.errors import UnisslError
+
+TRAIN = ["--preset", "tiny", "--train.global-batch", "32", "--no-train.progress", "--no-train.tensorboard",
+         "--train.num-workers", "0", "--train.lr", "1e-3", "--train.log-every", "2"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> Path:
+    """An untrained digits VQ tokenizer, its train/test token store, a 2-step Sorcen run, a tiny domain judge."""
+    from unissl.eval.domain import DomainClassifier, DomainClassifierConfig, save_classifier
+    from unissl.tokenizers.vq import VQTokenizer, preset
+
+    root = tmp_path_factory.mktemp("claims")
+    torch.manual_seed(0)
+    VQTokenizer(preset("digits")).save_pretrained(root / "tok")
+    assert main(["tokenize", "--tokenizer", str(root / "tok"), "--out", str(root / "tokens"), "--dataset", "digits",
+                 "--splits", "train", "test", "--no-progress"]) == 0
+    assert main(["train", "sorcen", "--tokens", str(root / "tokens"), "--train.steps", "2",
+                 "--train.run-dir", str(root / "run"), *TRAIN]) == 0
+    save_classifier(DomainClassifier(DomainClassifierConfig(image_size=8, widths=[4, 8], feature_dim=8)),
+                    root / "judge")
+    return root
+
+
+def _result(run_dir: Path, name: str) -> dict:
+    return json.loads((run_dir / "results" / f"{name}.json").read_text())
+
+
+def test_sampler_sweep_reports_fresh_samples_equal_to_sample_then_generation(setup: Path) -> None:
+    ev = setup / "eval"
+    assert main(["eval", "sampler-sweep", "--checkpoint", str(setup / "run"), "--extractor", f"domain:{setup / 'judge'}",
+                 "--reference", "digits:test", "--arms", "2:1.0", "3:0.5", "1:0.0", "--select-samples", "24",
+                 "--num-samples", "40", "--bootstrap", "20", "--seed", "3", "--run-dir", str(ev), "--name", "sweep",
+                 "--device", "cpu"]) == 0
+    res = _result(ev, "sweep")
+    m, extra = res["metrics"], res["extra"]
+    assert set(extra["selection"]) == {"2:1", "3:0.5", "1:0"} and extra["select_seed"] == 10003
+    assert extra["best_arm"] == min(extra["selection"], key=extra["selection"].get)  # chosen on the selection
+    assert m["FD_domain_default_ci_low"] <= m["FD_domain_default_ci_high"]
+    assert len(extra["bootstrap"]["FD_domain_default"]["draws"]) == 20
+    # the default arm's reported FD is that of `sample sorcen` + `eval generation` at the same seed and batch
+    assert main(["sample", "sorcen", "--checkpoint", str(setup / "run"), "--num-samples", "40", "--batch-size", "256",
+                 "--seed", "3", "--maskgit.steps", "2", "--maskgit.choice-temperature", "1.0",
+                 "--out", str(setup / "samples"), "--device", "cpu"]) == 0
+    assert main(["eval", "generation", "--samples", str(setup / "samples" / "samples.npz"), "--extractor",
+                 f"domain:{setup / 'judge'}", "--reference", "digits:test", "--run-dir", str(ev), "--name", "gen",
+                 "--bootstrap", "20", "--seed", "3", "--pr-samples", "40", "--device", "cpu"]) == 0
+    gen = _result(ev, "gen")
+    assert gen["metrics"]["FD_domain"] == pytest.approx(m["FD_domain_default"], rel=1e-6)
+    assert gen["metrics"]["FD_domain_ci_low"] == pytest.approx(m["FD_domain_default_ci_low"], rel=1e-6)
+    assert gen["extra"]["bootstrap"]["FD_domain"]["draws"] == extra["bootstrap"]["FD_domain_default"]["draws"]
+    # and without --bootstrap the result holds no interval
+    assert main(["eval", "generation", "--samples", str(setup / "samples" / "samples.npz"), "--extractor",
+                 f"domain:{setup / 'judge'}", "--reference", "digits:test", "--run-dir", str(ev), "--name", "gen0",
+                 "--pr-samples", "40", "--device", "cpu"]) == 0
+    assert "FD_domain_ci_low" not in _result(ev, "gen0")["metrics"]
+
+
+def test_sampler_sweep_rejects_a_malformed_arm(setup: Path, capsys) -> None:
+    assert main(["eval", "sampler-sweep", "--checkpoint", str(setup / "run"), "--extractor", "domain:x",
+                 "--arms", "twenty"]) == 2
+    assert "STEPS:CHOICE_TEMPERATURE" in capsys.readouterr().err
+
+
+def _fake_study(root: Path, a: list[float], b: list[float], metric: str = "FD_domain") -> Path:
+    from unissl.eval.results import record_result
+
+    for s, (va, vb) in enumerate(zip(a, b)):
+        record_result(root / f"seed{s}" / "eval", "fd-a", {metric: va, "num_samples": 10000.0})
+        record_result(root / f"seed{s}" / "eval", "fd-b", {metric: vb, "num_samples": 10000.0})
+    return root
+
+
+def test_verdict_over_seeds(tmp_path: Path, capsys) -> None:
+    study = _fake_study(tmp_path / "s", [5.0, 5.2, 4.9], [6.0, 6.3, 5.8])
+    assert main(["eval", "verdict", "--study", str(study), "--a", "fd-a", "--b", "fd-b", "--metric", "FD_domain",
+                 "--lower-is-better", "--paper", "FID 9.61 vs 11.1"]) == 0
+    out = capsys.readouterr().out
+    assert "reproduces" in out and "seeds (3, 3)" in out and "n=10000" in out and "paper: FID 9.61 vs 11.1" in out
+    res = _result(study, "verdict-fd-a-vs-fd-b-FD_domain")
+    assert res["extra"]["outcome"] == "reproduces" and res["metrics"]["diff"] == pytest.approx(5.0333 - 6.0333, abs=1e-3)
+    # the same numbers for an accuracy (higher is better): the claim fails
+    assert main(["eval", "verdict", "--study", str(study), "--a", "fd-a", "--b", "fd-b", "--metric",
+                 "FD_domain"]) == 0
+    assert "does not reproduce" in capsys.readouterr().out
+
+
+def test_verdict_of_one_seed_uses_the_bootstrap_draws(tmp_path: Path, capsys) -> None:
+    from unissl.eval.results import record_result
+
+    for i, (name, centre) in enumerate((("fd-a", 5.0), ("fd-b", 5.05))):  # independent sample sets
+        draws = list(np.random.default_rng(i).normal(centre, 0.5, 50))
+        record_result(tmp_path / "seed0" / "eval", name, {"FD_domain": centre},
+                      {"bootstrap": {"FD_domain": {"resamples": 50, "draws": draws}}})
+    assert main(["eval", "verdict", "--study", str(tmp_path), "--a", "fd-a", "--b", "fd-b", "--metric", "FD_domain",
+                 "--lower-is-better"]) == 0
+    out = capsys.readouterr().out
+    assert "cannot tell" in out and "bootstrap, 50 resamples" in out
+
+
+def test_verdict_names_what_is_missing(tmp_path: Path, capsys) -> None:
+    _fake_study(tmp_path / "s", [1.0, 2.0], [1.0, 2.0])
+    assert main(["eval", "verdict", "--study", str(tmp_path / "s"), "--a", "fd-a", "--b", "nope",
+                 "--metric", "FD_domain"]) == 2
+    assert "no result named 'nope'" in capsys.readouterr().err
+    assert main(["eval", "verdict", "--study", str(tmp_path / "s"), "--a", "fd-a", "--b", "fd-b",
+                 "--metric", "top1"]) == 2
+    assert "has no metric 'top1'" in capsys.readouterr().err
+
+
+def test_parse_arm() -> None:
+    from unissl.commands.eval_sampler_sweep import arm_name, parse_arm
+
+    assert arm_name(parse_arm("12:4.5")) == "12:4.5" and parse_arm("20:6").steps == 20
+    with pytest.raises(UnisslError):
+        parse_arm("0:1.0")
