@@ -1,10 +1,11 @@
 """The commands that decide the papers' open claims, end to end at tiny sizes on digits: ``eval generation
 --bootstrap``, ``eval sampler-sweep`` (selection on other samples than the reported ones), ``eval verdict``,
-``eval transfer --classes`` and the study overlays that chain them."""
+``eval transfer --finetune.epochs`` and the study overlays that chain them."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,28 @@ def test_parse_arm() -> None:
     assert arm_name(parse_arm("12:4.5")) == "12:4.5" and parse_arm("20:6").steps == 20
     with pytest.raises(UnisslError):
         parse_arm("0:1.0")
+
+
+def test_transfer_finetune_learns_and_leaves_the_encoder_untouched(setup: Path) -> None:
+    from unissl.data import build_dataset
+    from unissl.data.base import to_float_images
+    from unissl.eval.features import load_extractor
+    from unissl.eval.finetune import FinetuneConfig, encode_ids, finetune_top1
+
+    ev = setup / "eval"
+    assert main(["eval", "transfer", "--extractor", f"sorcen:{setup / 'run'}", "--dataset", "digits", "--source",
+                 "digits", "--finetune.epochs", "2", "--run-dir", str(ev), "--name", "tr", "--device", "cpu"]) == 0
+    res = _result(ev, "tr")
+    assert 0 <= res["metrics"]["finetune_top1"] <= 100 and res["extra"]["finetune"]["epochs"] == 2
+    ext = load_extractor(f"sorcen:{setup / 'run'}", "cpu")
+    before = {k: v.clone() for k, v in ext.model.state_dict().items()}
+    data = {s: build_dataset("digits", s) for s in ("train", "test")}
+    batches = {s: d.__getitems__(list(range(len(d)))) for s, d in data.items()}
+    ids = {s: encode_ids(ext, to_float_images(b["image"])) for s, b in batches.items()}
+    short = finetune_top1(ext, ids["train"], batches["train"]["label"], ids["test"], batches["test"]["label"], 10,
+                          FinetuneConfig(epochs=1, lr=1e-3))
+    longer = finetune_top1(ext, ids["train"], batches["train"]["label"], ids["test"], batches["test"]["label"], 10,
+                           FinetuneConfig(epochs=6, lr=1e-3))
+    assert longer["finetune_train_loss"] < short["finetune_train_loss"] < math.log(10) + 0.2
+    assert longer["finetune_top1"] > 30  # chance is 10%
+    assert all(torch.equal(before[k], v) for k, v in ext.model.state_dict().items())  # a copy was tuned
