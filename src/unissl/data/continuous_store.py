@@ -18,6 +18,7 @@ import torch
 from unissl.data.token_writer import write_array_store
 from unissl.errors import UnisslError
 from unissl.utils.io import sha256_file
+from unissl.utils.progress import progress as progress_bar
 
 STATS_KEY = "z_stats"  # meta.json entry: {"mean": [D floats], "std": float}
 WEIGHTS_FILE = "model.safetensors"
@@ -56,8 +57,6 @@ def write_continuous_store(out: str | Path, tokenizer: Any, tokenizer_dir: str |
     The datasets must already be at the tokenizer's image size and channels; the store's meta records the
     tokenizer (path, weights sha256), the classes, each split's dataset fingerprint and the train statistics.
     """
-    from unissl.utils.progress import progress as progress_bar
-
     arrays: dict[str, np.ndarray] = {}
     labels: dict[str, np.ndarray] = {}
     fingerprints: dict[str, str] = {}

@@ -15,10 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from unissl.data.sampler import collate_batched
 from unissl.data.store_format import FORMAT, VERSION, as_grid, id_dtype
 from unissl.errors import ConfigError, UnisslError
 from unissl.tokenizers.base import Tokenizer  # ``identity``/``checksum`` are optional extras
 from unissl.utils.io import atomic_dir, sha256_file, write_json
+from unissl.utils.progress import progress as progress_bar
 
 
 def tokenizer_identity(tokenizer: Any, path: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -41,8 +43,6 @@ def _collate_items(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tens
 
 def _ordered_batches(ds: Any, batch_size: int, num_workers: int) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of ``ds`` in index order, ``{"image": (B, C, H, W), "label": (B,)}``, decoded by workers if asked."""
-    from unissl.data.sampler import collate_batched
-
     n = len(ds)
     index_lists = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
     if num_workers <= 0:
@@ -90,8 +90,6 @@ def write_token_store(out_dir: str | os.PathLike, tokenizer: Tokenizer, dataset_
     images in DataLoader worker processes. The directory appears only when every split is written (an
     exception leaves no output). Returns ``out_dir``.
     """
-    from unissl.utils.progress import progress as progress_bar
-
     if not dataset_splits:
         raise UnisslError("write_token_store: no splits given; pass at least one split")
     if batch_size <= 0:

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unissl.errors import ConfigError, UnisslError
+from unissl.utils.weights import read_torch_weights
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_NAME}"
@@ -236,7 +237,6 @@ def load_inception_state(path: str | Path) -> dict[str, torch.Tensor]:
         raise ConfigError("extractor", f"Inception weights file {path} not found: download {WEIGHTS_NAME} from "
                                        f"{WEIGHTS_URL} and give inception:/path/to/{WEIGHTS_NAME} (no FID is "
                                        "computed without it)")
-    from unissl.utils.weights import read_torch_weights
 
     state = read_torch_weights(path, f"expected pytorch-fid's {WEIGHTS_NAME} from {WEIGHTS_URL}")
     if not isinstance(state, dict):

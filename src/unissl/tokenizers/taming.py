@@ -41,7 +41,8 @@ from torch import nn
 
 from unissl.errors import UnisslError
 from unissl.tokenizers.base import TokenizerBase
-from unissl.utils.io import sha256_file
+from unissl.utils.io import atomic_dir, sha256_file, write_json
+from unissl.utils.weights import read_safetensors, read_torch_weights
 
 TAMING_FORMAT = "taming-vqgan"  # value of "format" in a config.json that points at a checkpoint
 
@@ -246,8 +247,6 @@ class TamingVQGAN(TokenizerBase):
         keeps the MAGE VQGAN its ids come from)."""
         from safetensors.torch import save_file
 
-        from unissl.utils.io import atomic_dir, write_json
-
         directory = Path(directory)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         with atomic_dir(directory) as tmp:
@@ -259,8 +258,6 @@ class TamingVQGAN(TokenizerBase):
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A weights-only ``torch.load`` of a taming checkpoint, unwrapped from ``{"state_dict": ...}``."""
-    from unissl.utils.weights import read_safetensors, read_torch_weights
-
     fix = "download MAGE's vqgan_jax_strongaug.ckpt again or pass the right path"
     obj: Any = read_safetensors(path, fix) if path.suffix == ".safetensors" else read_torch_weights(path, fix)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):

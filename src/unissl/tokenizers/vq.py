@@ -29,6 +29,7 @@ from unissl.tokenizers.base import TokenizerBase
 from unissl.tokenizers.quantize import QuantizerOutput, VectorQuantizer
 from unissl.utils.hub import PretrainedMixin
 from unissl.utils.io import sha256_file
+from unissl.utils.weights import read_safetensors
 
 FORMAT = "unissl-vq"  # value of "format" in config.json
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
@@ -256,8 +257,6 @@ class VQTokenizer(TokenizerBase, PretrainedMixin):
     @classmethod
     def read_version0(cls, directory: Path, meta: dict[str, Any], **kwargs: Any) -> VQTokenizer:
         """Version 0 had the same layout (the config under ``config``), without ``format_version``."""
-        from unissl.utils.weights import read_safetensors
-
         state = read_safetensors(directory / WEIGHTS_FILE, "the tokenizer directory is incomplete or damaged: "
                                  "re-save or retrain it")
         return cls.build_pretrained(meta, state, directory)

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from unissl.errors import UnisslError
 from unissl.layers.adaln import AdaRMSNorm, Modulation
 from unissl.layers.cosine_attention import CosineAttention
 from unissl.layers.fourier import FourierFeatures
@@ -64,8 +65,6 @@ DECODER_PRESETS: dict[str, DecoderPreset] = {
 
 def get_decoder_preset(name: str) -> DecoderPreset:
     """Look a preset up by name, with a one-line error listing the choices."""
-    from unissl.errors import UnisslError
-
     if name not in DECODER_PRESETS:
         raise UnisslError(f"unknown decoder preset {name!r}; choose one of {sorted(DECODER_PRESETS)}")
     return DECODER_PRESETS[name]

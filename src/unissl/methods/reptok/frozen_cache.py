@@ -18,15 +18,16 @@ import torch
 from safetensors.torch import save
 
 from unissl.errors import UnisslError
+from unissl.methods.reptok.encoders import backbone_checksum
 from unissl.utils.io import atomic_file
+from unissl.utils.progress import progress
+from unissl.utils.weights import read_safetensors
 
 FORMAT = "unissl-reptok-frozen-cache-v1"
 
 
 def cache_key(encoder: Any, dataset: Any) -> str:
     """16 hex digits of sha256(backbone checksum, encoder spec, dataset fingerprint, length)."""
-    from unissl.methods.reptok.encoders import backbone_checksum
-
     fingerprint = dataset.fingerprint() if hasattr(dataset, "fingerprint") else f"{type(dataset).__name__}"
     text = f"{backbone_checksum(encoder)}|{sorted(encoder.spec().items())}|{fingerprint}|{len(dataset)}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -36,8 +37,6 @@ def cache_key(encoder: Any, dataset: Any) -> str:
 def build_frozen_cache(encoder: Any, dataset: Any, cache_dir: str | Path, batch_size: int = 256,
                        device: torch.device | str = "cpu") -> Path:
     """Compute (or reuse) ``<cache_dir>/<key>.safetensors`` with ``z_frozen`` (N, D) and ``frozen_input``."""
-    from unissl.utils.progress import progress
-
     path = Path(cache_dir) / f"frozen-{cache_key(encoder, dataset)}.safetensors"
     if path.is_file():
         return path
@@ -61,8 +60,6 @@ class WithFrozenCache:
     """A dataset whose batches also carry the cached ``z_frozen`` (B, D) and ``frozen_input`` (B, ...)."""
 
     def __init__(self, dataset: Any, cache_path: str | Path) -> None:
-        from unissl.utils.weights import read_safetensors
-
         tensors = read_safetensors(cache_path, "delete it to recompute the frozen-encoder cache")
         if tensors["z_frozen"].shape[0] != len(dataset):
             raise UnisslError(f"frozen-encoder cache {cache_path} holds {tensors['z_frozen'].shape[0]} items, the "

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from unissl.errors import UnisslError
+from unissl.utils.optional import require
+from unissl.utils.weights import load_pretrained_dir
 
 
 class PixelSpace(nn.Module):
@@ -40,10 +42,8 @@ def load_autoencoder_kl(path: str | Path) -> Any:
     if not (path / "config.json").is_file():
         raise UnisslError(f"VAE directory {path} has no config.json; pass a local diffusers AutoencoderKL "
                           "directory (e.g. one saved with AutoencoderKL.save_pretrained)")
-    from unissl.utils.optional import require
 
     AutoencoderKL = require("diffusers", "hf", "the VAE space (--space vae)").AutoencoderKL
-    from unissl.utils.weights import load_pretrained_dir
 
     vae = load_pretrained_dir(lambda: AutoencoderKL.from_pretrained(str(path), local_files_only=True), path,
                               "VAE (diffusers AutoencoderKL)", "pass a complete local directory saved with "

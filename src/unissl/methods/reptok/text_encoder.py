@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from unissl.errors import UnisslError
+from unissl.utils.optional import require
 from unissl.utils.weights import load_pretrained_dir
 
 MINILM = "minilm"  # the name that resolves to the packaged all-MiniLM-L6-v2
@@ -48,7 +49,6 @@ class FrozenTextEncoder(nn.Module):
 
     def __init__(self, name_or_path: str = MINILM, max_length: int = 32):
         super().__init__()
-        from unissl.utils.optional import require
 
         transformers = require("transformers", "text", "the frozen text encoder (--conditioning text)")
         AutoModel, AutoTokenizer = transformers.AutoModel, transformers.AutoTokenizer

@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
+from unissl.utils.optional import require
+
 
 def save_random_dinov2(path: str | Path, hidden: int = 32, layers: int = 2, heads: int = 2, patch: int = 4,
                        image_size: int = 28, registers: int = 0, dropout: float = 0.0, seed: int = 0) -> Path:
     """Write a randomly initialised transformers DINOv2 (with ``registers`` register tokens) to ``path``."""
-    from unissl.utils.optional import require
-
     transformers = require("transformers", "hf", "a random DINOv2")
 
     kw: dict[str, Any] = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, mlp_ratio=2,
@@ -38,8 +38,6 @@ def save_random_dinov2(path: str | Path, hidden: int = 32, layers: int = 2, head
 
 def save_random_autoencoder_kl(path: str | Path, latent_channels: int = 4, width: int = 8, seed: int = 0) -> Path:
     """Write a tiny randomly initialised diffusers AutoencoderKL (downsampling 2) to ``path``."""
-    from unissl.utils.optional import require
-
     diffusers = require("diffusers", "hf", "a random AutoencoderKL")
 
     with torch.random.fork_rng(devices=[]):

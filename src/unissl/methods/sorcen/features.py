@@ -18,8 +18,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from unissl.data.token_store import TokenStore
 from unissl.errors import UnisslError
 from unissl.methods.sorcen.model import SorcenModel
+from unissl.methods.sorcen.run import load_model, load_run_tokenizer
 from unissl.utils.io import sha256_file
 
 POOLS = ("final-norm", "released", "blocks")
@@ -94,7 +96,6 @@ class SorcenFeatures:
         """
         if self.store_path is None:
             return None
-        from unissl.data.token_store import TokenStore
 
         split = getattr(dataset, "split", None)
         meta_path = Path(self.store_path) / "meta.json"
@@ -120,8 +121,6 @@ class SorcenFeatures:
 def load_extractor(checkpoint: str, device: torch.device | str = "cpu", pool: str = "final-norm") -> SorcenFeatures:
     """The ``sorcen`` feature extractor of a run directory (or one of its ``checkpoints/step_*`` dirs, or a
     saved Sorcen encoder)."""
-    from unissl.methods.sorcen.run import load_model, load_run_tokenizer
-
     model, info = load_model(checkpoint, device)
     tokenizer = load_run_tokenizer(info, device)
     ck = Path(info["checkpoint"])

@@ -39,6 +39,7 @@ from unissl.methods.sorcen.augment import random_resized_crop_flip
 from unissl.methods.sorcen.config import SorcenConfig
 from unissl.methods.sorcen.echo import sample_echo
 from unissl.methods.sorcen.losses import info_nce, masked_token_loss, masked_top1, nt_xent, uniformity_loss
+from unissl.methods.sorcen.maskgit import MaskGITConfig, maskgit_generate
 from unissl.methods.sorcen.masking import random_masking, sample_mask_ratio, sample_window_side, window_mask
 from unissl.methods.sorcen.model import SorcenModel
 from unissl.methods.sorcen.presets import SorcenArch
@@ -139,7 +140,6 @@ class MaskedTokenMethod(Method):
         """MaskGIT samples decoded by the tokenizer (when the method has one), for the run's image log."""
         if self.online_tokenizer is None:
             return {}
-        from unissl.methods.sorcen.maskgit import MaskGITConfig, maskgit_generate
 
         ids = maskgit_generate(self.model, num_samples, MaskGITConfig(steps=steps))  # (n, h, w)
         return {"samples": self.tokenizer.decode(ids).float().clamp(0, 1)}

@@ -22,6 +22,8 @@ from unissl.methods.sorcen.config import FLAT_NAMES, SorcenConfig, build_config,
 from unissl.methods.sorcen.method import MaskedTokenMethod, Variant, build_method
 from unissl.methods.sorcen.model import SorcenModel
 from unissl.methods.sorcen.presets import SorcenArch
+from unissl.methods.sorcen.pretrained import PretrainedSorcen, is_saved_encoder, read_info
+from unissl.tokenizers import load_tokenizer
 from unissl.utils.hub import resolve_pretrained
 from unissl.utils.io import read_json, write_json
 
@@ -42,7 +44,6 @@ def write_run_info(run_dir: str | Path, arch: SorcenArch, variant: str, cfg: Sor
 def read_run_info(run_dir: str | Path) -> dict[str, Any]:
     """``sorcen.json`` of a run (a local run directory or a hub repo id), with ``arch`` as a :class:`SorcenArch`."""
     run_dir = resolve_pretrained(run_dir, "Sorcen run")
-    from unissl.methods.sorcen.pretrained import is_saved_encoder, read_info
 
     if is_saved_encoder(run_dir):  # a saved encoder (methods/sorcen/pretrained.py) describes itself alike
         return read_info(run_dir)
@@ -108,7 +109,6 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[So
     """The frozen encoder-decoder (eval mode, ``requires_grad=False``) and the info of a run directory (one
     of its checkpoints) or of a saved Sorcen encoder (:mod:`.pretrained`, a local directory or a hub id)."""
     directory = resolve_pretrained(path, "Sorcen run")
-    from unissl.methods.sorcen.pretrained import PretrainedSorcen, is_saved_encoder, read_info
 
     if is_saved_encoder(directory):
         saved = PretrainedSorcen.from_pretrained(directory, device=device)
@@ -119,8 +119,6 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[So
 
 def load_run_tokenizer(info: dict[str, Any], device: torch.device | str = "cpu") -> Any:
     """The VQ tokenizer a run's ids came from (path recorded in ``sorcen.json``)."""
-    from unissl.tokenizers import load_tokenizer
-
     path = info.get("tokenizer")
     if not path:
         raise UnisslError(f"{info['run_dir']}/{RUN_FILE} records no tokenizer path; the token store's meta.json "
