@@ -21,6 +21,8 @@ from unissl.flow import solve
 from unissl.flow.solvers import VelocityFn
 from unissl.methods.reptok.generator import TokenGeneratorMethod
 from unissl.methods.reptok.mixer import GENERATOR_PRESETS, Cond, concat_cond
+from unissl.utils.images import save_grid
+from unissl.utils.io import atomic_file
 
 
 @dataclass
@@ -170,9 +172,6 @@ def write_samples(images: torch.Tensor, labels: torch.Tensor, out: Path, name: s
                   extra: dict[str, Any] | None = None) -> Path:
     """``<out>/<name>.png`` (a grid) and ``<out>/<name>.npz`` (uint8 ``images``, ``labels``, ``extra``)."""
     import numpy as np
-
-    from unissl.utils.images import save_grid
-    from unissl.utils.io import atomic_file
 
     save_grid(images, out / f"{name}.png", nrow=nrow, scale=2)
     arrays = {"images": (images * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).numpy(),
