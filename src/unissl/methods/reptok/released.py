@@ -66,6 +66,7 @@ from typing import Literal
 import torch
 
 from unissl.errors import UnisslError
+from unissl.layers.rope import AxialRoPE2D
 
 
 @dataclass
@@ -173,8 +174,6 @@ def _tokenizer(sd: dict[str, torch.Tensor], patch_size: int) -> ReleasedParts:
 
 def _check_rope(freqs: torch.Tensor, key: str) -> None:
     """The release's fixed RoPE frequencies must be the ones unissl's AxialRoPE2D computes."""
-    from unissl.layers.rope import AxialRoPE2D
-
     _, heads, k = freqs.shape
     if freqs.is_meta:  # shapes only (a layout check on the meta device)
         return
