@@ -25,6 +25,8 @@ from typing import Any
 import torch
 
 from unissl.errors import UnisslError
+from unissl.utils.optional import require
+from unissl.utils.weights import read_torch_weights
 
 HEAD_DIM = 64  # every DINOv2 release (ViT-S/14 .. ViT-g/14)
 HUB_KEYS = ("cls_token", "pos_embed", "patch_embed.proj.weight", "norm.weight")
@@ -108,8 +110,6 @@ def hub_to_transformers_state(state: dict[str, torch.Tensor], model_keys: set[st
 
 def dinov2_from_hub_state(state: dict[str, torch.Tensor], heads: int | None = None, where: str = "state") -> Any:
     """A transformers ``Dinov2WithRegistersModel`` (or ``Dinov2Model`` without registers) holding ``state``."""
-    from unissl.utils.optional import require
-
     transformers = require("transformers", "hf", "DINOv2")
     cfg = hub_config(state, heads)
     registers = cfg.pop("num_register_tokens")
@@ -129,8 +129,6 @@ def dinov2_from_hub_state(state: dict[str, torch.Tensor], heads: int | None = No
 
 def load_hub_dinov2(path: str | Path, heads: int | None = None) -> Any:
     """Read a hub-format ``.pth`` weights-only and return it as a transformers model (eval mode)."""
-    from unissl.utils.weights import read_torch_weights
-
     state = read_torch_weights(path, FIX)
     if isinstance(state, dict) and isinstance(state.get("model"), dict) and is_hub_state(state["model"]):
         state = state["model"]  # a training checkpoint of dinov2 that wraps the weights
