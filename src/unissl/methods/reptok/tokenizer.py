@@ -46,6 +46,7 @@ from unissl.utils.hub import (
     upgrade_hint,
 )
 from unissl.utils.io import sha256_file
+from unissl.utils.weights import read_safetensors
 
 FORMAT = "unissl-reptok-tokenizer-v1"  # the name of the format (its version is config.json's format_version)
 
@@ -261,7 +262,6 @@ class RepTokTokenizer(Method, PretrainedMixin):
                 raise UnisslError(f"{directory} was saved by an older unissl (format version 0) with its {what} "
                                   f"referenced as {where!r}, which is not there from {Path.cwd()}; "
                                   f"{upgrade_hint(directory)}")
-        from unissl.utils.weights import read_safetensors
 
         state = read_safetensors(directory / WEIGHTS_FILE, "re-save the tokenizer or retrain it")
         return cls._assemble(cfg, meta, state, directory)
