@@ -60,6 +60,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from unissl.cli import COMMANDS
 from unissl.config import from_dict, load_yaml, shipped_config, stable_hash, to_dict
 from unissl.errors import ConfigError, UnisslError
 from unissl.utils.io import pid_alive, read_json, write_json
@@ -251,8 +252,6 @@ def _substitute(value: Any, out: Path, seed: int, outputs: dict[str, str]) -> An
 
 
 def _command_module(command: str):
-    from unissl.cli import COMMANDS
-
     words = command.split()
     key = (words[0], words[1]) if len(words) == 2 else (None, words[0])
     if key not in COMMANDS:
