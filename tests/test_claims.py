@@ -154,3 +154,66 @@ def test_transfer_finetune_learns_and_leaves_the_encoder_untouched(setup: Path) 
     assert longer["finetune_train_loss"] < short["finetune_train_loss"] < math.log(10) + 0.2
     assert longer["finetune_top1"] > 30  # chance is 10%
     assert all(torch.equal(before[k], v) for k, v in ext.model.state_dict().items())  # a copy was tuned
+
+
+CLAIMS = Path(__file__).resolve().parents[1] / "configs" / "claims"
+STUDY = Path(__file__).resolve().parents[1] / "configs" / "fashion-mnist-study-6ep.yaml"
+
+
+@pytest.mark.parametrize("name", ["generation", "transfer", "echoes"])
+def test_claim_overlays_keep_the_study_and_add_their_stages(name: str, tmp_path: Path) -> None:
+    """Each claim file extends the 6-epoch study in its own out directory: every stage of the study resolves to
+    the same config and hash (a finished study is skipped, not re-run); the new stages come after."""
+    import re
+
+    from unissl.pipeline import load_pipeline, parse_stages, run_pipeline
+
+    study, claim = load_pipeline(STUDY), load_pipeline(CLAIMS / f"{name}.yaml")
+    assert claim["out"] == study["out"] and claim["seeds"] == study["seeds"] == [0, 1, 2]
+    n = len(study["stages"])
+    assert claim["stages"][:n] == study["stages"]
+
+    def hashes(stages: list) -> dict[str, str]:
+        lines: list[str] = []
+        run_pipeline(parse_stages(stages), tmp_path, seeds=[0, 1, 2], dry_run=True, log=lines.append)
+        return dict(re.findall(r"\[pipeline\] (\S+): would run `[^`]*` \((\w+)\)", "\n".join(lines)))
+
+    base, full = hashes(study["stages"]), hashes(claim["stages"])
+    assert {k: full[k] for k in base} == base
+    new = {s["name"]: s for s in claim["stages"][n:]}
+    if name == "generation":
+        assert set(new) == {f"{k}-{e}" for k in ("samples10k", "fd10k", "sweep") for e in ("sorcen", "mage", "mage-c")}
+        assert new["samples10k-mage"]["config"]["num_samples"] == 10000
+        assert new["fd10k-sorcen"]["config"]["bootstrap"] == 200 and new["fd10k-sorcen"]["config"]["ceiling_tokenizer"]
+        assert new["sweep-mage-c"]["config"]["num_samples"] == 10000
+    elif name == "transfer":
+        assert set(new) == {"transfer-pixels", "transfer-sorcen", "transfer-mage", "transfer-mage-c"}
+        assert new["transfer-mage"]["config"]["dataset"] == "digits"
+        assert new["transfer-sorcen"]["config"]["finetune"]["epochs"] == 5
+    else:  # the sampled-echo arm: the study's Sorcen with only the echo switch moved
+        sorcen = next(s for s in study["stages"] if s["name"] == "sorcen")
+        echo1 = new["sorcen-echo1"]
+        assert sorcen["config"]["loss"]["echo_warmup_unit"] == "released"
+        assert echo1["config"]["loss"] == {**sorcen["config"]["loss"], "echo_warmup_unit": "epochs", "echo_warmup": 1}
+        assert echo1["config"]["train"] == {**sorcen["config"]["train"], "run_dir": "{out}/sorcen-echo1"}
+        assert {k: v for k, v in echo1["config"].items() if k not in ("loss", "train")} == \
+            {k: v for k, v in sorcen["config"].items() if k not in ("loss", "train")}
+        assert {"probe-sorcen-echo1", "fewshot-sorcen-echo1", "knn-sorcen-echo1"} <= set(new)
+
+
+def test_the_echo_switch_moved_to_epoch_11_is_the_released_rule() -> None:
+    """``echo.warmup_unit: epochs`` with warmup W is the released rule with its switch at epoch W: at W = 11 the
+    two agree at every step (the released rule: ground truth while the 0-based epoch index is <= 10)."""
+    from unissl.methods.sorcen.config import EchoConfig, SorcenConfig
+    from unissl.methods.sorcen.method import build_method
+    from unissl.methods.sorcen.presets import PRESETS
+
+    def warm(unit: str, value: float, step: int, spe: int = 7) -> bool:
+        m = build_method(PRESETS["tiny"], "sorcen", SorcenConfig(echo=EchoConfig(warmup=value, warmup_unit=unit)),
+                         steps_per_epoch=spe)
+        m.on_train_step_end(step, 200)
+        return m.in_echo_warmup()
+
+    for step in range(0, 120, 3):
+        assert warm("epochs", 11, step) == warm("released", 0.0, step), step
+    assert warm("epochs", 1, 6) and not warm("epochs", 1, 7)  # the moved switch: sampled from epoch 1
