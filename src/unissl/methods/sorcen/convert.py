@@ -23,9 +23,14 @@ from typing import Literal
 
 import torch
 
+from unissl.engine.checkpoint import save_checkpoint
 from unissl.errors import UnisslError
+from unissl.methods.sorcen.config import SorcenConfig
+from unissl.methods.sorcen.method import build_method
 from unissl.methods.sorcen.model import SpecialIds
 from unissl.methods.sorcen.presets import PRESETS, SorcenArch
+from unissl.methods.sorcen.run import write_run_info
+from unissl.utils.weights import read_torch_weights
 
 OFFICIAL_NUM_CLASS_IDS = 1000  # ImageNet class rows between the codes and [MASK]
 OFFICIAL_FAKE_CLASS_ROW = 76  # models_mage.py: fake_class_label = codebook_size + 1100 - 1024
@@ -201,7 +206,6 @@ def official_key_shapes(arch: SorcenArch, sorcen: bool = False) -> dict[str, tup
 def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of an official ``.pth`` (``{"model": state_dict, ...}``) loaded without executing code."""
     path = Path(path)
-    from unissl.utils.weights import read_torch_weights
 
     obj = read_torch_weights(path, "re-save its 'model' state dict with torch.save(ckpt['model'], 'weights.pth') "
                                    "in a trusted environment, or download the official checkpoint again")
@@ -217,11 +221,6 @@ def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 def write_converted_run(state: dict[str, torch.Tensor], arch: SorcenArch, run_dir: str | Path,
                         tokenizer: str | None = None) -> ConversionReport:
     """Convert and write a run directory (``sorcen.json`` + ``checkpoints/step_0000000``)."""
-    from unissl.engine.checkpoint import save_checkpoint
-    from unissl.methods.sorcen.config import SorcenConfig
-    from unissl.methods.sorcen.method import build_method
-    from unissl.methods.sorcen.run import write_run_info
-
     converted, report = convert_official_state_dict(state, arch)
     method = build_method(arch, report.variant)  # no probe: the official classifier is an MLP, not kept
     full = method.state_dict()
