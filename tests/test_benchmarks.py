@@ -124,6 +124,13 @@ def test_knn_selection_never_looks_at_the_test_split() -> None:
     assert res["knn_pool"] == "a" and (res["knn_k"], res["knn_T"]) == (shuffled["knn_k"], shuffled["knn_T"])
     want = knn_accuracy(good, y, test["a"], ty, 3, int(res["knn_k"]), float(res["knn_T"]))["top1"]
     assert res["knn"] == pytest.approx(want) and res["knn"] > 90
+    perm = torch.randperm(300, generator=torch.Generator().manual_seed(0))  # the held-out 10% of knn_selected
+    val, fit = perm[:30], perm[30:]
+    for pool, x in (("a", good), ("b", noise)):  # the one-pass votes equal knn_accuracy at every setting
+        for k in (1, 7):
+            for t in (0.1, 1.0):
+                one = tta.knn_selected({pool: x}, y, {pool: x[:5]}, y[:5], (k,), (t,))
+                assert one["knn_val"] == pytest.approx(knn_accuracy(x[fit], y[fit], x[val], y[val], 3, k, t)["top1"])
     pixels = tta.pixel_knn((1, 5), (0.07,), dataset="digits")  # the pixel line under the same protocol
     assert pixels["knn_pool"] == "pixels" and pixels["knn_k"] in (1, 5) and 80 < float(pixels["knn"]) <= 100
 
