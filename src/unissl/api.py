@@ -32,7 +32,21 @@ from pathlib import Path
 
 import torch
 
+from unissl.data.base import match_channels
+from unissl.engine.runtime import resolve_device
 from unissl.errors import UnisslError
+from unissl.methods.reptok.generator import TokenGeneratorMethod
+from unissl.methods.reptok.interpolation import INTERPOLATIONS
+from unissl.methods.reptok.sampling import (
+    SamplingConfig,
+    decode_tokens,
+    sample_conditions,
+    sample_tokens,
+)
+from unissl.methods.reptok.tokenizer import DECODE_STEPS, RepTokTokenizer
+from unissl.methods.sorcen.features import load_extractor
+from unissl.methods.sorcen.maskgit import MaskGITConfig, maskgit_generate
+from unissl.methods.sorcen.run import read_run_info
 
 RANGE_TOLERANCE = 1e-3  # float images may overshoot [0, 1] by this much (rounding of an earlier resize)
 
@@ -80,14 +94,11 @@ def check_images(images: object, channels: int, size: int, where: str, resize: b
         from unissl.methods.reptok.encoders import to_square
 
         return to_square(x, size, channels)
-    from unissl.data.base import match_channels
 
     return match_channels(x, channels, where).contiguous()
 
 
 def _device(device: str | torch.device) -> torch.device:
-    from unissl.engine.runtime import resolve_device
-
     return resolve_device(device)
 
 
@@ -95,9 +106,6 @@ class SorcenEncoder:
     """A trained Sorcen / MAGE / MAGE-C run: frozen features and unconditional samples."""
 
     def __init__(self, run: str | Path, device: str | torch.device = "auto") -> None:
-        from unissl.methods.sorcen.features import load_extractor
-        from unissl.methods.sorcen.run import read_run_info
-
         self.device = _device(device)
         self.info = read_run_info(run)
         self.extractor = load_extractor(str(run), self.device)
@@ -116,8 +124,6 @@ class SorcenEncoder:
     def sample(self, n: int = 16, steps: int | None = None, seed: int = 0) -> torch.Tensor:
         """``n`` unconditional MaskGIT samples decoded by the run's VQ tokenizer: (n, C, H, W) in [0, 1]
         (``steps`` defaults to :class:`MaskGITConfig`'s)."""
-        from unissl.methods.sorcen.maskgit import MaskGITConfig, maskgit_generate
-
         if n <= 0:
             raise UnisslError(f"n must be positive, got n={n}")
         mcfg = MaskGITConfig() if steps is None else MaskGITConfig(steps=steps)
@@ -130,8 +136,6 @@ class RepTok:
     """A trained RepTok tokenizer: images <-> one continuous token each."""
 
     def __init__(self, path: str | Path, device: str | torch.device = "auto") -> None:
-        from unissl.methods.reptok.tokenizer import RepTokTokenizer
-
         self.device = _device(device)
         self.tokenizer = RepTokTokenizer.from_pretrained(path, device=self.device)
 
@@ -169,8 +173,6 @@ class RepTok:
                     steps: int | None = None, seed: int = 0, resize: bool = False) -> torch.Tensor:
         """Decoded images (points, C, H, W) along the path between the tokens of images ``a`` and ``b`` (one
         image each, (C, H, W) or (1, C, H, W))."""
-        from unissl.methods.reptok.interpolation import INTERPOLATIONS
-
         if method not in INTERPOLATIONS:
             raise UnisslError(f"unknown interpolation {method!r}; choose one of {sorted(INTERPOLATIONS)}")
         if points < 2:
@@ -191,9 +193,6 @@ class Generator:
 
     def __init__(self, run: str | Path, tokenizer: str | Path | None = None,
                  device: str | torch.device = "auto") -> None:
-        from unissl.methods.reptok.generator import TokenGeneratorMethod
-        from unissl.methods.reptok.tokenizer import RepTokTokenizer
-
         self.device = _device(device)
         self.method = TokenGeneratorMethod.from_pretrained(run, map_location=self.device)
         tok = tokenizer or self.method.cfg.tokenizer_path
@@ -210,13 +209,6 @@ class Generator:
         """``n`` images per class (names or indices) or per prompt: (len * n, C, H, W) in [0, 1]. ``cfg``
         (guidance scale) and ``steps`` (generator ODE steps) default to :class:`SamplingConfig`'s,
         ``decode_steps`` to ``DECODE_STEPS``."""
-        from unissl.methods.reptok.sampling import (
-            SamplingConfig,
-            decode_tokens,
-            sample_conditions,
-            sample_tokens,
-        )
-
         cond, _ = sample_conditions(self.method, n, classes=[str(c) for c in classes] if classes else None,
                                     prompts=prompts, device=self.device)
         scfg = SamplingConfig()
@@ -245,8 +237,6 @@ def load_generator(run: str | Path, tokenizer: str | Path | None = None,
 
 def _decode_steps(steps: int | None) -> int:
     """``steps``, or the RepTok decoder's one default (imported here: ``import unissl`` stays light)."""
-    from unissl.methods.reptok.tokenizer import DECODE_STEPS
-
     return DECODE_STEPS if steps is None else steps
 
 

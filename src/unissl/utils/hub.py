@@ -19,6 +19,9 @@ from typing import Any, ClassVar, TypeVar
 import torch
 
 from unissl.errors import UnisslError
+from unissl.utils.io import atomic_dir, sha256_file, write_json
+from unissl.utils.optional import require
+from unissl.utils.weights import read_safetensors
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
@@ -48,7 +51,6 @@ def resolve_pretrained(name: str | os.PathLike, what: str = "model") -> Path:
             raise refuse_file(Path(name), what, f"pass the {what}'s directory (it holds config and weights together)")
         return Path(name)
     repo_id, _, revision = str(name).partition("@")
-    from unissl.utils.optional import require
 
     snapshot_download = require("huggingface_hub", "hf", f"{what} {name!r} (a hub repo id)",
                                 "pass a local directory").snapshot_download
@@ -89,7 +91,6 @@ def push_to_hub(directory: str | os.PathLike, repo_id: str, private: bool = Fals
         raise UnisslError(f"{directory} is not a saved model (no config.json); save_pretrained it first")
     if _offline():
         raise UnisslError(f"cannot push {directory} to {repo_id!r}: HF_HUB_OFFLINE=1 is set")
-    from unissl.utils.optional import require
 
     api = require("huggingface_hub", "hf", "push_to_hub").HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True)
@@ -203,8 +204,6 @@ class PretrainedMixin(HubMixin):
         """Write the saved model into ``directory`` atomically (replacing it); returns the directory."""
         from safetensors.torch import save_file
 
-        from unissl.utils.io import atomic_dir, sha256_file, write_json
-
         directory = Path(directory)
         state = {k: v.detach().cpu().contiguous() for k, v in self.pretrained_state().items()}
         with atomic_dir(directory) as tmp:
@@ -226,8 +225,6 @@ class PretrainedMixin(HubMixin):
                         **kwargs: Any) -> M:
         """Load a saved model from a local directory or a hub repo id (``org/name[@revision]``), in eval
         mode on ``device``; every problem is one line naming the directory and what to do."""
-        from unissl.utils.weights import read_safetensors
-
         directory = resolve_pretrained(path_or_hub_id, cls.WHAT)
         if directory.is_dir() and not (directory / CONFIG_FILE).is_file():
             directory = cls.find_saved(directory)

@@ -30,6 +30,10 @@ from torch import nn
 from unissl.data.base import adapt_images
 from unissl.errors import UnisslError
 from unissl.layers.patch import patchify
+from unissl.layers.vit import Block, init_vit_weights
+from unissl.methods.reptok.dinov2_hub import load_hub_dinov2
+from unissl.utils.optional import require
+from unissl.utils.weights import load_pretrained_dir, refuse_file, weights_file_kind
 
 if TYPE_CHECKING:
     from unissl.methods.sorcen.model import SorcenModel
@@ -171,13 +175,10 @@ class Dinov2Encoder(SSLEncoder):
     def _load_hub_file(path: Path) -> Any:
         """A torch-hub state dict (``dinov2_vitb14_reg4_pretrain.pth``), read weights-only; any other file is
         named for what it is (a code pickle is never unpickled)."""
-        from unissl.utils.weights import refuse_file, weights_file_kind
-
         if weights_file_kind(path) != "torch-weights":
             raise refuse_file(path, "DINOv2 encoder path", "pass a DINOv2 torch-hub state dict (e.g. "
                               "dinov2_vitb14_reg4_pretrain.pth) or a local transformers directory (config.json + "
                               "model.safetensors, e.g. facebook/dinov2-with-registers-base) with --encoder-path")
-        from unissl.methods.reptok.dinov2_hub import load_hub_dinov2
 
         return load_hub_dinov2(path)
 
@@ -194,11 +195,9 @@ class Dinov2Encoder(SSLEncoder):
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
             raise UnisslError(f"{cfg_file} is not a valid transformers config ({type(e).__name__}); download the "
                               f"DINOv2 directory again") from None
-        from unissl.utils.optional import require
 
         transformers = require("transformers", "hf", "the dinov2 encoder")
         cls_ = transformers.Dinov2WithRegistersModel if model_type == "dinov2_with_registers" else transformers.Dinov2Model
-        from unissl.utils.weights import load_pretrained_dir
 
         return load_pretrained_dir(lambda: cls_.from_pretrained(str(path), local_files_only=True), path, "DINOv2",
                                    "pass a complete local transformers directory (config.json + weights)")
@@ -286,7 +285,6 @@ class RandomViT(nn.Module):
 
     def __init__(self, dim: int, depth: int, heads: int, patch: int, image_size: int) -> None:
         super().__init__()
-        from unissl.layers.vit import Block, init_vit_weights
 
         if image_size % patch:
             raise UnisslError(f"random ViT: image size {image_size} is not a multiple of the patch {patch}")

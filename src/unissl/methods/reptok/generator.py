@@ -28,7 +28,9 @@ from unissl.engine.method import Method
 from unissl.errors import UnisslError
 from unissl.flow import LinearPath, UniformTime
 from unissl.methods.reptok.mixer import Cond, GeneratorConfig, TokenGenerator
-from unissl.utils.hub import CONFIG_FILE, WEIGHTS_FILE, PretrainedMixin
+from unissl.methods.reptok.tokenizer import RepTokTokenizer
+from unissl.utils.hub import CONFIG_FILE, WEIGHTS_FILE, PretrainedMixin, frozen_dir
+from unissl.utils.weights import read_safetensors
 
 if TYPE_CHECKING:
     from unissl.methods.reptok.text import CaptionBank
@@ -119,7 +121,6 @@ class TokenGeneratorMethod(Method, PretrainedMixin):
         source = self.cfg.tokenizer_path
         if not source:
             return {}
-        from unissl.methods.reptok.tokenizer import RepTokTokenizer
 
         return {"tokenizer": RepTokTokenizer.embed(source, directory / "tokenizer")}
 
@@ -131,8 +132,6 @@ class TokenGeneratorMethod(Method, PretrainedMixin):
     @classmethod
     def build_pretrained(cls, meta: dict[str, Any], state: dict[str, torch.Tensor], directory: Path,
                          **kwargs: Any) -> TokenGeneratorMethod:
-        from unissl.utils.hub import frozen_dir
-
         raw = meta.get("config")
         try:
             cfg = GeneratorConfig(**raw) if isinstance(raw, dict) else None
@@ -170,8 +169,6 @@ class TokenGeneratorMethod(Method, PretrainedMixin):
     @classmethod
     def read_version0(cls, directory: Path, meta: dict[str, Any], **kwargs: Any) -> TokenGeneratorMethod:
         """Version 0: config.json held the config's fields; ``tokenizer_path`` is where training found it."""
-        from unissl.utils.weights import read_safetensors
-
         state = read_safetensors(directory / WEIGHTS_FILE, "re-export the generator (it is written at the end of "
                                  "`unissl train reptok-generator`) or retrain it")
         method = cls.build_pretrained({"config": meta}, state, directory)
