@@ -46,7 +46,7 @@ def test_sampler_sweep_reports_fresh_samples_equal_to_sample_then_generation(set
     assert main(["eval", "sampler-sweep", "--checkpoint", str(setup / "run"), "--extractor", f"domain:{setup / 'judge'}",
                  "--reference", "digits:test", "--arms", "2:1.0", "3:0.5", "1:0.0", "--select-samples", "24",
                  "--num-samples", "40", "--bootstrap", "20", "--seed", "3", "--run-dir", str(ev), "--name", "sweep",
-                 "--device", "cpu"]) == 0
+                 "--save-samples", str(setup / "kept"), "--device", "cpu"]) == 0
     res = _result(ev, "sweep")
     m, extra = res["metrics"], res["extra"]
     assert set(extra["selection"]) == {"2:1", "3:0.5", "1:0"} and extra["select_seed"] == 10003
@@ -62,6 +62,8 @@ def test_sampler_sweep_reports_fresh_samples_equal_to_sample_then_generation(set
                  "--bootstrap", "20", "--seed", "3", "--pr-samples", "40", "--device", "cpu"]) == 0
     gen = _result(ev, "gen")
     assert gen["metrics"]["FD_domain"] == pytest.approx(m["FD_domain_default"], rel=1e-6)
+    kept, sampled = np.load(setup / "kept" / "samples.npz"), np.load(setup / "samples" / "samples.npz")
+    assert np.array_equal(kept["ids"], sampled["ids"])  # --save-samples keeps the default arm's reported samples
     assert gen["metrics"]["FD_domain_ci_low"] == pytest.approx(m["FD_domain_default_ci_low"], rel=1e-6)
     assert gen["extra"]["bootstrap"]["FD_domain"]["draws"] == extra["bootstrap"]["FD_domain_default"]["draws"]
     # and without --bootstrap the result holds no interval
@@ -182,10 +184,10 @@ def test_claim_overlays_keep_the_study_and_add_their_stages(name: str, tmp_path:
     assert {k: full[k] for k in base} == base
     new = {s["name"]: s for s in claim["stages"][n:]}
     if name == "generation":
-        assert set(new) == {f"{k}-{e}" for k in ("samples10k", "fd10k", "sweep") for e in ("sorcen", "mage", "mage-c")}
-        assert new["samples10k-mage"]["config"]["num_samples"] == 10000
+        assert set(new) == {f"{k}-{e}" for k in ("fd10k", "sweep") for e in ("sorcen", "mage", "mage-c")}
+        assert new["sweep-mage-c"]["config"]["num_samples"] == 10000 and new["sweep-mage"]["config"]["bootstrap"] == 200
+        assert new["fd10k-sorcen"]["config"]["samples"] == "{stage:sweep-sorcen}/samples.npz"  # the sweep's samples
         assert new["fd10k-sorcen"]["config"]["bootstrap"] == 200 and new["fd10k-sorcen"]["config"]["ceiling_tokenizer"]
-        assert new["sweep-mage-c"]["config"]["num_samples"] == 10000
     elif name == "transfer":
         assert set(new) == {"transfer-pixels", "transfer-sorcen", "transfer-mage", "transfer-mage-c"}
         assert new["transfer-mage"]["config"]["dataset"] == "digits"

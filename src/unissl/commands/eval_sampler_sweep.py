@@ -69,6 +69,9 @@ class Config:
     run_dir: str = arg("runs/eval", output="dir", help="directory receiving results/<name>.json and results.md")
     cache_dir: str | None = arg(None, output="dir", help="cache of reference features (default: <run_dir>/feature_cache)")
     name: str | None = arg(None, help="result name (default: sampler-sweep-<checkpoint directory name>)")
+    save_samples: str | None = arg(None, output="dir", help="also write the default arm's reported samples here "
+                                                            "(samples.npz with ids and images, as `sample sorcen`), "
+                                                            "for `eval generation` (ceiling, precision/recall)")
     device: str = device_arg()
 
     def __post_init__(self) -> None:
@@ -84,7 +87,7 @@ class Config:
 
 def run(cfg: Config) -> dict[str, float]:
     """Select on the selection samples, report on fresh ones; record the result."""
-    from unissl.commands.sample_sorcen import generate_images
+    from unissl.commands.sample_sorcen import generate_images, write_samples
     from unissl.eval.bootstrap import fd_bootstrap, percentile_interval
     from unissl.eval.features import features_of
     from unissl.eval.frechet import frechet_distance_stats, gaussian_stats
@@ -104,9 +107,11 @@ def run(cfg: Config) -> dict[str, float]:
     ref_stats, _ = reference_stats(extractor, reference, cfg.batch_size, cache)
     fd_name = metric_name(cfg.extractor)
 
-    def features(m: MaskGITConfig, n: int, seed: int) -> torch.Tensor:
-        _, images = generate_images(model, tokenizer, n, m, torch.Generator().manual_seed(seed), cfg.batch_size,
-                                    device)
+    def features(m: MaskGITConfig, n: int, seed: int, save: bool = False) -> torch.Tensor:
+        ids, images = generate_images(model, tokenizer, n, m, torch.Generator().manual_seed(seed), cfg.batch_size,
+                                      device)
+        if save and cfg.save_samples:
+            write_samples(Path(cfg.save_samples), ids, images, grid_max=256)
         return features_of(extractor, quantize_uint8(images), cfg.batch_size)  # (n, D)
 
     selection = {}
@@ -128,7 +133,7 @@ def run(cfg: Config) -> dict[str, float]:
                     metrics[key + suffix] = metrics[f"{fd_name}_default{suffix}"]
             draws[key] = draws.get(f"{fd_name}_default", {})
             continue
-        feats = features(m, cfg.num_samples, cfg.seed)
+        feats = features(m, cfg.num_samples, cfg.seed, save=role == "default")
         metrics[key] = reported[arm_name(m)] = frechet_distance_stats(gaussian_stats(feats), ref_stats)
         if cfg.bootstrap:
             d = fd_bootstrap(feats, ref_stats, cfg.bootstrap, seed=cfg.seed)

@@ -56,6 +56,18 @@ def generate_images(model, tokenizer, num_samples: int, maskgit: MaskGITConfig, 
     return torch.cat(ids), torch.cat(images)
 
 
+def write_samples(out: Path, ids: torch.Tensor, images: torch.Tensor, nrow: int | None = None, scale: int = 2,
+                  grid_max: int | None = None) -> None:
+    """``<out>/samples.png`` (a grid of the images, the first ``grid_max`` if given) and ``<out>/samples.npz``
+    (``ids`` int64, ``images`` float32), atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_grid(images[:grid_max], out / "samples.png", nrow=nrow, scale=scale)
+    buf = io.BytesIO()
+    np.savez(buf, ids=ids.numpy().astype(np.int64), images=images.numpy().astype(np.float32))
+    with atomic_file(out / "samples.npz", "wb") as f:
+        f.write(buf.getvalue())
+
+
 def run(cfg: Config) -> None:
     """Load the run, generate ``num_samples`` id maps, decode them, write PNG + NPZ."""
     device = resolve_device(cfg.device)
@@ -67,11 +79,6 @@ def run(cfg: Config) -> None:
     check_writable(out, "--out")  # the default lies in the run directory, which may be read-only (a hub cache)
     gen = torch.Generator().manual_seed(cfg.seed)
     all_ids, all_images = generate_images(model, tokenizer, cfg.num_samples, cfg.maskgit, gen, cfg.batch_size, device)
-    out.mkdir(parents=True, exist_ok=True)
-    save_grid(all_images, out / "samples.png", nrow=cfg.nrow, scale=cfg.scale)
-    buf = io.BytesIO()
-    np.savez(buf, ids=all_ids.numpy().astype(np.int64), images=all_images.numpy().astype(np.float32))
-    with atomic_file(out / "samples.npz", "wb") as f:
-        f.write(buf.getvalue())
+    write_samples(out, all_ids, all_images, cfg.nrow, cfg.scale)
     print(f"unissl sample sorcen: {len(all_ids)} samples ({cfg.maskgit.steps} steps) from {info['checkpoint']} -> "
           f"{out / 'samples.png'}, {out / 'samples.npz'}")
