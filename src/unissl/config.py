@@ -38,7 +38,9 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 import yaml
 from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
 
+from unissl import __version__
 from unissl.errors import ConfigError, UnisslError
+from unissl.utils.io import atomic_file, check_writable, git_revision, write_json
 
 T = TypeVar("T")
 
@@ -478,8 +480,6 @@ def output_paths(cfg: Any, prefix: str = "") -> list[tuple[str, str, str]]:
 def check_outputs(cfg: Any) -> None:
     """One line, before any work, for an output path of ``cfg`` that can never be written (a read-only or
     virtual file system, a file in the way, no permission)."""
-    from unissl.utils.io import check_writable
-
     for name, path, kind in output_paths(cfg):
         check_writable(path, name, kind)
 
@@ -493,7 +493,6 @@ def check_run_dir(run_dir: str | Path, cfg: Any) -> None:
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UnisslError(f"run directory {run_dir} is a file; choose another --train.run-dir")
-    from unissl.utils.io import check_writable
 
     check_writable(run_dir, "--train.run-dir")
     if not run_dir.is_dir():
@@ -519,9 +518,6 @@ def save_run_config(run_dir: str | Path, cfg: Any, extra: dict[str, Any] | None 
     import platform
 
     import torch
-
-    from unissl import __version__
-    from unissl.utils.io import atomic_file, git_revision, write_json
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,8 @@ from unissl.commands.eval_common import build_split, print_metrics
 from unissl.config import arg
 from unissl.engine.runtime import device_arg, resolve_device
 from unissl.errors import UnisslError
-from unissl.eval.features import load_extractor, metric_name
+from unissl.eval.ceilings import judge_accuracy, load_roundtrip_tokenizer, matching_reference, roundtrip
+from unissl.eval.features import adapt_images, load_extractor, metric_name
 from unissl.eval.generation import class_hits, generation_metrics, load_npz_images, share_by_label
 from unissl.eval.results import record_result
 from unissl.methods.reptok.tokenizer import DECODE_STEPS
@@ -59,9 +60,6 @@ class Config:
 def ceiling_metrics(cfg: Config, extractor, reference, n: int, labels: torch.Tensor | None, cache: Path,
                     extra: dict) -> dict[str, float]:
     """The judge's accuracy on real images and the tokenizer's ceiling (see the module docstring)."""
-    from unissl.eval.ceilings import judge_accuracy, load_roundtrip_tokenizer, matching_reference, roundtrip
-    from unissl.eval.features import adapt_images
-
     out: dict[str, float] = {}
     is_classifier = hasattr(extractor, "probs")
     if is_classifier and hasattr(reference, "labels"):

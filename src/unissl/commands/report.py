@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from unissl.config import arg
+from unissl.report import write_report
 
 
 @dataclass
@@ -15,8 +16,6 @@ class Config:
 
 
 def run(cfg: Config) -> None:
-    from unissl.report import write_report
-
     html, md = write_report(cfg.run_dir)
     print(f"report: {html}")
     print(f"markdown: {md}")

@@ -25,6 +25,7 @@ from unissl.errors import ConfigError, UnisslError
 from unissl.utils.hub import CONFIG_FILE, WEIGHTS_FILE, PretrainedMixin
 from unissl.utils.io import sha256_file
 from unissl.utils.progress import progress
+from unissl.utils.weights import read_safetensors
 
 
 @dataclass
@@ -102,8 +103,6 @@ class DomainClassifier(nn.Module, PretrainedMixin):
     @classmethod
     def read_version0(cls, directory: Path, meta: dict[str, Any], **kwargs: Any) -> DomainClassifier:
         """Version 0 kept the config's fields at the top level of config.json."""
-        from unissl.utils.weights import read_safetensors
-
         state = read_safetensors(directory / WEIGHTS_FILE, "retrain it with `unissl eval train-extractor`")
         return cls.build_pretrained({"config": {k: v for k, v in meta.items() if k != "training"}}, state, directory)
 

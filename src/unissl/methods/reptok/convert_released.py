@@ -27,7 +27,17 @@ from typing import Any
 
 import torch
 
+from unissl.engine.method import load_saved_state
 from unissl.errors import UnisslError
+from unissl.methods.reptok.decoder import DECODER_PRESETS, FlowDecoder
+from unissl.methods.reptok.dinov2_hub import dinov2_from_hub_state
+from unissl.methods.reptok.encoders import Dinov2Encoder
+from unissl.methods.reptok.generator import TokenGeneratorMethod
+from unissl.methods.reptok.mixer import GENERATOR_PRESETS, GeneratorConfig
+from unissl.methods.reptok.released import released_to_unissl
+from unissl.methods.reptok.tokenizer import RepTokConfig, RepTokTokenizer
+from unissl.utils.optional import require
+from unissl.utils.restricted_pickle import read_restricted, to_plain
 
 TOKENIZER_PREFIX = "first_stage.decoder.decoder."
 INFERENCE_ENCODER_PREFIX = "first_stage.encoder.encoder."
@@ -60,8 +70,6 @@ class Converted:
 
 def read_released_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The state dict and the plain hyperparameters of a Lightning checkpoint, read with the allowlist."""
-    from unissl.utils.restricted_pickle import read_restricted, to_plain
-
     ckpt = read_restricted(path, FIX)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise UnisslError(f"{path} has no state_dict: not a Lightning checkpoint; {FIX}")
@@ -103,8 +111,6 @@ def _shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 
 def _match_decoder_preset(state: dict[str, torch.Tensor], channels: int, size: int, patch: int) -> str:
     """The ``released-*`` decoder preset whose shapes are exactly the checkpoint's (built on the meta device)."""
-    from unissl.methods.reptok.decoder import DECODER_PRESETS, FlowDecoder
-
     want = {k[len("decoder."):]: tuple(v.shape) for k, v in state.items() if k.startswith("decoder.")}
     for name, preset in DECODER_PRESETS.items():
         if not name.startswith("released"):
@@ -119,8 +125,6 @@ def _match_decoder_preset(state: dict[str, torch.Tensor], channels: int, size: i
 
 
 def _match_generator_preset(state: dict[str, torch.Tensor]) -> str:
-    from unissl.methods.reptok.mixer import GENERATOR_PRESETS
-
     width = int(state["net.mixer.in_proj.weight"].shape[0])
     depth = len({k.split(".")[3] for k in state if k.startswith("net.mixer.blocks.")})
     slots = int(state["net.mixer.blocks.0.token_mlp.fc1.weight"].shape[1])
@@ -159,16 +163,7 @@ def _frozen_dinov2(sd: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], 
 
 def convert_released_checkpoint(ckpt: str | Path, out: str | Path, opts: ConvertOptions | None = None) -> Converted:
     """Convert ``ckpt`` into ``out/tokenizer`` and ``out/generator`` (see the module docstring)."""
-    from unissl.engine.method import load_saved_state
-    from unissl.utils.optional import require
-
     AutoencoderKL = require("diffusers", "hf", "converting the released RepTok checkpoint (its SD-VAE)").AutoencoderKL
-    from unissl.methods.reptok.dinov2_hub import dinov2_from_hub_state
-    from unissl.methods.reptok.encoders import Dinov2Encoder
-    from unissl.methods.reptok.generator import TokenGeneratorMethod
-    from unissl.methods.reptok.mixer import GeneratorConfig
-    from unissl.methods.reptok.released import released_to_unissl
-    from unissl.methods.reptok.tokenizer import RepTokConfig, RepTokTokenizer
 
     opts = opts or ConvertOptions()
     out, notes = Path(out), []
