@@ -1,10 +1,10 @@
-"""The training engine: ``Method`` protocol, ``TrainConfig``, ``Trainer`` and their building blocks.
+"""The training engine: the ``Method`` base class, ``TrainConfig``, ``Trainer`` and their building blocks.
 
 A training command nests ``train: TrainConfig`` in its config and does::
 
     init_distributed()                    # torchrun env vars; no-op for one process
     seed_everything(cfg.train.seed)       # identical initial weights on every rank
-    method = MyMethod(...)                # nn.Module: forward(batch) -> {"loss": ..., **scalar logs}
+    method = MyMethod(...)                # a Method subclass: forward(batch) -> {"loss": ..., **scalar logs}
     logs = Trainer(method, dataset, cfg.train).fit()
 
 and reads weights back with ``load_weights(module, run_dir_or_checkpoint, ema=False)``.

@@ -1,4 +1,4 @@
-"""Training method for :class:`~unissl.tokenizers.vq.VQTokenizer` (the engine's Method protocol).
+"""Training method for :class:`~unissl.tokenizers.vq.VQTokenizer` (an engine :class:`~unissl.engine.method.Method`).
 
 loss = MSE(reconstruction, image) + vq_loss, where vq_loss is the quantizer's codebook + commitment
 loss (straight-through) or commitment loss (EMA). Logged: PSNR (mean over images of per-image PSNR, data

@@ -1,6 +1,6 @@
 """The RepTok tokenizer (stage a): adapted SSL token -> projection -> flow-matching decoder.
 
-``forward(batch)`` (the engine's Method protocol) computes
+``forward(batch)`` (an engine ``Method``) computes
 
     loss = || v_theta(x_t, t | h(z)) - (eps - x) ||^2  +  lambda * (1 - cos(z, z_frozen))
 
