@@ -742,3 +742,15 @@ def test_progress_off_a_terminal_is_short_lines_and_one_switch_silences_it(tmp_p
             for _ in P.progress(range(1000), desc="train", file=terminal):
                 pass
             assert P.progress_mode(terminal) == "off" and terminal.getvalue() == ""
+
+
+def test_a_library_loading_bar_stays_out_of_a_log(capsys):
+    """transformers' own "Loading weights" bar (the frozen MiniLM of text conditioning) follows the same rule:
+    off a terminal it writes nothing, and the library's setting is restored afterwards."""
+    transformers = pytest.importorskip("transformers")
+    from unissl.methods.reptok.text_encoder import FrozenTextEncoder
+
+    FrozenTextEncoder()
+    err = capsys.readouterr().err
+    assert "\r" not in err and "Loading weights" not in err
+    assert transformers.utils.logging.is_progress_bar_enabled()

@@ -13,11 +13,12 @@ Every loop in unissl that reports progress goes through :func:`progress`:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
 from tqdm import tqdm
@@ -171,6 +172,28 @@ def progress(iterable: Iterable[Any] | None = None, *, total: float | None = Non
         return tqdm(iterable, total=total, desc=desc, leave=leave, file=file, **kwargs)
     cls = _Silent if mode == "off" else LineProgress
     return cls(iterable, total=total, desc=desc, leave=leave, file=file, **kwargs)
+
+
+@contextlib.contextmanager
+def library_bars() -> Iterator[None]:
+    """The progress bars of transformers, diffusers and huggingface_hub (loading weights) follow unissl's rule
+    while the block runs: shown on a terminal, never written into a log (nothing is imported here)."""
+    undo: list[Callable[[], None]] = []
+    if progress_mode() != "bar":
+        for name in ("transformers", "diffusers"):
+            logs = getattr(getattr(sys.modules.get(name), "utils", None), "logging", None)
+            if logs is not None and getattr(logs, "is_progress_bar_enabled", lambda: False)():
+                logs.disable_progress_bar()
+                undo.append(logs.enable_progress_bar)
+        hub = getattr(sys.modules.get("huggingface_hub"), "utils", None)
+        if hub is not None and not getattr(hub, "are_progress_bars_disabled", lambda: True)():
+            hub.disable_progress_bars()
+            undo.append(hub.enable_progress_bars)
+    try:
+        yield
+    finally:
+        for enable in undo:
+            enable()
 
 
 def progress_write(text: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import torch
 
 from unissl.errors import UnisslError
+from unissl.utils.progress import library_bars
 
 T = TypeVar("T")
 
@@ -82,7 +83,8 @@ def load_pretrained_dir(load: Callable[[], T], path: str | Path, what: str, fix:
         raise UnisslError(f"{what} directory {path} not found; {fix}")
     refuse_code_pickles(path, what, fix)
     try:
-        return load()
+        with library_bars():  # the library's "Loading weights" bar: a terminal only
+            return load()
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise UnisslError(f"cannot load the {what} in {path} ({_first_line(e)[:160]}); {fix}") from None
     except Exception as e:  # e.g. safetensors' SafetensorError for a truncated weights file
