@@ -371,6 +371,11 @@ def main() -> None:
                 point = {"step": step, "epoch": step / spe, "minutes": self.cpu / 60,
                          "top1": max(probes.values(), default=0.0), **probes, **knn}
                 curve.append(point)
+                if args.out:  # the points so far, in case the run is cut (the final write replaces it)
+                    partial = Path(args.out).with_suffix(".partial.json")
+                    partial.parent.mkdir(parents=True, exist_ok=True)
+                    partial.write_text(json.dumps({"label": label, "knn_target": args.knn_target if ks else None,
+                                                   "curve": curve}, indent=1, default=str))
                 print(f"step {step:6d}  epoch {step / spe:5.2f}  train CPU {self.cpu / 60:6.2f} min  "
                       + ("probe top-1 " + "  ".join(f"{k} {v:.2f}%" for k, v in probes.items()) if probes else "")
                       + (f"  k-NN {knn['knn']:.2f}% ({knn['knn_pool']}, k={knn['knn_k']}, T={knn['knn_T']}; "

@@ -28,7 +28,7 @@ from unissl.eval.frechet import GaussianStats, sqrtm_psd
 
 
 def fd_bootstrap(feats: torch.Tensor | np.ndarray, ref: GaussianStats, resamples: int = 200, seed: int = 0,
-                 chunk: int = 25) -> np.ndarray:
+                 chunk: int = 8) -> np.ndarray:
     """FD of ``resamples`` bootstrap resamples of ``feats`` (N, D) against ``ref``; (resamples,) float64.
 
     ``chunk`` resamples are formed at once (memory: chunk x D x D doubles plus chunk x N counts).
