@@ -90,7 +90,9 @@ def test_random_vit_is_seeded_frozen_and_has_one_trainable_parameter() -> None:
     x = torch.rand(4, 1, 28, 28)
     assert torch.allclose(a(x), b(x)) and not torch.allclose(a(x), c(x))
     assert torch.allclose(a(x), a.frozen(x))
-    a(x).sum().backward()
+    # not a(x).sum(): the sum of a LayerNorm output (unit weight, zero bias) is 0 for any input, so its gradient
+    # is rounding noise, exactly 0 for some draws of x (the test failed now and then)
+    (a(x) * torch.linspace(-1, 1, a(x).shape[1])).sum().backward()
     assert a.cls.grad.abs().sum() > 0 and all(p.grad is None for p in a.backbone.parameters())
 
 
