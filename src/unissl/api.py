@@ -35,6 +35,7 @@ import torch
 from unissl.data.base import match_channels
 from unissl.engine.runtime import resolve_device
 from unissl.errors import UnisslError
+from unissl.methods.reptok.encoders import to_square
 from unissl.methods.reptok.generator import TokenGeneratorMethod
 from unissl.methods.reptok.interpolation import INTERPOLATIONS
 from unissl.methods.reptok.sampling import (
@@ -91,7 +92,6 @@ def check_images(images: object, channels: int, size: int, where: str, resize: b
         if not resize:
             raise UnisslError(f"{where}: the model takes {size}x{size} images, got {x.shape[-2]}x{x.shape[-1]}; "
                               f"resize them, or pass resize=True (centre crop to a square, antialiased bilinear)")
-        from unissl.methods.reptok.encoders import to_square
 
         return to_square(x, size, channels)
 

@@ -20,7 +20,13 @@ from unissl.engine.runtime import device_arg, resolve_device
 from unissl.errors import UnisslError
 from unissl.eval.ceilings import judge_accuracy, load_roundtrip_tokenizer, matching_reference, roundtrip
 from unissl.eval.features import adapt_images, load_extractor, metric_name
-from unissl.eval.generation import class_hits, generation_metrics, load_npz_images, share_by_label
+from unissl.eval.generation import (
+    balanced_by_label,
+    class_hits,
+    generation_metrics,
+    load_npz_images,
+    share_by_label,
+)
 from unissl.eval.results import record_result
 from unissl.methods.reptok.tokenizer import DECODE_STEPS
 
@@ -89,7 +95,6 @@ def run(cfg: Config) -> dict[str, float]:
     images, arrays = load_npz_images(cfg.samples, cfg.images_key)
     balance = None
     if cfg.labels_key in arrays:  # class-conditional samples: the same number per class
-        from unissl.eval.generation import balanced_by_label
 
         keep = balanced_by_label(torch.as_tensor(arrays[cfg.labels_key]), cfg.seed)
         if keep is not None:

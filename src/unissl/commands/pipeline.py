@@ -10,6 +10,8 @@ from typing import Any
 from unissl.config import arg, save_run_config
 from unissl.errors import UnisslError
 from unissl.pipeline import parse_stages, resolve_pipeline, run_pipeline
+from unissl.report import write_report
+from unissl.study import summarize
 
 
 @dataclass
@@ -65,13 +67,9 @@ def run(cfg: Config) -> None:
         return
     print(f"[pipeline] all stages finished in {time.perf_counter() - t0:.1f} s")
     if cfg.seeds:
-        from unissl.study import summarize
-
         summarize(out)
         print(f"[pipeline] across-seed summary: {out / 'study.md'}")
     if cfg.report:
-        from unissl.report import write_report
-
         try:
             html, md = write_report(out)
         except UnisslError as e:

@@ -32,6 +32,7 @@ from unissl.methods.sorcen.config import FLAT_NAMES, SorcenConfig
 from unissl.methods.sorcen.method import ONLINE_VARIANTS, Variant, build_method
 from unissl.methods.sorcen.presets import PRESETS as SORCEN_PRESETS
 from unissl.methods.sorcen.presets import arch_for_store
+from unissl.methods.sorcen.pretrained import PretrainedSorcen
 from unissl.methods.sorcen.run import write_run_info
 from unissl.tokenizers import load_tokenizer
 from unissl.utils.seed import seed_everything
@@ -158,8 +159,6 @@ def run(cfg: Config) -> None:
         print(f"unissl train sorcen: done {shown}")
         if info["tokenizer"]:  # the saved encoder that travels (the model + its VQ tokenizer inside)
             from pathlib import Path
-
-            from unissl.methods.sorcen.pretrained import PretrainedSorcen
 
             saved = PretrainedSorcen.from_run(cfg.train.run_dir).save_pretrained(Path(cfg.train.run_dir) / "encoder")
             print(f"unissl train sorcen: saved encoder -> {saved} (unissl.load_sorcen reads it anywhere)")

@@ -30,7 +30,7 @@ from torch import nn
 
 from unissl.errors import UnisslError
 from unissl.utils.io import atomic_dir, atomic_file
-from unissl.utils.weights import read_safetensors
+from unissl.utils.weights import read_safetensors, read_torch_weights
 
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
@@ -206,8 +206,6 @@ def load_checkpoint(path: str | Path, with_trainer_state: bool = True) -> Checkp
     ema = _load_safetensors(ckpt / EMA_FILE) if (ckpt / EMA_FILE).exists() else None
     state = None
     if with_trainer_state:
-        from unissl.utils.weights import read_torch_weights
-
         state = read_torch_weights(ckpt / STATE_FILE, "delete that checkpoint directory and resume from an older one")
     return Checkpoint(path=ckpt, model=model, ema=ema, trainer_state=state)
 

@@ -59,8 +59,6 @@ def load_roundtrip_tokenizer(path: str | Path, device: torch.device) -> Any:
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             fmt = None
     if fmt is not None and str(fmt).startswith("unissl-reptok-tokenizer"):
-        from unissl.methods.reptok.tokenizer import RepTokTokenizer
-
         return RepTokTokenizer.from_pretrained(path, device=device)
 
     return load_tokenizer(path, device=device)

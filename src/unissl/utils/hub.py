@@ -21,7 +21,7 @@ import torch
 from unissl.errors import UnisslError
 from unissl.utils.io import atomic_dir, sha256_file, write_json
 from unissl.utils.optional import require
-from unissl.utils.weights import read_safetensors
+from unissl.utils.weights import read_safetensors, refuse_file
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
@@ -46,8 +46,6 @@ def resolve_pretrained(name: str | os.PathLike, what: str = "model") -> Path:
     """
     if not is_repo_id(name):
         if Path(name).is_file():
-            from unissl.utils.weights import refuse_file
-
             raise refuse_file(Path(name), what, f"pass the {what}'s directory (it holds config and weights together)")
         return Path(name)
     repo_id, _, revision = str(name).partition("@")

@@ -17,6 +17,11 @@ import sys
 from pathlib import Path
 
 from unissl.errors import UnisslError
+from unissl.eval.domain import DomainClassifier
+from unissl.methods.reptok.generator import TokenGeneratorMethod
+from unissl.methods.reptok.tokenizer import RepTokTokenizer
+from unissl.methods.sorcen.pretrained import PretrainedSorcen
+from unissl.tokenizers.vq import VQTokenizer
 
 
 def upgrade(old: str | Path, new: str | Path, encoder_path: str | None = None) -> str:
@@ -24,8 +29,6 @@ def upgrade(old: str | Path, new: str | Path, encoder_path: str | None = None) -
     returns what it was."""
     old, new = Path(old), Path(new)
     if (old / "sorcen.json").is_file():
-        from unissl.methods.sorcen.pretrained import PretrainedSorcen
-
         PretrainedSorcen.from_run(old).save_pretrained(new)
         return "Sorcen run"
     if (old / "generator" / "config.json").is_file():
@@ -39,28 +42,18 @@ def upgrade(old: str | Path, new: str | Path, encoder_path: str | None = None) -
         raise UnisslError(f"{cfg} is not valid JSON ({type(e).__name__})") from None
     fmt = meta.get("format") if isinstance(meta, dict) else None
     if isinstance(fmt, str) and fmt.startswith("unissl-reptok-tokenizer"):
-        from unissl.methods.reptok.tokenizer import RepTokTokenizer
-
         RepTokTokenizer.from_pretrained(old, encoder_path=encoder_path).save_pretrained(new)
         return "RepTok tokenizer"
     if fmt == "unissl-reptok-generator" or (fmt is None and "token_dim" in meta):
-        from unissl.methods.reptok.generator import TokenGeneratorMethod
-
         TokenGeneratorMethod.from_pretrained(old).save_pretrained(new)
         return "token generator"
     if fmt == "unissl-vq":
-        from unissl.tokenizers.vq import VQTokenizer
-
         VQTokenizer.from_pretrained(old).save_pretrained(new)
         return "VQ tokenizer"
     if fmt == "unissl-sorcen-encoder":
-        from unissl.methods.sorcen.pretrained import PretrainedSorcen
-
         PretrainedSorcen.from_pretrained(old).save_pretrained(new)
         return "Sorcen encoder"
     if fmt == "unissl-domain-classifier" or (fmt is None and "widths" in meta):
-        from unissl.eval.domain import DomainClassifier
-
         DomainClassifier.from_pretrained(old).save_pretrained(new)
         return "domain classifier"
     raise UnisslError(f"{cfg}: format {fmt!r} is no unissl saved model this tool upgrades")

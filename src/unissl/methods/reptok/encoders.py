@@ -239,8 +239,6 @@ class SorcenEncoder(SSLEncoder):
             raise UnisslError(f"Sorcen run directory {path} not found; train one with `unissl train sorcen` "
                               "and pass its run directory with --encoder-path")
         if path.is_file():
-            from unissl.utils.weights import refuse_file
-
             raise refuse_file(path, "Sorcen encoder path", "pass the run directory of `unissl train sorcen` "
                               "with --encoder-path")
         try:

@@ -28,8 +28,10 @@ from unissl.engine.method import Method
 from unissl.errors import UnisslError
 from unissl.flow import LinearPath, UniformTime
 from unissl.methods.reptok.mixer import Cond, GeneratorConfig, TokenGenerator
+from unissl.methods.reptok.text import CaptionBank
 from unissl.methods.reptok.tokenizer import RepTokTokenizer
-from unissl.utils.hub import CONFIG_FILE, WEIGHTS_FILE, PretrainedMixin, frozen_dir
+from unissl.utils.hub import CONFIG_FILE, WEIGHTS_FILE, PretrainedMixin, frozen_dir, resolve_pretrained
+from unissl.utils.io import sha256_file
 from unissl.utils.weights import read_safetensors
 
 if TYPE_CHECKING:
@@ -58,8 +60,6 @@ class TokenGeneratorMethod(Method, PretrainedMixin):
         self.register_buffer("z_std", torch.ones(()) if z_std is None else z_std.float().reshape(()).clone())
         if cfg.conditioning == "text":
             if caption_bank is None:
-                from unissl.methods.reptok.text import CaptionBank
-
                 caption_bank = CaptionBank.empty(cfg.text_dim)
             self.captions: CaptionBank = caption_bank
         self.path = LinearPath(data_at=1.0)
@@ -143,8 +143,6 @@ class TokenGeneratorMethod(Method, PretrainedMixin):
         cfg.tokenizer_path = frozen_dir(directory, meta, "tokenizer") or ""
         entry = (meta.get("frozen") or {}).get("tokenizer") or {}
         if entry.get("hub_id") and entry.get("checksum"):  # a referenced tokenizer must be the one it was saved with
-            from unissl.utils.hub import resolve_pretrained
-            from unissl.utils.io import sha256_file
 
             local = resolve_pretrained(entry["hub_id"], "the generator's tokenizer")
             got = sha256_file(local / WEIGHTS_FILE) if (local / WEIGHTS_FILE).is_file() else "missing"
@@ -155,8 +153,6 @@ class TokenGeneratorMethod(Method, PretrainedMixin):
             cfg.tokenizer_path = str(local)
         bank = None
         if cfg.conditioning == "text":
-            from unissl.methods.reptok.text import CaptionBank
-
             bank = CaptionBank.from_state(state, prefix="captions.")
         method = cls(cfg, caption_bank=bank)
         try:

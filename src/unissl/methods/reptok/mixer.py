@@ -21,6 +21,7 @@ from torch import nn
 
 from unissl.errors import ConfigError
 from unissl.layers.mlp import FeedForward, TimestepEmbedding
+from unissl.methods.reptok.text import TextConditioner
 
 if TYPE_CHECKING:
     from unissl.methods.reptok.text import TextConditioner
@@ -199,8 +200,6 @@ class TokenGenerator(nn.Module):
         if cfg.conditioning == "class":
             self.conditioner = ClassConditioner(cfg.num_classes, d)
         else:
-            from unissl.methods.reptok.text import TextConditioner
-
             self.conditioner = TextConditioner(d, cfg.text_dim, n_queries=cfg.n_queries, depth=cfg.text_depth,
                                                heads=cfg.text_heads)
         n_slots = 1 + self.conditioner.n_cond_slots + 1

@@ -21,6 +21,8 @@ from unissl.flow import solve
 from unissl.flow.solvers import VelocityFn
 from unissl.methods.reptok.generator import TokenGeneratorMethod
 from unissl.methods.reptok.mixer import GENERATOR_PRESETS, Cond, concat_cond
+from unissl.methods.reptok.text import text_condition
+from unissl.methods.reptok.text_encoder import FrozenTextEncoder
 from unissl.utils.images import save_grid
 from unissl.utils.io import atomic_file
 
@@ -140,8 +142,6 @@ def sample_conditions(method: TokenGeneratorMethod, n: int, classes: list[str] |
     if prompts is not None:
         if gcfg.conditioning != "text":
             raise ConfigError("prompt", f"{name} is a class-conditional generator: give classes instead")
-        from unissl.methods.reptok.text import text_condition
-        from unissl.methods.reptok.text_encoder import FrozenTextEncoder
 
         states, mask = FrozenTextEncoder(gcfg.text_encoder).to(device).encode(prompts)  # (P, L, H), (P, L)
         idx = torch.arange(len(prompts)).repeat_interleave(n)  # (N,)

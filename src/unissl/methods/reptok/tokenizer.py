@@ -34,6 +34,7 @@ from unissl.methods.reptok.decoder import DECODER_PRESETS, FlowDecoder, get_deco
 from unissl.methods.reptok.encoders import SSLEncoder, backbone_checksum, build_encoder
 from unissl.methods.reptok.projection import ResidualProjection, cosine_loss, token_drift
 from unissl.methods.reptok.spaces import PixelSpace, VAESpace
+from unissl.methods.sorcen.pretrained import PretrainedSorcen
 from unissl.utils.hub import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -353,8 +354,6 @@ def _save_encoder(encoder: SSLEncoder, dest: Path) -> dict[str, Any]:
     if hub is not None:
         return {"hub_id": hub, "checksum": checksum}
     if encoder.kind == "sorcen":
-        from unissl.methods.sorcen.pretrained import PretrainedSorcen
-
         PretrainedSorcen.from_encoder(encoder).save_pretrained(dest)
     elif encoder.kind == "dinov2":
         encoder.backbone.save_pretrained(str(dest), safe_serialization=True)  # type: ignore[operator]
