@@ -24,7 +24,8 @@ from torch import nn
 from unissl.errors import UnisslError
 from unissl.methods.sorcen.model import SorcenModel
 from unissl.methods.sorcen.presets import SorcenArch
-from unissl.utils.hub import CONFIG_FILE, WEIGHTS_FILE, PretrainedMixin, frozen_dir
+from unissl.tokenizers import load_tokenizer
+from unissl.utils.hub import CONFIG_FILE, WEIGHTS_FILE, PretrainedMixin, frozen_dir, read_saved_config
 
 FORMAT = "unissl-sorcen-encoder"
 
@@ -97,8 +98,6 @@ class PretrainedSorcen(nn.Module, PretrainedMixin):
     @classmethod
     def build_pretrained(cls, meta: dict[str, Any], state: dict[str, torch.Tensor], directory: Path,
                          **kwargs: Any) -> PretrainedSorcen:
-        from unissl.tokenizers import load_tokenizer
-
         info = read_info(directory, meta)
         model = SorcenModel(info["arch"])
         try:
@@ -135,8 +134,6 @@ def read_info(directory: Path, meta: dict[str, Any] | None = None) -> dict[str, 
     ``arch``, ``variant``, ``num_classes``, ``classes``, ``loss``, ``tokenizer`` (its ``tokenizer/``),
     ``tokens`` (None: the store stayed with the run), ``run_dir`` and ``checkpoint`` (the directory)."""
     if meta is None:
-        from unissl.utils.hub import read_saved_config
-
         meta = read_saved_config(directory, (FORMAT,), PretrainedSorcen.WHAT, PretrainedSorcen.MADE_BY)
     cfg = meta.get("config")
     if not isinstance(cfg, dict) or not isinstance(cfg.get("arch"), dict):
