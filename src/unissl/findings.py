@@ -40,6 +40,9 @@ _MEANINGS: tuple[tuple[str, bool | None, str], ...] = (
     ("top1", True, "test images labelled correctly (%)"),
     ("val_top1", True, "the probe head chosen on a held-out 10% of train: its accuracy there (%)"),
     ("images", None, "number of images measured"),
+    ("num_images", None, "number of images measured"),
+    ("num_samples", None, "number of samples measured"),
+    ("IS", True, "Inception-style score in the judge's classes (higher: confident and varied)"),
     ("top5", True, "test images whose label is among the 5 best guesses (%)"),
     ("test_top1", True, "the judge (domain classifier) on real test images: accuracy (%)"),
     ("judge_accuracy", True, "the judge on real test images: share labelled correctly"),
@@ -71,6 +74,8 @@ _MEANINGS: tuple[tuple[str, bool | None, str], ...] = (
 def metric_meaning(key: str) -> tuple[bool | None, str]:
     """(higher_is_better or None when it has no direction, one-line meaning) of a metric name."""
     name = key.split(".")[-1].lower()
+    if name.endswith("_std"):
+        return None, "spread (standard deviation) of the metric before it"
     for prefix, higher, meaning in _MEANINGS:
         if name == prefix.lower():
             return higher, meaning
@@ -193,9 +198,10 @@ def derive_findings(found: list[Record], run_dir: Path | None = None) -> list[Fi
         if fd is not None and f"metrics.ceiling_{fd.split('.', 1)[1]}" in sc:
             fd_text = (f"; {fd.split('.', 1)[1]} {float(sc[fd]):.2f} against the ceiling's "
                        f"{float(sc['metrics.ceiling_' + fd.split('.', 1)[1]]):.2f} (lower is better)")
+        bound = "the tokenizer allows" if isinstance(ceiling, (int, float)) else "the judge recognises real images"
         meaning = ("the generator follows " + ("the prompt" if text else "the asked class")
-                   + (" about as well as the tokenizer allows" if better or (share_ref is not None and share_ref - value < 5)
-                      else " less often than the tokenizer would allow"))
+                   + (f" about as well as {bound}" if better or (share_ref is not None and share_ref - value < 5)
+                      else f" less often than {bound}"))
         sentence = (f"{what} are judged the asked class {value:.1f}% of the time"
                     + (f", {rel_text} {share_ref:.1f}% for {ref_name}" if share_ref is not None else "")
                     + f"{judge_text}{fd_text}: {meaning}.")
