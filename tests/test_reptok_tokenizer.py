@@ -330,7 +330,7 @@ def _perturb(tok: RepTokTokenizer) -> RepTokTokenizer:
     return tok
 
 
-def test_new_registers_released_config_leaves_the_condition_unchanged(tmp_path) -> None:
+def test_new_registers_only_nonreg_config_leaves_the_condition_unchanged(tmp_path) -> None:
     """CompVis/RepTok's `nr_new_reg: 2, new_target_key: only_nonreg`: the registers go through the token-wise
     projection beside z and are dropped, so the decoder sees exactly what it sees without them; they get no
     gradient, every other weight starts identical, and the option round-trips through save/load."""

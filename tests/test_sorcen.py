@@ -160,7 +160,7 @@ def test_released_teacher_options_and_epoch_momentum():
     assert rel.momentum_at(55, 100) == pytest.approx(1 - 0.004 * (math.cos(math.pi * x) + 1) / 2)
 
 
-def test_uniformity_released_pooling_and_diagonal():
+def test_uniformity_all_token_pooling_and_diagonal():
     from unissl.methods.sorcen.losses import uniformity_loss
 
     f = torch.randn(8, 5)
@@ -171,7 +171,7 @@ def test_uniformity_released_pooling_and_diagonal():
     assert uniformity_loss(f, gather=False) == pytest.approx(off.item(), abs=1e-6)
 
 
-def test_released_weight_decay_groups_decay_embeddings():
+def test_decay_embeddings_option_groups():
     from unissl.engine.optim import no_decay_names
 
     default = no_decay_names(build_method(PRESETS["tiny"], "sorcen"))

@@ -108,7 +108,7 @@ def test_mage_c_trains_on_images_with_the_online_tokenizer(store):
     assert torch.equal(method.projector.net[0].weight, saved["projector.net.0.weight"])
 
 
-def test_mage_aug_and_released_sorcen_settings_train_and_reload(store):
+def test_mage_aug_and_lease_sorcen_settings_train_and_reload(store):
     from unissl.methods.sorcen.run import load_method
 
     run = store / "run-mageaug"
