@@ -45,7 +45,7 @@ from unissl.engine.method import Method, load_saved_state, saved_state, unwrap
 from unissl.engine.optim import build_optimizer
 from unissl.engine.runtime import StopRequest, ignore_stop_signals, resolve_device, split_batch, to_device
 from unissl.engine.schedule import lr_schedule
-from unissl.errors import Interrupted, UnisslError
+from unissl.errors import ConfigError, Interrupted, UnisslError
 from unissl.utils.io import git_revision, read_json, write_json
 from unissl.utils.progress import progress
 from unissl.utils.seed import seed_everything
@@ -142,10 +142,9 @@ class Trainer:
         self.ema = EMA(self.method, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay is not None else None
         left = self.ema.init_share(self.total_steps) if self.ema is not None else 0.0
         if left > MAX_EMA_INIT_SHARE:
-            raise UnisslError(f"train.ema_decay={cfg.ema_decay} without warm-up leaves "
-                              f"{100 * left:.1f}% of the initial weights in the EMA "
-                              f"after {self.total_steps} steps; keep --train.ema-warmup on, lower the decay or train "
-                              f"longer")
+            raise ConfigError("train.ema_warmup", f"is off: train.ema_decay={cfg.ema_decay} without warm-up leaves "
+                              f"{100 * left:.1f}% of the initial weights in the EMA after {self.total_steps} steps; "
+                              f"turn the warm-up on, lower the decay or train longer")
         self.sampler = ShardedBatchSampler(self.num_items, cfg.global_batch, self.rank, self.world_size,
                                            seed=cfg.seed, drop_last=True)
         self.step = 0
@@ -228,8 +227,8 @@ class Trainer:
         if self.cfg.resume:
             return latest_checkpoint(self.run_dir)
         if list_checkpoints(self.run_dir):
-            raise UnisslError(f"{self.run_dir} already holds checkpoints; pass --train.resume to continue that run "
-                              f"or choose another --train.run-dir")
+            raise ConfigError("train.run_dir", f"{self.run_dir} already holds checkpoints; set train.resume to "
+                              f"continue that run or choose another run directory")
         return None
 
     def _load(self, path: Path) -> dict[str, Any]:
@@ -240,8 +239,9 @@ class Trainer:
             raise UnisslError(f"{ck.path} holds weights but no training state (e.g. converted weights); it cannot be "
                               f"resumed: load it with unissl.engine.load_weights before training instead")
         if state.get("global_batch") != self.cfg.global_batch:
-            raise UnisslError(f"{path} was trained with global_batch={state.get('global_batch')}, this run has "
-                              f"{self.cfg.global_batch}; resume with the same --train.global-batch")
+            raise ConfigError("train.global_batch", f"{path} was trained with global_batch="
+                              f"{state.get('global_batch')}, this run has {self.cfg.global_batch}; resume with the "
+                              f"same value")
         try:
             load_saved_state(self.method, ck.model)
         except RuntimeError as e:
