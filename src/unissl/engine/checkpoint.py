@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from unissl.errors import UnisslError
+from unissl.errors import ConfigError, UnisslError
 from unissl.utils.io import atomic_dir, atomic_file
 from unissl.utils.weights import read_safetensors, read_torch_weights
 
@@ -220,7 +220,8 @@ def load_weights(module: nn.Module, path: str | Path, ema: bool = False, strict:
     state = dict(ck.model)
     if ema:
         if ck.ema is None:
-            raise UnisslError(f"{ck.path} has no {EMA_FILE}; train with --train.ema-decay or load without EMA")
+            raise ConfigError("ema", f"{ck.path} has no {EMA_FILE} (the run was trained without train.ema_decay); "
+                              f"load it with ema=False")
         state.update(ck.ema)
     try:
         module.load_state_dict(state, strict=strict)
