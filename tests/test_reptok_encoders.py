@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unissl.errors import UnisslError
+from unissl.commands.train_reptok_tokenizer import Config
+from unissl.config import flag_of
+from unissl.errors import ConfigError, UnisslError
 from unissl.methods.reptok.encoders import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -76,8 +78,10 @@ def test_dinov2_resizes_to_a_multiple_of_the_patch(dino_dir) -> None:
 
 
 def test_dinov2_missing_directory_says_how_to_supply_weights(tmp_path) -> None:
-    with pytest.raises(UnisslError, match="--encoder-path"):
+    """The error names the setting (``encoder_path``), which the CLI shows as ``train reptok-tokenizer``'s flag."""
+    with pytest.raises(ConfigError, match="no config.json; download the weights") as info:
         Dinov2Encoder(tmp_path / "nope")
+    assert info.value.path == "encoder_path" and flag_of(Config, info.value.path) == "--encoder-path"
 
 
 def test_random_vit_is_seeded_frozen_and_has_one_trainable_parameter() -> None:

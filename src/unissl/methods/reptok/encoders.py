@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unissl.data.base import adapt_images
-from unissl.errors import UnisslError
+from unissl.errors import ConfigError, UnisslError
 from unissl.layers.patch import patchify
 from unissl.layers.vit import Block, init_vit_weights
 from unissl.methods.reptok.dinov2_hub import load_hub_dinov2
@@ -176,9 +176,10 @@ class Dinov2Encoder(SSLEncoder):
         """A torch-hub state dict (``dinov2_vitb14_reg4_pretrain.pth``), read weights-only; any other file is
         named for what it is (a code pickle is never unpickled)."""
         if weights_file_kind(path) != "torch-weights":
-            raise refuse_file(path, "DINOv2 encoder path", "pass a DINOv2 torch-hub state dict (e.g. "
-                              "dinov2_vitb14_reg4_pretrain.pth) or a local transformers directory (config.json + "
-                              "model.safetensors, e.g. facebook/dinov2-with-registers-base) with --encoder-path")
+            raise ConfigError("encoder_path", str(refuse_file(
+                path, "DINOv2 encoder path", "pass a DINOv2 torch-hub state dict (e.g. dinov2_vitb14_reg4_pretrain.pth) "
+                "or a local transformers directory (config.json + model.safetensors, e.g. "
+                "facebook/dinov2-with-registers-base)")))
 
         return load_hub_dinov2(path)
 
@@ -187,9 +188,9 @@ class Dinov2Encoder(SSLEncoder):
         """A transformers Dinov2Model / Dinov2WithRegistersModel saved with ``save_pretrained``."""
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
-            raise UnisslError(f"DINOv2 directory {path} has no config.json; download the weights elsewhere "
-                              "(e.g. facebook/dinov2-with-registers-base) and pass the local directory with "
-                              "--encoder-path, or save a model there with save_pretrained")
+            raise ConfigError("encoder_path", f"DINOv2 directory {path} has no config.json; download the weights "
+                              "elsewhere (e.g. facebook/dinov2-with-registers-base) and pass that local directory, "
+                              "or save a model there with save_pretrained")
         try:
             model_type = json.loads(cfg_file.read_text()).get("model_type", "dinov2")
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
@@ -236,11 +237,11 @@ class SorcenEncoder(SSLEncoder):
     def __init__(self, path: str | Path) -> None:
         path = Path(path)
         if not path.exists():
-            raise UnisslError(f"Sorcen run directory {path} not found; train one with `unissl train sorcen` "
-                              "and pass its run directory with --encoder-path")
+            raise ConfigError("encoder_path", f"Sorcen run directory {path} not found; train one with "
+                              "`unissl train sorcen` and pass its run directory")
         if path.is_file():
-            raise refuse_file(path, "Sorcen encoder path", "pass the run directory of `unissl train sorcen` "
-                              "with --encoder-path")
+            raise ConfigError("encoder_path", str(refuse_file(path, "Sorcen encoder path",
+                                                              "pass the run directory of `unissl train sorcen`")))
         try:
             from unissl.methods.sorcen import load_sorcen
         except ImportError as e:
