@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from unissl.engine.method import load_saved_state
-from unissl.errors import UnisslError
+from unissl.errors import ConfigError, UnisslError
 from unissl.methods.reptok.decoder import DECODER_PRESETS, FlowDecoder
 from unissl.methods.reptok.dinov2_hub import dinov2_from_hub_state
 from unissl.methods.reptok.encoders import Dinov2Encoder
@@ -94,8 +94,8 @@ def vae_config(vae: dict[str, torch.Tensor], norm_groups: int, scale: float, ima
     layers = len({k.split(".")[4] for k in vae if k.startswith("encoder.down_blocks.0.resnets.")})
     latent = int(vae["encoder.conv_out.weight"].shape[0]) // 2  # mean and log-variance
     if any(w % norm_groups for w in widths):
-        raise UnisslError(f"the VAE's widths {widths} are not divisible by {norm_groups} GroupNorm groups; pass "
-                          f"the VAE's group count with --vae-norm-groups")
+        raise ConfigError("vae_norm_groups", f"the VAE's widths {widths} are not divisible by {norm_groups} GroupNorm "
+                          f"groups; set it to the VAE's group count")
     return {"in_channels": int(vae["encoder.conv_in.weight"].shape[1]),
             "out_channels": int(vae["decoder.conv_out.weight"].shape[0]),
             "down_block_types": ["DownEncoderBlock2D"] * n, "up_block_types": ["UpDecoderBlock2D"] * n,
