@@ -40,7 +40,7 @@ class RepTokExtractor:
 def load_extractor(checkpoint: str | None, device: torch.device) -> RepTokExtractor:
     """Loader for ``reptok:<tokenizer dir>`` (the ``--out`` of ``unissl train reptok-tokenizer``)."""
     if not checkpoint:
-        raise UnisslError("extractor 'reptok' needs a tokenizer directory: use 'reptok:DIR' with the --out "
-                          "directory of `unissl train reptok-tokenizer`")
+        raise UnisslError("extractor 'reptok' needs a tokenizer directory: use 'reptok:DIR' with the DIR written by "
+                          "`unissl train reptok-tokenizer --out DIR`")
     tok = RepTokTokenizer.from_pretrained(checkpoint, device=device)
     return RepTokExtractor(tok, checkpoint, device)
