@@ -706,10 +706,11 @@ def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list
     out = Path(out)
     if jobs < 1:
         raise UnisslError(f"pipeline: jobs must be >= 1, got {jobs}")
-    unknown = (set(only or []) | set(force or [])) - {s.name for s in stages}
-    if unknown:
-        raise UnisslError(f"pipeline: --only/--force name unknown stage(s) {sorted(unknown)}; "
-                          f"stages are {[s.name for s in stages]}")
+    names = [s.name for s in stages]
+    for setting, asked in (("only", only), ("force", force)):
+        unknown = sorted(set(asked or []) - set(names))
+        if unknown:
+            raise ConfigError(setting, f"names unknown stage(s) {unknown}; stages are {names}")
     if seeds:
         if len(set(seeds)) != len(seeds):
             raise UnisslError(f"pipeline: seeds {seeds} repeat a value")
