@@ -35,14 +35,14 @@ def _main_job_like(root: Path, sorcen_top1: float, class_share: float) -> None:
     labels = np.repeat(np.arange(10), 3)
     np.savez(root / "s" / "class.npz", images=rng.integers(0, 255, (30, 1, 28, 28), dtype=np.uint8), labels=labels)
     prompts = np.array(["a sketch of a bag", "a sketch of a sneaker"])
-    np.savez(root / "s" / "text.npz", images=rng.integers(0, 255, (6, 1, 28, 28), dtype=np.uint8),
+    np.savez(root / "s" / "heldout.npz", images=rng.integers(0, 255, (6, 1, 28, 28), dtype=np.uint8),
              labels=np.array([8, 8, 8, 7, 7, 7]), prompts=prompts, prompt_index=np.array([0, 0, 0, 1, 1, 1]))
     names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
     _record(ev, "class-samples", {"FD_domain": 1.1, "class_consistency": class_share, "ceiling_FD_domain": 0.4,
                                   "ceiling_class_consistency": 0.85, "judge_accuracy": 0.905},
             {"samples": str(root / "s" / "class.npz"), "class_consistency_per_class": {n: 0.8 for n in names}})
     _record(ev, "prompt-samples", {"FD_domain": 1.3, "class_consistency": 0.9, "ceiling_class_consistency": 0.85},
-            {"samples": str(root / "s" / "text.npz")})
+            {"samples": str(root / "s" / "heldout.npz")})
 
 
 def test_findings_state_value_reference_and_direction(tmp_path):
@@ -84,7 +84,7 @@ def test_report_writes_findings_first_and_findings_json(tmp_path):
     assert "| probe-sorcen | top1 | 85.02 | higher is better |" in md
     assert "| class-samples | FD_domain | 1.1 | lower is better |" in md
     assert "|  | ceiling_FD_domain | 0.4 | lower is better |" in md  # the result's name once, on its first row
-    for png in ("pairs_rec.png", "samples_s_class_npz.png", "samples_s_text_npz.png"):
+    for png in ("pairs_rec.png", "samples_s_class_npz.png", "samples_s_heldout_npz.png"):
         assert (tmp_path / "report" / png).is_file()
 
 

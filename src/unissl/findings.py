@@ -190,8 +190,9 @@ def derive_findings(found: list[Record], run_dir: Path | None = None) -> list[Fi
         share_ref: float | None = _pct(float(ceiling)) if isinstance(ceiling, (int, float)) else judge
         ref_name = ("real test images through the same tokenizer (the ceiling)" if isinstance(ceiling, (int, float))
                     else "the judge on real images")
-        what = ("Samples from caption templates never seen in training" if text
-                else "Class-conditional samples")
+        held = "heldout" in str(sc.get("extra.samples", "")) + str(sc.get("name", ""))
+        what = ("Samples from caption templates never seen in training" if text and held
+                else "Text-prompted samples" if text else "Class-conditional samples")
         rel_text, better = _compare(value, share_ref, True) if share_ref is not None else ("", True)
         fd = next((k for k in sc if k.startswith("metrics.FD") and "ceiling" not in k), None)
         fd_text = ""

@@ -381,7 +381,8 @@ def _labelled_samples_section(doc: _Doc, run_dir: Path, info: dict[str, Any], ou
             keys = list(dict.fromkeys(int(i) for i in index))[:12]
             rows = [images[index == k][:8] for k in keys]
             names = [f"\u201c{prompts[k]}\u201d" for k in keys]
-            title = f"{p.stem}: one row per prompt (caption templates never seen in training)"
+            held = " (caption templates never seen in training)" if "heldout" in p.stem else ""
+            title = f"{p.stem}: one row per prompt{held}"
         else:
             keys = list(dict.fromkeys(int(i) for i in labels))[:12]
             rows = [images[labels == k][:8] for k in keys]
