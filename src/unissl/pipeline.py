@@ -706,11 +706,10 @@ def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list
     out = Path(out)
     if jobs < 1:
         raise UnisslError(f"pipeline: jobs must be >= 1, got {jobs}")
-    names = [s.name for s in stages]
     for setting, asked in (("only", only), ("force", force)):
-        unknown = sorted(set(asked or []) - set(names))
+        unknown = sorted(set(asked or []) - {s.name for s in stages})
         if unknown:
-            raise ConfigError(setting, f"names unknown stage(s) {unknown}; stages are {names}")
+            raise ConfigError(setting, f"names unknown stage(s) {unknown}; stages are {[s.name for s in stages]}")
     if seeds:
         if len(set(seeds)) != len(seeds):
             raise UnisslError(f"pipeline: seeds {seeds} repeat a value")
