@@ -109,23 +109,6 @@ def _recorded_draws(record: list[torch.Tensor]) -> Iterator[None]:
         torch.randn, torch.randn_like = randn, randn_like  # type: ignore[assignment]
 
 
-def _supply_torchvision() -> None:
-    """torchvision's ``center_crop`` (offsets ``int(round((H - h) / 2))``) and ``normalize`` on the stub module."""
-    import torchvision.transforms.functional as tvf
-
-    def center_crop(img: torch.Tensor, size: list[int]) -> torch.Tensor:
-        h, w = img.shape[-2:]
-        top, left = int(round((h - size[0]) / 2.0)), int(round((w - size[1]) / 2.0))
-        return img[..., top:top + size[0], left:left + size[1]]
-
-    def normalize(x: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
-        m = torch.as_tensor(mean, dtype=x.dtype).view(-1, 1, 1)
-        s = torch.as_tensor(std, dtype=x.dtype).view(-1, 1, 1)
-        return (x - m) / s
-
-    tvf.center_crop, tvf.normalize = center_crop, normalize
-
-
 def _tokenizer_model(enc: Any, dino_state: dict[str, torch.Tensor]) -> Any:
     """The release's RepTokLatentRF2D from its own config file, sizes overridden, the tiny DINOv2 behind the hub."""
     import hydra
@@ -312,7 +295,6 @@ def write_reptok(out_dir: str | Path, root: str | None = None) -> list[Path]:
 
     os.environ.setdefault("XFORMERS_DISABLED", "1")
     activate("RepTok", root)
-    _supply_torchvision()
     enc = importlib.import_module("reptok.encoder.encoder")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

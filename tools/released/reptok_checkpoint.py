@@ -74,21 +74,6 @@ def _randomise(module: torch.nn.Module, gen: torch.Generator, skip: tuple[str, .
                 p.copy_(0.1 * noise)
 
 
-def _torchvision_functions() -> None:
-    """torchvision's ``center_crop`` (offsets ``int(round((H - h) / 2))``) and ``normalize`` on the stub."""
-    import torchvision.transforms.functional as tvf
-
-    def center_crop(img: torch.Tensor, size: list[int]) -> torch.Tensor:
-        h, w = img.shape[-2:]
-        top, left = int(round((h - size[0]) / 2.0)), int(round((w - size[1]) / 2.0))
-        return img[..., top:top + size[0], left:left + size[1]]
-
-    def normalize(x: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
-        return (x - torch.as_tensor(mean, dtype=x.dtype).view(-1, 1, 1)) / torch.as_tensor(std, dtype=x.dtype).view(-1, 1, 1)
-
-    tvf.center_crop, tvf.normalize = center_crop, normalize
-
-
 class NoMetrics(torch.nn.Module):
     """Stands in for ``reptok.metrics.ImageMetricTracker`` (FID needs torch-fidelity and Inception weights; it
     holds no trained weights and takes no part in encoding, decoding or sampling)."""
@@ -218,7 +203,6 @@ def write_reptok_checkpoint(out_dir: str | Path, root: str | None = None) -> lis
 
     os.environ.setdefault("XFORMERS_DISABLED", "1")
     activate("RepTok", root)
-    _torchvision_functions()
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(28_21)
