@@ -16,7 +16,6 @@ The registered model is also run at 70 x 70 (a 5 x 5 grid: position embeddings i
 
 from __future__ import annotations
 
-import argparse
 from functools import partial
 from pathlib import Path
 
@@ -86,12 +85,3 @@ def write_dinov2(out_dir: str | Path, root: str | None = None) -> list[Path]:
     save_file(tensors, str(out / "dinov2_outputs.safetensors"))
     written.append(out / "dinov2_outputs.safetensors")
     return written
-
-
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="tests/fixtures/released")
-    ap.add_argument("--released-root", default=None)
-    args = ap.parse_args()
-    for path in write_dinov2(args.out, args.released_root):
-        print(path, path.stat().st_size)

@@ -299,14 +299,3 @@ def write_reptok(out_dir: str | Path, root: str | None = None) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return write_reptok_tokenizer(out, enc) + write_reptok_generator(out) + write_reptok_paper_layout(out, enc)
-
-
-if __name__ == "__main__":
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="tests/fixtures/released")
-    ap.add_argument("--released-root", default=None)
-    args = ap.parse_args()
-    for path in write_reptok(args.out, args.released_root):
-        print(path, path.stat().st_size)

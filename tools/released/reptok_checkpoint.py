@@ -237,14 +237,3 @@ def write_reptok_checkpoint(out_dir: str | Path, root: str | None = None) -> lis
             "reloaded_strict": True}
     (out / "reptok_tiny_released.json").write_text(json.dumps(meta, indent=2) + "\n")
     return [ckpt, out / "reptok_tiny_released_outputs.safetensors", out / "reptok_tiny_released.json"]
-
-
-if __name__ == "__main__":
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="tests/fixtures/released")
-    ap.add_argument("--released-root", default=None)
-    args = ap.parse_args()
-    for p in write_reptok_checkpoint(args.out, args.released_root):
-        print(p, p.stat().st_size)
