@@ -58,6 +58,20 @@ DECODER_TIMES = (1.0, 0.75, 0.3, 0.02)
 GENERATOR_TIMES = (0.0, 0.3, 0.7, 1.0)
 
 
+def size_release_config(m: Any, latent: tuple[int, int, int], decoder: dict[str, int], model_size: int,
+                        embed_dim: int, impl_call: str) -> None:
+    """Shrink the release's ``configs/model/reptok.yaml`` ``model`` node in place to the given CPU sizes."""
+    m.val_shape = list(latent)
+    m.mapping.width, m.mapping.depth = decoder["mapping_width"], decoder["mapping_depth"]
+    m.encoder.dino.impl_call = impl_call
+    m.encoder.dino.model_size, m.encoder.dino.embed_dim = model_size, embed_dim
+    m.backbone.in_features = m.backbone.out_features = latent[0]
+    m.backbone.main_level.width, m.backbone.main_level.depth = decoder["width"], decoder["depth"]
+    m.backbone.main_level.layer_params.d_head = decoder["d_head"]
+    grid = latent[1] // decoder["patch"]
+    m.backbone.main_level.proj_params.out_params.unflatten = {"h": grid, "w": grid}
+
+
 def _randomise(model: torch.nn.Module, gen: torch.Generator) -> None:
     """Every trainable-shaped parameter drawn: matrices ~ N(0, 1/fan_in) (the adaptive-norm maps at 0.3 of that),
     tokens / positions / shift ~ N(0, 0.5^2), gains ~ 1 + N(0, 0.2^2), attention temperatures ~ 10 (1 + N(0, 0.1^2)),
@@ -124,16 +138,8 @@ def _tokenizer_model(enc: Any, dino_state: dict[str, torch.Tensor]) -> Any:
     enc.omegaconf_resolvers()
     conf = OmegaConf.load(Path(enc.__file__).parents[2] / "configs" / "model" / "reptok.yaml")
     m = conf.model
-    m.val_shape = list(LATENT)
+    size_release_config(m, LATENT, DECODER, MODEL_SIZE, DINO["embed_dim"], "reptok.encoder.encoder.vit_tiny_reg_fixture")
     m.ae = None
-    m.mapping.width, m.mapping.depth = DECODER["mapping_width"], DECODER["mapping_depth"]
-    m.encoder.dino.impl_call = "reptok.encoder.encoder.vit_tiny_reg_fixture"
-    m.encoder.dino.model_size, m.encoder.dino.embed_dim = MODEL_SIZE, DINO["embed_dim"]
-    m.backbone.in_features = m.backbone.out_features = LATENT[0]
-    m.backbone.main_level.width, m.backbone.main_level.depth = DECODER["width"], DECODER["depth"]
-    m.backbone.main_level.layer_params.d_head = DECODER["d_head"]
-    grid = LATENT[1] // DECODER["patch"]
-    m.backbone.main_level.proj_params.out_params.unflatten = {"h": grid, "w": grid}
     hub = torch.hub.load
     torch.hub.load = hub_load  # type: ignore[assignment]
     try:

@@ -42,6 +42,7 @@ try:
     from env import PINNED, activate
 except ImportError:  # imported as tools.released.reptok_checkpoint
     from .env import PINNED, activate
+from .reptok import size_release_config  # the writers run as tools.released.<module> (the fixture driver)
 
 DINO = {"patch_size": 14, "embed_dim": 16, "depth": 1, "num_heads": 1, "mlp_ratio": 2, "num_register_tokens": 4,
         "interpolate_antialias": True, "interpolate_offset": 0.0}
@@ -111,16 +112,8 @@ def _model_config(scratch: Path, vae_dir: Path) -> Path:
 
     conf = OmegaConf.load(Path(importlib.import_module("reptok").__file__).parents[1] / "configs/model/reptok.yaml")
     m = conf.model
-    m.val_shape = list(LATENT)
+    size_release_config(m, LATENT, DECODER, MODEL_SIZE, DINO["embed_dim"], "reptok.encoder.encoder.vit_tiny_reg_ckpt")
     m.ae.repo = str(vae_dir)
-    m.mapping.width, m.mapping.depth = DECODER["mapping_width"], DECODER["mapping_depth"]
-    m.encoder.dino.impl_call = "reptok.encoder.encoder.vit_tiny_reg_ckpt"
-    m.encoder.dino.model_size, m.encoder.dino.embed_dim = MODEL_SIZE, DINO["embed_dim"]
-    m.backbone.in_features = m.backbone.out_features = LATENT[0]
-    m.backbone.main_level.width, m.backbone.main_level.depth = DECODER["width"], DECODER["depth"]
-    m.backbone.main_level.layer_params.d_head = DECODER["d_head"]
-    grid = LATENT[1] // DECODER["patch"]
-    m.backbone.main_level.proj_params.out_params.unflatten = {"h": grid, "w": grid}
     path = scratch / "reptok_tiny.yaml"
     OmegaConf.save(conf, path)
     return path
