@@ -108,17 +108,19 @@ def hub_to_transformers_state(state: dict[str, torch.Tensor], model_keys: set[st
     return out
 
 
+def build_transformers_dinov2(registers: int, **config: Any) -> Any:
+    """A freshly initialised transformers ``Dinov2WithRegistersModel`` (``Dinov2Model`` when ``registers`` is 0)."""
+    transformers = require("transformers", "hf", "DINOv2")
+    if registers:
+        return transformers.Dinov2WithRegistersModel(
+            transformers.Dinov2WithRegistersConfig(num_register_tokens=registers, **config))
+    return transformers.Dinov2Model(transformers.Dinov2Config(**config))
+
+
 def dinov2_from_hub_state(state: dict[str, torch.Tensor], heads: int | None = None, where: str = "state") -> Any:
     """A transformers ``Dinov2WithRegistersModel`` (or ``Dinov2Model`` without registers) holding ``state``."""
-    transformers = require("transformers", "hf", "DINOv2")
     cfg = hub_config(state, heads)
-    registers = cfg.pop("num_register_tokens")
-    model: Any
-    if registers:
-        model = transformers.Dinov2WithRegistersModel(
-            transformers.Dinov2WithRegistersConfig(num_register_tokens=registers, **cfg))
-    else:
-        model = transformers.Dinov2Model(transformers.Dinov2Config(**cfg))
+    model = build_transformers_dinov2(cfg.pop("num_register_tokens"), **cfg)
     converted = hub_to_transformers_state(state, set(model.state_dict()))
     missing, unexpected = model.load_state_dict(converted, strict=False)
     if missing or unexpected:

@@ -12,24 +12,20 @@ from typing import Any
 
 import torch
 
+from unissl.methods.reptok.dinov2_hub import build_transformers_dinov2
 from unissl.utils.optional import require
 
 
 def save_random_dinov2(path: str | Path, hidden: int = 32, layers: int = 2, heads: int = 2, patch: int = 4,
                        image_size: int = 28, registers: int = 0, dropout: float = 0.0, seed: int = 0) -> Path:
     """Write a randomly initialised transformers DINOv2 (with ``registers`` register tokens) to ``path``."""
-    transformers = require("transformers", "hf", "a random DINOv2")
+    require("transformers", "hf", "a random DINOv2")  # the message names what needs it
 
     kw: dict[str, Any] = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, mlp_ratio=2,
               patch_size=patch, image_size=image_size, hidden_dropout_prob=dropout)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model: Any
-        if registers:
-            model = transformers.Dinov2WithRegistersModel(
-                transformers.Dinov2WithRegistersConfig(num_register_tokens=registers, **kw))
-        else:
-            model = transformers.Dinov2Model(transformers.Dinov2Config(**kw))
+        model = build_transformers_dinov2(registers, **kw)
         with torch.no_grad():  # a non-trivial class token (the default init is almost zero)
             model.embeddings.cls_token.normal_()
     model.save_pretrained(str(path))
