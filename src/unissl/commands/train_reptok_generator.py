@@ -9,6 +9,8 @@ samples is written to ``<run_dir>/samples.png`` if the tokenizer is available.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -88,14 +90,36 @@ def build_token_store(tokenizer_dir: str, dataset: str, data_dir: str | None, ou
     return write_continuous_store(out, tok, tokenizer_dir, dataset, datasets, batch_size, device)
 
 
+@contextlib.contextmanager
+def store_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``.<store>.lock`` next to the store (released when the process ends)."""
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks: the atomic rename alone keeps a store whole
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def open_store(cfg: Config, device: torch.device):
     """The training split of the token store, building it first when it is missing."""
     path = Path(cfg.tokens) if cfg.tokens else default_store_path(cfg.tokenizer, cfg.dataset)  # type: ignore[arg-type]
     if not (path / "meta.json").is_file():
         if cfg.tokenizer is None:
             raise UnisslError(f"token store {path} not found; pass --tokenizer to compute it")
-        print(f"computing the token store {path} with tokenizer {cfg.tokenizer} (once)")
-        build_token_store(cfg.tokenizer, cfg.dataset, cfg.data_dir, path, cfg.encode_batch, device)
+        # Each writer builds a private temporary directory and renames it into place (atomic_dir), so two
+        # runs never mix files; the lock makes a concurrent run (class and text generators) wait for the
+        # first and reuse its store instead of computing the same one again.
+        with store_lock(path):
+            if not (path / "meta.json").is_file():
+                print(f"computing the token store {path} with tokenizer {cfg.tokenizer} (once)")
+                build_token_store(cfg.tokenizer, cfg.dataset, cfg.data_dir, path, cfg.encode_batch, device)
     store = TokenStore(path, "train")
     if store.kind != "continuous":
         raise UnisslError(f"{path} is a {store.kind} store; the generator needs continuous tokens (RepTok)")

@@ -74,9 +74,21 @@ def write_continuous_store(out: str | Path, tokenizer: Any, tokenizer_dir: str |
         arrays[split] = torch.cat(zs).numpy()
         labels[split] = torch.cat(ys).numpy()
         fingerprints[split] = ds.fingerprint()
+    return write_encoded_store(out, tokenizer, tokenizer_dir, dataset, arrays, labels, fingerprints, classes,
+                               overwrite=overwrite)
+
+
+def write_encoded_store(out: str | Path, tokenizer: Any, tokenizer_dir: str | Path, dataset: str,
+                        arrays: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
+                        fingerprints: Mapping[str, str], classes: list[str], overwrite: bool = True) -> Path:
+    """Store tokens already computed with ``tokenizer`` (saved at ``tokenizer_dir``): ``arrays[split]`` (N, D)
+    and ``labels[split]`` (N,) of the dataset split whose fingerprint is ``fingerprints[split]``.
+
+    The meta is :func:`write_continuous_store`'s (which ends here), so readers cannot tell the two apart.
+    """
     meta = {"tokenizer": {"path": str(Path(tokenizer_dir).resolve()), "sha256": tokenizer_checksum(tokenizer_dir),
                           "class": f"{type(tokenizer).__module__}.{type(tokenizer).__name__}"},
-            "classes": classes, "dataset": {"name": dataset, "fingerprints": fingerprints},
+            "classes": list(classes), "dataset": {"name": dataset, "fingerprints": dict(fingerprints)},
             STATS_KEY: token_stats(arrays["train"] if "train" in arrays else next(iter(arrays.values())))}
     return write_array_store(out, arrays, labels, meta, overwrite=overwrite)
 
