@@ -7,12 +7,14 @@ on the frozen encoder's features of the stored train / test ids. Training time i
 training steps only (``time.process_time`` is immune to other processes on a shared machine; with one thread
 it equals the wall-clock of an idle core); probing is not counted.
 
-Four poolings are probed: ``mean`` (the image tokens after the final norm: the ``sorcen`` extractor that
-``unissl eval linear-probe`` and the study use), ``cls`` (the class slot), ``released`` (the released linear
+Four poolings are probed by default: ``mean`` (the image tokens after the final norm: the ``sorcen`` extractor
+that ``unissl eval linear-probe`` and the study use), ``cls`` (the class slot), ``released`` (the released linear
 probe's pooling, the ``sorcen-released`` extractor) and ``blocks`` (the mean of every block concatenated, the
-``sorcen-blocks`` extractor of the main job). The target is met when the ``--hit-pool`` pooling reaches it
-(default ``mean``; ``best`` counts any). Prints the curve (minutes, epoch, both probes)
-and the first point at or above the target; ``--out`` writes it as JSON and a PNG.
+``sorcen-blocks`` extractor of the main job); ``--pools`` may add ``grid`` (every block's tokens pooled to a
+2x2 grid, concatenated: the ``sorcen-grid`` extractor, this project's protocol, not the released one). The
+target is met when the ``--hit-pool`` pooling reaches it (default ``mean``; ``best`` counts any). Prints the
+curve (minutes, epoch, both probes) and the first point at or above the target; ``--out`` writes it as JSON and
+a PNG.
 
     unissl tokenize --tokenizer runs/fmnist-vq --dataset fashion-mnist --out runs/fmnist-tokens
     # the fast setting (configs/sorcen/fmnist-fast.yaml), 15 CPU minutes:
@@ -48,16 +50,18 @@ LEGACY = ["--method", "sorcen", "--preset", "small",
           "--train.clip-grad", "3.0"]
 
 
-POOLS = ("mean", "cls", "released", "blocks")
+POOLS = ("mean", "cls", "released", "blocks", "grid")
+DEFAULT_POOLS = POOLS[:4]  # grid is asked for by name (--pools): one probe more, on 4x the blocks features
 
 
-def store_features(model, store_dir: str, pools: tuple[str, ...] = POOLS):
+def store_features(model, store_dir: str, pools: tuple[str, ...] = DEFAULT_POOLS):
     """Frozen features of the stored train / test ids for each pooling: ``({pool: (N, D)}, labels)`` per split.
 
     ``mean`` (:func:`pooled_features` after the final norm: the ``sorcen`` extractor), ``cls`` (the class slot),
     ``released`` (the released linear probe's pooling: the final norm dropped, LayerNorm after the mean: the
-    ``sorcen-released`` extractor) and ``blocks`` (the ``mean`` of every block, concatenated: the
-    ``sorcen-blocks`` extractor)."""
+    ``sorcen-released`` extractor), ``blocks`` (the ``mean`` of every block, concatenated: the
+    ``sorcen-blocks`` extractor) and ``grid`` (every block's tokens pooled to a 2x2 grid, concatenated: the
+    ``sorcen-grid`` extractor)."""
     from unissl.data.token_store import TokenStore
     from unissl.methods.sorcen.features import pooled_features
 
@@ -74,7 +78,7 @@ def store_features(model, store_dir: str, pools: tuple[str, ...] = POOLS):
                         out[pool].append(h[:, 1:].mean(1))  # = pooled_features(model, ids)
                     elif pool == "cls":
                         out[pool].append(h[:, 0])
-                    else:  # released, blocks
+                    else:  # released, blocks, grid
                         out[pool].append(pooled_features(model, b["ids"], pool))
                 labels.append(b["label"])
         return {k: torch.cat(v) for k, v in out.items()}, torch.cat(labels)
@@ -86,7 +90,7 @@ def store_features(model, store_dir: str, pools: tuple[str, ...] = POOLS):
         model.train()
 
 
-def probe_top1(model, store_dir: str, epochs: int, pools: tuple[str, ...] = POOLS,
+def probe_top1(model, store_dir: str, epochs: int, pools: tuple[str, ...] = DEFAULT_POOLS,
                features=None) -> dict[str, float]:
     """Linear-probe test top-1 (%) of ``model``'s frozen features of the stored ids, per pooling
     (:func:`store_features`; pass ``features`` to reuse them)."""
@@ -288,11 +292,13 @@ def main() -> None:
     ap.add_argument("--probe-every", type=int, default=0, help="steps between probes (0: only the last step)")
     ap.add_argument("--probe-epochs", type=int, default=90)
     ap.add_argument("--target", type=float, default=PIXEL_PROBE, help="pixel linear probe on Fashion-MNIST (%%)")
-    ap.add_argument("--hit-pool", default="mean", choices=["mean", "blocks", "best"],
+    ap.add_argument("--hit-pool", default="mean", choices=["mean", "blocks", "grid", "best"],
                     help="which pooling must reach the target: mean (the study's extractor), blocks (the main "
-                         "job's sorcen-blocks extractor) or the best of the four")
-    ap.add_argument("--pools", default=",".join(POOLS),
-                    help="comma-separated poolings to probe (each costs a probe): " + ",".join(POOLS))
+                         "job's sorcen-blocks extractor), grid (sorcen-grid; name it in --pools) or the best "
+                         "of those probed")
+    ap.add_argument("--pools", default=",".join(DEFAULT_POOLS),
+                    help="comma-separated poolings to probe (each costs a probe) out of " + ",".join(POOLS)
+                         + "; default " + ",".join(DEFAULT_POOLS))
     ap.add_argument("--no-stop", action="store_true", help="keep training after the target is reached")
     ap.add_argument("--knn-k", type=int, nargs="*", default=[],
                     help="k-NN at every probe point with these k (and --knn-t, over --pools), the setting chosen on "

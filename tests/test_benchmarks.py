@@ -88,6 +88,16 @@ def test_time_to_accuracy_tiny(vq_store: Path, tmp_path: Path) -> None:
     assert "ms/step" in out and curve and 0 <= curve[-1]["mean"] <= 100
 
 
+def test_time_to_accuracy_grid_pool_tiny(vq_store: Path, tmp_path: Path) -> None:
+    import json
+
+    out = run_script("time_to_accuracy.py", "--tokens", str(vq_store), *TTA_TINY, "--pools", "mean,grid",
+                     "--hit-pool", "grid", "--out", str(tmp_path / "g.json"), "--", "--train.warmup-steps", "1")
+    point = json.loads((tmp_path / "g.json").read_text())["curve"][-1]
+    assert "grid" in out.strip().splitlines()[-1] and 0 <= point["grid"] <= 100 and 0 <= point["mean"] <= 100
+    assert "blocks" not in point
+
+
 def test_time_to_accuracy_knn_curve_tiny(vq_store: Path, tmp_path: Path) -> None:
     import json
 

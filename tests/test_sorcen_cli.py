@@ -86,6 +86,73 @@ def test_train_sample_and_features(store):
     assert got_blocks.shape == (3, 32 * len(model.blocks)) and blocks.identity() != ext.identity()
     assert torch.allclose(got_blocks, torch.cat(naive_blocks, 1), atol=1e-5)
     assert torch.allclose(got_blocks[:, -32:], feats, atol=1e-5)
+    # every block's tokens pooled to a 2x2 grid of the 4x4 id map (this project's probe): depth * 4 * D features
+    grid = load_extractor(f"sorcen-grid:{run}", torch.device("cpu"))
+    got_grid = grid.features(images)
+    assert got_grid.shape == (3, len(model.blocks) * 4 * 32) and "grid2x2" in grid.identity()
+    assert grid.identity() not in (ext.identity(), blocks.identity())
+    assert torch.allclose(got_grid.reshape(3, len(model.blocks), 4, 32).mean(2), got_blocks.reshape(3, -1, 32),
+                          atol=1e-5)
+
+
+def _tiny_model(grid: tuple[int, int]):
+    import dataclasses
+
+    from unissl.methods.sorcen.model import SorcenModel
+    from unissl.methods.sorcen.presets import PRESETS
+
+    torch.manual_seed(0)
+    return SorcenModel(dataclasses.replace(PRESETS["tiny"], grid=grid)).eval()
+
+
+def _normed_block_tokens(model, ids: torch.Tensor) -> list[torch.Tensor]:
+    """Every block's image-position outputs after the final norm, (B, N, D) each, from the model's modules."""
+    x, out = model.embed(model.with_class_slot(ids.long())), []
+    for blk in model.blocks:
+        x = blk(x)
+        out.append(model.norm(x)[:, 1:])
+    return out
+
+
+@torch.no_grad()
+def test_grid_pooling_closed_forms():
+    from unissl.methods.sorcen.features import GRID_SIDE, pooled_features
+
+    assert GRID_SIDE == 2
+    # a 2x2 id map: each cell is one token, so `grid` is every block's normed tokens in raster order
+    model = _tiny_model((2, 2))
+    ids = torch.randint(0, 16, (5, 2, 2), generator=torch.Generator().manual_seed(1))
+    want = torch.cat([t.flatten(1) for t in _normed_block_tokens(model, ids)], dim=1)
+    got = pooled_features(model, ids, "grid")
+    assert got.shape == (5, len(model.blocks) * 4 * 32) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+    # a 4x4 id map: cells of 2x2 tokens, so the mean of a block's four cells is that block's `blocks` features
+    model = _tiny_model((4, 4))
+    ids = torch.randint(0, 16, (5, 4, 4), generator=torch.Generator().manual_seed(2))
+    got = pooled_features(model, ids, "grid").reshape(5, len(model.blocks), 4, 32)
+    blocks = pooled_features(model, ids, "blocks").reshape(5, len(model.blocks), 32)
+    torch.testing.assert_close(got.mean(2), blocks, rtol=1e-5, atol=1e-6)
+    # the top-left cell is the mean of the top-left 2x2 tokens; flat ids use the model's grid
+    first = _normed_block_tokens(model, ids)[0].reshape(5, 4, 4, 32)
+    torch.testing.assert_close(got[:, 0, 0], first[:, :2, :2].mean((1, 2)), rtol=1e-5, atol=1e-6)
+    assert torch.equal(pooled_features(model, ids.flatten(1), "grid"), got.flatten(1))
+    # a non-square 2x4 map: the right-hand cells pool columns 2..3
+    model = _tiny_model((2, 4))
+    ids = torch.randint(0, 16, (3, 2, 4), generator=torch.Generator().manual_seed(3))
+    got = pooled_features(model, ids, "grid").reshape(3, len(model.blocks), 2, 2, 32)
+    last = _normed_block_tokens(model, ids)[-1].reshape(3, 2, 4, 32)
+    torch.testing.assert_close(got[:, -1, 1, 1], last[:, 1, 2:].mean(1), rtol=1e-5, atol=1e-6)
+
+
+@torch.no_grad()
+def test_blocks_pooling_is_unchanged_by_the_shared_block_loop():
+    from unissl.methods.sorcen.features import pooled_features
+
+    model = _tiny_model((4, 4))
+    ids = torch.randint(0, 16, (6, 4, 4), generator=torch.Generator().manual_seed(4))
+    want = torch.cat([t.mean(dim=1).float() for t in _normed_block_tokens(model, ids)], dim=1)  # the old loop
+    got = pooled_features(model, ids, "blocks")
+    assert got.shape == (6, len(model.blocks) * 32) and torch.equal(got, want)  # bit-identical
 
 
 def test_mage_c_trains_on_images_with_the_online_tokenizer(store):
@@ -104,6 +171,11 @@ def test_mage_c_trains_on_images_with_the_online_tokenizer(store):
 
     method, info = load_method(run)
     assert method.variant == "mage-c" and info["variant"] == "mage-c" and method.online_tokenizer is None
+    # the grid probe loads a MAGE-C run through the same loader as the other Sorcen-family extractors
+    from unissl.eval.features import load_extractor
+
+    grid = load_extractor(f"sorcen-grid:{run}", torch.device("cpu"))
+    assert grid.features(torch.rand(2, 1, 8, 8)).shape == (2, len(method.model.blocks) * 4 * 32)
     saved = load_checkpoint(latest_checkpoint(run), with_trainer_state=False).model
     assert torch.equal(method.projector.net[0].weight, saved["projector.net.0.weight"])
 

@@ -163,7 +163,8 @@ def derive_findings(found: list[Record], run_dir: Path | None = None) -> list[Fi
                        "the frozen features do not yet separate the classes as well as the raw pixels: at this "
                        "training length the encoder has not passed the pixel line")
             pooling = {"sorcen-blocks": " (every block's mean, concatenated)", "sorcen": " (last block's mean)",
-                       "sorcen-released": " (the released pooling)"}.get(family, "")
+                       "sorcen-released": " (the released pooling)",
+                       "sorcen-grid": " (every block's tokens pooled to a 2x2 grid, concatenated)"}.get(family, "")
             out.append(Finding(
                 fid, round(value, 2), round(ref, 2), True,
                 f"{family}{pooling} {what}: {value:.2f}% vs {ref:.2f}% on raw pixels, {rel_text} the pixel line "

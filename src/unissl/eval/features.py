@@ -53,6 +53,7 @@ EXTRACTORS: dict[str, str] = {
     "sorcen": "unissl.methods.sorcen.features:load_extractor",
     "sorcen-released": "unissl.methods.sorcen.features:load_released_extractor",
     "sorcen-blocks": "unissl.methods.sorcen.features:load_blocks_extractor",
+    "sorcen-grid": "unissl.methods.sorcen.features:load_grid_extractor",
     "reptok": "unissl.methods.reptok.features:load_extractor",
     "domain": "unissl.eval.domain:load_extractor",
     "inception": "unissl.eval.inception:load_extractor",

@@ -7,11 +7,15 @@ masking, and the image-position outputs (class slot excluded) after the final no
 encoder's final norm is dropped, and a LayerNorm (no affine: the probe's BatchNorm + Linear absorb it)
 follows the mean of the image positions. ``sorcen-blocks:RUN`` (:func:`load_blocks_extractor`) concatenates
 that mean over every encoder block (each block's output through the final norm), as DINO's linear evaluation
-concatenates its last blocks (docs/fidelity.md: the fast CPU setting).
+concatenates its last blocks (docs/fidelity.md: the fast CPU setting). ``sorcen-grid:RUN``
+(:func:`load_grid_extractor`) is this project's probe protocol, not the released one: every block's image
+tokens (through the final norm) are average-pooled to a ``GRID_SIDE`` x ``GRID_SIDE`` grid of the token map
+and concatenated, so the probe keeps a coarse layout that the mean throws away.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,31 @@ from unissl.methods.sorcen.model import SorcenModel
 from unissl.methods.sorcen.run import load_model, load_run_tokenizer
 from unissl.utils.io import sha256_file
 
-POOLS = ("final-norm", "released", "blocks")
+POOLS = ("final-norm", "released", "blocks", "grid")
+
+GRID_SIDE = 2  # grid cells per side: quadrants keep a centred object's coarse layout, at 4x the mean's width
+
+
+def _every_block(model: SorcenModel, ids: torch.Tensor,
+                 pool_block: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Unmasked encoder pass over ids; ``pool_block`` maps each block's image-position outputs after the final
+    norm, (B, N, D), to (B, F); their float32 values are concatenated, first block first: (B, depth * F)."""
+    x = model.embed(model.with_class_slot(ids.to(model.decoder_pos.device).long()))  # (B, 1+N, D)
+    pooled = []
+    for blk in model.blocks:
+        x = blk(x)
+        pooled.append(pool_block(model.norm(x)[:, 1:]).float())  # class slot dropped
+    return torch.cat(pooled, dim=1)
+
+
+def _grid_pool(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Image tokens (B, h*w, D) in raster order -> (B, GRID_SIDE**2 * D): the token map average-pooled to
+    GRID_SIDE x GRID_SIDE cells, cell by cell in raster order, each cell's D values together. On an odd side
+    (7 x 7 ids) adaptive pooling's cells share the middle row / column."""
+    b, _, d = tokens.shape
+    fmap = tokens.reshape(b, grid[0], grid[1], d).permute(0, 3, 1, 2)  # (B, D, h, w)
+    cells = F.adaptive_avg_pool2d(fmap, (GRID_SIDE, GRID_SIDE))  # (B, D, S, S)
+    return cells.permute(0, 2, 3, 1).flatten(1)  # (B, S*S*D)
 
 
 def pooled_features(model: SorcenModel, ids: torch.Tensor, pool: str = "final-norm") -> torch.Tensor:
@@ -32,18 +60,18 @@ def pooled_features(model: SorcenModel, ids: torch.Tensor, pool: str = "final-no
 
     ``final-norm`` pools after the encoder's final norm; ``released`` drops that norm and applies a LayerNorm
     (no affine) after the mean, as the released linear probe does; ``blocks`` returns (B, depth * D): the
-    ``final-norm`` mean of every block's output, first block first (the last D columns equal ``final-norm``).
+    ``final-norm`` mean of every block's output, first block first (the last D columns equal ``final-norm``);
+    ``grid`` returns (B, depth * GRID_SIDE**2 * D): every block's normed image tokens on their (h, w) map
+    (``ids``' shape, or the model's grid for flat ids) average-pooled to GRID_SIDE x GRID_SIDE cells.
     The model is used as it is (no mode or ``requires_grad`` change), so online evaluation can call this on
     the model being trained.
     """
     device = model.decoder_pos.device
     if pool == "blocks":
-        x = model.embed(model.with_class_slot(ids.to(device).long()))  # (B, 1+N, D)
-        means = []
-        for blk in model.blocks:
-            x = blk(x)
-            means.append(model.norm(x)[:, 1:].mean(dim=1).float())  # (B, D)
-        return torch.cat(means, dim=1)  # (B, depth * D)
+        return _every_block(model, ids, lambda tokens: tokens.mean(dim=1))  # (B, depth * D)
+    if pool == "grid":
+        grid = (int(ids.shape[1]), int(ids.shape[2])) if ids.dim() == 3 else model.arch.grid
+        return _every_block(model, ids, lambda tokens: _grid_pool(tokens, grid))  # (B, depth * S*S * D)
     if pool == "released":
         x = model.embed(model.with_class_slot(ids.to(device).long()))  # (B, 1+N, D)
         for blk in model.blocks:
@@ -124,7 +152,8 @@ def load_extractor(checkpoint: str, device: torch.device | str = "cpu", pool: st
     model, info = load_model(checkpoint, device)
     tokenizer = load_run_tokenizer(info, device)
     ck = Path(info["checkpoint"])
-    tag = {"final-norm": "mean-image", "released": "released-prenorm-ln", "blocks": "mean-image-every-block"}[pool]
+    tag = {"final-norm": "mean-image", "released": "released-prenorm-ln", "blocks": "mean-image-every-block",
+           "grid": f"grid{GRID_SIDE}x{GRID_SIDE}-every-block"}[pool]
     name = f"sorcen({info['variant']},{ck.name},w={sha256_file(ck / 'model.safetensors')[:16]},pool={tag})"
     ext = SorcenFeatures(model, tokenizer, name, pool=pool)
     ext.store_path = info.get("tokens")
@@ -139,3 +168,9 @@ def load_released_extractor(checkpoint: str, device: torch.device | str = "cpu")
 def load_blocks_extractor(checkpoint: str, device: torch.device | str = "cpu") -> SorcenFeatures:
     """``sorcen-blocks``: the image-position mean of every encoder block, concatenated (B, depth * D)."""
     return load_extractor(checkpoint, device, pool="blocks")
+
+
+def load_grid_extractor(checkpoint: str, device: torch.device | str = "cpu") -> SorcenFeatures:
+    """``sorcen-grid``: every encoder block's image tokens pooled to a GRID_SIDE x GRID_SIDE grid, concatenated
+    (B, depth * GRID_SIDE**2 * D). This project's probe protocol; the released code mean-pools."""
+    return load_extractor(checkpoint, device, pool="grid")
