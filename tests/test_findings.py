@@ -95,3 +95,17 @@ def test_every_metric_of_the_main_job_has_a_direction():
         assert higher is not None and meaning, key
     assert metric_meaning("FD_domain")[0] is False and metric_meaning("rFD_domain")[0] is False
     assert metric_meaning("psnr")[0] is True
+
+
+def test_the_headline_probe_is_the_grid_pooling_and_the_released_pooling_stays_beside_it(tmp_path):
+    # "probe-sorcen-grid" sorts after "probe-sorcen-a-released": the headline is chosen by pooling, not file order.
+    _main_job_like(tmp_path, sorcen_top1=83.5, class_share=0.7)
+    _record(tmp_path / "eval", "probe-sorcen-a-released", {"top1": 81.2},
+            {"extractor": "sorcen-released:runs/x/sorcen", "best_lr": 0.1})
+    _record(tmp_path / "eval", "probe-sorcen-grid", {"top1": 85.33}, {"extractor": "sorcen-grid:runs/x/sorcen", "best_lr": 0.1})
+    found = {f.id: f for f in derive_findings(collect_metrics(tmp_path), tmp_path)}
+    assert found["sorcen_probe_vs_pixels"].value == 85.33
+    assert "2x2 grid" in found["sorcen_probe_vs_pixels"].sentence
+    released = found["probe_sorcen_a_released_vs_pixels"]
+    assert released.value == 81.2 and "released pooling" in released.sentence and "(worse)" in released.sentence
+    assert found["probe_sorcen_vs_pixels"].value == 83.5  # the every-block mean keeps its own finding

@@ -123,6 +123,16 @@ def _is_text_samples(scalars: dict[str, Any], run_dir: Path | None) -> bool:
     return "text" in str(scalars.get("name", "")) or "prompt" in str(scalars.get("name", ""))
 
 
+# Which Sorcen probe row the findings id ``sorcen_{probe,knn}_vs_pixels`` names, first found first; every other
+# row keeps a finding of its own, so the released pooling is always reported beside the headline.
+HEADLINE_POOLINGS = ("sorcen-grid", "sorcen-blocks", "sorcen", "sorcen-released")
+
+
+def _family(scalars: dict[str, Any]) -> str:
+    """The extractor family of an evaluation record (``sorcen-grid:RUN`` -> ``sorcen-grid``)."""
+    return str(scalars.get("extra.extractor", "")).split(":", 1)[0]
+
+
 def _compare(value: float, ref: float, higher: bool, unit: str = " points") -> tuple[str, bool]:
     diff = value - ref
     better = diff > 0 if higher else diff < 0
@@ -151,10 +161,13 @@ def derive_findings(found: list[Record], run_dir: Path | None = None) -> list[Fi
             continue
         ref = float(pixel["metrics.top1"])
         encoders = [(rel, sc) for rel, sc in rows if str(sc.get("extra.extractor", "")) != "pixels"]
+        # The headline Sorcen row: the richest pooling present (HEADLINE_POOLINGS), whatever the file order.
+        ranked = [(HEADLINE_POOLINGS.index(_family(sc)), i) for i, (_, sc) in enumerate(encoders)
+                  if _family(sc) in HEADLINE_POOLINGS]
+        headline = min(ranked)[1] if ranked else -1
         for i, (rel, sc) in enumerate(encoders):
-            value, extractor = float(sc["metrics.top1"]), str(sc.get("extra.extractor", ""))
-            family = extractor.split(":", 1)[0]
-            first = i == 0 and family.startswith("sorcen")
+            value, family = float(sc["metrics.top1"]), _family(sc)
+            first = i == headline
             fid = (f"sorcen_{'probe' if kind == 'probe' else 'knn'}_vs_pixels" if first
                    else f"{sc.get('name', rel)}_vs_pixels".replace("-", "_"))
             rel_text, better = _compare(value, ref, True)
