@@ -754,3 +754,165 @@ def test_a_library_loading_bar_stays_out_of_a_log(capsys):
     err = capsys.readouterr().err
     assert "\r" not in err and "Loading weights" not in err
     assert transformers.utils.logging.is_progress_bar_enabled()
+
+
+# ---------------------------------------------------------------------------------------------- nproc: torchrun stages
+def test_nproc_is_checked_before_anything_runs(tmp_path, fake_command):
+    """`nproc` is a whole number >= 1, above 1 only on a training command: one line naming the stage."""
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(UnisslError, match=r"stage 'a': 'nproc' must be a whole number") as err:
+            parse_stages([{"name": "a", "command": "fake step", "nproc": bad, "config": {"out": "{out}/a"}}])
+        assert "\n" not in str(err.value)
+    knn = {"name": "knn", "command": "eval knn", "nproc": 2, "output_key": "run_dir",
+           "config": {"extractor": "pixels", "dataset": "digits", "run_dir": "{out}/knn"}}
+    first = {"name": "a", "command": "fake step", "config": {"out": "{out}/a"}}
+    with pytest.raises(UnisslError, match=r"^pipeline: stage knn: nproc applies to training commands only") as err:
+        run_pipeline(parse_stages([first, knn]), tmp_path, log=lambda m: None)
+    assert "\n" not in str(err.value) and CALLS == [] and not (tmp_path / "stages" / "a.json").exists()
+    with pytest.raises(UnisslError, match=r"stage 's': nproc applies to training commands only"):
+        parse_stages([{"name": "s", "script": "x.py", "nproc": 2}])
+    parse_stages([{**knn, "nproc": 1}, {"name": "s", "script": "x.py", "nproc": 1}])  # the default is fine anywhere
+    # through the command line: exit 2, one line
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(yaml.safe_dump({"out": str(tmp_path / "cli"), "stages": [knn]}))
+    assert cli.main(["pipeline", "--config", str(cfg), "--dry-run"]) == 2
+
+
+def test_nproc_1_keeps_the_hash_and_another_nproc_is_another_stage(tmp_path, fake_command):
+    """A stage without `nproc` (or with 1) hashes as before the key existed; nproc 2 is a stage of its own, so
+    a stage done on one process re-runs (its record is not adopted) and back."""
+    from unissl.config import stable_hash
+
+    stage = {"name": "a", "command": "fake step", "config": {"out": "{out}/a", "value": 1}}
+    plain = _dry_hashes([stage], tmp_path)
+    assert plain == {"a": stable_hash(["fake step", {"out": f"{tmp_path}/a", "value": 1}])}  # the formula before
+    assert _dry_hashes([{**stage, "nproc": 1}], tmp_path) == plain
+    two = _dry_hashes([{**stage, "nproc": 2}], tmp_path)
+    assert two != plain
+    run_pipeline(parse_stages([stage]), tmp_path, log=lambda m: None)
+    assert "nproc" not in json.loads((tmp_path / "stages" / "a.json").read_text())
+    lines: list[str] = []
+    run_pipeline(parse_stages([{**stage, "nproc": 2}]), tmp_path, dry_run=True, log=lines.append)
+    assert lines == [f"[pipeline] a: config changed or forced; replacing {tmp_path / 'a'}",
+                     f"[pipeline] a: would run `torchrun --nproc_per_node=2 -m unissl fake step` ({two['a']})"]
+    # a record of 2 processes is not adopted for 1 (nor the other way), whatever its hash scheme
+    rec = json.loads((tmp_path / "stages" / "a.json").read_text())
+    (tmp_path / "stages" / "a.json").write_text(json.dumps({**rec, "nproc": 2, "hash": "old-scheme"}))
+    lines.clear()
+    run_pipeline(parse_stages([stage]), tmp_path, dry_run=True, log=lines.append)
+    assert "would run" in lines[-1]
+
+
+def test_a_stage_of_n_processes_holds_n_slots_and_later_stages_wait_behind_it(tmp_path, fake_command, monkeypatch):
+    """The scheduler without processes: a launched stage is a fake process that ends after some polls. With
+    --jobs 2, `big` (nproc 2) waits until both running stages end and `c` after it does not slip in before it;
+    with nproc 3 > --jobs 2 it runs alone and says so in one line."""
+    from unissl import pipeline
+
+    polls = {"a": 4, "b": 1, "big": 1, "c": 1}
+    launched: list[tuple[str, list[str]]] = []
+    alive: dict[str, int] = {}
+
+    class _Proc:
+        def __init__(self, name: str) -> None:
+            self.name, self.returncode = name, None
+
+        def poll(self):
+            alive[self.name] -= 1
+            if alive[self.name] < 0:
+                self.returncode = 0
+                del alive[self.name]
+            return self.returncode
+
+        def terminate(self, *args, **kwargs) -> None: ...
+        wait = kill = terminate
+
+    def launch(unit, plan, env, log):
+        launched.append((unit.key, sorted(alive)))
+        alive[unit.key] = polls[unit.key]
+        return _Proc(unit.key), plan, pipeline._start_record(plan, log), None, io.StringIO(), tmp_path / "x.log"
+
+    monkeypatch.setattr(pipeline, "_launch", launch)
+    monkeypatch.setattr(pipeline.time, "sleep", lambda s: None)
+
+    def stages(nproc: int):
+        return parse_stages([{"name": n, "command": "fake step", "config": {"out": f"{{out}}/{n}"},
+                              **({"nproc": nproc} if n == "big" else {})} for n in ("a", "b", "big", "c")])
+
+    logs: list[str] = []
+    run_pipeline(stages(2), tmp_path / "two", jobs=2, log=logs.append)
+    assert launched == [("a", []), ("b", ["a"]), ("big", []), ("c", [])]
+    assert not any("no other stage" in m for m in logs)
+    launched.clear()
+    logs.clear()
+    run_pipeline(stages(3), tmp_path / "three", jobs=2, log=logs.append)
+    assert launched == [("a", []), ("b", ["a"]), ("big", []), ("c", [])]
+    assert [m for m in logs if "big" in m and "running" not in m and "done" not in m] == [
+        "[pipeline] big: 3 processes, more than --jobs 2: no other stage runs beside it"]
+    # done stages take no slot: a re-run skips them all, the big one included
+    launched.clear()
+    run_pipeline(stages(3), tmp_path / "three", jobs=2, log=lambda m: None)
+    assert launched == []
+    assert pipeline._slots(2, 2) == 2 and pipeline._slots(3, 2) == 2 and pipeline._slots(1, 4) == 1
+
+
+def _ddp_pipeline(out: Path) -> list:
+    """tokenizer train (a few steps) -> tokenize -> Sorcen on 2 processes (4 steps, tiny), all on digits."""
+    return parse_stages([
+        {"name": "vq", "command": "tokenizer train", "output_key": "train.run_dir",
+         "config": {"dataset": "digits", "train": {"run_dir": "{out}/vq", "steps": 2, "warmup_steps": 1,
+                                                   "global_batch": 32, "ckpt_every": 2, "progress": False,
+                                                   "tensorboard": False}}},
+        {"name": "tokens", "command": "tokenize",
+         "config": {"tokenizer": "{stage:vq}/tokenizer", "dataset": "digits", "splits": ["train"],
+                    "flip": False, "out": "{out}/tokens", "progress": False}},
+        {"name": "sorcen", "command": "train sorcen", "output_key": "train.run_dir", "nproc": 2,
+         "config": {"tokens": "{stage:tokens}", "preset": "tiny",
+                    "train": {"run_dir": "{out}/sorcen", "steps": 4, "warmup_steps": 1, "global_batch": 32,
+                              "ckpt_every": 4, "log_every": 2, "num_workers": 0, "progress": False,
+                              "tensorboard": False}}},
+    ])
+
+
+@pytest.mark.slow
+def test_a_training_stage_runs_on_two_torchrun_processes(tmp_path, capsys):
+    """`nproc: 2`: the Sorcen stage trains with world size 2 under --jobs 2 (a process of its own) and under
+    --jobs 1 (a child process whose rank-0 output reaches the console and the stage log); a re-run skips it."""
+    out = tmp_path / "run"
+    logs: list[str] = []
+    records = run_pipeline(_ddp_pipeline(out), out, jobs=2, log=logs.append)
+    assert all(r["status"] == "done" for r in records.values()) and records["sorcen"]["nproc"] == 2
+    info = json.loads((out / "sorcen" / "train_info.json").read_text())
+    assert [s["world_size"] for s in info] == [2]
+    log = (out / "stages" / "sorcen.log").read_text()
+    assert log.count("unissl train sorcen: done") == 1  # rank 0 only
+    assert "running `torchrun --nproc_per_node=2 -m unissl train sorcen`" in "\n".join(logs)
+    assert not list((out / "stages").glob(".sorcen.*.yaml"))  # its resolved config file is gone
+    again: list[str] = []
+    run_pipeline(_ddp_pipeline(out), out, jobs=2, log=again.append)
+    assert len(again) == 3 and all("skipped" in m for m in again)
+    capsys.readouterr()
+    run_pipeline(_ddp_pipeline(out), out, jobs=1, force=["sorcen"], log=lambda m: None)
+    assert capsys.readouterr().out.count("unissl train sorcen: done") == 1
+    log = (out / "stages" / "sorcen.log").read_text()
+    assert "torch.distributed.run --standalone --nproc_per_node=2" in log.splitlines()[0]
+    assert log.count("unissl train sorcen: done") == 1
+    info = json.loads((out / "sorcen" / "train_info.json").read_text())
+    assert [s["world_size"] for s in info] == [2]  # forced: the run directory was replaced, not appended to
+
+
+def test_a_failed_torchrun_stage_is_named_by_its_own_error_not_torchruns_report(tmp_path):
+    from unissl.pipeline import _last_line
+
+    log = tmp_path / "sorcen.log"
+    log.write_text("[train] 1 intra-op thread(s) per process\n"
+                   "unissl: error: train.global_batch=33 must be divisible by world size x grad_accum = 2 x 1\n"
+                   "W1206 14:22:41.872000 19526 torch/distributed/elastic/multiprocessing/api.py:1028] Sending "
+                   "process 19531 closing signal SIGTERM\n"
+                   "E1206 14:18:27.504000 19024 torch/distributed/elastic/multiprocessing/api.py:1002] failed "
+                   "(exitcode: 2) local_rank: 0 (pid: 19028) of binary: python\n"
+                   "Traceback (most recent call last):\n  File \"<frozen runpy>\", line 198\n"
+                   "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n" + "=" * 60 + "\n")
+    assert _last_line(log).startswith("unissl: error: train.global_batch=33")
+    log.write_text("step 1\nunissl: error: something else\n")
+    assert _last_line(log) == "unissl: error: something else"

@@ -34,6 +34,17 @@ training continues from its last checkpoint instead of starting over.
 
 One scheduler runs every pipeline (:func:`run_pipeline`): ``jobs=1`` runs the stages one after another in
 this process, ``jobs=N`` up to N independent ones at once, each in its own process.
+
+A training stage (a command with a ``train`` section) may run data-parallel over several processes on this
+machine, ``nproc: N`` beside its ``command`` (default 1)::
+
+      - {name: sorcen, command: train sorcen, nproc: 2, config: {...}}
+
+It is launched as ``python -m torch.distributed.run --standalone --nproc_per_node=N -m unissl <command>`` (gloo
+on CPU; only rank 0's output reaches the stage log), also with ``jobs=1``, and holds N of the ``jobs`` slots: it
+starts once N are free, and no stage after it in launch order starts while it waits, so it is never starved.
+With ``N > jobs`` it still runs N processes, alone. DDP draws other random numbers than one process, so an
+``nproc`` other than 1 is part of the stage's hash (``nproc: 1``, or no key, leaves the hash as it was).
 """
 
 from __future__ import annotations
@@ -83,6 +94,7 @@ class Stage:
     config: dict[str, Any]
     output_key: str | None = None  # the config key holding the stage's output directory (default: "out")
     shared: bool = False  # in a multi-seed pipeline: run once (first seed) in the root, not once per seed
+    nproc: int = 1  # processes of a training stage (torchrun, data-parallel); holds this many `jobs` slots
 
 
 # ---------------------------------------------------------------------------------------------- the file
@@ -262,17 +274,18 @@ def _command_module(command: str):
 def parse_stages(raw: list[dict[str, Any]]) -> list[Stage]:
     """Validate the ``stages`` list of a (resolved) pipeline config.
 
-    A stage is ``{name, command, config, output_key, shared}`` or, for a script, ``{name, script, args,
+    A stage is ``{name, command, config, output_key, shared, nproc}`` or, for a script, ``{name, script, args,
     output, shared}`` (``args`` a list or one string split like a shell line; ``output`` the file or directory
-    it writes, replaced when its settings change)."""
+    it writes, replaced when its settings change). Whether a stage with ``nproc > 1`` trains is checked by
+    :func:`check_stages`, which imports the commands."""
     stages: list[Stage] = []
     seen: set[str] = set()
     for i, item in enumerate(raw):
         if not isinstance(item, dict) or "name" not in item or ("command" in item) == ("script" in item):
             raise UnisslError(f"pipeline: stage #{i} needs a 'name' and either a 'command' or a 'script', "
                               f"got {item!r}")
-        allowed = {"name", "shared"} | ({"command", "config", "output_key"} if "command" in item
-                                        else {"script", "args", "output"})
+        allowed = {"name", "shared", "nproc"} | ({"command", "config", "output_key"} if "command" in item
+                                                 else {"script", "args", "output"})
         unknown = set(item) - allowed
         if unknown:
             raise UnisslError(f"pipeline: stage {item['name']!r} has unknown keys {sorted(unknown)}; "
@@ -285,7 +298,14 @@ def parse_stages(raw: list[dict[str, Any]]) -> list[Stage]:
         shared = item.get("shared", False)
         if not isinstance(shared, bool):
             raise UnisslError(f"pipeline: stage {item['name']!r}: 'shared' must be true or false, got {shared!r}")
+        nproc = item.get("nproc", 1)
+        if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
+            raise UnisslError(f"pipeline: stage {item['name']!r}: 'nproc' must be a whole number of processes "
+                              f">= 1, got {nproc!r}")
         if "script" in item:
+            if nproc != 1:
+                raise UnisslError(f"pipeline: stage {item['name']!r}: nproc applies to training commands only, "
+                                  f"not to a script")
             args = item.get("args") or []
             if not isinstance(args, (str, list)):
                 raise UnisslError(f"pipeline: stage {item['name']!r}: 'args' must be a list or a string, got {args!r}")
@@ -293,7 +313,7 @@ def parse_stages(raw: list[dict[str, Any]]) -> list[Stage]:
             stages.append(Stage(item["name"], SCRIPT, config, "output", shared))
             continue
         stages.append(Stage(item["name"], item["command"], dict(item.get("config") or {}), item.get("output_key"),
-                            shared))
+                            shared, nproc))
     return stages
 
 
@@ -363,7 +383,8 @@ def _same_run(previous: dict[str, Any], explicit: dict[str, Any], stage: Stage,
               records: dict[str, dict[str, Any]]) -> bool:
     """A done record whose hash differs only because another unissl version wrote it: same command, every
     setting the pipeline gives agrees with the recorded config, and no stage it reads finished after it started."""
-    if previous.get("command") != stage.command or not _agrees(explicit, previous.get("config")):
+    if (previous.get("command") != stage.command or previous.get("nproc", 1) != stage.nproc
+            or not _agrees(explicit, previous.get("config"))):
         return False
     started = previous.get("started_at")
     for d in _dependencies(stage):
@@ -394,7 +415,9 @@ def _plan_stage(stage: Stage, out: Path, seed: int, outputs: dict[str, str], rec
     # path) re-runs everything downstream.
     upstream = {d: [records.get(d, {}).get("hash"), records.get(d, {}).get("finished_at")]
                 for d in _dependencies(stage)}
-    own = stable_hash([stage.command, explicit])
+    # More than one process draws other random numbers (a shard per rank): a stage of its own, while one
+    # process keeps the hash every stage had before `nproc` existed.
+    own = stable_hash([stage.command, explicit] + ([{"nproc": stage.nproc}] if stage.nproc != 1 else []))
     digest = own if not upstream else stable_hash([own, upstream])
     produced = _stage_output(stage, resolved)
     marker = out / "stages" / f"{stage.name}.json"
@@ -429,20 +452,25 @@ def _plan_stage(stage: Stage, out: Path, seed: int, outputs: dict[str, str], rec
             else:  # a stage whose output is one file (e.g. an interpolation strip)
                 Path(produced).unlink()
     if dry_run:
-        log(f"[pipeline] {stage.name}: would run `{_program(stage.command, resolved)}` ({digest})")
+        log(f"[pipeline] {stage.name}: would run `{_program(stage.command, resolved, stage.nproc)}` ({digest})")
         return _Plan(False, {"status": "dry run"})
     record = {"name": stage.name, "command": stage.command, "hash": digest, "status": "started",
               "config": resolved, "output": produced}
+    if stage.nproc != 1:
+        record["nproc"] = stage.nproc
     return _Plan(True, record, cfg, module, marker)
 
 
-def _program(command: str, resolved: dict[str, Any]) -> str:
-    """How a stage is named in the log: ``unissl eval knn`` or ``python benchmarks/x.py``."""
-    return f"python {resolved['script']}" if command == SCRIPT else f"unissl {command}"
+def _program(command: str, resolved: dict[str, Any], nproc: int = 1) -> str:
+    """How a stage is named in the log: ``unissl eval knn``, ``torchrun --nproc_per_node=2 -m unissl train
+    sorcen`` or ``python benchmarks/x.py``."""
+    if command == SCRIPT:
+        return f"python {resolved['script']}"
+    return f"unissl {command}" if nproc == 1 else f"torchrun --nproc_per_node={nproc} -m unissl {command}"
 
 
 def _start_record(plan: _Plan, log) -> float:
-    program = _program(plan.record["command"], plan.record["config"])
+    program = _program(plan.record["command"], plan.record["config"], plan.record.get("nproc", 1))
     log(f"[pipeline] {plan.record['name']}: running `{program}` ({plan.record['hash']})")
     plan.record["started_at"] = time.time()
     assert plan.marker is not None
@@ -608,27 +636,50 @@ class _LogTee(io.TextIOBase):
         self._pending = ""
 
 
-def _run_here(unit: _Unit, plan: _Plan, log) -> dict[str, Any]:
+def _argv(unit: _Unit, plan: _Plan) -> tuple[list[str], Path | None]:
+    """The command line of a planned stage run in a child process and the resolved config file it reads (to
+    delete once it ends; None for a script): ``unissl <command> --config <yaml>``, under torchrun with
+    ``nproc > 1`` (a free rendezvous port of its own, the output of local rank 0 only)."""
+    if plan.module is None:
+        return list(plan.cfg), None
+    fd, cfg_name = tempfile.mkstemp(prefix=f".{unit.stage.name}.", suffix=".yaml", dir=unit.out / "stages")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(to_dict(plan.cfg), f)
+    launcher = [sys.executable]
+    if unit.stage.nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={unit.stage.nproc}",
+                     "--local-ranks-filter", "0"]
+    return [*launcher, "-m", "unissl", *unit.stage.command.split(), "--config", cfg_name], Path(cfg_name)
+
+
+def _run_here(unit: _Unit, plan: _Plan, log, env: dict[str, str]) -> dict[str, Any]:
     """Run a planned stage in this process (``--jobs 1``), its output on the console and in
-    ``<scope>/stages/<name>.log``; a script stage runs as a child process whose output is passed on."""
+    ``<scope>/stages/<name>.log``; a script stage, and one of several processes, runs as a child process (with
+    ``env``) whose output is passed on."""
     log_path = unit.out / "stages" / f"{unit.stage.name}.log"
     t0 = _start_record(plan, log)
     with open(log_path, "w", encoding="utf-8") as log_file:
-        if plan.module is None:  # a script
-            log_file.write(shlex.join(plan.cfg) + "\n")
+        if plan.module is None or unit.stage.nproc > 1:  # a script, or a torchrun job
+            argv, cfg_path = _argv(unit, plan)
+            log_file.write(shlex.join(argv) + "\n")
             tee = _LogTee(sys.stdout, log_file)
-            proc = subprocess.Popen(plan.cfg, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    errors="replace")
-            assert proc.stdout is not None
             try:
-                for line in proc.stdout:
-                    tee.write(line)
+                proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        errors="replace", env=env if plan.module is not None else None)
+                assert proc.stdout is not None
+                try:
+                    for line in proc.stdout:
+                        tee.write(line)
+                finally:
+                    if proc.poll() is None:  # interrupted while it runs: no orphan
+                        proc.terminate()
+                    proc.wait()
+                    tee.close_line()
             finally:
-                if proc.poll() is None:  # interrupted while it runs: no orphan
-                    proc.terminate()
-                proc.wait()
-                tee.close_line()
+                if cfg_path is not None:
+                    cfg_path.unlink(missing_ok=True)
             if proc.returncode != 0:
+                log_file.flush()  # its last line is read back from the file
                 raise UnisslError(f"pipeline: stage {unit.key} failed (exit {proc.returncode}): "
                                   f"{_last_line(log_path)}; its log is {log_path}")
         else:
@@ -644,18 +695,10 @@ def _run_here(unit: _Unit, plan: _Plan, log) -> dict[str, Any]:
 
 
 def _launch(unit: _Unit, plan: _Plan, env: dict[str, str], log) -> tuple[Any, _Plan, float, Path | None, Any, Path]:
-    """Start a planned stage in its own process (``unissl <command> --config <resolved yaml>``, or the script),
-    its output in ``<scope>/stages/<name>.log``; returns (process, plan, start time, config file, log file,
-    log path)."""
-    cfg_path: Path | None = None
-    if plan.module is None:
-        argv = list(plan.cfg)
-    else:
-        fd, cfg_name = tempfile.mkstemp(prefix=f".{unit.stage.name}.", suffix=".yaml", dir=unit.out / "stages")
-        with os.fdopen(fd, "w") as f:
-            yaml.safe_dump(to_dict(plan.cfg), f)
-        cfg_path = Path(cfg_name)
-        argv = [sys.executable, "-m", "unissl", *unit.stage.command.split(), "--config", cfg_name]
+    """Start a planned stage in its own process (``unissl <command> --config <resolved yaml>``, torchrun's
+    processes, or the script), its output in ``<scope>/stages/<name>.log``; returns (process, plan, start time,
+    config file, log file, log path)."""
+    argv, cfg_path = _argv(unit, plan)
     log_path = unit.out / "stages" / f"{unit.stage.name}.log"
     t0 = _start_record(plan, log)
     log_file = open(log_path, "w", encoding="utf-8")
@@ -680,12 +723,21 @@ def check_stages(stages: list[Stage], out: Path, seed: int = 0, seeds: list[int]
             where = f"pipeline: stage {(f'seed{scope_seed}/' if scope_out != out else '') + stage.name}"
             module = _command_module(stage.command)
             try:
-                from_dict(module.Config, _substitute(copy.deepcopy(stage.config), scope_out, scope_seed, outputs),
-                          source=where)
+                cfg = from_dict(module.Config, _substitute(copy.deepcopy(stage.config), scope_out, scope_seed,
+                                                           outputs), source=where)
             except ConfigError as e:  # the stage and the key, never the pipeline command's flag
                 raise ConfigError(e.path, e.reason, where) from None
             except UnisslError as e:
                 raise UnisslError(f"{where}: {e}") from None
+            if stage.nproc > 1 and not hasattr(getattr(cfg, "train", None), "resume"):  # no Trainer to join
+                raise UnisslError(f"{where}: nproc applies to training commands only (a command with a `train` "
+                                  f"section, e.g. train sorcen), not to {stage.command!r}")
+
+
+def _slots(nproc: int, jobs: int) -> int:
+    """The ``jobs`` slots a stage of ``nproc`` processes holds while it runs: one per process, all of them
+    when it has more processes than there are slots (it then runs alone rather than never)."""
+    return min(nproc, jobs)
 
 
 def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list[str] | None = None,
@@ -693,10 +745,12 @@ def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list
                  seeds: list[int] | None = None, jobs: int = 1) -> dict[str, dict[str, Any]]:
     """Run (or skip) every stage; returns each stage's record.
 
-    ``jobs=1`` runs the stages one after another in this process (a script stage in a child process); with
-    ``jobs=N`` up to N independent stages run at once, each in its own ``unissl`` process with one intra-op
-    thread (``OMP_NUM_THREADS=1``). A stage starts when every stage it reads from has finished; among the
-    ready ones, a study finishes one encoder's row on every seed before the next (:func:`_row_first`).
+    ``jobs=1`` runs the stages one after another in this process (a script stage, and a training stage with
+    ``nproc > 1``, in child processes); with ``jobs=N`` up to N slots of independent stages run at once, each
+    in its own ``unissl`` process with one intra-op thread (``OMP_NUM_THREADS=1``); a stage of ``nproc``
+    torchrun processes holds ``nproc`` slots (:func:`_slots`). A stage starts when every stage it reads from
+    has finished and its slots are free (until they are, no later stage starts); among the ready ones, a
+    study finishes one encoder's row on every seed before the next (:func:`_row_first`).
     Either way a stage's output is kept in ``<scope>/stages/<name>.log``.
 
     With ``seeds`` (a multi-seed study) the stages marked ``shared`` run once, with the first seed, and
@@ -723,6 +777,8 @@ def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list
     units = _units(stages, out, seed, seeds)
     records: dict[str, dict[str, Any]] = {}
     running: dict[str, tuple[subprocess.Popen, _Plan, float, Path | None, Any, Path]] = {}
+    slots: dict[str, int] = {}  # the `jobs` slots each running stage holds
+    waiting: dict[str, _Plan] = {}  # planned stages that wait for enough free slots
     pending = list(units)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -735,32 +791,47 @@ def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list
                 locks.enter_context(scope_lock(scope_dir))
                 (scope_dir / "stages").mkdir(parents=True, exist_ok=True)
         main_thread = threading.current_thread() is threading.main_thread()
-        previous_handler = signal.signal(signal.SIGTERM, _stop) if jobs > 1 and main_thread else None
+        children = jobs > 1 or any(s.nproc > 1 for s in stages)  # stage processes to stop with this one
+        previous_handler = signal.signal(signal.SIGTERM, _stop) if children and main_thread else None
         try:
             while pending or running:
                 for key in list(pending):
-                    if len(running) >= jobs:
+                    used = sum(slots.values())
+                    if used >= jobs:
                         break
                     unit = units[key]
                     if not unit.deps <= set(records):
                         continue
-                    pending.remove(key)
-                    scope_records = {name: records[k] for name, k in unit.names.items() if k in records}
-                    plan = _plan_stage(unit.stage, unit.out, unit.seed, unit.outputs, scope_records,
-                                       unit.produced_by, only, force, dry_run, _keyed(log, key))
+                    if key in waiting:
+                        plan = waiting.pop(key)
+                    else:
+                        scope_records = {name: records[k] for name, k in unit.names.items() if k in records}
+                        plan = _plan_stage(unit.stage, unit.out, unit.seed, unit.outputs, scope_records,
+                                           unit.produced_by, only, force, dry_run, _keyed(log, key))
                     if not plan.run:
+                        pending.remove(key)
                         records[key] = plan.record
-                    elif jobs == 1:
-                        records[key] = _run_here(unit, plan, _keyed(log, key))
+                        continue
+                    need = _slots(unit.stage.nproc, jobs)
+                    if used + need > jobs:  # it waits for slots, and so does every stage after it: none starves
+                        waiting[key] = plan
+                        break
+                    pending.remove(key)
+                    if unit.stage.nproc > jobs:
+                        _keyed(log, key)(f"[pipeline] {unit.stage.name}: {unit.stage.nproc} processes, more than "
+                                         f"--jobs {jobs}: no other stage runs beside it")
+                    if jobs == 1:
+                        records[key] = _run_here(unit, plan, _keyed(log, key), env)
                     else:
                         running[key] = _launch(unit, plan, env, _keyed(log, key))
+                        slots[key] = need
                 for key, (proc, plan, t0, cfg_path, log_file, log_path) in list(running.items()):
                     if proc.poll() is None:
                         continue
                     log_file.close()
                     if cfg_path is not None:
                         cfg_path.unlink(missing_ok=True)
-                    del running[key]
+                    del running[key], slots[key]
                     if proc.returncode != 0:
                         raise UnisslError(f"pipeline: stage {key} failed (exit {proc.returncode}): "
                                           f"{_last_line(log_path)}; its log is {log_path}")
@@ -785,9 +856,16 @@ def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list
 
 
 def _last_line(path: Path) -> str:
-    """The last non-empty line of a stage log (its one-line error, usually)."""
+    """The last non-empty line of a stage log (its one-line error, usually); of a torchrun job the last one
+    before torchrun's report of the failed processes."""
     try:
         lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return "no log"
+    report = next((i for i, ln in enumerate(lines) if _TORCHRUN_LOG.match(ln)), None)
+    if report:
+        lines = lines[:report]
     return lines[-1] if lines else "no output"
+
+
+_TORCHRUN_LOG = re.compile(r"[EWI]\d{4} [\d:.]+ +\d+ \S*torch/distributed/elastic/")  # a line of torchrun's agent

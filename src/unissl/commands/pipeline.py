@@ -32,7 +32,8 @@ class Config:
     report: bool = arg(True, help="write the HTML/Markdown report at the end")
     jobs: int = arg(1, help="run up to this many independent stages at once, each in its own process with one "
                             "intra-op thread; 1 runs them one after another in this process (stage output "
-                            "in <scope>/stages/<name>.log either way); a study finishes one encoder's row "
+                            "in <scope>/stages/<name>.log either way); a training stage with `nproc: N` runs N "
+                            "torchrun processes and holds N of these slots; a study finishes one encoder's row "
                             "on every seed before starting the next")
 
     def __post_init__(self) -> None:
