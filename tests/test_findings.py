@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
+import pytest
+import yaml
 
 from unissl import cli
-from unissl.findings import derive_findings, metric_meaning
+from unissl.errors import ConfigError
+from unissl.findings import check_goals, derive_findings, judge_goals, metric_meaning
 from unissl.report import collect_metrics
 
 REQUIRED = {"sorcen_probe_vs_pixels", "reptok_reconstruction_class_agreement", "class_conditional_class_share",
@@ -109,3 +113,72 @@ def test_the_headline_probe_is_the_grid_pooling_and_the_released_pooling_stays_b
     released = found["probe_sorcen_a_released_vs_pixels"]
     assert released.value == 81.2 and "released pooling" in released.sentence and "(worse)" in released.sentence
     assert found["probe_sorcen_vs_pixels"].value == 83.5  # the every-block mean keeps its own finding
+
+
+GOALS = {"sorcen_probe_vs_pixels": {"above_reference": True},
+         "reptok_reconstruction_class_agreement": {"at_least": 80},
+         "class_conditional_class_share": {"at_least": 80},
+         "text_prompt_class_share": {"at_least": 80},
+         "wall_minutes": {"at_most": 15}}
+
+
+def test_the_report_says_how_far_each_goal_is(tmp_path, capsys):
+    _main_job_like(tmp_path, sorcen_top1=85.32, class_share=0.70)
+    _record(tmp_path / "rec", "reptok-reconstruction", {"class_agreement": 0.646}, {})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"out": str(tmp_path), "goals": GOALS}, sort_keys=False))
+    (tmp_path / "pipeline.json").write_text(json.dumps({"wall_seconds": 1043, "stages_run": 14, "stages_reused": 0}))
+    assert cli.main(["report", str(tmp_path)]) == 0
+    goals = {g["id"]: g for g in json.loads((tmp_path / "report" / "goals.json").read_text())}
+    assert list(goals) == list(GOALS)
+    assert all(set(g) == {"id", "goal", "value", "met", "gap", "sentence"} for g in goals.values())
+    rec = goals["reptok_reconstruction_class_agreement"]
+    assert (rec["value"], rec["met"], rec["gap"]) == (64.6, False, "15.4 points short")
+    assert rec["goal"] == "RepTok reconstructions judged the right class >= 80%"
+    probe = goals["sorcen_probe_vs_pixels"]
+    assert (probe["value"], probe["met"], probe["gap"]) == (85.32, True, "0.76 above the pixel line")
+    assert goals["text_prompt_class_share"]["met"] is True  # 90% of unseen prompts
+    wall = goals["wall_minutes"]  # 1043 s = 17.4 minutes
+    assert (wall["value"], wall["met"], wall["gap"]) == (17.38, False, "2.4 minutes over")
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.index("<h2>Findings</h2>") < page.index("<h2>Goals</h2>") < page.index("<h2>Metrics</h2>")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| RepTok reconstructions judged the right class >= 80% | 64.60% | not met | 15.4 points short |" in md
+    assert isinstance(json.loads((tmp_path / "report" / "findings.json").read_text()), list)  # schema kept
+
+    # a re-run that reused finished stages did not time the whole job
+    (tmp_path / "pipeline.json").write_text(json.dumps({"wall_seconds": 30, "stages_run": 1, "stages_reused": 13}))
+    assert cli.main(["report", str(tmp_path)]) == 0
+    wall = {g["id"]: g for g in json.loads((tmp_path / "report" / "goals.json").read_text())}["wall_minutes"]
+    assert (wall["value"], wall["met"]) == (None, None)
+    assert wall["gap"] == "not measured: 13 stages were reused from an earlier run"
+
+    # a bad goal is one line naming its key
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"goals": {"wall_minutes": {"at_most": "soon"}}}))
+    capsys.readouterr()
+    assert cli.main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "goals.wall_minutes" in err[0] and "at_most takes a number" in err[0]
+
+    # no goals: no Goals block, no goals.json (not even one left by an earlier report)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"stages": []}))
+    assert cli.main(["report", str(tmp_path)]) == 0
+    assert "<h2>Goals</h2>" not in (tmp_path / "report" / "report.html").read_text()
+    assert not (tmp_path / "report" / "goals.json").exists()
+
+
+@pytest.mark.parametrize("goal, message", [
+    ({"x": {"at_least": 80, "at_most": 90}}, "goals.x: needs exactly one of"),
+    ({"x": {"above": 80}}, "goals.x: needs exactly one of"),
+    ({"x": {"above_reference": "yes"}}, "goals.x: above_reference takes true"),
+    ({"wall_minutes": {"above_reference": True}}, "goals.wall_minutes: wall time has no reference"),
+    ({"x": 80}, "goals.x: needs exactly one of"),
+    ([80], "goals: must be a mapping"),
+])
+def test_bad_goals_are_refused_naming_the_key(goal, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_goals(goal)
+
+
+def test_a_goal_without_its_finding_reads_not_measured():
+    [res] = judge_goals({"sorcen_knn_vs_pixels": {"above_reference": True}}, [])
+    assert (res.value, res.met) == (None, None) and res.gap.startswith("not measured")

@@ -916,3 +916,36 @@ def test_a_failed_torchrun_stage_is_named_by_its_own_error_not_torchruns_report(
     assert _last_line(log).startswith("unissl: error: train.global_batch=33")
     log.write_text("step 1\nunissl: error: something else\n")
     assert _last_line(log) == "unissl: error: something else"
+
+
+def test_goals_are_accepted_and_the_wall_of_the_invocation_is_recorded(tmp_path, capsys):
+    """A pipeline file's `goals:` reaches the run's config.yaml; pipeline.json holds the invocation's wall
+    seconds, which the report reads for `wall_minutes`; a re-run that reuses stages does not time the job."""
+    cfg = tmp_path / "p.yaml"
+    out = tmp_path / "run"
+    cfg.write_text(yaml.safe_dump({"out": str(out), "goals": {"wall_minutes": {"at_most": 15}},
+                                   "stages": _script_stages(tmp_path)[:2]}, sort_keys=False))
+    assert cli.main(["pipeline", "--config", str(cfg)]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["goals"] == {"wall_minutes": {"at_most": 15}}
+    invocation = json.loads((out / "pipeline.json").read_text())
+    assert invocation["stages_run"] == 2 and invocation["stages_reused"] == 0 and invocation["wall_seconds"] >= 0
+    [wall] = json.loads((out / "report" / "goals.json").read_text())
+    assert wall["id"] == "wall_minutes" and wall["met"] is True and wall["value"] < 15
+    assert wall["gap"].endswith("minutes under")
+    assert cli.main(["pipeline", "--config", str(cfg)]) == 0  # everything skipped
+    assert json.loads((out / "pipeline.json").read_text())["stages_reused"] == 2
+    [wall] = json.loads((out / "report" / "goals.json").read_text())
+    assert wall["met"] is None and wall["gap"] == "not measured: 2 stages were reused from an earlier run"
+    # a bad goal is refused before anything runs, one line naming the key
+    cfg.write_text(yaml.safe_dump({"out": str(tmp_path / "bad"), "goals": {"wall_minutes": {"under": 15}},
+                                   "stages": _script_stages(tmp_path)[:1]}))
+    capsys.readouterr()
+    assert cli.main(["pipeline", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "goals.wall_minutes" in err[0] and not (tmp_path / "bad").exists()
+
+
+def test_a_base_pipeline_file_may_hold_goals(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"goals": {"x": {"at_least": 1}}, "stages": []}))
+    plain = resolve_pipeline({"extends": "base.yaml", "vars": {"n": 1}, "stages": []}, tmp_path)
+    assert plain["goals"] == {"x": {"at_least": 1}}

@@ -6,6 +6,19 @@ encoder, the judge on real images for a reconstruction, real images through the 
 whether it is better or worse, and what that means. ``unissl report`` writes them first in ``report.html`` and
 as ``findings.json`` beside it (a list of :class:`Finding` dicts, values in percent).
 
+:func:`judge_goals` sets findings against the goals of a pipeline file (its top-level ``goals:``, kept in the
+run directory's ``config.yaml``)::
+
+    goals:
+      sorcen_probe_vs_pixels: {above_reference: true}          # a findings id: beat its reference
+      reptok_reconstruction_class_agreement: {at_least: 80}    # percent, as in findings.json
+      wall_minutes: {at_most: 15}                               # the pipeline invocation's wall time
+
+and ``unissl report`` shows them right after the findings and writes them to ``goals.json`` (a list of
+:class:`GoalResult` dicts). ``wall_minutes`` is read from ``pipeline.json`` (:data:`INVOCATION_FILE`), which
+``unissl pipeline`` writes when its stages finish; an invocation that reused finished stages did not time
+the whole job, so that goal then reads "not measured".
+
 :func:`metric_meaning` gives every metric name its direction (higher or lower is better) and a one-line meaning.
 """
 
@@ -15,6 +28,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from unissl.errors import ConfigError
 
 Record = tuple[str, dict[str, Any]]  # (relative path, flattened scalars) as collect_metrics returns them
 
@@ -228,4 +243,127 @@ def derive_findings(found: list[Record], run_dir: Path | None = None) -> list[Fi
     return out
 
 
-__all__ = ["Finding", "derive_findings", "metric_meaning"]
+# ------------------------------------------------------------------------------------------------ goals
+GOAL_KINDS = ("at_least", "at_most", "above_reference")
+WALL_GOAL = "wall_minutes"  # the one goal that is not a finding: the invocation's wall time
+INVOCATION_FILE = "pipeline.json"  # in the run directory: {"wall_seconds", "stages_run", "stages_reused"}
+
+# A goal in words: what the finding measures (the comparison and the number are added to it).
+_GOAL_WORDS = {
+    "sorcen_probe_vs_pixels": "Sorcen's linear probe",
+    "sorcen_knn_vs_pixels": "Sorcen's k-NN",
+    "reptok_reconstruction_class_agreement": "RepTok reconstructions judged the right class",
+    "class_conditional_class_share": "Class-conditional samples judged the asked class",
+    "text_prompt_class_share": "Samples from unseen prompts judged the prompt's class",
+    WALL_GOAL: "Wall time of the whole job",
+}
+
+
+@dataclass(frozen=True)
+class GoalResult:
+    """One goal of the pipeline file beside the value it is about; ``met`` is None when it was not measured."""
+
+    id: str  # a findings id, or "wall_minutes"
+    goal: str  # the goal in words, e.g. "RepTok reconstructions judged the right class >= 80%"
+    value: float | None
+    met: bool | None
+    gap: str  # how far from the goal, e.g. "15.4 points short", or why it was not measured
+    sentence: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def check_goals(goals: Any, source: str | None = None) -> dict[str, dict[str, Any]]:
+    """``goals`` validated (a mapping of id -> exactly one of ``at_least: x``, ``at_most: x``,
+    ``above_reference: true``); a bad one is a :class:`ConfigError` naming its key."""
+    if goals is None:
+        return {}
+    if not isinstance(goals, dict):
+        raise ConfigError("goals", f"must be a mapping of a findings id to a goal, got {goals!r}", source)
+    for gid, goal in goals.items():
+        where = f"goals.{gid}"
+        if not isinstance(gid, str) or not gid:
+            raise ConfigError(where, "a goal is named by a findings id (a string)", source)
+        if not isinstance(goal, dict) or len(goal) != 1 or next(iter(goal)) not in GOAL_KINDS:
+            raise ConfigError(where, f"needs exactly one of at_least: x, at_most: x, above_reference: true; "
+                                     f"got {goal!r}", source)
+        kind, bound = next(iter(goal.items()))
+        if kind == "above_reference":
+            if bound is not True:
+                raise ConfigError(where, f"above_reference takes true, got {bound!r}", source)
+            if gid == WALL_GOAL:
+                raise ConfigError(where, "wall time has no reference: use at_most (minutes)", source)
+        elif isinstance(bound, bool) or not isinstance(bound, (int, float)):
+            raise ConfigError(where, f"{kind} takes a number, got {bound!r}", source)
+    return goals
+
+
+def _goal_words(gid: str, kind: str, bound: Any, reference: str) -> str:
+    what = _GOAL_WORDS.get(gid, gid)
+    if kind == "above_reference":
+        return f"{what} above {reference or 'its reference'}"
+    unit = " minutes" if gid == WALL_GOAL else "%"
+    return f"{what} {'>=' if kind == 'at_least' else '<='} {format(bound, 'g')}{unit}"
+
+
+def _wall_value(invocation: dict[str, Any] | None) -> tuple[float | None, str]:
+    """(minutes, "") of a timed invocation, or (None, why it is not measured)."""
+    if not invocation or "wall_seconds" not in invocation:
+        return None, f"not measured: no {INVOCATION_FILE} in this run (written by `unissl pipeline`)"
+    reused = int(invocation.get("stages_reused", 0) or 0)
+    if reused:
+        return None, (f"not measured: {reused} stage{'s were' if reused != 1 else ' was'} reused from an "
+                      f"earlier run")
+    return float(invocation["wall_seconds"]) / 60.0, ""
+
+
+def judge_goals(goals: dict[str, dict[str, Any]], findings: list[Finding],
+                invocation: dict[str, Any] | None = None) -> list[GoalResult]:
+    """Each goal (:func:`check_goals`) against its finding (or, for ``wall_minutes``, the invocation record)."""
+    by_id = {f.id: f for f in findings}
+    out: list[GoalResult] = []
+    for gid, goal in goals.items():
+        kind, bound = next(iter(goal.items()))
+        finding = by_id.get(gid)
+        reference = ("the pixel line" if gid.endswith("_vs_pixels")
+                     else finding.reference if finding is not None and finding.reference else "")
+        words = _goal_words(gid, kind, bound, reference)
+        value: float | None
+        if gid == WALL_GOAL:
+            value, why = _wall_value(invocation)
+            unit, shown = " minutes", (f"{value:.1f} minutes" if value is not None else "")
+        else:
+            value = None if finding is None else finding.value
+            why = "" if finding is not None else f"not measured: this run has no finding {gid!r}"
+            unit, shown = " points", (f"{value:.2f}%" if value is not None else "")
+        met: bool | None = None
+        if value is None:
+            gap = why
+        elif kind == "above_reference":
+            ref = None if finding is None else finding.reference_value
+            if ref is None:
+                gap = "not measured: the finding has no reference"
+            else:
+                diff = value - ref
+                met = diff > 0
+                gap = (f"level with {reference}" if abs(diff) < 0.005 else
+                       f"{abs(diff):.2f} {'above' if diff > 0 else 'below'} {reference}")
+        else:
+            diff = value - float(bound)
+            met = diff >= 0 if kind == "at_least" else diff <= 0
+            if abs(diff) < 0.05:
+                gap = "exactly at the goal"
+            elif kind == "at_least":
+                gap = f"{abs(diff):.1f}{unit} {'above the goal' if met else 'short'}"
+            else:
+                gap = f"{abs(diff):.1f}{unit} {'under' if met else 'over'}"
+        if value is not None:
+            value = round(value, 2)
+        verdict = "not measured" if met is None else "met" if met else "not met"
+        sentence = (f"{words}: {shown}, {verdict} ({gap})." if met is not None else f"{words}: {gap}.")
+        out.append(GoalResult(gid, words, value, met, gap, sentence))
+    return out
+
+
+__all__ = ["Finding", "GoalResult", "check_goals", "derive_findings", "judge_goals", "metric_meaning"]

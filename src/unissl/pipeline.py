@@ -74,13 +74,14 @@ import yaml
 from unissl.cli import COMMANDS
 from unissl.config import from_dict, load_yaml, shipped_config, stable_hash, to_dict
 from unissl.errors import ConfigError, UnisslError
+from unissl.findings import INVOCATION_FILE
 from unissl.utils.io import pid_alive, read_json, write_json
 
 _NAME = r"[A-Za-z0-9_.\-]+"  # stage names: letters, digits, '_', '.', '-'
 _REF = re.compile(r"\{(out|seed|stage:" + _NAME + r")\}")
 _VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)\}")  # {name}, {axis.field}
 _RESERVED = {"out", "seed", "stage"}  # substituted when a stage runs, never by vars
-_FILE_KEYS = {"extends", "out", "seed", "seeds", "vars", "stages"}  # what a base pipeline file may hold
+_FILE_KEYS = {"extends", "out", "seed", "seeds", "vars", "stages", "goals"}  # what a base pipeline file may hold
 SCRIPT = "script"  # the command of a stage that runs a Python script
 
 
@@ -853,6 +854,15 @@ def run_pipeline(stages: list[Stage], out: str | Path, seed: int = 0, only: list
             if previous_handler is not None:
                 signal.signal(signal.SIGTERM, previous_handler)
     return records
+
+
+def record_invocation(out: str | Path, records: dict[str, dict[str, Any]], since: float, seconds: float) -> None:
+    """Write ``<out>/pipeline.json``: this invocation's wall seconds and how many stages it ran or reused
+    (a stage started before ``since``, a ``time.time()``, was reused). The report's ``wall_minutes`` goal
+    reads it: only an invocation that reused nothing timed the whole job."""
+    ran = sum(1 for r in records.values() if float(r.get("started_at", 0) or 0) >= since)
+    write_json(Path(out) / INVOCATION_FILE, {"wall_seconds": round(seconds, 1), "stages_run": ran,
+                                             "stages_reused": len(records) - ran, "finished_at": time.time()})
 
 
 def _last_line(path: Path) -> str:

@@ -17,9 +17,18 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from unissl.engine.logger import read_log
 from unissl.errors import UnisslError
-from unissl.findings import derive_findings, metric_meaning
+from unissl.findings import (
+    INVOCATION_FILE,
+    WALL_GOAL,
+    check_goals,
+    derive_findings,
+    judge_goals,
+    metric_meaning,
+)
 from unissl.utils.format import format_number, markdown_table
 from unissl.utils.io import atomic_file
 
@@ -252,7 +261,7 @@ _STYLE = ("<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:
           "padding:3px 8px;font-size:13px;text-align:left}th{background:#f3f3f3}img{max-width:100%;"
           "image-rendering:pixelated;border:1px solid #ddd}figure{display:inline-block;margin:.5em;"
           "vertical-align:top}figcaption{font-size:12px;color:#555}pre{background:#f7f7f7;padding:1em;"
-          "overflow:auto;font-size:12px}</style>")
+          "overflow:auto;font-size:12px}table.goals td:nth-child(n+2){white-space:nowrap}</style>")
 
 
 class _Doc:
@@ -296,6 +305,40 @@ def _findings_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path)
         doc.md.append(f"- {x.sentence} (`{x.id}`)")
     doc.h.append("</ul><p style='font-size:12px;color:#555'>&#9650; at or past its reference, &#9660; short of it. "
                  "The same findings are in <code>findings.json</code> beside this page.</p>")
+    doc.md.append("")
+
+
+def _goals_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) -> None:
+    """The pipeline file's ``goals:`` (kept in the run's config.yaml), each met or not and how far; also
+    ``goals.json`` beside the report. A run without goals has neither."""
+    goals_json = out / "goals.json"
+    try:
+        saved = yaml.safe_load(info["config"]) if info["config"] else None
+    except yaml.YAMLError:
+        saved = None
+    goals = check_goals(saved.get("goals") if isinstance(saved, dict) else None, str(run_dir / "config.yaml"))
+    if not goals:
+        goals_json.unlink(missing_ok=True)  # left by an earlier report of this directory
+        return
+    invocation = run_dir / INVOCATION_FILE
+    results = judge_goals(goals, info.get("findings") or [],
+                          json.loads(invocation.read_text()) if invocation.is_file() else None)
+    with atomic_file(goals_json, "w") as f:
+        f.write(json.dumps([r.to_dict() for r in results], indent=1) + "\n")
+    doc.section("Goals")
+    rows = [[r.goal, "-" if r.value is None else f"{r.value:.1f} minutes" if r.id == WALL_GOAL else f"{r.value:.2f}%",
+             "not measured" if r.met is None else "met" if r.met else "not met", r.gap, r.id] for r in results]
+    header = ["goal", "value", "verdict", "how far", "id"]
+    doc.h.append("<table class='goals'><tr>" + "".join(f"<th>{c}</th>" for c in header) + "</tr>")
+    colours = {True: "#1a7f37", False: "#b42318", None: "#555"}
+    for r, row in zip(results, rows):
+        cells = [html.escape(c) for c in row]
+        cells[2] = f"<b style='color:{colours[r.met]}'>{cells[2]}</b>"
+        cells[4] = f"<code>{cells[4]}</code>"
+        doc.h.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    doc.h.append("</table><p style='font-size:12px;color:#555'>The goals of the pipeline file (<code>goals:</code>), "
+                 "against the findings above; the same rows are in <code>goals.json</code> beside this page.</p>")
+    doc.md.extend(markdown_table(header, rows))
     doc.md.append("")
 
 
@@ -519,7 +562,7 @@ def _config_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) -
         doc.md.extend(["## Resolved config", "```yaml", info["config"].rstrip(), "```", ""])
 
 
-_SECTIONS = (_findings_section, _study_section, _metrics_section, _reconstruction_pairs_section,
+_SECTIONS = (_findings_section, _goals_section, _study_section, _metrics_section, _reconstruction_pairs_section,
              _labelled_samples_section, _probe_curve_section, _training_curves_section, _images_section,
              _stages_section, _machine_section, _config_section)
 

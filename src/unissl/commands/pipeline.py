@@ -9,7 +9,8 @@ from typing import Any
 
 from unissl.config import arg, save_run_config
 from unissl.errors import UnisslError
-from unissl.pipeline import parse_stages, resolve_pipeline, run_pipeline
+from unissl.findings import check_goals
+from unissl.pipeline import parse_stages, record_invocation, resolve_pipeline, run_pipeline
 from unissl.report import write_report
 from unissl.study import summarize
 
@@ -26,6 +27,9 @@ class Config:
     stages: list[dict[str, Any]] = field(default_factory=list, metadata={"help": "stage list (YAML only)"})
     extends: str | None = arg(None, help="a pipeline file this one derives from (YAML; see unissl.pipeline)")
     vars: dict[str, Any] = field(default_factory=dict, metadata={"help": "values for {name} in stages (YAML only)"})
+    goals: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "findings id -> one of {at_least: x}, {at_most: x}, {above_reference: true}, and wall_minutes: "
+                "{at_most: x}; the report says whether each is met and how far off (YAML only)"})
     only: list[str] = arg([], help="run only these stages (names); others must be done already")
     force: list[str] = arg([], help="re-run these stages even if they are done")
     dry_run: bool = arg(False, help="print what would run and stop")
@@ -42,8 +46,10 @@ class Config:
             spec: dict[str, Any] = {"extends": self.extends, "vars": self.vars, "stages": self.stages}
             spec.update({k: v for k, v in (("out", self.out), ("seed", self.seed)) if v is not None})
             spec.update({"seeds": self.seeds} if self.seeds else {})
+            spec.update({"goals": self.goals} if self.goals else {})
             plain = resolve_pipeline(spec)
             self.stages, self.extends, self.vars = plain["stages"], None, {}
+            self.goals = plain.get("goals") or {}
             self.out, self.seed, self.seeds = plain.get("out"), plain.get("seed"), list(plain.get("seeds") or [])
         self.out = "runs/pipeline" if self.out is None else self.out
         self.seed = 0 if self.seed is None else self.seed
@@ -51,6 +57,7 @@ class Config:
             raise ValueError("no stages: pass --config <pipeline.yaml> (e.g. configs/digits-quick.yaml)")
         if self.jobs < 1:
             raise ValueError(f"--jobs must be >= 1, got {self.jobs}")
+        check_goals(self.goals)  # a bad goal is refused before any stage runs
 
 
 def run(cfg: Config) -> None:
@@ -59,14 +66,16 @@ def run(cfg: Config) -> None:
     out = Path(cfg.out)
     if not cfg.dry_run:  # a dry run writes nothing
         save_run_config(out, cfg)
-    t0 = time.perf_counter()
+    t0, since = time.perf_counter(), time.time()
     if cfg.jobs > 1 and not cfg.dry_run:
         print(f"[pipeline] up to {cfg.jobs} stages at once, one thread each")
-    run_pipeline(stages, out, seed=cfg.seed, only=cfg.only or None, force=cfg.force or None, dry_run=cfg.dry_run,
+    records = run_pipeline(stages, out, seed=cfg.seed, only=cfg.only or None, force=cfg.force or None, dry_run=cfg.dry_run,
                  seeds=cfg.seeds or None, jobs=cfg.jobs)
     if cfg.dry_run:
         return
-    print(f"[pipeline] all stages finished in {time.perf_counter() - t0:.1f} s")
+    seconds = time.perf_counter() - t0
+    print(f"[pipeline] all stages finished in {seconds:.1f} s")
+    record_invocation(out, records, since, seconds)  # the report's wall_minutes goal
     if cfg.seeds:
         summarize(out)
         print(f"[pipeline] across-seed summary: {out / 'study.md'}")
