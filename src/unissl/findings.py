@@ -345,10 +345,8 @@ def judge_goals(goals: dict[str, dict[str, Any]], findings: list[Finding],
             if ref is None:
                 gap = "not measured: the finding has no reference"
             else:
-                diff = value - ref
-                met = diff > 0
-                gap = (f"level with {reference}" if abs(diff) < 0.005 else
-                       f"{abs(diff):.2f} {'above' if diff > 0 else 'below'} {reference}")
+                met = value - ref > 0
+                gap = f"{_compare(value, ref, True, unit='')[0]} {reference}"  # "0.76 above the pixel line
         else:
             diff = value - float(bound)
             met = diff >= 0 if kind == "at_least" else diff <= 0
