@@ -276,10 +276,13 @@ class _Doc:
         self.h.append(f"<h2>{html.escape(title)}</h2>")
         self.md.append(f"## {title}")
 
-    def table(self, rows: list[list[str]], header: list[str]) -> None:
-        self.h.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>")
-        for r in rows:
-            self.h.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>")
+    def table(self, rows: list[list[str]], header: list[str], css_class: str = "",
+              html_rows: list[list[str]] | None = None) -> None:
+        """``rows`` in both documents; ``html_rows`` (already escaped, e.g. coloured) replace them in the HTML."""
+        self.h.append(f"<table{f' class={css_class!r}' if css_class else ''}><tr>"
+                      + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>")
+        for r in html_rows if html_rows is not None else [[html.escape(c) for c in r] for r in rows]:
+            self.h.append("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>")
         self.h.append("</table>")
         self.md.extend(markdown_table(header, rows))
         self.md.append("")
@@ -328,18 +331,14 @@ def _goals_section(doc: _Doc, run_dir: Path, info: dict[str, Any], out: Path) ->
     doc.section("Goals")
     rows = [[r.goal, "-" if r.value is None else f"{r.value:.1f} minutes" if r.id == WALL_GOAL else f"{r.value:.2f}%",
              "not measured" if r.met is None else "met" if r.met else "not met", r.gap, r.id] for r in results]
-    header = ["goal", "value", "verdict", "how far", "id"]
-    doc.h.append("<table class='goals'><tr>" + "".join(f"<th>{c}</th>" for c in header) + "</tr>")
     colours = {True: "#1a7f37", False: "#b42318", None: "#555"}
-    for r, row in zip(results, rows):
-        cells = [html.escape(c) for c in row]
-        cells[2] = f"<b style='color:{colours[r.met]}'>{cells[2]}</b>"
-        cells[4] = f"<code>{cells[4]}</code>"
-        doc.h.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    doc.h.append("</table><p style='font-size:12px;color:#555'>The goals of the pipeline file (<code>goals:</code>), "
+    cells = [[html.escape(c) for c in row] for row in rows]
+    for r, row_cells in zip(results, cells):
+        row_cells[2] = f"<b style='color:{colours[r.met]}'>{row_cells[2]}</b>"
+        row_cells[4] = f"<code>{row_cells[4]}</code>"
+    doc.table(rows, ["goal", "value", "verdict", "how far", "id"], css_class="goals", html_rows=cells)
+    doc.h.append("<p style='font-size:12px;color:#555'>The goals of the pipeline file (<code>goals:</code>), "
                  "against the findings above; the same rows are in <code>goals.json</code> beside this page.</p>")
-    doc.md.extend(markdown_table(header, rows))
-    doc.md.append("")
 
 
 def _class_names(info: dict[str, Any], samples: Path, labels: list[int]) -> dict[int, str]:
