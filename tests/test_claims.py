@@ -219,3 +219,34 @@ def test_the_echo_switch_moved_to_epoch_11_is_the_released_rule() -> None:
     for step in range(0, 120, 3):
         assert warm("epochs", 11, step) == warm("released", 0.0, step), step
     assert warm("epochs", 1, 6) and not warm("epochs", 1, 7)  # the moved switch: sampled from epoch 1
+
+
+def test_the_two_epoch_claims_study_compares_like_with_like(tmp_path: Path) -> None:
+    """configs/claims/cpu-2ep.yaml (the claims at a size one CPU session holds): the four encoders share one
+    optimisation (only their run directories differ), the sampled-echo arm differs from the released-rule Sorcen
+    only in its echo switch, every generator is reported on 10,000 samples with its own released sampler as the
+    default arm, and every stage resolves (a dry run plans all of them on 3 seeds)."""
+    import re
+
+    from unissl.pipeline import load_pipeline, parse_stages, run_pipeline
+
+    spec = load_pipeline(CLAIMS / "cpu-2ep.yaml")
+    assert spec["seeds"] == [0, 1, 2] and spec["out"] == "runs/fmnist-claims-2ep"
+    stages = {s["name"]: s for s in spec["stages"]}
+    trains = {n: stages[n]["config"]["train"] for n in ("sorcen", "sorcen-echo1", "mage", "mage-c")}
+    assert all({k: v for k, v in t.items() if k != "run_dir"} == {k: v for k, v in trains["sorcen"].items()
+                                                                 if k != "run_dir"} for t in trains.values())
+    assert trains["sorcen"]["epochs"] == 2
+    sorcen, echo1 = stages["sorcen"]["config"], stages["sorcen-echo1"]["config"]
+    assert sorcen["loss"]["echo_warmup_unit"] == "released"
+    assert echo1["loss"] == {**sorcen["loss"], "echo_warmup_unit": "epochs", "echo_warmup": 1}
+    for enc, default in (("sorcen", "20:6.0"), ("mage", "12:4.5"), ("mage-c", "12:4.5")):
+        sweep = stages[f"sweep-{enc}"]["config"]
+        assert sweep["arms"][0] == default and {"20:6.0", "12:4.5"} <= set(sweep["arms"])
+        assert sweep["num_samples"] == 10000 and sweep["bootstrap"] == 200
+        assert stages[f"fd10k-{enc}"]["config"]["samples"] == f"{{stage:sweep-{enc}}}/samples.npz"
+        assert stages[f"transfer-{enc}"]["config"]["dataset"] == "digits"
+    lines: list[str] = []
+    run_pipeline(parse_stages(spec["stages"]), tmp_path, seeds=[0, 1, 2], dry_run=True, log=lines.append)
+    planned = re.findall(r"\[pipeline\] (\S+): would run", "\n".join(lines))
+    assert len(planned) == 2 + 3 * (len(stages) - 2)  # tokens and transfer-pixels once, the rest per seed
