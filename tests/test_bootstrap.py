@@ -15,6 +15,7 @@ from unissl.eval.bootstrap import (
     fd_bootstrap,
     percentile_interval,
     seed_interval,
+    two_level_interval,
     welch_interval,
 )
 from unissl.eval.frechet import GaussianStats, frechet_distance_stats, gaussian_stats
@@ -80,3 +81,31 @@ def test_claim_verdict_outcomes() -> None:
     assert "FD_domain, Sorcen - MAGE: -1.000" in one.line("FD_domain", "Sorcen", "MAGE")
     with pytest.raises(UnisslError, match="2 seeds per arm"):
         claim_verdict([5.0], [6.0, 6.1], True)
+
+
+def test_two_level_interval_exact_when_seeds_have_no_sample_spread() -> None:
+    """Draws equal to their seed's value: only the seed level is left. Arm a = {0, 1}, b = {0, 0}: a resampled
+    mean of a is 0, 0.5 or 1 with probabilities 1/4, 1/2, 1/4, so the 95% interval of a - b is exactly [0, 1]."""
+    diff, lo, hi = two_level_interval([np.zeros(5), np.ones(5)], [np.zeros(5), np.zeros(5)])
+    assert (diff, lo, hi) == (0.5, 0.0, 1.0)
+    with pytest.raises(UnisslError, match="2 seeds per arm"):
+        two_level_interval([np.zeros(5)], [np.zeros(5), np.zeros(5)])
+
+
+def test_two_level_interval_adds_the_sample_spread_and_covers_near_nominal() -> None:
+    """Sample-level spread widens the interval; over simulated studies (12 seeds per arm, seed sd 1, each seed's
+    estimate off by N(0, 0.5) with bootstrap draws of that spread) it covers the true difference near 95%."""
+    rng = np.random.default_rng(0)
+    seeds = [np.full(200, v) for v in rng.normal(size=3)]
+    narrow = two_level_interval(seeds, seeds)
+    wide = two_level_interval([d + rng.normal(0, 1, 200) for d in seeds], seeds)
+    assert wide[2] - wide[1] > narrow[2] - narrow[1]
+    hits, trials = 0, 150
+    for t in range(trials):
+        arms = []
+        for true in (1.0, 0.0):
+            values = true + rng.normal(0, 1, 12) + rng.normal(0, 0.5, 12)  # seed effect, then sample noise
+            arms.append([v + rng.normal(0, 0.5, 100) for v in values])
+        _, lo, hi = two_level_interval(arms[0], arms[1], resamples=1000, seed=t)
+        hits += lo <= 1.0 <= hi
+    assert 0.85 <= hits / trials <= 0.995, hits / trials

@@ -115,6 +115,22 @@ def test_verdict_of_one_seed_uses_the_bootstrap_draws(tmp_path: Path, capsys) ->
     assert "cannot tell" in out and "bootstrap, 50 resamples" in out
 
 
+def test_verdict_over_seeds_adds_the_two_level_bootstrap_when_every_seed_has_draws(tmp_path: Path, capsys) -> None:
+    from unissl.eval.results import record_result
+
+    rng = np.random.default_rng(0)
+    for s, (va, vb) in enumerate(zip([5.0, 5.2, 4.9], [6.0, 6.3, 5.8])):
+        for name, v in (("fd-a", va), ("fd-b", vb)):
+            record_result(tmp_path / f"seed{s}" / "eval", name, {"FD_domain": v},
+                          {"bootstrap": {"FD_domain": {"resamples": 40, "draws": list(rng.normal(v, 0.1, 40))}}})
+    assert main(["eval", "verdict", "--study", str(tmp_path), "--a", "fd-a", "--b", "fd-b", "--metric", "FD_domain",
+                 "--lower-is-better"]) == 0
+    assert "two-level bootstrap over seeds and samples" in capsys.readouterr().out
+    m = _result(tmp_path, "verdict-fd-a-vs-fd-b-FD_domain")["metrics"]
+    assert m["diff_two_level_low"] < m["diff"] < m["diff_two_level_high"] < 0  # every resample has a below b
+    assert m["diff_low"] < m["diff_two_level_low"]  # Welch's t with 2 df is the wider of the two
+
+
 def test_verdict_names_what_is_missing(tmp_path: Path, capsys) -> None:
     _fake_study(tmp_path / "s", [1.0, 2.0], [1.0, 2.0])
     assert main(["eval", "verdict", "--study", str(tmp_path / "s"), "--a", "fd-a", "--b", "nope",

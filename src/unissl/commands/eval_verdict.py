@@ -7,7 +7,9 @@ every ``seed<N>`` directory of ``--study``, takes ``--metric`` from each, and pr
   over samples where the result holds one, ``<metric>_ci_low`` / ``_ci_high``);
 * the verdict line: the interval of ``A - B`` over seeds (Welch's t), or over samples (the difference of the two
   results' bootstrap draws) when each arm has a single seed; entirely on A's better side: "reproduces",
-  entirely on the other: "does not reproduce", containing 0: "cannot tell".
+  entirely on the other: "does not reproduce", containing 0: "cannot tell";
+* beside it, when every seed of both arms holds bootstrap draws, the interval of ``A - B`` from a two-level
+  bootstrap over seeds and samples (:func:`unissl.eval.bootstrap.two_level_interval`).
 
 The result goes to ``<study>/results/verdict-<a>-vs-<b>-<metric>.json`` and ``<study>/results.md``.
 """
@@ -116,6 +118,14 @@ def run(cfg: Config) -> dict[str, float]:
                             _draws(next(iter(arms["b"].values())), cfg.metric) if one else None)
     line = verdict.line(cfg.metric, cfg.a, cfg.b, cfg.paper)
     metrics.update(diff=verdict.diff, diff_low=verdict.low, diff_high=verdict.high)
+    draws = {role: [_draws(r, cfg.metric) for r in arms[role].values()] for role in ("a", "b")}
+    if min(len(a_vals), len(b_vals)) >= 2 and all(d is not None for ds in draws.values() for d in ds):
+        from unissl.eval.bootstrap import two_level_interval
+
+        _, lo, hi = two_level_interval(draws["a"], draws["b"], cfg.level)  # type: ignore[arg-type]
+        metrics.update(diff_two_level_low=lo, diff_two_level_high=hi)
+        lines.append(f"\n{cfg.metric}, {cfg.a} - {cfg.b}: [{lo:+.3f}, {hi:+.3f}] ({cfg.level:.0%} two-level bootstrap "
+                     f"over seeds and samples)")
     name = re.sub(r"[^A-Za-z0-9_.\-]+", "_", f"verdict-{cfg.a}-vs-{cfg.b}-{cfg.metric}")
     path = record_result(study, name, metrics, {"a": cfg.a, "b": cfg.b, "metric": cfg.metric,
                                                 "lower_is_better": cfg.lower_is_better, "outcome": verdict.outcome,
