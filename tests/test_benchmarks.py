@@ -52,9 +52,41 @@ TTA_TINY = ["--preset", "tiny", "--batch", "32", "--epochs", "0.1", "--probe-epo
 
 def test_every_benchmark_script_has_a_smoke_test() -> None:
     """A new script under benchmarks/ needs its test here."""
-    tested = {"ema_ab.py", "gpu_check.py", "mfu.py", "paper_sheet.py", "released_options.py", "reptok_vs_2d.py",
+    tested = {"ema_ab.py", "gpu_check.py", "knn_end_of_schedule.py", "mfu.py", "paper_sheet.py", "released_options.py", "reptok_vs_2d.py",
               "sorcen_vs_magec.py", "sweep.py", "time_to_accuracy.py", "token_store.py"}
     assert set(SCRIPTS) == tested
+
+
+def test_knn_end_of_schedule_reads_a_study_and_earlier_points(tmp_path: Path) -> None:
+    """Per encoder: the mean / sd over seeds of the study's k-NN and of the training CPU minutes of the last log
+    line, merged with earlier points; JSON and PNG written; nothing to plot is a one-line error."""
+    import json
+    import statistics
+
+    from unissl.eval.results import record_result
+
+    study = tmp_path / "study"
+    for seed, (knn, cpu) in enumerate([(80.0, 600.0), (81.0, 660.0)]):
+        record_result(study / f"seed{seed}" / "eval", "knn-sorcen", {"top1": knn, "top5": 99.0})
+        log = study / f"seed{seed}" / "sorcen" / "log.jsonl"
+        log.parent.mkdir(parents=True)
+        log.write_text(json.dumps({"step": 10, "epoch": 1.0, "cpu_elapsed": cpu / 2}) + "\n"
+                       + json.dumps({"step": 20, "epoch": 2.0, "cpu_elapsed": cpu}) + "\n")
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps([{"encoder": "mage", "epochs": 6, "knn": 83.7, "knn_sd": 0.4, "n": 3,
+                                    "cpu_minutes": 12.3}]))
+    out = run_script("knn_end_of_schedule.py", "--study", str(study), "--points", str(earlier),
+                     "--out", str(tmp_path / "curve"))
+    points = json.loads((tmp_path / "curve.json").read_text())
+    sorcen = next(p for p in points if p["encoder"] == "sorcen")
+    assert (sorcen["knn"], sorcen["n"], sorcen["epochs"]) == (80.5, 2, 2.0)
+    assert sorcen["knn_sd"] == pytest.approx(statistics.stdev([80.0, 81.0]))
+    assert sorcen["cpu_minutes"] == pytest.approx(10.5)  # (600 + 660) / 2 CPU seconds
+    assert (tmp_path / "curve.png").stat().st_size > 0 and "vs pixels -4.09" in out and len(points) == 2
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(BENCH / "knn_end_of_schedule.py"), "--out", str(tmp_path / "x")],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "no points" in proc.stderr
 
 
 def test_reptok_vs_2d_smoke() -> None:
