@@ -79,7 +79,7 @@ def _draws(result: dict[str, Any], metric: str) -> np.ndarray | None:
 
 def run(cfg: Config) -> dict[str, float]:
     """Collect both arms over seeds, print the table and the verdict line, record them."""
-    from unissl.eval.bootstrap import claim_verdict, seed_interval
+    from unissl.eval.bootstrap import claim_verdict, seed_interval, two_level_interval
 
     study = Path(cfg.study)
     if not study.is_dir():
@@ -112,16 +112,13 @@ def run(cfg: Config) -> dict[str, float]:
             per.append(f"seed {s}: {v:.3f}{ci}{n}")
         lines.append(f"| {getattr(cfg, role)} | {cell} | {len(vals)} | {'; '.join(per)} |")
     a_vals, b_vals = list(values["a"].values()), list(values["b"].values())
+    draws = {role: [_draws(r, cfg.metric) for r in arms[role].values()] for role in ("a", "b")}
     one = len(a_vals) == 1 and len(b_vals) == 1
     verdict = claim_verdict(a_vals, b_vals, cfg.lower_is_better, cfg.level,
-                            _draws(next(iter(arms["a"].values())), cfg.metric) if one else None,
-                            _draws(next(iter(arms["b"].values())), cfg.metric) if one else None)
+                            draws["a"][0] if one else None, draws["b"][0] if one else None)
     line = verdict.line(cfg.metric, cfg.a, cfg.b, cfg.paper)
     metrics.update(diff=verdict.diff, diff_low=verdict.low, diff_high=verdict.high)
-    draws = {role: [_draws(r, cfg.metric) for r in arms[role].values()] for role in ("a", "b")}
     if min(len(a_vals), len(b_vals)) >= 2 and all(d is not None for ds in draws.values() for d in ds):
-        from unissl.eval.bootstrap import two_level_interval
-
         _, lo, hi = two_level_interval(draws["a"], draws["b"], cfg.level)  # type: ignore[arg-type]
         metrics.update(diff_two_level_low=lo, diff_two_level_high=hi)
         lines.append(f"\n{cfg.metric}, {cfg.a} - {cfg.b}: [{lo:+.3f}, {hi:+.3f}] ({cfg.level:.0%} two-level bootstrap "
