@@ -52,7 +52,7 @@ TTA_TINY = ["--preset", "tiny", "--batch", "32", "--epochs", "0.1", "--probe-epo
 
 def test_every_benchmark_script_has_a_smoke_test() -> None:
     """A new script under benchmarks/ needs its test here."""
-    tested = {"ema_ab.py", "gpu_check.py", "knn_end_of_schedule.py", "mfu.py", "paper_sheet.py", "released_options.py", "reptok_vs_2d.py",
+    tested = {"ema_ab.py", "gloo_teardown.py", "gpu_check.py", "knn_end_of_schedule.py", "mfu.py", "paper_sheet.py", "released_options.py", "reptok_vs_2d.py",
               "sorcen_vs_magec.py", "sweep.py", "time_to_accuracy.py", "token_store.py"}
     assert set(SCRIPTS) == tested
 
@@ -87,6 +87,13 @@ def test_knn_end_of_schedule_reads_a_study_and_earlier_points(tmp_path: Path) ->
     proc = subprocess.run([sys.executable, str(BENCH / "knn_end_of_schedule.py"), "--out", str(tmp_path / "x")],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode != 0 and "no points" in proc.stderr
+
+
+@pytest.mark.slow
+def test_gloo_teardown_one_job_per_arm() -> None:
+    """One torchrun job per arm; the arm that leaves its group must not fail (the other may, about 1 in 10)."""
+    out = run_script("gloo_teardown.py", "--jobs", "1")
+    assert "left: 0/1 jobs failed at exit" in out and "failed-job ratio kept / left:" in out
 
 
 def test_reptok_vs_2d_smoke() -> None:

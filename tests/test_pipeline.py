@@ -901,6 +901,54 @@ def test_a_training_stage_runs_on_two_torchrun_processes(tmp_path, capsys):
     assert [s["world_size"] for s in info] == [2]  # forced: the run directory was replaced, not appended to
 
 
+@pytest.mark.slow
+def test_a_rank_that_fails_alone_is_named_in_the_stage_log(tmp_path):
+    """The launcher a `nproc: 2` stage runs under keeps every rank's output: rank 1's error (rank 0 succeeds)
+    is the line the pipeline reports, not rank 0's last progress line."""
+    import subprocess
+
+    from unissl.pipeline import _last_line, _launcher
+
+    script = tmp_path / "job.py"
+    flag = tmp_path / "rank0-done"  # rank 1 fails after rank 0 has printed its last line, as in the CI failure
+    script.write_text("import os, sys, time\n"
+                      "if os.environ['RANK'] == '0':\n"
+                      f"    print('rank 0: saved encoder', flush=True); open({str(flag)!r}, 'w').close()\n"
+                      "else:\n"
+                      f"    while not os.path.exists({str(flag)!r}): time.sleep(0.05)\n"
+                      "    sys.exit('unissl: error: rank 1 cannot read shard 7')\n")
+    log = tmp_path / "job.log"
+    with open(log, "w") as f:
+        rc = subprocess.run([*_launcher(2), str(script)], stdout=f, stderr=subprocess.STDOUT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120).returncode
+    assert rc != 0
+    assert "rank 0: saved encoder" in log.read_text()
+    assert _last_line(log) == "unissl: error: rank 1 cannot read shard 7"
+    assert _launcher(1) == [sys.executable]
+
+
+def test_a_cli_run_leaves_its_process_group(tmp_path, fake_command):
+    """`unissl <command>` under torchrun destroys its process group once the command succeeds (a gloo group
+    left to interpreter teardown can abort the process after its outputs are written); after a failure it
+    leaves it alone (other ranks may still wait in a collective)."""
+    import torch.distributed as tdist
+
+    def command(value: int) -> int:
+        return cli.main(["fake", "step", "--out", str(tmp_path / "a"), "--value", str(value)])
+
+    tdist.init_process_group("gloo", store=tdist.HashStore(), rank=0, world_size=1)
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            command(-1)
+        assert tdist.is_initialized()
+        assert command(1) == 0 and (tmp_path / "a" / "log.jsonl").is_file()
+        assert not tdist.is_initialized()
+    finally:
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
+    assert command(2) == 0  # no group: nothing to leave
+
+
 def test_a_failed_torchrun_stage_is_named_by_its_own_error_not_torchruns_report(tmp_path):
     from unissl.pipeline import _last_line
 

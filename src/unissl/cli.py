@@ -101,6 +101,7 @@ def _interrupted(e: KeyboardInterrupt, argv: list[str], cfg: object) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``unissl`` executable."""
     from unissl.config import check_outputs, flag_of, parse_config
+    from unissl.engine.dist import shutdown_distributed
 
     argv = sys.argv[1:] if argv is None else list(argv)
     cfg = module = None
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_config(module.Config, rest, prog=prog)
         check_outputs(cfg)  # an output path that can never be written: one line before any work
         module.run(cfg)
+        shutdown_distributed()  # under torchrun: leave the process group before the interpreter tears down
     except ConfigError as e:  # a setting of the command: shown as its flag, or in the file that set it
         where = e.source and f"{e.source}: {e.path}" or (module and flag_of(module.Config, e.path)) or e.path
         print(f"unissl: error: {where}: {e.reason}", file=sys.stderr)

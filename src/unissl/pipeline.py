@@ -640,17 +640,22 @@ class _LogTee(io.TextIOBase):
 def _argv(unit: _Unit, plan: _Plan) -> tuple[list[str], Path | None]:
     """The command line of a planned stage run in a child process and the resolved config file it reads (to
     delete once it ends; None for a script): ``unissl <command> --config <yaml>``, under torchrun with
-    ``nproc > 1`` (a free rendezvous port of its own, the output of local rank 0 only)."""
+    ``nproc > 1`` (a free rendezvous port of its own)."""
     if plan.module is None:
         return list(plan.cfg), None
     fd, cfg_name = tempfile.mkstemp(prefix=f".{unit.stage.name}.", suffix=".yaml", dir=unit.out / "stages")
     with os.fdopen(fd, "w") as f:
         yaml.safe_dump(to_dict(plan.cfg), f)
-    launcher = [sys.executable]
-    if unit.stage.nproc > 1:
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={unit.stage.nproc}",
-                     "--local-ranks-filter", "0"]
-    return [*launcher, "-m", "unissl", *unit.stage.command.split(), "--config", cfg_name], Path(cfg_name)
+    return [*_launcher(unit.stage.nproc), "-m", "unissl", *unit.stage.command.split(), "--config", cfg_name], \
+        Path(cfg_name)
+
+
+def _launcher(nproc: int) -> list[str]:
+    """This Python, under torchrun for ``nproc > 1``. Every rank's output reaches the log: only rank 0 prints
+    progress, so the other ranks write nothing but their own error (a rank that fails alone is named by it)."""
+    if nproc <= 1:
+        return [sys.executable]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
 
 
 def _run_here(unit: _Unit, plan: _Plan, log, env: dict[str, str]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ A training command nests ``train: TrainConfig`` in its config and does::
     seed_everything(cfg.train.seed)       # identical initial weights on every rank
     method = MyMethod(...)                # a Method subclass: forward(batch) -> {"loss": ..., **scalar logs}
     logs = Trainer(method, dataset, cfg.train).fit()
+    shutdown_distributed()                # once no collective is left (the ``unissl`` CLI does it for you)
 
 and reads weights back with ``load_weights(module, run_dir_or_checkpoint, ema=False)``.
 Run directory: ``checkpoints/step_XXXXXXX/{model,ema}.safetensors + trainer_state.pt``, ``checkpoints/latest``,
@@ -32,6 +33,7 @@ from unissl.engine.dist import (
     get_world_size,
     init_distributed,
     is_main,
+    shutdown_distributed,
 )
 from unissl.engine.ema import EMA
 from unissl.engine.logger import RunLogger, ScalarWindow, read_log
@@ -48,5 +50,5 @@ __all__ = [
     "is_main", "latest_checkpoint", "list_checkpoints", "load_checkpoint", "load_saved_state", "load_weights",
     "lr_schedule",
     "no_decay_names", "param_groups", "read_log", "resolve_checkpoint", "resolve_device", "save_checkpoint", "saved_state",
-    "split_batch", "to_device", "unwrap",
+    "shutdown_distributed", "split_batch", "to_device", "unwrap",
 ]

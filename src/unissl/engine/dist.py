@@ -62,6 +62,18 @@ def init_distributed(timeout_s: float | None = None) -> tuple[int, int, int]:
     return get_rank(), get_world_size(), get_local_rank()
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group (a no-op when there is none); call it once a run's collectives are done.
+
+    A process that exits with its gloo group still alive can abort at interpreter teardown (gloo's worker
+    threads still hold tensors of finished work, whose release then needs the GIL: SIGABRT after the run's
+    outputs are written, so torchrun reports a failed job). Only on the success path: after an error the
+    other ranks may still wait in a collective, and the exit code already says the run failed.
+    """
+    if is_dist():
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     """Wait for every rank (no-op when not distributed)."""
     if is_dist():
