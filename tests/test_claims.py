@@ -268,7 +268,7 @@ def test_the_two_epoch_claims_study_compares_like_with_like(tmp_path: Path) -> N
     assert len(planned) == 2 + 3 * (len(stages) - 2)  # tokens and transfer-pixels once, the rest per seed
     # the 10-epoch k-NN point: the same stages with only the schedule, seeds and out directory changed
     longer = load_pipeline(CLAIMS / "knn-10ep.yaml")
-    assert longer["seeds"] == [0] and longer["out"] == "runs/fmnist-knn-10ep"
+    assert longer["seeds"] == [0, 1, 2] and longer["out"] == "runs/fmnist-knn-10ep"
     for a, b in zip(longer["stages"], spec["stages"]):
         if a["name"] in trains:
             assert a["config"]["train"] == {**b["config"]["train"], "epochs": 10}
