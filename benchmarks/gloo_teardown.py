@@ -16,13 +16,14 @@ import argparse
 import collections
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from unissl.pipeline import _launcher  # the torchrun command line a `nproc: 2` pipeline stage runs under
+
 WORKER = """\
-import os, sys
+import sys
 import torch, torch.distributed as dist
 from unissl.engine import shutdown_distributed
 dist.init_process_group("gloo")
@@ -39,8 +40,7 @@ if sys.argv[1] == "left":
 def one_job(worker: Path, arm: str) -> tuple[bool, str]:
     """Run one job of ``arm``; returns (failed, the first line a rank printed before torchrun's report)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(worker), arm], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([*_launcher(2), str(worker), arm], env=env, capture_output=True, text=True, timeout=300)
     lines = [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
     first = next((ln for ln in lines if "torch/distributed/elastic" not in ln), "")
     return proc.returncode != 0, first
@@ -50,7 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=100, help="jobs per arm")
     args = ap.parse_args()
-    failed = {"kept": 0, "left": 0}
+    # per arm, the first line of each failed job: its count of failures is the counter's total
     causes: dict[str, collections.Counter] = {"kept": collections.Counter(), "left": collections.Counter()}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,11 +60,11 @@ def main() -> None:
             for arm in ("kept", "left"):
                 bad, first = one_job(worker, arm)
                 if bad:
-                    failed[arm] += 1
                     causes[arm][first] += 1
             if (i + 1) % 10 == 0 or i + 1 == args.jobs:
-                print(f"[gloo_teardown] {i + 1}/{args.jobs} jobs per arm: failed kept {failed['kept']}, "
-                      f"left {failed['left']} ({time.perf_counter() - t0:.0f} s)", flush=True)
+                print(f"[gloo_teardown] {i + 1}/{args.jobs} jobs per arm: failed kept {causes['kept'].total()}, "
+                      f"left {causes['left'].total()} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    failed = {arm: c.total() for arm, c in causes.items()}
     for arm, label in (("kept", "group left to interpreter teardown"), ("left", "shutdown_distributed() first")):
         cause = f"; most often: {causes[arm].most_common(1)[0][0]!r}" if causes[arm] else ""
         print(f"{arm}: {failed[arm]}/{args.jobs} jobs failed at exit ({label}){cause}")
